@@ -1,0 +1,12 @@
+//! Translation engine of a secure IOMMU: AMD-Vi (device table, v1 host page tables, command buffer,
+//! event log) and Intel VT-d (root/context tables, second-stage tables, fault records), with one
+//! page-table walker shared by the formats and an IOTLB with the architectural invalidations.
+//!
+//! A pure library: every read of a table goes through [`mem::PhysMem`]; no I/O, no threads, no
+//! unsafe. The shape follows Linux's drivers/iommu/generic_pt: [`walk`] is the one walker and each
+//! file under [`fmt`] only describes the entries of one format.
+#![forbid(unsafe_code)]
+
+pub mod fmt;
+pub mod mem;
+pub mod walk;

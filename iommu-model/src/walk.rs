@@ -1,0 +1,201 @@
+//! The one page-table walker. Each format (files under `fmt/`) only says what one 64-bit entry at
+//! one level means; the walk itself, the address-reach check, level skipping and the bound on the
+//! number of reads are written once here (the idea of Linux's drivers/iommu/generic_pt/pt_iter.h).
+//!
+//! Levels are numbered as the AMD-Vi and VT-d specs do: level 1 holds 4 KiB leaves, a table at
+//! level L is indexed by IOVA bits [12 + 9L - 1 : 12 + 9(L - 1)].
+
+use crate::mem::{MemError, PhysMem};
+
+/// The deepest table any supported format has (AMD-Vi Mode 6).
+pub const MAX_LEVELS: u8 = 6;
+
+/// Read and write permission, ANDed along a walk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Perm {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl Perm {
+    pub const NONE: Perm = Perm { read: false, write: false };
+    pub const RW: Perm = Perm { read: true, write: true };
+
+    pub fn new(read: bool, write: bool) -> Perm {
+        Perm { read, write }
+    }
+
+    pub fn and(self, other: Perm) -> Perm {
+        Perm { read: self.read && other.read, write: self.write && other.write }
+    }
+
+    pub fn allows(self, access: Access) -> bool {
+        match access {
+            Access::Read => self.read,
+            Access::Write => self.write,
+        }
+    }
+}
+
+/// The kind of DMA request being translated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// What a format says one entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Not present: the walk stops here.
+    NotPresent,
+    /// Points to a table at `next_level`, which must be below the current level. A level more than
+    /// one below skips levels (AMD-Vi v1 allows it; the skipped IOVA bits must then be zero).
+    Table { addr: u64, next_level: u8, perm: Perm },
+    /// Maps a page of `1 << size_log2` bytes at `addr`.
+    Page { addr: u64, size_log2: u8, perm: Perm },
+    /// Reserved bits set, or an encoding the format does not allow at this level.
+    Invalid,
+}
+
+/// A page-table format: the meaning of its entries, nothing else.
+pub trait Format {
+    fn decode(&self, level: u8, raw: u64) -> Entry;
+}
+
+/// Where a walk ends without a translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The IOVA has bits set above what the top level reaches.
+    AddressTooHigh,
+    NotPresent,
+    /// Reserved bits or a bad encoding (AMD-Vi reports it with RZ=1).
+    Invalid,
+    /// A PDE skipped levels but the IOVA bits of the skipped levels are not zero.
+    SkippedBitsNotZero,
+    /// The entry could not be read: the table is not in memory.
+    Memory(MemError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkFault {
+    pub kind: FaultKind,
+    /// The level of the table whose entry ended the walk.
+    pub level: u8,
+    /// The address of that entry, when the walk got as far as computing it.
+    pub entry_addr: Option<u64>,
+    /// Permission ANDed over the entries read before the one that faulted.
+    pub perm: Perm,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub spa: u64,
+    pub size_log2: u8,
+    /// Permission ANDed over every entry of the walk (not yet with the device-table entry's).
+    pub perm: Perm,
+    /// The level of the leaf.
+    pub level: u8,
+}
+
+impl Translation {
+    pub fn page_size(&self) -> u64 {
+        1u64 << self.size_log2
+    }
+}
+
+/// One entry read during a walk, for tracing and for tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub level: u8,
+    pub entry_addr: u64,
+    pub raw: u64,
+    pub entry: Entry,
+}
+
+fn shift(level: u8) -> u32 {
+    12 + 9 * (u32::from(level) - 1)
+}
+
+fn index(iova: u64, level: u8) -> u64 {
+    (iova >> shift(level)) & 0x1ff
+}
+
+/// Translate `iova` through the table at `root`, which is at level `levels` (1..=6).
+pub fn walk<F, M>(fmt: &F, mem: &M, root: u64, levels: u8, iova: u64) -> Result<Translation, WalkFault>
+where
+    F: Format + ?Sized,
+    M: PhysMem + ?Sized,
+{
+    walk_traced(fmt, mem, root, levels, iova, |_| {})
+}
+
+/// As [`walk`], calling `trace` with every entry read. At most `levels` entries are read, because
+/// each step goes strictly down a level: a table that points at itself ends in a fault, not a loop.
+pub fn walk_traced<F, M>(
+    fmt: &F,
+    mem: &M,
+    root: u64,
+    levels: u8,
+    iova: u64,
+    mut trace: impl FnMut(&Step),
+) -> Result<Translation, WalkFault>
+where
+    F: Format + ?Sized,
+    M: PhysMem + ?Sized,
+{
+    let mut perm = Perm::RW;
+    let fault = |kind, level, entry_addr, perm| Err(WalkFault { kind, level, entry_addr, perm });
+    if levels == 0 || levels > MAX_LEVELS {
+        return fault(FaultKind::Invalid, levels, None, perm);
+    }
+    let reach = 12 + 9 * u32::from(levels);
+    if reach < 64 && iova >> reach != 0 {
+        return fault(FaultKind::AddressTooHigh, levels, None, perm);
+    }
+    let mut table = root & !0xfff;
+    let mut level = levels;
+    loop {
+        let entry_addr = table.wrapping_add(index(iova, level) * 8);
+        let raw = match mem.read_u64(entry_addr) {
+            Ok(raw) => raw,
+            Err(e) => return fault(FaultKind::Memory(e), level, Some(entry_addr), perm),
+        };
+        let entry = fmt.decode(level, raw);
+        trace(&Step { level, entry_addr, raw, entry });
+        match entry {
+            Entry::NotPresent => return fault(FaultKind::NotPresent, level, Some(entry_addr), perm),
+            Entry::Invalid => return fault(FaultKind::Invalid, level, Some(entry_addr), perm),
+            Entry::Page { addr, size_log2, perm: p } => {
+                // A leaf at level L maps at least the level's natural size and less than the next
+                // level's: anything else is a bad encoding.
+                let min = shift(level);
+                if u32::from(size_log2) < min || u32::from(size_log2) >= min + 9 || size_log2 > 63 {
+                    return fault(FaultKind::Invalid, level, Some(entry_addr), perm);
+                }
+                let mask = (1u64 << size_log2) - 1;
+                return Ok(Translation {
+                    spa: (addr & !mask) | (iova & mask),
+                    size_log2,
+                    perm: perm.and(p),
+                    level,
+                });
+            }
+            Entry::Table { addr, next_level, perm: p } => {
+                if next_level == 0 || next_level >= level {
+                    return fault(FaultKind::Invalid, level, Some(entry_addr), perm);
+                }
+                if next_level < level - 1 {
+                    let skipped = shift(level) - shift(next_level + 1);
+                    let bits = (iova >> shift(next_level + 1)) & ((1u64 << skipped) - 1);
+                    if bits != 0 {
+                        return fault(FaultKind::SkippedBitsNotZero, level, Some(entry_addr), perm);
+                    }
+                }
+                perm = perm.and(p);
+                table = addr & !0xfff;
+                level = next_level;
+            }
+        }
+    }
+}
