@@ -1,6 +1,10 @@
 //! `tiommu`: the secure-IOMMU daemon QEMU attaches over vfio-user, and its offline tools.
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod daemon;
+mod walk;
 
 #[derive(Parser)]
 #[command(name = "tiommu", version, about = "A secure IOMMU (AMD SEV-TIO / Intel TDX Connect style) for QEMU")]
@@ -10,9 +14,24 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Serve the secure IOMMU's PCI functions to QEMU over vfio-user.
+    Daemon(daemon::Args),
+    /// Translate IOVAs through AMD-Vi tables found in a raw memory image.
+    Walk(walk::Args),
+}
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Daemon(args) => daemon::run(args),
+        Command::Walk(args) => walk::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tiommu: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
