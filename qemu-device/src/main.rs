@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod daemon;
+#[allow(dead_code)] // used by the vfio-user glue and functions as they land
+mod function;
 mod walk;
 
 #[derive(Parser)]

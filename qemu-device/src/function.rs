@@ -1,0 +1,61 @@
+//! What a PCI function of the daemon is, independent of vfio-user: a backend with a config-space
+//! description and BAR handlers, in the shape of rust-vmm vhost-device backends. The vfio-user glue
+//! (vfio_server.rs) serves any `PciFunction`; the device logic lives in functions/.
+
+/// The fixed parts of a function's config space; the glue builds the header from it.
+#[derive(Clone, Debug)]
+pub struct PciIds {
+    pub vendor: u16,
+    pub device: u16,
+    pub subsystem_vendor: u16,
+    pub subsystem: u16,
+    /// Base class, sub-class, programming interface.
+    pub class: u32,
+    pub revision: u8,
+}
+
+/// One memory BAR. Sizes are powers of two of at least 4 KiB; all BARs are 64-bit, non-prefetchable.
+#[derive(Clone, Copy, Debug)]
+pub struct Bar {
+    pub index: u8,
+    pub size: u64,
+}
+
+/// Interrupts a function raises (MSI-X vectors), implemented by the glue over QEMU's eventfds.
+pub trait Irq: Send + Sync {
+    fn raise(&self, vector: u16);
+}
+
+/// The machine-readable event stream (JSON lines). Every translation fault, RMP violation, TDISP
+/// transition and hazard goes here; each record is one JSON object with at least a "type" field.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, record: serde_json::Value);
+}
+
+/// A PCI function. BAR accesses arrive on the socket thread and must return quickly: long work
+/// (DMA) goes to a worker thread.
+pub trait PciFunction: Send {
+    fn ids(&self) -> PciIds;
+    fn bars(&self) -> Vec<Bar>;
+    /// Number of MSI-X vectors (0: none). The glue places the table and PBA.
+    fn msix_vectors(&self) -> u16 {
+        0
+    }
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
+    /// Extended config space (offset >= 0x100), for capabilities such as DOE. Reads of what the
+    /// function does not implement return zeroes; writes to it are ignored.
+    fn ext_config_read(&mut self, _offset: u16, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn ext_config_write(&mut self, _offset: u16, _data: &[u8]) {}
+    /// The extended capabilities the function implements, as (offset, raw capability header) so
+    /// the glue can chain them.
+    fn ext_caps(&self) -> Vec<(u16, u32)> {
+        Vec::new()
+    }
+    /// Function-level reset.
+    fn reset(&mut self) {}
+    // Guest RAM reaches a function through a method the glue adds with guest_mem.rs (a cheap,
+    // cloneable handle implementing iommu_model::mem::PhysMem, one per worker thread).
+}
