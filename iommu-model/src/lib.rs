@@ -7,6 +7,8 @@
 //! file under [`fmt`] only describes the entries of one format.
 #![forbid(unsafe_code)]
 
+pub mod amdvi;
 pub mod fmt;
+pub mod iotlb;
 pub mod mem;
 pub mod walk;

@@ -1,0 +1,365 @@
+//! The AMD-Vi MMIO register file and the state behind it (spec 48882 §3.4; offsets and bits as
+//! Linux amd_iommu_types.h MMIO_* / CONTROL_* names them): device table base, the command buffer
+//! that runs when its tail moves, the event log the IOMMU appends to, and the cached translation
+//! path (DTE cache + IOTLB) that only invalidation commands refresh.
+
+use super::command::{self, Command};
+use super::dte::{self, DevTabBase, Dte, DteFetchError};
+use super::event::{flags, Event};
+use super::translate::{check_dte, finish_walk, untranslated, DteVerdict, Outcome};
+use crate::fmt::amdv1::AmdV1;
+use crate::iotlb::{DevCache, Iotlb};
+use crate::mem::PhysMem;
+use crate::walk::{self, Access, Perm};
+use std::collections::BTreeMap;
+
+/// Size of the register window (QEMU AMDVI_MMIO_SIZE).
+pub const MMIO_SIZE: u64 = 0x4000;
+
+pub const DEV_TABLE_BASE: u64 = 0x0000;
+pub const CMD_BUF_BASE: u64 = 0x0008;
+pub const EVENT_LOG_BASE: u64 = 0x0010;
+pub const CONTROL: u64 = 0x0018;
+pub const EXCL_BASE: u64 = 0x0020;
+pub const EXCL_LIMIT: u64 = 0x0028;
+pub const EXT_FEATURES: u64 = 0x0030;
+pub const EXT_FEATURES2: u64 = 0x01a0;
+pub const CMD_BUF_HEAD: u64 = 0x2000;
+pub const CMD_BUF_TAIL: u64 = 0x2008;
+pub const EVENT_LOG_HEAD: u64 = 0x2010;
+pub const EVENT_LOG_TAIL: u64 = 0x2018;
+pub const STATUS: u64 = 0x2020;
+
+/// Control register bits.
+pub mod control {
+    pub const IOMMU_EN: u64 = 1 << 0;
+    pub const EVENT_LOG_EN: u64 = 1 << 2;
+    pub const EVENT_INT_EN: u64 = 1 << 3;
+    pub const COM_WAIT_INT_EN: u64 = 1 << 4;
+    pub const CMD_BUF_EN: u64 = 1 << 12;
+}
+
+/// Status register bits; the first three are RW1C.
+pub mod status {
+    pub const EVENT_OVERFLOW: u64 = 1 << 0;
+    pub const EVENT_LOG_INT: u64 = 1 << 1;
+    pub const COM_WAIT_INT: u64 = 1 << 2;
+    pub const EVENT_LOG_RUN: u64 = 1 << 3;
+    pub const CMD_BUF_RUN: u64 = 1 << 4;
+    pub const RW1C: u64 = EVENT_OVERFLOW | EVENT_LOG_INT | COM_WAIT_INT;
+}
+
+/// Extended Feature Register bits this model implements (Linux FEATURE_*).
+pub mod efr {
+    /// INVALIDATE_IOMMU_ALL.
+    pub const IA_SUP: u64 = 1 << 6;
+    /// HATS = 10b: six-level host tables.
+    pub const HATS_6_LEVEL: u64 = 2 << 10;
+    pub const SNP_SUP: u64 = 1 << 63;
+    /// EFR2 bit 1, SEV-TIO (Linux FEATURE_SEVSNPIO_SUP).
+    pub const SEVSNPIO_SUP: u64 = 1 << 1;
+}
+
+/// Head and tail pointers hold a byte offset in bits 18:4.
+const PTR_MASK: u64 = 0x7fff0;
+const BASE_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// Ring size in bytes from a base register's Len field (bits 59:56: log2 of 16-byte entries;
+/// values below 8 are reserved and read as 8, 256 entries, as the minimum Linux uses).
+fn ring_bytes(base_reg: u64) -> u64 {
+    let len = ((base_reg >> 56) & 0xf).clamp(8, 15);
+    16u64 << len
+}
+
+#[derive(Default)]
+pub struct AmdVi {
+    devtab: u64,
+    cmd_base: u64,
+    evt_base: u64,
+    control: u64,
+    cmd_head: u64,
+    cmd_tail: u64,
+    evt_head: u64,
+    evt_tail: u64,
+    status: u64,
+    efr: u64,
+    efr2: u64,
+    /// Registers without behaviour here (exclusion range, MSI, ...) read back what was written.
+    other: BTreeMap<u64, u64>,
+    dte_cache: DevCache<Dte>,
+    iotlb: Iotlb,
+    irq_pending: bool,
+}
+
+impl AmdVi {
+    /// An IOMMU that advertises SNP and SEV-TIO support.
+    pub fn new() -> Self {
+        AmdVi {
+            efr: efr::IA_SUP | efr::HATS_6_LEVEL | efr::SNP_SUP,
+            efr2: efr::SEVSNPIO_SUP,
+            ..Default::default()
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.control & control::IOMMU_EN != 0
+    }
+
+    /// True once since the last call if an interrupt condition arose (event logged with
+    /// EventIntEn, or COMPLETION_WAIT with I and ComWaitIntEn).
+    pub fn take_irq(&mut self) -> bool {
+        std::mem::take(&mut self.irq_pending)
+    }
+
+    pub fn iotlb_len(&self) -> usize {
+        self.iotlb.len()
+    }
+
+    fn reg(&self, off: u64) -> u64 {
+        match off {
+            DEV_TABLE_BASE => self.devtab,
+            CMD_BUF_BASE => self.cmd_base,
+            EVENT_LOG_BASE => self.evt_base,
+            CONTROL => self.control,
+            EXT_FEATURES => self.efr,
+            EXT_FEATURES2 => self.efr2,
+            CMD_BUF_HEAD => self.cmd_head,
+            CMD_BUF_TAIL => self.cmd_tail,
+            EVENT_LOG_HEAD => self.evt_head,
+            EVENT_LOG_TAIL => self.evt_tail,
+            STATUS => self.status | self.run_bits(),
+            _ => self.other.get(&off).copied().unwrap_or(0),
+        }
+    }
+
+    fn run_bits(&self) -> u64 {
+        let on = |c: u64| self.enabled() && self.control & c != 0;
+        let mut s = 0;
+        if on(control::EVENT_LOG_EN) {
+            s |= status::EVENT_LOG_RUN;
+        }
+        if on(control::CMD_BUF_EN) && self.status & status::CMD_BUF_RUN != 0 {
+            s |= status::CMD_BUF_RUN;
+        }
+        s
+    }
+
+    /// A 4- or 8-byte read at an aligned offset; anything else reads as all ones, as an
+    /// unsupported request does.
+    pub fn mmio_read(&self, off: u64, size: usize) -> u64 {
+        if off >= MMIO_SIZE || !(size == 4 || size == 8) || off % size as u64 != 0 {
+            return u64::MAX;
+        }
+        let v = self.reg(off & !7);
+        if size == 4 {
+            (v >> ((off & 4) * 8)) & 0xffff_ffff
+        } else {
+            v
+        }
+    }
+
+    /// A 4- or 8-byte write at an aligned offset; other sizes and offsets are dropped.
+    pub fn mmio_write<M: PhysMem + ?Sized>(&mut self, mem: &mut M, off: u64, size: usize, val: u64) {
+        if off >= MMIO_SIZE || !(size == 4 || size == 8) || off % size as u64 != 0 {
+            return;
+        }
+        let reg = off & !7;
+        let old = self.reg(reg);
+        let val = if size == 4 {
+            let sh = (off & 4) * 8;
+            (old & !(0xffff_ffffu64 << sh)) | ((val & 0xffff_ffff) << sh)
+        } else {
+            val
+        };
+        match reg {
+            DEV_TABLE_BASE => self.devtab = val & (BASE_MASK | 0x1ff),
+            // Writing a ring's base resets its pointers (QEMU amdvi_handle_cmdbase_write).
+            CMD_BUF_BASE => {
+                self.cmd_base = val & (BASE_MASK | 0x0f00_0000_0000_0000);
+                self.cmd_head = 0;
+                self.cmd_tail = 0;
+            }
+            EVENT_LOG_BASE => {
+                self.evt_base = val & (BASE_MASK | 0x0f00_0000_0000_0000);
+                self.evt_head = 0;
+                self.evt_tail = 0;
+            }
+            CONTROL => {
+                let rising = val & !self.control;
+                self.control = val;
+                if rising & (control::CMD_BUF_EN | control::IOMMU_EN) != 0 {
+                    self.status |= status::CMD_BUF_RUN;
+                }
+                self.run_commands(mem);
+            }
+            EXT_FEATURES | EXT_FEATURES2 => {}
+            CMD_BUF_HEAD => self.cmd_head = val & PTR_MASK,
+            CMD_BUF_TAIL => {
+                self.cmd_tail = val & PTR_MASK;
+                self.run_commands(mem);
+            }
+            EVENT_LOG_HEAD => self.evt_head = val & PTR_MASK,
+            EVENT_LOG_TAIL => self.evt_tail = val & PTR_MASK,
+            STATUS => self.status &= !(val & status::RW1C),
+            _ => {
+                self.other.insert(reg, val);
+            }
+        }
+    }
+
+    /// Fetch and execute commands from head to tail (spec §2.4). At most one ring's worth per
+    /// call, so a guest cannot make one register write do unbounded work.
+    fn run_commands<M: PhysMem + ?Sized>(&mut self, mem: &mut M) {
+        if !self.enabled() || self.control & control::CMD_BUF_EN == 0 || self.status & status::CMD_BUF_RUN == 0 {
+            return;
+        }
+        let size = ring_bytes(self.cmd_base);
+        let base = self.cmd_base & BASE_MASK;
+        // A tail or head outside the buffer is a programming error: the command processor
+        // stops with COMMAND_HARDWARE_ERROR (choice: docs/amd-vi.md).
+        if self.cmd_tail >= size || self.cmd_head >= size {
+            self.status &= !status::CMD_BUF_RUN;
+            let ev = Event::command_hw_error(flags::TYPE_TARGET_ABORT, base + self.cmd_tail);
+            self.log_event(mem, &ev);
+            return;
+        }
+        for _ in 0..size / 16 {
+            if self.cmd_head == self.cmd_tail {
+                break;
+            }
+            let addr = base + self.cmd_head;
+            let fetched = mem.read_u64(addr).and_then(|a| Ok((a, mem.read_u64(addr + 8)?)));
+            let raw = match fetched {
+                Ok((a, b)) => [a, b],
+                Err(_) => {
+                    self.status &= !status::CMD_BUF_RUN;
+                    let ev = Event::command_hw_error(flags::TYPE_MASTER_ABORT, addr);
+                    self.log_event(mem, &ev);
+                    return;
+                }
+            };
+            let Some(cmd) = command::decode(raw) else {
+                // The processor stops at the illegal command; head keeps pointing at it.
+                self.status &= !status::CMD_BUF_RUN;
+                self.log_event(mem, &Event::illegal_command(addr));
+                return;
+            };
+            if let Err(ev) = self.execute(mem, &cmd) {
+                self.status &= !status::CMD_BUF_RUN;
+                self.log_event(mem, &ev);
+                return;
+            }
+            self.cmd_head = (self.cmd_head + 16) % size;
+        }
+    }
+
+    fn execute<M: PhysMem + ?Sized>(&mut self, mem: &mut M, cmd: &Command) -> Result<(), Event> {
+        match *cmd {
+            Command::CompletionWait { store, interrupt, store_addr, data } => {
+                if store {
+                    mem.write_u64(store_addr, data)
+                        .map_err(|_| Event::command_hw_error(flags::TYPE_MASTER_ABORT | flags::RW, store_addr))?;
+                }
+                if interrupt {
+                    self.status |= status::COM_WAIT_INT;
+                    if self.control & control::COM_WAIT_INT_EN != 0 {
+                        self.irq_pending = true;
+                    }
+                }
+            }
+            Command::InvalidateDevtabEntry { devid } => self.dte_cache.invalidate(devid),
+            // PDEs are not cached by this model, so the PDE bit needs no extra work.
+            Command::InvalidateIommuPages { domain_id, start, len, .. } => {
+                self.iotlb.invalidate_range(domain_id, start, len)
+            }
+            Command::InvalidateIotlbPages { .. } | Command::InvalidateInterruptTable { .. } => {}
+            Command::InvalidateIommuAll => {
+                self.iotlb.invalidate_all();
+                self.dte_cache.invalidate_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Append a record to the event log (spec §2.5). Returns false when it was not written:
+    /// logging disabled, the log full (EventOverflow set), or the log not in memory.
+    pub fn log_event<M: PhysMem + ?Sized>(&mut self, mem: &mut M, ev: &Event) -> bool {
+        if !self.enabled() || self.control & control::EVENT_LOG_EN == 0 {
+            return false;
+        }
+        let size = ring_bytes(self.evt_base);
+        if self.evt_tail >= size || self.evt_head >= size {
+            self.status |= status::EVENT_OVERFLOW;
+            return false;
+        }
+        let next = (self.evt_tail + 16) % size;
+        if next == self.evt_head {
+            self.status |= status::EVENT_OVERFLOW;
+            if self.control & control::EVENT_INT_EN != 0 {
+                self.irq_pending = true;
+            }
+            return false;
+        }
+        if mem.write((self.evt_base & BASE_MASK) + self.evt_tail, &ev.to_bytes()).is_err() {
+            return false;
+        }
+        self.evt_tail = next;
+        self.status |= status::EVENT_LOG_INT;
+        if self.control & control::EVENT_INT_EN != 0 {
+            self.irq_pending = true;
+        }
+        true
+    }
+
+    /// Translate a DMA request through the caches, walking the tables on a miss; a fault is
+    /// logged in the event log unless the DTE suppresses it.
+    pub fn translate<M: PhysMem + ?Sized>(&mut self, mem: &mut M, devid: u16, iova: u64, access: Access) -> Outcome {
+        if !self.enabled() {
+            return Outcome::Ok(untranslated(iova, Perm::RW));
+        }
+        let outcome = self.translate_cached(mem, devid, iova, access);
+        if let Outcome::Fault { event, logged: true, .. } = &outcome {
+            let ev = *event;
+            self.log_event(mem, &ev);
+        }
+        outcome
+    }
+
+    fn translate_cached<M: PhysMem + ?Sized>(&mut self, mem: &M, devid: u16, iova: u64, access: Access) -> Outcome {
+        let rw = if access == Access::Write { flags::RW } else { 0 };
+        let d = match self.dte_cache.get(devid) {
+            Some(d) => d,
+            None => match dte::fetch(mem, DevTabBase(self.devtab), devid) {
+                Ok(d) => {
+                    self.dte_cache.insert(devid, d);
+                    d
+                }
+                Err(DteFetchError::OutOfTable) => {
+                    return Outcome::Fault { event: Event::illegal_dte(devid, rw, iova), level: None, logged: true }
+                }
+                Err(DteFetchError::Memory { dte_addr, .. }) => {
+                    let event = Event::dev_tab_hw_error(devid, rw | flags::TYPE_MASTER_ABORT, dte_addr);
+                    return Outcome::Fault { event, level: None, logged: true };
+                }
+            },
+        };
+        match check_dte(&d, devid, iova, access) {
+            DteVerdict::Done(o) => o,
+            DteVerdict::Walk { root, levels } => {
+                if let Some(t) = self.iotlb.lookup(d.domain_id(), iova) {
+                    return finish_walk(&d, devid, iova, access, Ok(t));
+                }
+                let res = walk::walk(&AmdV1, mem, root, levels, iova);
+                if let Ok(t) = &res {
+                    self.iotlb.insert(d.domain_id(), iova, t);
+                }
+                finish_walk(&d, devid, iova, access, res)
+            }
+        }
+    }
+
+    /// Power-on state: registers cleared, caches empty (the tables in memory are untouched).
+    pub fn reset(&mut self) {
+        *self = AmdVi::new();
+    }
+}
