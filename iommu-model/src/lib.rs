@@ -11,4 +11,5 @@ pub mod amdvi;
 pub mod fmt;
 pub mod iotlb;
 pub mod mem;
+pub mod vtd;
 pub mod walk;

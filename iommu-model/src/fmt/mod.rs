@@ -2,3 +2,4 @@
 //! walk is [`crate::walk`].
 
 pub mod amdv1;
+pub mod vtd_ss;
