@@ -24,7 +24,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Bad arguments give one line on stderr, so scripts can show it as it is.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            eprintln!("tiommu: {first}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Daemon(args) => daemon::run(args),
         Command::Walk(args) => walk::run(args),
