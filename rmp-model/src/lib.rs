@@ -1,5 +1,18 @@
-//! Security state of the secure IOMMU: the SEV-SNP RMP, the SEV-TIO DMA rules, TDX Connect page
-//! ownership, TDISP interface states and the TIO firmware commands.
+//! Security state of the secure IOMMU: the SEV-SNP RMP and its instructions, the CPU-side and
+//! SEV-TIO DMA checks, the conversion hazard, TDX Connect page ownership, the TDISP interface
+//! state machine and the TIO firmware commands.
 //!
 //! A pure library: no I/O, no threads, no unsafe. Its state is plain data that the daemon owns.
 #![forbid(unsafe_code)]
+
+pub mod cpu;
+pub mod dma_check;
+pub mod hazard;
+pub mod ops;
+pub mod rmp;
+pub mod tdisp;
+pub mod tdx;
+pub mod tio;
+
+pub use ops::{RmpState, RmpStatus};
+pub use rmp::{PageSize, Rmp, RmpEntry};
