@@ -1,9 +1,69 @@
-//! The daemon: one vfio-user server per PCI function. Not written yet (issue "The tiommu daemon
-//! under QEMU"); until then `tiommu daemon` says so and fails.
+//! `tiommu daemon`: one vfio-user server per PCI function, a DMA worker fed through a channel,
+//! and the JSON event stream. Runs until QEMU disconnects from every function.
+
+use crate::events::JsonLines;
+use crate::functions::endpoint::{Endpoint, Job};
+use crate::functions::iommu::IommuFunction;
+use crate::guest_mem::GuestRam;
+use crate::secure::SecureIommu;
+use crate::vfio_server::{FunctionBackend, MsixIrq};
+use crate::walk::parse_bdf;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Directory for the sockets: iommu.sock (secure IOMMU) and endpoint.sock (DMA endpoint).
+    #[arg(long)]
+    socket_dir: PathBuf,
+    /// JSON-lines event stream (translation faults, RMP violations, TDISP transitions, hazards,
+    /// DMA completions); "-" for stdout.
+    #[arg(long)]
+    events: PathBuf,
+    /// Requester ID of the DMA endpoint: the PCI address QEMU places it at (bus:dev.fn).
+    #[arg(long, value_parser = parse_bdf, default_value = "00:04.0")]
+    endpoint_bdf: u16,
+}
 
-pub fn run(_args: Args) -> Result<(), String> {
-    Err("the daemon is not implemented yet".into())
+pub fn run(args: Args) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    std::fs::create_dir_all(&args.socket_dir).map_err(|e| format!("cannot create {}: {e}", args.socket_dir.display()))?;
+    let out: Box<dyn std::io::Write + Send> = if args.events.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::fs::File::create(&args.events).map_err(|e| format!("cannot create {}: {e}", args.events.display()))?)
+    };
+    let events = Arc::new(JsonLines::new(out));
+    // Each function gets the guest RAM QEMU sends it; the IOMMU's view is the one the models use.
+    let ram = GuestRam::default();
+    let iommu_irq = Arc::new(MsixIrq::default());
+    let secure = Arc::new(Mutex::new(SecureIommu::new(events.clone(), iommu_irq.clone())));
+
+    let (tx, rx) = crossbeam_channel::bounded::<Job>(64);
+    let worker = std::thread::Builder::new()
+        .name("dma-worker".into())
+        .spawn(move || {
+            for job in rx {
+                job();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+    let iommu = FunctionBackend::new("iommu", IommuFunction::new(secure.clone(), ram.clone()), ram.clone(), iommu_irq);
+    let ep_irq = Arc::new(MsixIrq::default());
+    let endpoint = Endpoint::new(args.endpoint_bdf, secure.clone(), ram.clone(), ep_irq.clone(), tx);
+    let endpoint = FunctionBackend::new("endpoint", endpoint, ram.clone(), ep_irq);
+
+    let iommu_sock = args.socket_dir.join("iommu.sock");
+    let ep_sock = args.socket_dir.join("endpoint.sock");
+    let t1 = std::thread::Builder::new().name("vfu-iommu".into()).spawn(move || iommu.serve(&iommu_sock)).map_err(|e| e.to_string())?;
+    let t2 = std::thread::Builder::new().name("vfu-endpoint".into()).spawn(move || endpoint.serve(&ep_sock)).map_err(|e| e.to_string())?;
+    let r1 = t1.join().map_err(|_| "iommu server thread panicked".to_string())?;
+    let r2 = t2.join().map_err(|_| "endpoint server thread panicked".to_string())?;
+    // The endpoint's channel closed with its backend: the worker drains and ends.
+    let _ = worker.join();
+    r1.and(r2)
 }

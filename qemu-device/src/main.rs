@@ -4,8 +4,13 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod daemon;
-#[allow(dead_code)] // used by the vfio-user glue and functions as they land
+mod events;
 mod function;
+mod functions;
+mod guest_mem;
+mod pci;
+mod secure;
+mod vfio_server;
 mod walk;
 
 #[derive(Parser)]

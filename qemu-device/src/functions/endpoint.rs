@@ -1,0 +1,309 @@
+//! The DMA endpoint: a descriptor ring in guest RAM, a doorbell, completion statuses and MSI-X.
+//! Every access it makes, the ring included, goes through the secure IOMMU (translate, check) as
+//! requests with its requester ID; a refused access moves nothing. The ring is processed on a
+//! worker thread, never on the socket thread. Layouts: docs/device-abi.md.
+
+use crate::function::{Bar, Irq, PciFunction, PciIds};
+use crate::guest_mem::{GuestMem, GuestRam};
+use crate::secure::{bdf, Refusal, SecureIommu};
+use crossbeam_channel::Sender;
+use iommu_model::mem::PhysMem;
+use rmp_model::dma_check::DmaRefusal;
+use rmp_model::tdisp::TdispResponder;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+
+pub const VENDOR: u16 = 0x1234;
+pub const DEVICE: u16 = 0x7102;
+pub const ID_MAGIC: u32 = 0x414d_4454; // "TDMA"
+
+pub mod reg {
+    pub const ID: u64 = 0x00;
+    pub const VERSION: u64 = 0x04;
+    pub const REQUESTER_ID: u64 = 0x08;
+    pub const RING_BASE: u64 = 0x10;
+    pub const RING_SIZE: u64 = 0x18;
+    pub const TAIL: u64 = 0x20;
+    pub const HEAD: u64 = 0x24;
+    pub const STATUS: u64 = 0x28;
+    pub const CTRL: u64 = 0x2c;
+    pub const COMPLETED: u64 = 0x30;
+}
+
+pub mod op {
+    pub const COPY: u8 = 1;
+    pub const FILL: u8 = 2;
+    /// Read the source and store its FNV-1a 64 hash in the descriptor's value field.
+    pub const READ_HASH: u8 = 3;
+}
+
+pub mod flag {
+    /// Issue the data accesses with the TLP T bit set (TDISP: only in RUN).
+    pub const T: u8 = 1 << 0;
+    pub const IRQ: u8 = 1 << 1;
+}
+
+/// Descriptor status codes written back at offset 2.
+pub mod status {
+    /// What the driver writes; the device never leaves it there.
+    #[allow(dead_code)]
+    pub const PENDING: u16 = 0;
+    pub const OK: u16 = 1;
+    pub const IO_PAGE_FAULT: u16 = 2;
+    pub const RMP_PAGE_FAULT: u16 = 3;
+    pub const T1_REFUSED: u16 = 4;
+    pub const BAD_DESCRIPTOR: u16 = 5;
+}
+
+pub const STATUS_BUSY: u32 = 1 << 0;
+pub const STATUS_HALTED: u32 = 1 << 1;
+pub const CTRL_RESET: u32 = 1 << 0;
+pub const CTRL_IRQ_EN: u32 = 1 << 1;
+pub const DESC_SIZE: u64 = 32;
+/// Largest transfer of one descriptor.
+pub const MAX_LEN: u64 = 16 << 20;
+
+/// The engine state shared between the socket thread (registers) and the worker (ring).
+#[derive(Default)]
+pub struct Engine {
+    pub ring_base: u64,
+    pub ring_size_log2: u32,
+    pub tail: u32,
+    pub head: u32,
+    pub status: u32,
+    pub ctrl: u32,
+    pub completed: u32,
+}
+
+pub type Job = Box<dyn FnOnce() + Send>;
+
+pub struct Endpoint {
+    rid: u16,
+    engine: Arc<Mutex<Engine>>,
+    secure: Arc<Mutex<SecureIommu>>,
+    ram: GuestRam,
+    irq: Arc<dyn Irq>,
+    jobs: Sender<Job>,
+}
+
+impl Endpoint {
+    pub fn new(rid: u16, secure: Arc<Mutex<SecureIommu>>, ram: GuestRam, irq: Arc<dyn Irq>, jobs: Sender<Job>) -> Self {
+        let tdisp = Arc::new(Mutex::new(TdispResponder::new(u32::from(rid), Vec::new())));
+        secure.lock().unwrap_or_else(|p| p.into_inner()).tdisp.insert(rid, tdisp);
+        Endpoint { rid, engine: Arc::default(), secure, ram, irq, jobs }
+    }
+
+    fn doorbell(&self) {
+        let (engine, secure, ram, irq, rid) = (self.engine.clone(), self.secure.clone(), self.ram.clone(), self.irq.clone(), self.rid);
+        let job: Job = Box::new(move || run_ring(rid, &engine, &secure, &ram, irq.as_ref()));
+        if self.jobs.send(job).is_err() {
+            tracing::error!("endpoint {}: DMA worker is gone", bdf(rid));
+        }
+    }
+}
+
+/// Process descriptors from head to tail: at most one ring's worth per doorbell.
+pub fn run_ring(rid: u16, engine: &Mutex<Engine>, secure: &Mutex<SecureIommu>, ram: &GuestRam, irq: &dyn Irq) {
+    let mut mem = ram.snapshot();
+    let (base, size, tail) = {
+        let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+        if e.status & STATUS_HALTED != 0 || !(1..=12).contains(&e.ring_size_log2) {
+            return;
+        }
+        e.status |= STATUS_BUSY;
+        (e.ring_base, 1u32 << e.ring_size_log2, e.tail)
+    };
+    let mut raise = false;
+    for _ in 0..size {
+        let head = engine.lock().unwrap_or_else(|p| p.into_inner()).head;
+        if head == tail % size {
+            break;
+        }
+        let desc_iova = base.wrapping_add(u64::from(head) * DESC_SIZE);
+        let mut s = secure.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut d) = dma_read(&mut s, &mut mem, rid, false, desc_iova, 32).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()) else {
+            drop(s);
+            let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+            e.status = (e.status & !STATUS_BUSY) | STATUS_HALTED;
+            tracing::warn!("endpoint {}: ring fetch at {desc_iova:#x} refused; halted", bdf(rid));
+            return;
+        };
+        let (st, value) = execute(&mut s, &mut mem, rid, &d);
+        d[2..4].copy_from_slice(&st.to_le_bytes());
+        if let Some(v) = value {
+            d[24..32].copy_from_slice(&v.to_le_bytes());
+        }
+        // The status write-back is a DMA write like any other.
+        let wrote = dma_write(&mut s, &mut mem, rid, false, desc_iova, &d).is_ok();
+        s.events.emit(json!({
+            "type": "dma", "devid": bdf(rid), "index": head, "op": d[0], "t": d[1] & flag::T != 0,
+            "len": u32::from_le_bytes(d[4..8].try_into().unwrap_or([0; 4])), "status": st, "status_written": wrote,
+        }));
+        drop(s);
+        let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+        e.head = (head + 1) % size;
+        e.completed = e.completed.wrapping_add(1);
+        raise |= d[1] & flag::IRQ != 0 && e.ctrl & CTRL_IRQ_EN != 0;
+    }
+    engine.lock().unwrap_or_else(|p| p.into_inner()).status &= !STATUS_BUSY;
+    if raise {
+        irq.raise(0);
+    }
+}
+
+fn refusal_status(r: Refusal) -> u16 {
+    match r {
+        Refusal::Translation(_) => status::IO_PAGE_FAULT,
+        Refusal::Rmp(DmaRefusal::TdiNotRun) => status::T1_REFUSED,
+        Refusal::Rmp(_) => status::RMP_PAGE_FAULT,
+        Refusal::BadLength => status::BAD_DESCRIPTOR,
+    }
+}
+
+fn dma_read(s: &mut SecureIommu, mem: &mut GuestMem, rid: u16, t: bool, iova: u64, len: u64) -> Result<Vec<u8>, u16> {
+    let chunks = s.dma(mem, rid, t, iova, len, false).map_err(refusal_status)?;
+    let mut out = vec![0u8; len as usize];
+    let mut at = 0usize;
+    for (spa, n) in chunks {
+        let n = n as usize;
+        // A translated address outside guest RAM (a mapping to nowhere) reads as a failed request.
+        mem.read(spa, &mut out[at..at + n]).map_err(|_| status::IO_PAGE_FAULT)?;
+        at += n;
+    }
+    Ok(out)
+}
+
+fn dma_write(s: &mut SecureIommu, mem: &mut GuestMem, rid: u16, t: bool, iova: u64, data: &[u8]) -> Result<(), u16> {
+    let chunks = s.dma(mem, rid, t, iova, data.len() as u64, true).map_err(refusal_status)?;
+    // Every page was allowed; check every target is RAM before the first byte moves.
+    let mut probe = [0u8; 1];
+    for &(spa, n) in &chunks {
+        if mem.read(spa, &mut probe).is_err() || mem.read(spa + n - 1, &mut probe).is_err() {
+            return Err(status::IO_PAGE_FAULT);
+        }
+    }
+    let mut at = 0usize;
+    for (spa, n) in chunks {
+        let n = n as usize;
+        mem.write(spa, &data[at..at + n]).map_err(|_| status::IO_PAGE_FAULT)?;
+        at += n;
+    }
+    Ok(())
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// One descriptor: 0 op, 1 flags, 2..4 status, 4..8 length, 8..16 source, 16..24 destination,
+/// 24..32 value (fill pattern in, hash out).
+fn execute(s: &mut SecureIommu, mem: &mut GuestMem, rid: u16, d: &[u8; 32]) -> (u16, Option<u64>) {
+    let len = u64::from(u32::from_le_bytes(d[4..8].try_into().unwrap_or([0; 4])));
+    let src = u64::from_le_bytes(d[8..16].try_into().unwrap_or([0; 8]));
+    let dst = u64::from_le_bytes(d[16..24].try_into().unwrap_or([0; 8]));
+    let value = u64::from_le_bytes(d[24..32].try_into().unwrap_or([0; 8]));
+    let t = d[1] & flag::T != 0;
+    if len == 0 || len > MAX_LEN || d[1] & !(flag::T | flag::IRQ) != 0 {
+        return (status::BAD_DESCRIPTOR, None);
+    }
+    let r = match d[0] {
+        op::COPY => {
+            // Both sides are checked before anything moves.
+            match s.dma(mem, rid, t, dst, len, true) {
+                Err(r) => Err(refusal_status(r)),
+                Ok(_) => dma_read(s, mem, rid, t, src, len).and_then(|data| dma_write(s, mem, rid, t, dst, &data)).map(|()| None),
+            }
+        }
+        op::FILL => {
+            let pattern = value.to_le_bytes();
+            let data: Vec<u8> = (0..len as usize).map(|i| pattern[i % 8]).collect();
+            dma_write(s, mem, rid, t, dst, &data).map(|()| None)
+        }
+        op::READ_HASH => dma_read(s, mem, rid, t, src, len).map(|data| Some(fnv1a(&data))),
+        _ => Err(status::BAD_DESCRIPTOR),
+    };
+    match r {
+        Ok(v) => (status::OK, v),
+        Err(st) => (st, None),
+    }
+}
+
+fn le(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = data.len().min(8);
+    b[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(b)
+}
+
+impl PciFunction for Endpoint {
+    fn ids(&self) -> PciIds {
+        PciIds { vendor: VENDOR, device: DEVICE, subsystem_vendor: VENDOR, subsystem: DEVICE, class: 0xff_00_00, revision: 1 }
+    }
+
+    fn bars(&self) -> Vec<Bar> {
+        vec![Bar { index: 0, size: 0x1000 }]
+    }
+
+    fn msix_vectors(&self) -> u16 {
+        1
+    }
+
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        let e = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let v: u64 = match (bar, offset & !3) {
+            (0, reg::ID) => u64::from(ID_MAGIC),
+            (0, reg::VERSION) => 1,
+            (0, reg::REQUESTER_ID) => u64::from(self.rid),
+            (0, reg::RING_BASE) => e.ring_base,
+            (0, 0x14) => e.ring_base >> 32,
+            (0, reg::RING_SIZE) => u64::from(e.ring_size_log2),
+            (0, reg::TAIL) => u64::from(e.tail),
+            (0, reg::HEAD) => u64::from(e.head),
+            (0, reg::STATUS) => u64::from(e.status),
+            (0, reg::CTRL) => u64::from(e.ctrl),
+            (0, reg::COMPLETED) => u64::from(e.completed),
+            _ => 0,
+        };
+        let v = if data.len() == 8 && offset & !3 == reg::RING_BASE { e.ring_base } else { v };
+        let b = v.to_le_bytes();
+        let n = data.len().min(8);
+        data[..n].copy_from_slice(&b[..n]);
+    }
+
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        if bar != 0 {
+            return;
+        }
+        let v = le(data);
+        let doorbell = {
+            let mut e = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+            match offset {
+                reg::RING_BASE if data.len() == 8 => e.ring_base = v,
+                reg::RING_BASE => e.ring_base = (e.ring_base & !0xffff_ffff) | (v & 0xffff_ffff),
+                0x14 => e.ring_base = (e.ring_base & 0xffff_ffff) | (v << 32),
+                reg::RING_SIZE => e.ring_size_log2 = (v as u32).min(13),
+                reg::TAIL => e.tail = v as u32,
+                reg::CTRL => {
+                    e.ctrl = v as u32 & CTRL_IRQ_EN;
+                    if v as u32 & CTRL_RESET != 0 {
+                        e.head = 0;
+                        e.tail = 0;
+                        e.status = 0;
+                    }
+                }
+                _ => {}
+            }
+            offset == reg::TAIL
+        };
+        if doorbell {
+            self.doorbell();
+        }
+    }
+
+    fn reset(&mut self) {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = Engine::default();
+        if let Some(r) = self.secure.lock().unwrap_or_else(|p| p.into_inner()).rmp.as_mut() {
+            r.hazards.unregister_requester(self.rid);
+        }
+    }
+}

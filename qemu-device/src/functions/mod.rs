@@ -1,0 +1,4 @@
+//! The daemon's PCI functions.
+
+pub mod endpoint;
+pub mod iommu;

@@ -1,0 +1,138 @@
+//! Type 0 config space (PCI Local Bus 3.0 §6.1; PCIe 6.x §7.5 for the PCI Express capability;
+//! MSI-X §6.8.2) as a 4 KiB array with a write mask. QEMU's vfio-pci reads the header and
+//! capabilities from here and emulates BAR sizing and the MSI-X table itself.
+
+use crate::function::{Bar, PciIds};
+
+pub const SIZE: usize = 4096;
+const CAP_PCIE: u8 = 0x40;
+const CAP_MSIX: u8 = 0x70;
+/// The MSI-X table and PBA live in a BAR of their own.
+pub const MSIX_BAR: u8 = 4;
+pub const MSIX_BAR_SIZE: u64 = 0x1000;
+pub const MSIX_PBA_OFFSET: u32 = 0x800;
+
+pub struct ConfigSpace {
+    bytes: [u8; SIZE],
+    wmask: [u8; SIZE],
+}
+
+impl ConfigSpace {
+    pub fn new(ids: &PciIds, bars: &[Bar], msix_vectors: u16) -> ConfigSpace {
+        let mut c = ConfigSpace { bytes: [0; SIZE], wmask: [0; SIZE] };
+        c.put16(0x00, ids.vendor);
+        c.put16(0x02, ids.device);
+        // Command: memory space, bus master, INTx disable are the driver's to set.
+        c.wmask[0x04] = 0x06;
+        c.wmask[0x05] = 0x04;
+        c.put16(0x06, 1 << 4); // status: capabilities list
+        c.bytes[0x08] = ids.revision;
+        c.bytes[0x09] = ids.class as u8;
+        c.bytes[0x0a] = (ids.class >> 8) as u8;
+        c.bytes[0x0b] = (ids.class >> 16) as u8;
+        c.wmask[0x0c] = 0xff; // cache line size
+        c.put16(0x2c, ids.subsystem_vendor);
+        c.put16(0x2e, ids.subsystem);
+        c.bytes[0x34] = CAP_PCIE;
+        c.wmask[0x3c] = 0xff; // interrupt line
+        for b in bars.iter().chain(msix_vectors.gt(&0).then_some(&Bar { index: MSIX_BAR, size: MSIX_BAR_SIZE })) {
+            // 64-bit memory BAR; QEMU sizes it from the region size and emulates the writes.
+            let off = 0x10 + 4 * usize::from(b.index);
+            c.put32(off, 0x4);
+        }
+        // PCI Express capability v2, endpoint, 4 KiB extended config space behind it.
+        c.bytes[CAP_PCIE as usize] = 0x10;
+        c.bytes[CAP_PCIE as usize + 1] = if msix_vectors > 0 { CAP_MSIX } else { 0 };
+        c.put16(CAP_PCIE as usize + 2, 0x0002);
+        c.put32(CAP_PCIE as usize + 4, 0x0000_8000 | 0x1); // devcap: role-based errors, 256 B payload
+        c.wmask[CAP_PCIE as usize + 8] = 0xff; // devctl
+        c.wmask[CAP_PCIE as usize + 9] = 0xff;
+        if msix_vectors > 0 {
+            let m = CAP_MSIX as usize;
+            c.bytes[m] = 0x11;
+            c.put16(m + 2, msix_vectors - 1);
+            c.wmask[m + 3] = 0xc0; // MSI-X enable, function mask
+            c.put32(m + 4, u32::from(MSIX_BAR));
+            c.put32(m + 8, MSIX_PBA_OFFSET | u32::from(MSIX_BAR));
+        }
+        c
+    }
+
+    fn put16(&mut self, off: usize, v: u16) {
+        self.bytes[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn put32(&mut self, off: usize, v: u32) {
+        self.bytes[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Chain an extended capability header at `off` (>= 0x100); the function answers its body.
+    pub fn add_ext_cap(&mut self, off: u16, header: u32) {
+        let off = usize::from(off) & !3;
+        if !(0x100..SIZE - 4).contains(&off) {
+            return;
+        }
+        // Append to the chain: find the last header.
+        let mut prev = 0x100usize;
+        if off != 0x100 {
+            loop {
+                let h = u32::from_le_bytes(self.bytes[prev..prev + 4].try_into().unwrap_or([0; 4]));
+                let next = (h >> 20) as usize & !3;
+                if next == 0 || next < 0x100 {
+                    break;
+                }
+                prev = next;
+            }
+            let h = u32::from_le_bytes(self.bytes[prev..prev + 4].try_into().unwrap_or([0; 4]));
+            self.put32(prev, (h & 0x000f_ffff) | (off as u32) << 20);
+        }
+        self.put32(off, header & 0x000f_ffff);
+    }
+
+    pub fn read(&self, off: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(off).ok().and_then(|o| o.checked_add(i)).and_then(|o| self.bytes.get(o)).copied().unwrap_or(0xff);
+        }
+    }
+
+    /// Writes land only on writable bits.
+    pub fn write(&mut self, off: u64, data: &[u8]) {
+        for (i, &b) in data.iter().enumerate() {
+            let Some(o) = usize::try_from(off).ok().and_then(|o| o.checked_add(i)).filter(|&o| o < SIZE) else { return };
+            self.bytes[o] = (self.bytes[o] & !self.wmask[o]) | (b & self.wmask[o]);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn command(&self) -> u16 {
+        u16::from_le_bytes([self.bytes[4], self.bytes[5]])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_capabilities_and_masks() {
+        let ids = PciIds { vendor: 0x1234, device: 0x7101, subsystem_vendor: 0x1234, subsystem: 1, class: 0x080600, revision: 1 };
+        let mut c = ConfigSpace::new(&ids, &[Bar { index: 0, size: 0x4000 }], 2);
+        let mut b = [0u8; 4];
+        c.read(0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x7101_1234);
+        c.read(0x70, &mut b);
+        assert_eq!(b, [0x11, 0, 1, 0], "MSI-X, 2 vectors");
+        c.write(0, &[0xff, 0xff]);
+        c.read(0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x7101_1234, "ids are read-only");
+        c.write(4, &[0xff, 0xff]);
+        assert_eq!(c.command(), 0x0406);
+        c.add_ext_cap(0x100, 0x0001_002e);
+        c.add_ext_cap(0x200, 0x0001_0001);
+        c.read(0x100, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x2001_002e, "DOE header chained to the next");
+        let mut far = [0u8; 2];
+        c.read(4095, &mut far);
+        assert_eq!(far[1], 0xff, "past the end reads ones");
+    }
+}

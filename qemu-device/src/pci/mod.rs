@@ -1,0 +1,3 @@
+//! PCI config space of the daemon's functions.
+
+pub mod config;

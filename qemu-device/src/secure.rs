@@ -1,0 +1,192 @@
+//! The secure IOMMU as the daemon runs it: the AMD-Vi unit (iommu-model) and the security state
+//! (rmp-model) behind one lock, the path every endpoint access takes (translate, then check, then
+//! and only then move bytes), and the event stream records of what it allowed and refused.
+
+use crate::function::{EventSink, Irq};
+use crate::guest_mem::GuestMem;
+use iommu_model::amdvi::dte::DevTabBase;
+use iommu_model::amdvi::event::Event;
+use iommu_model::amdvi::mmio::AmdVi;
+use iommu_model::amdvi::{self, Outcome};
+use iommu_model::mem::PhysMem;
+use iommu_model::walk::Access;
+use rmp_model::dma_check::{DmaRefusal, DmaRequest};
+use rmp_model::hazard::LiveMapping;
+use rmp_model::ops::RmpState;
+use rmp_model::tdisp::TdispResponder;
+use rmp_model::tio::Tio;
+use rmp_model::{Rmp, RmpStatus};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Why a DMA moved nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The translation faulted (IO_PAGE_FAULT and friends).
+    Translation(Event),
+    /// The RMP check refused the access (RMP_PAGE_FAULT).
+    Rmp(DmaRefusal),
+    /// The transfer wraps around the address space.
+    BadLength,
+}
+
+pub fn bdf(devid: u16) -> String {
+    format!("{:02x}:{:02x}.{}", devid >> 8, (devid >> 3) & 0x1f, devid & 7)
+}
+
+pub struct SecureIommu {
+    pub amdvi: AmdVi,
+    /// Created when SNP is enabled, covering guest RAM.
+    pub rmp: Option<Rmp>,
+    pub rmp_base: u64,
+    pub rmp_end: u64,
+    pub tio: Tio,
+    /// The TDISP responder of each endpoint, by requester ID (the "DOE" the firmware reaches).
+    pub tdisp: BTreeMap<u16, Arc<Mutex<TdispResponder>>>,
+    pub events: Arc<dyn EventSink>,
+    pub irq: Arc<dyn Irq>,
+    /// Pages of guest RAM (the RMP covers them).
+    pub ram_pages: u64,
+}
+
+impl SecureIommu {
+    pub fn new(events: Arc<dyn EventSink>, irq: Arc<dyn Irq>) -> Self {
+        SecureIommu {
+            amdvi: AmdVi::new(),
+            rmp: None,
+            rmp_base: 0,
+            rmp_end: 0,
+            tio: Tio::default(),
+            tdisp: BTreeMap::new(),
+            events,
+            irq,
+            ram_pages: 0,
+        }
+    }
+
+    pub fn irq_if_pending(&mut self) {
+        if self.amdvi.take_irq() {
+            self.irq.raise(0);
+        }
+    }
+
+    /// Turn SNP on: an RMP covering guest RAM, every page hypervisor-owned, mirrored to RMP_BASE.
+    pub fn enable_snp(&mut self, mem: &mut GuestMem, ram_pages: u64) {
+        if self.rmp.is_none() {
+            self.ram_pages = ram_pages;
+            self.rmp = Some(Rmp::new(ram_pages));
+            self.mirror(mem, 0, ram_pages);
+            self.events.emit(json!({"type": "snp", "enabled": true, "pages": ram_pages}));
+        }
+    }
+
+    /// Write the raw entries of pages `[first, first + n)` where the guest reads the RMP.
+    pub fn mirror(&self, mem: &mut GuestMem, first: u64, n: u64) {
+        let Some(rmp) = &self.rmp else { return };
+        if self.rmp_base == 0 {
+            return;
+        }
+        for pfn in first..first.saturating_add(n).min(rmp.pages()) {
+            let at = self.rmp_base + Rmp::entry_offset(pfn);
+            if at + 16 > self.rmp_end.saturating_add(1) {
+                break;
+            }
+            if let Some(raw) = rmp.raw(pfn) {
+                let _ = mem.write(at, &raw);
+            }
+        }
+    }
+
+    /// RMPUPDATE from the firmware mailbox, reporting hazards of mappings still live in the
+    /// tables (re-walked now: a mapping the driver has since removed is no hazard).
+    pub fn rmpupdate(&mut self, mem: &mut GuestMem, spa: u64, st: &RmpState) -> RmpStatus {
+        let Some(rmp) = self.rmp.as_mut() else { return RmpStatus::FailInput };
+        let res = rmp.rmpupdate(spa, st);
+        let devtab = DevTabBase(self.amdvi.mmio_read(0, 8));
+        for h in &res.hazards {
+            let live = matches!(amdvi::translate(mem, devtab, h.mapping.requester, h.mapping.iova, Access::Read),
+                Outcome::Ok(t) if t.spa & !0xfff == h.mapping.spa & !0xfff);
+            if !live {
+                rmp.hazards.unregister(h.mapping.requester, h.mapping.iova);
+                continue;
+            }
+            self.events.emit(json!({
+                "type": "hazard", "spa": format!("{:#x}", h.spa), "asid": h.asid,
+                "requester": bdf(h.mapping.requester), "iova": format!("{:#x}", h.mapping.iova),
+                "size": h.mapping.size, "write": h.mapping.write,
+            }));
+        }
+        self.events.emit(json!({
+            "type": "rmpupdate", "spa": format!("{spa:#x}"), "gpa": format!("{:#x}", st.gpa), "assigned": st.assigned,
+            "asid": st.asid, "page_size": st.page_size.bytes(), "status": res.status.name(),
+        }));
+        if res.status == RmpStatus::Success {
+            let n = st.page_size.bytes() >> 12;
+            self.mirror(mem, spa >> 12, n);
+        }
+        res.status
+    }
+
+    /// Translate and check every page of a transfer. Nothing is returned (so nothing may move)
+    /// unless every page is allowed; the first refused page is logged and ends the transfer.
+    pub fn dma(&mut self, mem: &mut GuestMem, rid: u16, t: bool, iova: u64, len: u64, write: bool) -> Result<Vec<(u64, u64)>, Refusal> {
+        let access = if write { Access::Write } else { Access::Read };
+        let mut chunks = Vec::new();
+        let mut at = iova;
+        let end = iova.checked_add(len).ok_or(Refusal::BadLength)?;
+        while at < end {
+            let page_end = (at | 0xfff).saturating_add(1).min(end);
+            let r = self.page(mem, rid, t, at, access);
+            self.irq_if_pending();
+            let spa = r?;
+            chunks.push((spa, page_end - at));
+            at = page_end;
+        }
+        Ok(chunks)
+    }
+
+    fn page(&mut self, mem: &mut GuestMem, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
+        let write = access == Access::Write;
+        let tr = match self.amdvi.translate(mem, rid, iova, access) {
+            Outcome::Ok(tr) => tr,
+            Outcome::Fault { event, level, logged } => {
+                self.events.emit(json!({
+                    "type": "translation_fault", "event": event.name(), "devid": bdf(rid), "iova": format!("{iova:#x}"),
+                    "access": if write { "write" } else { "read" }, "level": level, "flags": event.flags, "logged": logged,
+                }));
+                return Err(Refusal::Translation(event));
+            }
+        };
+        let Some(rmp) = &mut self.rmp else {
+            // Without SNP there is no TIO: T=1 requests have nothing to be checked against.
+            if t {
+                return Err(Refusal::Rmp(DmaRefusal::TdiNotRun));
+            }
+            return Ok(tr.spa);
+        };
+        let function_id = u32::from(rid);
+        let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
+        let tdi = if t { self.tio.binding_for(rid, function_id, state) } else { None };
+        let req = DmaRequest { requester: rid, t, tdi, iova, spa: tr.spa, write, mapping_size_log2: tr.size_log2 };
+        match rmp.check_dma(&req) {
+            Ok(()) => {
+                if !t && tr.level > 0 {
+                    let m = LiveMapping { requester: rid, iova: iova & !0xfff, spa: tr.spa & !0xfff, size: 0x1000, write: tr.perm.write };
+                    let _ = rmp.hazards.register(m);
+                }
+                Ok(tr.spa)
+            }
+            Err(f) => {
+                let ev = Event::rmp_page_fault(f.devid, f.flags_rmp, f.vmg_tag, f.flags, f.gpa);
+                let logged = self.amdvi.log_event(mem, &ev);
+                self.events.emit(json!({
+                    "type": "rmp_violation", "event": "RMP_PAGE_FAULT", "devid": bdf(rid), "t": t,
+                    "iova": format!("{iova:#x}"), "spa": format!("{:#x}", tr.spa), "access": if write { "write" } else { "read" },
+                    "reason": f.reason.name(), "flags_rmp": f.flags_rmp, "vmg_tag": f.vmg_tag, "logged": logged,
+                }));
+                Err(Refusal::Rmp(f.reason))
+            }
+        }
+    }
+}

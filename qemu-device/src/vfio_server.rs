@@ -1,0 +1,187 @@
+//! The vfio-user glue: serves one `PciFunction` over one socket with rust-vmm's vfio_user server.
+//! Config space is ours (region 7); BAR accesses go to the function; QEMU's DMA_MAP messages
+//! bring guest RAM (as file descriptors) into `GuestRam`; MSI-X vectors are the eventfds QEMU
+//! passes with SET_IRQS.
+
+use crate::function::{Irq, PciFunction};
+use crate::guest_mem::GuestRam;
+use crate::pci::config::{ConfigSpace, MSIX_BAR, MSIX_BAR_SIZE};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use vfio_bindings::bindings::vfio::{
+    vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
+
+/// MSI-X vectors as eventfds.
+#[derive(Default)]
+pub struct MsixIrq {
+    fds: Mutex<Vec<Option<File>>>,
+}
+
+impl Irq for MsixIrq {
+    fn raise(&self, vector: u16) {
+        let fds = self.fds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(Some(mut f)) = fds.get(usize::from(vector)).map(|f| f.as_ref()) {
+            let _ = f.write_all(&1u64.to_le_bytes());
+        }
+    }
+}
+
+pub struct FunctionBackend<F: PciFunction> {
+    name: String,
+    config: ConfigSpace,
+    function: F,
+    ram: GuestRam,
+    irq: Arc<MsixIrq>,
+    bars: Vec<u8>,
+}
+
+impl<F: PciFunction> FunctionBackend<F> {
+    pub fn new(name: &str, function: F, ram: GuestRam, irq: Arc<MsixIrq>) -> Self {
+        let bars = function.bars();
+        let mut config = ConfigSpace::new(&function.ids(), &bars, function.msix_vectors());
+        for (off, header) in function.ext_caps() {
+            config.add_ext_cap(off, header);
+        }
+        FunctionBackend { name: name.into(), config, bars: bars.iter().map(|b| b.index).collect(), function, ram, irq }
+    }
+
+    fn regions(&self) -> Vec<ServerRegion> {
+        let mut sizes = vec![0u64; VFIO_PCI_NUM_REGIONS as usize];
+        for b in self.function.bars() {
+            if let Some(s) = sizes.get_mut(usize::from(b.index)) {
+                *s = b.size;
+            }
+        }
+        if self.function.msix_vectors() > 0 {
+            sizes[usize::from(MSIX_BAR)] = MSIX_BAR_SIZE;
+        }
+        sizes[VFIO_PCI_CONFIG_REGION_INDEX as usize] = crate::pci::config::SIZE as u64;
+        (0..VFIO_PCI_NUM_REGIONS)
+            .map(|index| {
+                let size = sizes[index as usize];
+                let flags = if size > 0 { VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE } else { 0 };
+                ServerRegion {
+                    region_info: vfio_region_info {
+                        argsz: std::mem::size_of::<vfio_region_info>() as u32,
+                        index,
+                        size,
+                        flags,
+                        ..Default::default()
+                    },
+                    sparse_areas: Vec::new(),
+                    mmap_fd: None,
+                }
+            })
+            .collect()
+    }
+
+    fn irqs(&self) -> Vec<IrqInfo> {
+        (0..VFIO_PCI_NUM_IRQS)
+            .map(|index| {
+                let count = if index == VFIO_PCI_MSIX_IRQ_INDEX { u32::from(self.function.msix_vectors()) } else { 0 };
+                IrqInfo { index, count, flags: if count > 0 { VFIO_IRQ_INFO_EVENTFD } else { 0 } }
+            })
+            .collect()
+    }
+
+    /// Serve QEMU on `path` until it disconnects.
+    pub fn serve(mut self, path: &Path) -> Result<(), String> {
+        prepare_socket_path(path)?;
+        let server = Server::new(path, true, self.irqs(), self.regions()).map_err(|e| format!("{}: cannot listen on {}: {e:?}", self.name, path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        tracing::info!("{}: listening on {}", self.name, path.display());
+        let r = server.run(&mut self).map_err(|e| format!("{}: {e:?}", self.name));
+        tracing::info!("{}: client disconnected", self.name);
+        r
+    }
+}
+
+/// The daemon replaces a socket path only if it is a stale socket (nobody listening).
+fn prepare_socket_path(path: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!("{} is in use by another server", path.display()));
+            }
+            std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
+        }
+        Ok(_) => Err(format!("{} exists and is not a socket; not replacing it", path.display())),
+    }
+}
+
+impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), std::io::Error> {
+        if region == VFIO_PCI_CONFIG_REGION_INDEX {
+            self.config.read(offset, data);
+            if offset >= 0x100 {
+                let ext = self.function.ext_caps();
+                if ext.iter().any(|&(o, _)| offset > u64::from(o) && offset < u64::from(o) + 0x40) {
+                    self.function.ext_config_read(offset as u16, data);
+                }
+            }
+        } else if region <= 5 && self.bars.contains(&(region as u8)) {
+            self.function.bar_read(region as u8, offset, data);
+        } else {
+            data.fill(0);
+        }
+        Ok(())
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        if region == VFIO_PCI_CONFIG_REGION_INDEX {
+            if offset >= 0x100 && self.function.ext_caps().iter().any(|&(o, _)| offset > u64::from(o) && offset < u64::from(o) + 0x40) {
+                self.function.ext_config_write(offset as u16, data);
+            } else {
+                self.config.write(offset, data);
+            }
+        } else if region <= 5 && self.bars.contains(&(region as u8)) {
+            self.function.bar_write(region as u8, offset, data);
+        }
+        Ok(())
+    }
+
+    fn dma_map(&mut self, _flags: DmaMapFlags, offset: u64, address: u64, size: u64, fd: Option<File>) -> Result<(), std::io::Error> {
+        // Regions without a file (ROM, VGA) cannot be shared; DMA to them fails as "no memory".
+        let Some(fd) = fd else { return Ok(()) };
+        tracing::debug!("{}: DMA_MAP {address:#x}+{size:#x}", self.name);
+        self.ram.map(address, size, fd, offset)
+    }
+
+    fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> Result<(), std::io::Error> {
+        self.ram.unmap(address, size);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), std::io::Error> {
+        self.function.reset();
+        Ok(())
+    }
+
+    fn set_irqs(&mut self, index: u32, flags: u32, start: u32, count: u32, fds: Vec<File>) -> Result<(), std::io::Error> {
+        if index != VFIO_PCI_MSIX_IRQ_INDEX {
+            return Ok(());
+        }
+        let mut v = self.irq.fds.lock().unwrap_or_else(|p| p.into_inner());
+        let n = usize::from(self.function.msix_vectors());
+        v.resize_with(n, || None);
+        if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 && flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0 {
+            for (i, fd) in fds.into_iter().enumerate() {
+                if let Some(slot) = v.get_mut(start as usize + i) {
+                    *slot = Some(fd);
+                }
+            }
+        } else if count == 0 {
+            v.iter_mut().for_each(|s| *s = None);
+        }
+        Ok(())
+    }
+}
