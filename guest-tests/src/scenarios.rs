@@ -1,0 +1,437 @@
+//! The scenarios. Each builds on the rig: the two functions found and mapped, a device table,
+//! command buffer, event log and v1 page tables written in huge pages, the endpoint's ring mapped.
+
+use crate::sys::{find, Bar, DmaMem, PciDev};
+use iommu_model::amdvi::builder::V1Builder;
+use iommu_model::amdvi::command::{encode, Command};
+use iommu_model::amdvi::dte::Dte;
+use iommu_model::amdvi::event::{self, flags, Event};
+use iommu_model::amdvi::mmio::{self, control};
+use iommu_model::walk::Perm;
+use std::time::{Duration, Instant};
+
+const IOMMU_ID: (u16, u16) = (0x1234, 0x7101);
+const ENDPOINT_ID: (u16, u16) = (0x1234, 0x7102);
+const DOMAIN: u16 = 1;
+const RING_IOVA: u64 = 0x1000_0000;
+const RING_ENTRIES: u32 = 64;
+const SMALL_IOVA: u64 = 0x2000_0000;
+const BIG_IOVA: u64 = 0x4000_0000;
+const VTOM: u64 = 1 << 40;
+
+// Endpoint registers and descriptor fields (docs/device-abi.md).
+const EP_ID: usize = 0x00;
+const EP_RID: usize = 0x08;
+const EP_RING_BASE: usize = 0x10;
+const EP_RING_SIZE: usize = 0x18;
+const EP_TAIL: usize = 0x20;
+const OP_COPY: u8 = 1;
+const OP_FILL: u8 = 2;
+const F_T: u8 = 1;
+const ST_OK: u16 = 1;
+const ST_IO_PAGE_FAULT: u16 = 2;
+const ST_RMP_PAGE_FAULT: u16 = 3;
+const ST_T1_REFUSED: u16 = 4;
+
+// Mailbox (BAR2).
+const SNP_CTL: usize = 0x10;
+const CMDRESP: usize = 0x100;
+const CMDBUF_LO: usize = 0x108;
+const MB_RMPUPDATE: u32 = 0x01;
+const MB_PVALIDATE: u32 = 0x03;
+const TIO_INIT: u32 = 0xd1;
+const TIO_DEV_CREATE: u32 = 0xd2;
+const TIO_DEV_CONNECT: u32 = 0xd4;
+const TIO_TDI_CREATE: u32 = 0xda;
+const TIO_TDI_BIND: u32 = 0xdc;
+const TIO_TDI_STATUS: u32 = 0xdf;
+const TIO_GUEST_REQUEST: u32 = 0xe0;
+const MSG_SDTE_WRITE: u32 = 25;
+const MSG_RUN: u32 = 0x100;
+
+type R = Result<(), String>;
+
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+struct Rig {
+    iommu: Bar,
+    ctl: Bar,
+    ep: Bar,
+    mem: DmaMem,
+    rid: u16,
+    hp1: u64,
+    devtab: u64,
+    cmdbuf: u64,
+    evtlog: u64,
+    sem: u64,
+    mbox: u64,
+    pt: V1Builder,
+    cmd_tail: u64,
+    evt_head: u64,
+    sem_seq: u64,
+    tail: u32,
+}
+
+fn bdf_to_rid(d: &PciDev) -> Option<u16> {
+    // "0000:00:04.0"
+    let s = d.bdf.rsplit(':').take(2).collect::<Vec<_>>();
+    let (devfn, bus) = (s.first()?, s.get(1)?);
+    let (dev, func) = devfn.split_once('.')?;
+    Some(u16::from_str_radix(bus, 16).ok()? << 8 | u16::from_str_radix(dev, 16).ok()? << 3 | func.parse::<u16>().ok()?)
+}
+
+impl Rig {
+    fn new() -> Result<Rig, String> {
+        let iommu_dev = find(IOMMU_ID.0, IOMMU_ID.1).ok_or("no secure IOMMU function (1234:7101)")?;
+        let ep_dev = find(ENDPOINT_ID.0, ENDPOINT_ID.1).ok_or("no DMA endpoint function (1234:7102)")?;
+        let rid = bdf_to_rid(&ep_dev).ok_or("endpoint address")?;
+        let (iommu, ctl, ep) = (Bar::map(&iommu_dev, 0)?, Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
+        let mut mem = DmaMem::default();
+        let hp0 = mem.page()?;
+        let hp1 = mem.page()?;
+        let pt = V1Builder::new(&mut mem, hp0 + 0x10_0000, hp0 + 0x20_0000, 4).map_err(|e| format!("{e:?}"))?;
+        let mut rig = Rig {
+            iommu, ctl, ep, mem, rid, hp1,
+            devtab: hp0, cmdbuf: hp0 + 0x1000, evtlog: hp0 + 0x2000, sem: hp0 + 0x3000, mbox: hp0 + 0x4000,
+            pt, cmd_tail: 0, evt_head: 0, sem_seq: 0, tail: 0,
+        };
+        let dte = Dte::translated(rig.pt.root, 4, DOMAIN, Perm::RW);
+        rig.mem.wr(rig.devtab + u64::from(rid) * 32, &dte.to_bytes());
+        rig.iommu.w64(mmio::DEV_TABLE_BASE as usize, rig.devtab);
+        rig.iommu.w64(mmio::CMD_BUF_BASE as usize, rig.cmdbuf | 8 << 56);
+        rig.iommu.w64(mmio::EVENT_LOG_BASE as usize, rig.evtlog | 8 << 56);
+        rig.iommu.w64(mmio::CONTROL as usize, control::IOMMU_EN | control::EVENT_LOG_EN | control::CMD_BUF_EN);
+        rig.map(RING_IOVA, hp1, 12, Perm::RW)?;
+        rig.ep.w64(EP_RING_BASE, RING_IOVA);
+        rig.ep.w32(EP_RING_SIZE, RING_ENTRIES.trailing_zeros());
+        Ok(rig)
+    }
+
+    fn map(&mut self, iova: u64, pa: u64, size_log2: u8, perm: Perm) -> R {
+        self.pt.map(&mut self.mem, iova, pa, size_log2, perm).map_err(|e| format!("map {iova:#x}: {e:?}"))
+    }
+
+    /// A small buffer page: IOVA SMALL_IOVA + k pages, backed by huge page 1 at (k + 1) pages.
+    fn small(&self, k: u64) -> (u64, u64) {
+        (SMALL_IOVA + k * 0x1000, self.hp1 + (k + 1) * 0x1000)
+    }
+
+    fn submit(&mut self, cmds: &[Command]) {
+        for c in cmds {
+            let [a, b] = encode(c);
+            self.mem.w64(self.cmdbuf + self.cmd_tail, a);
+            self.mem.w64(self.cmdbuf + self.cmd_tail + 8, b);
+            self.cmd_tail = (self.cmd_tail + 16) % 4096;
+        }
+        self.iommu.w64(mmio::CMD_BUF_TAIL as usize, self.cmd_tail);
+    }
+
+    /// COMPLETION_WAIT and poll its store, as Linux's wait_on_sem does.
+    fn completion_wait(&mut self) -> R {
+        self.sem_seq += 1;
+        let data = self.sem_seq;
+        self.submit(&[Command::CompletionWait { store: true, interrupt: false, store_addr: self.sem, data }]);
+        poll(|| self.mem.r64(self.sem) == data).then_some(()).ok_or_else(|| "COMPLETION_WAIT never stored".into())
+    }
+
+    /// New event-log records since the last call.
+    fn events(&mut self) -> Vec<Event> {
+        let tail = self.iommu.r64(mmio::EVENT_LOG_TAIL as usize);
+        let mut out = Vec::new();
+        while self.evt_head != tail && out.len() < 256 {
+            let mut b = [0u8; 16];
+            self.mem.rd(self.evtlog + self.evt_head, &mut b);
+            out.push(Event::from_bytes(&b));
+            self.evt_head = (self.evt_head + 16) % 4096;
+        }
+        self.iommu.w64(mmio::EVENT_LOG_HEAD as usize, self.evt_head);
+        out
+    }
+
+    /// One descriptor through the ring; returns its status (and value field).
+    fn dma(&mut self, op: u8, flags: u8, src: u64, dst: u64, len: u32, value: u64) -> Result<(u16, u64), String> {
+        let slot = self.hp1 + u64::from(self.tail % RING_ENTRIES) * 32;
+        let mut d = [0u8; 32];
+        d[0] = op;
+        d[1] = flags;
+        d[4..8].copy_from_slice(&len.to_le_bytes());
+        d[8..16].copy_from_slice(&src.to_le_bytes());
+        d[16..24].copy_from_slice(&dst.to_le_bytes());
+        d[24..32].copy_from_slice(&value.to_le_bytes());
+        self.mem.wr(slot, &d);
+        self.tail = (self.tail + 1) % RING_ENTRIES;
+        self.ep.w32(EP_TAIL, self.tail);
+        let mut st = [0u8; 2];
+        let done = poll(|| {
+            self.mem.rd(slot + 2, &mut st);
+            u16::from_le_bytes(st) != 0
+        });
+        check!(done, "descriptor {} never completed", (self.tail + RING_ENTRIES - 1) % RING_ENTRIES);
+        Ok((u16::from_le_bytes(st), self.mem.r64(slot + 24)))
+    }
+
+    fn fill(&mut self, flags: u8, iova: u64, len: u32, pattern: u64) -> Result<u16, String> {
+        Ok(self.dma(OP_FILL, flags, 0, iova, len, pattern)?.0)
+    }
+
+    /// A firmware mailbox command with its buffer; returns the status.
+    fn mailbox(&mut self, id: u32, buf: &[u8]) -> Result<u32, String> {
+        let mut b = [0u8; 64];
+        b[..buf.len()].copy_from_slice(buf);
+        self.mem.wr(self.mbox, &b);
+        self.ctl.w64(CMDBUF_LO, self.mbox);
+        self.ctl.w32(CMDRESP, id << 16);
+        let mut r = 0;
+        check!(poll(|| { r = self.ctl.r32(CMDRESP); r >> 31 == 1 }), "mailbox command {id:#x} never completed");
+        Ok(r & 0xffff)
+    }
+
+    fn rmpupdate(&mut self, spa: u64, gpa: u64, assigned: bool, asid: u32) -> Result<u32, String> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&spa.to_le_bytes());
+        b.extend_from_slice(&gpa.to_le_bytes());
+        b.extend_from_slice(&[assigned as u8, 0, 0, 0]);
+        b.extend_from_slice(&asid.to_le_bytes());
+        self.mailbox(MB_RMPUPDATE, &b)
+    }
+
+    fn pvalidate(&mut self, spa: u64, gpa: u64, asid: u16) -> Result<u32, String> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&spa.to_le_bytes());
+        b.extend_from_slice(&gpa.to_le_bytes());
+        b.extend_from_slice(&asid.to_le_bytes());
+        b.extend_from_slice(&[0, 1]);
+        self.mailbox(MB_PVALIDATE, &b)
+    }
+
+    fn page_bytes(&self, pa: u64, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.mem.rd(pa, &mut v);
+        v
+    }
+}
+
+/// Poll for up to 5 s: TCG is slow, and a result that never comes is a failure, not a hang.
+fn poll(mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    false
+}
+
+fn pattern(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect()
+}
+
+fn expect_event(kind: &str, kv: &str) {
+    println!("# expect-event {kind} {kv}");
+}
+
+pub fn run() -> Vec<(&'static str, R)> {
+    let scenarios: [(&'static str, fn(&mut Rig) -> R); 7] = [
+        ("dma_through_4k_and_2m_mappings", dma_copies),
+        ("unmapped_and_read_only_iova_fault", io_page_faults),
+        ("changed_pte_stale_until_invalidation", stale_until_invalidated),
+        ("rmp_blocks_t0_write_to_assigned_page", rmp_blocks_t0),
+        ("tdisp_t1_needs_run_and_the_tdis_asid", tdisp_t1),
+        ("vtom_t1_shared_above_vtom", vtom_shared),
+        ("hazard_private_conversion_of_live_mapping", hazard),
+    ];
+    println!("KTAP version 1");
+    println!("1..{}", scenarios.len());
+    let mut rig = match Rig::new() {
+        Ok(r) => r,
+        Err(e) => {
+            for (i, (name, _)) in scenarios.iter().enumerate() {
+                println!("not ok {} {name} # rig: {e}", i + 1);
+            }
+            return scenarios.iter().map(|(n, _)| (*n, Err(format!("rig: {e}")))).collect();
+        }
+    };
+    let id = rig.ep.r32(EP_ID);
+    println!("# endpoint {:#x} requester {:#06x}, IOMMU EFR {:#x}", id, rig.ep.r32(EP_RID), rig.iommu.r64(mmio::EXT_FEATURES as usize));
+    let mut out = Vec::new();
+    for (i, (name, f)) in scenarios.iter().enumerate() {
+        let r = f(&mut rig);
+        match &r {
+            Ok(()) => println!("ok {} {name}", i + 1),
+            Err(e) => println!("not ok {} {name} # {e}", i + 1),
+        }
+        out.push((*name, r));
+    }
+    out
+}
+
+fn dma_copies(r: &mut Rig) -> R {
+    let ((src, src_pa), (dst, dst_pa)) = (r.small(0), r.small(1));
+    r.map(src, src_pa, 12, Perm::RW)?;
+    r.map(dst, dst_pa, 12, Perm::RW)?;
+    let data = pattern(1, 4096);
+    r.mem.wr(src_pa, &data);
+    let (st, _) = r.dma(OP_COPY, 0, src, dst, 4096, 0)?;
+    check!(st == ST_OK, "4 KiB copy status {st}");
+    check!(r.page_bytes(dst_pa, 4096) == data, "4 KiB copy: wrong bytes at the destination");
+    // 1 MiB across 2 MiB mappings, at offsets that cross no page boundary of the IOVA space.
+    let (a, b) = (r.mem.page()?, r.mem.page()?);
+    r.map(BIG_IOVA, a, 21, Perm::RW)?;
+    r.map(BIG_IOVA + (2 << 20), b, 21, Perm::RW)?;
+    let data = pattern(2, 1 << 20);
+    r.mem.wr(a + 0x1000, &data);
+    let t = Instant::now();
+    let (st, _) = r.dma(OP_COPY, 0, BIG_IOVA + 0x1000, BIG_IOVA + (2 << 20) + 0x3000, 1 << 20, 0)?;
+    let secs = t.elapsed().as_secs_f64();
+    check!(st == ST_OK, "1 MiB copy status {st}");
+    check!(r.page_bytes(b + 0x3000, 1 << 20) == data, "1 MiB copy: wrong bytes");
+    let t = Instant::now();
+    let mut v = vec![0u8; 1 << 20];
+    r.mem.rd(a + 0x1000, &mut v);
+    r.mem.wr(b + 0x3000, &v);
+    let local = t.elapsed().as_secs_f64();
+    println!("# 1 MiB through 2 MiB mappings: device {:.1} MB/s (doorbell to status), guest volatile copy {:.1} MB/s", 1.0 / secs, 1.0 / local);
+    Ok(())
+}
+
+fn io_page_faults(r: &mut Rig) -> R {
+    r.events();
+    let unmapped = 0x3000_0000;
+    let st = r.fill(0, unmapped, 64, 0x1111)?;
+    check!(st == ST_IO_PAGE_FAULT, "unmapped IOVA: status {st}");
+    let ev = r.events();
+    check!(ev.iter().any(|e| e.code == event::IO_PAGE_FAULT && e.address == unmapped && e.devid == r.rid && e.flags & flags::RW != 0 && e.flags & flags::PR == 0),
+        "no IO_PAGE_FAULT for {unmapped:#x} in the event log: {ev:?}");
+    expect_event("translation_fault", &format!("event=IO_PAGE_FAULT iova={unmapped:#x}"));
+    let (ro, ro_pa) = r.small(2);
+    r.map(ro, ro_pa, 12, Perm::new(true, false))?;
+    let st = r.fill(0, ro, 64, 0x2222)?;
+    check!(st == ST_IO_PAGE_FAULT, "write through an IR-only mapping: status {st}");
+    check!(r.page_bytes(ro_pa, 64).iter().all(|&b| b == 0), "the read-only page was written");
+    let ev = r.events();
+    check!(ev.iter().any(|e| e.address == ro && e.flags & (flags::PR | flags::PE | flags::RW) == flags::PR | flags::PE | flags::RW),
+        "no permission IO_PAGE_FAULT for {ro:#x}: {ev:?}");
+    expect_event("translation_fault", &format!("iova={ro:#x} access=write"));
+    Ok(())
+}
+
+fn stale_until_invalidated(r: &mut Rig) -> R {
+    let (iova, old) = r.small(3);
+    let (_, new) = r.small(4);
+    r.map(iova, old, 12, Perm::RW)?;
+    check!(r.fill(0, iova, 8, 0xaaaa)? == ST_OK, "first fill");
+    check!(r.mem.r64(old) == 0xaaaa, "first fill did not land");
+    r.map(iova, new, 12, Perm::RW)?; // PTE now points at the new page; no invalidation yet
+    check!(r.fill(0, iova, 8, 0xbbbb)? == ST_OK, "second fill");
+    check!(r.mem.r64(old) == 0xbbbb && r.mem.r64(new) == 0, "before invalidation the IOTLB must still send DMA to the old page");
+    r.submit(&[Command::InvalidateIommuPages { domain_id: DOMAIN, start: iova, len: 0x1000, pde: true }]);
+    r.completion_wait()?;
+    check!(r.fill(0, iova, 8, 0xcccc)? == ST_OK, "third fill");
+    check!(r.mem.r64(new) == 0xcccc && r.mem.r64(old) == 0xbbbb, "after INVALIDATE_IOMMU_PAGES the new PTE must be used");
+    Ok(())
+}
+
+fn rmp_blocks_t0(r: &mut Rig) -> R {
+    r.ctl.w64(SNP_CTL, 1);
+    let (iova, pa) = r.small(5);
+    r.map(iova, pa, 12, Perm::RW)?;
+    let st = r.rmpupdate(pa, iova, true, 1)?;
+    check!(st == 0, "RMPUPDATE to private: status {st}");
+    r.events();
+    let st = r.fill(0, iova, 4096, 0x5555)?;
+    check!(st == ST_RMP_PAGE_FAULT, "T=0 write to an assigned page: status {st}");
+    check!(r.page_bytes(pa, 4096).iter().all(|&b| b == 0), "bytes of the assigned page changed");
+    let ev = r.events();
+    check!(ev.iter().any(|e| e.code == event::RMP_PAGE_FAULT && e.address == iova && e.devid == r.rid), "no RMP_PAGE_FAULT in the event log: {ev:?}");
+    expect_event("rmp_violation", &format!("iova={iova:#x} t=false access=write"));
+    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "RMPUPDATE to shared");
+    check!(r.fill(0, iova, 4096, 0x5555)? == ST_OK, "write after the page is shared again");
+    check!(r.mem.r64(pa + 4088) == 0x5555, "the write did not land");
+    Ok(())
+}
+
+fn tdisp_t1(r: &mut Rig) -> R {
+    let rid = r.rid;
+    check!(r.mailbox(TIO_INIT, &[])? == 0, "TIO_INIT");
+    check!(r.mailbox(TIO_DEV_CREATE, &rid.to_le_bytes())? == 0, "TIO_DEV_CREATE");
+    check!(r.mailbox(TIO_DEV_CONNECT, &rid.to_le_bytes())? == 0, "TIO_DEV_CONNECT");
+    let mut b = rid.to_le_bytes().to_vec();
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&u32::from(rid).to_le_bytes());
+    check!(r.mailbox(TIO_TDI_CREATE, &b)? == 0, "TIO_TDI_CREATE");
+    let tdi = u32::from_le_bytes(r.page_bytes(r.mbox + 8, 4).try_into().unwrap_or([0; 4]));
+    let mut b = tdi.to_le_bytes().to_vec();
+    b.extend_from_slice(&2u16.to_le_bytes()); // ASID 2
+    b.extend_from_slice(&0x0100u16.to_le_bytes()); // guest BDF 01:00.0
+    b.extend_from_slice(&[0, 0, 0]); // lock flags, no RUN yet
+    check!(r.mailbox(TIO_TDI_BIND, &b)? == 0, "TIO_TDI_BIND");
+    check!(r.mailbox(TIO_TDI_STATUS, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 1, "TDI not CONFIG_LOCKED after bind");
+    // A private page of ASID 2 at GPA = IOVA, validated.
+    let (iova, pa) = r.small(6);
+    r.map(iova, pa, 12, Perm::RW)?;
+    check!(r.rmpupdate(pa, iova, true, 2)? == 0, "RMPUPDATE for ASID 2");
+    check!(r.pvalidate(pa, iova, 2)? == 0, "PVALIDATE");
+    let st = r.fill(F_T, iova, 64, 0x7777)?;
+    check!(st == ST_T1_REFUSED, "T=1 before RUN: status {st}");
+    check!(r.mem.r64(pa) == 0, "T=1 before RUN wrote");
+    expect_event("rmp_violation", &format!("iova={iova:#x} t=true"));
+    let mut req = tdi.to_le_bytes().to_vec();
+    req.extend_from_slice(&MSG_RUN.to_le_bytes());
+    check!(r.mailbox(TIO_GUEST_REQUEST, &req)? == 0, "RUN request");
+    let mut req = tdi.to_le_bytes().to_vec();
+    req.extend_from_slice(&MSG_SDTE_WRITE.to_le_bytes());
+    req.extend_from_slice(&VTOM.to_le_bytes());
+    check!(r.mailbox(TIO_GUEST_REQUEST, &req)? == 0, "SDTE_WRITE");
+    check!(r.mailbox(TIO_TDI_STATUS, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 2, "TDI not in RUN");
+    expect_event("tdisp", "to=RUN");
+    let st = r.fill(F_T, iova, 64, 0x8888)?;
+    check!(st == ST_OK, "T=1 in RUN to the TDI's private page: status {st}");
+    check!(r.mem.r64(pa) == 0x8888, "T=1 write did not land");
+    // A page of another guest (ASID 3).
+    let (iova3, pa3) = r.small(7);
+    r.map(iova3, pa3, 12, Perm::RW)?;
+    check!(r.rmpupdate(pa3, iova3, true, 3)? == 0, "RMPUPDATE for ASID 3");
+    check!(r.pvalidate(pa3, iova3, 3)? == 0, "PVALIDATE ASID 3");
+    let st = r.fill(F_T, iova3, 64, 0x9999)?;
+    check!(st == ST_RMP_PAGE_FAULT, "T=1 to another ASID's page: status {st}");
+    check!(r.mem.r64(pa3) == 0, "another ASID's page was written");
+    Ok(())
+}
+
+fn vtom_shared(r: &mut Rig) -> R {
+    // Runs after tdisp_t1: the TDI is in RUN with vTOM = 1 TiB.
+    let (_, shared_pa) = r.small(8);
+    let (_, private_pa) = r.small(6); // ASID 2's page
+    let (up, up_priv) = (VTOM + 0x8000, VTOM + 0x9000);
+    r.map(up, shared_pa, 12, Perm::RW)?;
+    r.map(up_priv, private_pa, 12, Perm::RW)?;
+    let st = r.fill(F_T, up, 64, 0xabab)?;
+    check!(st == ST_OK, "T=1 above vTOM to a shared page: status {st}");
+    check!(r.mem.r64(shared_pa) == 0xabab, "shared write did not land");
+    let before = r.mem.r64(private_pa);
+    let st = r.fill(F_T, up_priv, 64, 0xcdcd)?;
+    check!(st == ST_RMP_PAGE_FAULT, "T=1 above vTOM to a private page: status {st}");
+    check!(r.mem.r64(private_pa) == before, "private page written through the shared alias");
+    expect_event("rmp_violation", &format!("iova={up_priv:#x} t=true"));
+    Ok(())
+}
+
+fn hazard(r: &mut Rig) -> R {
+    let (iova, pa) = r.small(9);
+    r.map(iova, pa, 12, Perm::RW)?;
+    check!(r.fill(0, iova, 64, 0x1234)? == ST_OK, "DMA through the live mapping");
+    // The hardware allows the conversion; the model reports the hazard on the event stream.
+    check!(r.rmpupdate(pa, iova, true, 1)? == 0, "RMPUPDATE of a page with a live T=0 mapping");
+    expect_event("hazard", &format!("iova={iova:#x} spa={pa:#x}"));
+    check!(r.fill(0, iova, 64, 0x4321)? == ST_RMP_PAGE_FAULT, "the next T=0 write must fault");
+    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
+    Ok(())
+}
