@@ -1,7 +1,7 @@
 //! The scenarios. Each builds on the rig: the two functions found and mapped, a device table,
 //! command buffer, event log and v1 page tables written in huge pages, the endpoint's ring mapped.
 
-use crate::sys::{find, Bar, DmaMem, PciDev};
+use crate::sys::{find, Bar, Config, DmaMem, PciDev};
 use iommu_model::amdvi::builder::V1Builder;
 use iommu_model::amdvi::command::{encode, Command};
 use iommu_model::amdvi::dte::Dte;
@@ -60,6 +60,8 @@ macro_rules! check {
 }
 
 struct Rig {
+    ep_cfg: Config,
+    doe: Option<u64>,
     iommu: Bar,
     ctl: Bar,
     ep: Bar,
@@ -92,11 +94,14 @@ impl Rig {
         let ep_dev = find(ENDPOINT_ID.0, ENDPOINT_ID.1).ok_or("no DMA endpoint function (1234:7102)")?;
         let rid = bdf_to_rid(&ep_dev).ok_or("endpoint address")?;
         let (iommu, ctl, ep) = (Bar::map(&iommu_dev, 0)?, Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
+        let ep_cfg = Config::open(&ep_dev)?;
+        let doe = ep_cfg.ext_cap(0x2e);
         let mut mem = DmaMem::default();
         let hp0 = mem.page()?;
         let hp1 = mem.page()?;
         let pt = V1Builder::new(&mut mem, hp0 + 0x10_0000, hp0 + 0x20_0000, 4).map_err(|e| format!("{e:?}"))?;
         let mut rig = Rig {
+            ep_cfg, doe,
             iommu, ctl, ep, mem, rid, hp1,
             devtab: hp0, cmdbuf: hp0 + 0x1000, evtlog: hp0 + 0x2000, sem: hp0 + 0x3000, mbox: hp0 + 0x4000,
             pt, cmd_tail: 0, evt_head: 0, sem_seq: 0, tail: 0,
@@ -210,6 +215,23 @@ impl Rig {
         self.mailbox(MB_PVALIDATE, &b)
     }
 
+    /// A TDISP request through the endpoint's DOE mailbox (vendor 0x1234, type 1: TDISP in the clear).
+    fn tdisp(&self, msg_type: u8, body: &[u8]) -> Result<Vec<u8>, String> {
+        let cap = self.doe.ok_or("the endpoint has no DOE capability")?;
+        let mut m = vec![0x10, msg_type, 0, 0];
+        m.extend_from_slice(&u32::from(self.rid).to_le_bytes());
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(body);
+        self.ep_cfg.doe(cap, 0x1234, 1, &m)
+    }
+
+    /// GET_DEVICE_INTERFACE_STATE through DOE.
+    fn tdi_state(&self) -> Result<u8, String> {
+        let r = self.tdisp(0x85, &[])?;
+        check!(r.len() > 16 && r[1] == 0x05, "bad DEVICE_INTERFACE_STATE response {r:02x?}");
+        Ok(r[16])
+    }
+
     fn page_bytes(&self, pa: u64, n: usize) -> Vec<u8> {
         let mut v = vec![0u8; n];
         self.mem.rd(pa, &mut v);
@@ -239,13 +261,15 @@ fn expect_event(kind: &str, kv: &str) {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [(&'static str, fn(&mut Rig) -> R); 7] = [
+    let scenarios: [(&'static str, fn(&mut Rig) -> R); 9] = [
+        ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
         ("changed_pte_stale_until_invalidation", stale_until_invalidated),
         ("rmp_blocks_t0_write_to_assigned_page", rmp_blocks_t0),
         ("tdisp_t1_needs_run_and_the_tdis_asid", tdisp_t1),
         ("vtom_t1_shared_above_vtom", vtom_shared),
+        ("tdisp_stop_via_doe_refuses_t1", tdisp_stop),
         ("hazard_private_conversion_of_live_mapping", hazard),
     ];
     println!("KTAP version 1");
@@ -374,6 +398,7 @@ fn tdisp_t1(r: &mut Rig) -> R {
     b.extend_from_slice(&[0, 0, 0]); // lock flags, no RUN yet
     check!(r.mailbox(TIO_TDI_BIND, &b)? == 0, "TIO_TDI_BIND");
     check!(r.mailbox(TIO_TDI_STATUS, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 1, "TDI not CONFIG_LOCKED after bind");
+    check!(r.tdi_state()? == 1, "the device's DOE says the TDI is not CONFIG_LOCKED");
     // A private page of ASID 2 at GPA = IOVA, validated.
     let (iova, pa) = r.small(6);
     r.map(iova, pa, 12, Perm::RW)?;
@@ -391,6 +416,7 @@ fn tdisp_t1(r: &mut Rig) -> R {
     req.extend_from_slice(&VTOM.to_le_bytes());
     check!(r.mailbox(TIO_GUEST_REQUEST, &req)? == 0, "SDTE_WRITE");
     check!(r.mailbox(TIO_TDI_STATUS, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 2, "TDI not in RUN");
+    check!(r.tdi_state()? == 2, "the device's DOE says the TDI is not in RUN");
     expect_event("tdisp", "to=RUN");
     let st = r.fill(F_T, iova, 64, 0x8888)?;
     check!(st == ST_OK, "T=1 in RUN to the TDI's private page: status {st}");
@@ -433,5 +459,41 @@ fn hazard(r: &mut Rig) -> R {
     expect_event("hazard", &format!("iova={iova:#x} spa={pa:#x}"));
     check!(r.fill(0, iova, 64, 0x4321)? == ST_RMP_PAGE_FAULT, "the next T=0 write must fault");
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
+    Ok(())
+}
+
+fn doe_discovery(r: &mut Rig) -> R {
+    let cap = r.doe.ok_or("no DOE extended capability (0x2e) on the endpoint")?;
+    let mut found = Vec::new();
+    let mut index = 0u8;
+    for _ in 0..8 {
+        let d = r.ep_cfg.doe(cap, 0x0001, 0, &[index, 0, 0, 0])?;
+        check!(d.len() == 4, "discovery response of {} bytes", d.len());
+        found.push((u16::from_le_bytes([d[0], d[1]]), d[2]));
+        index = d[3];
+        if index == 0 {
+            break;
+        }
+    }
+    println!("# DOE protocols: {found:04x?}");
+    check!(found == [(0x0001, 0), (0x1234, 1)], "DOE discovery listed {found:x?}");
+    check!(r.tdi_state()? == 0, "TDI not CONFIG_UNLOCKED at start");
+    // A TDISP request the device refuses: START without LOCK gets TDISP_ERROR INVALID_INTERFACE_STATE.
+    let e = r.tdisp(0x86, &[0; 32])?;
+    check!(e.len() >= 20 && e[1] == 0x7f && u32::from_le_bytes([e[16], e[17], e[18], e[19]]) == 4, "START before LOCK: {e:02x?}");
+    Ok(())
+}
+
+fn tdisp_stop(r: &mut Rig) -> R {
+    // After tdisp_t1 and vtom_shared the TDI is in RUN; STOP_INTERFACE through DOE ends it.
+    let (iova, pa) = r.small(6);
+    let r1 = r.tdisp(0x87, &[])?;
+    check!(r1.len() >= 16 && r1[1] == 0x07, "STOP_INTERFACE response {r1:02x?}");
+    check!(r.tdi_state()? == 0, "TDI not CONFIG_UNLOCKED after STOP");
+    expect_event("tdisp", "via=doe to=CONFIG_UNLOCKED");
+    let before = r.mem.r64(pa);
+    let st = r.fill(F_T, iova, 64, 0x5a5a)?;
+    check!(st == ST_T1_REFUSED, "T=1 after STOP: status {st}");
+    check!(r.mem.r64(pa) == before, "T=1 after STOP wrote");
     Ok(())
 }

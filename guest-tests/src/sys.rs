@@ -156,3 +156,67 @@ impl PhysMem for DmaMem {
         Ok(())
     }
 }
+
+/// The function's config space through sysfs (all 4 KiB for root).
+pub struct Config(fs::File);
+
+impl Config {
+    pub fn open(dev: &PciDev) -> Result<Config, String> {
+        let path = format!("{}/config", dev.path);
+        fs::OpenOptions::new().read(true).write(true).open(&path).map(Config).map_err(|e| format!("{path}: {e}"))
+    }
+    pub fn r32(&self, off: u64) -> u32 {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 4];
+        let _ = self.0.read_exact_at(&mut b, off);
+        u32::from_le_bytes(b)
+    }
+    pub fn w32(&self, off: u64, v: u32) {
+        use std::os::unix::fs::FileExt;
+        let _ = self.0.write_all_at(&v.to_le_bytes(), off);
+    }
+
+    /// Find an extended capability by id.
+    pub fn ext_cap(&self, id: u32) -> Option<u64> {
+        let mut off = 0x100u64;
+        for _ in 0..64 {
+            let h = self.r32(off);
+            if h & 0xffff == id {
+                return Some(off);
+            }
+            off = u64::from(h >> 20) & !3;
+            if off < 0x100 {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// One DOE exchange (PCIe §6.30): write the object, GO, read the response dwords.
+    pub fn doe(&self, cap: u64, vendor: u16, ty: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let words: Vec<u32> = payload.chunks(4).map(|c| { let mut b = [0u8; 4]; b[..c.len()].copy_from_slice(c); u32::from_le_bytes(b) }).collect();
+        self.w32(cap + 0x08, 1); // abort: start clean
+        self.w32(cap + 0x10, u32::from(vendor) | u32::from(ty) << 16);
+        self.w32(cap + 0x10, words.len() as u32 + 2);
+        for w in &words {
+            self.w32(cap + 0x10, *w);
+        }
+        self.w32(cap + 0x08, 1 << 31);
+        let mut out = Vec::new();
+        for _ in 0..1024 {
+            let st = self.r32(cap + 0x0c);
+            if st & 4 != 0 {
+                return Err("DOE error".into());
+            }
+            if st >> 31 == 0 {
+                break;
+            }
+            out.push(self.r32(cap + 0x14));
+            self.w32(cap + 0x14, 0);
+        }
+        if out.len() < 2 {
+            return Err("no DOE response".into());
+        }
+        Ok(out[2..].iter().flat_map(|w| w.to_le_bytes()).collect())
+    }
+}

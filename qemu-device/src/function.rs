@@ -54,6 +54,9 @@ pub trait PciFunction: Send {
     fn ext_caps(&self) -> Vec<(u16, u32)> {
         Vec::new()
     }
+    /// A write to the standard config space (header or capabilities below 0x100) happened; a
+    /// TDISP device treats it as a configuration change.
+    fn config_written(&mut self, _offset: u64) {}
     /// Function-level reset.
     fn reset(&mut self) {}
     // Guest RAM reaches a function through a method the glue adds with guest_mem.rs (a cheap,

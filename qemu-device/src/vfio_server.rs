@@ -142,6 +142,9 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
                 self.function.ext_config_write(offset as u16, data);
             } else {
                 self.config.write(offset, data);
+                if offset < 0x100 {
+                    self.function.config_written(offset);
+                }
             }
         } else if region <= 5 && self.bars.contains(&(region as u8)) {
             self.function.bar_write(region as u8, offset, data);

@@ -4,7 +4,9 @@
 //! worker thread, never on the socket thread. Layouts: docs/device-abi.md.
 
 use crate::function::{Bar, Irq, PciFunction, PciIds};
+use crate::function::EventSink;
 use crate::guest_mem::{GuestMem, GuestRam};
+use crate::pci::doe::{self, Doe, DoeProtocol};
 use crate::secure::{bdf, Refusal, SecureIommu};
 use crossbeam_channel::Sender;
 use iommu_model::mem::PhysMem;
@@ -77,8 +79,44 @@ pub struct Engine {
 
 pub type Job = Box<dyn FnOnce() + Send>;
 
+/// TDISP over DOE: a vendor-defined data object (vendor 0x1234, type 0x01) whose payload is the
+/// TDISP message itself, in the clear. The real stack carries TDISP inside SPDM secured messages
+/// (CMA/SPDM object types); without SPDM's cryptography the model skips that layer
+/// (docs/device-abi.md).
+pub const DOE_VENDOR: u16 = 0x1234;
+pub const DOE_TYPE_TDISP: u8 = 0x01;
+/// Offset of the DOE capability in extended config space.
+pub const DOE_OFFSET: u16 = 0x100;
+
+struct TdispOverDoe {
+    rid: u16,
+    responder: Arc<Mutex<TdispResponder>>,
+    events: Arc<dyn EventSink>,
+}
+
+impl DoeProtocol for TdispOverDoe {
+    fn vendor(&self) -> u16 {
+        DOE_VENDOR
+    }
+    fn object_type(&self) -> u8 {
+        DOE_TYPE_TDISP
+    }
+    fn respond(&mut self, payload: &[u8]) -> Vec<u8> {
+        let mut r = self.responder.lock().unwrap_or_else(|p| p.into_inner());
+        let before = r.state();
+        let resp = r.handle_request(payload);
+        let after = r.state();
+        if before != after {
+            self.events.emit(json!({"type": "tdisp", "devid": bdf(self.rid), "from": before.name(), "to": after.name(), "via": "doe"}));
+        }
+        resp
+    }
+}
+
 pub struct Endpoint {
     rid: u16,
+    doe: Doe,
+    tdisp: Arc<Mutex<TdispResponder>>,
     engine: Arc<Mutex<Engine>>,
     secure: Arc<Mutex<SecureIommu>>,
     ram: GuestRam,
@@ -88,9 +126,16 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(rid: u16, secure: Arc<Mutex<SecureIommu>>, ram: GuestRam, irq: Arc<dyn Irq>, jobs: Sender<Job>) -> Self {
-        let tdisp = Arc::new(Mutex::new(TdispResponder::new(u32::from(rid), Vec::new())));
-        secure.lock().unwrap_or_else(|p| p.into_inner()).tdisp.insert(rid, tdisp);
-        Endpoint { rid, engine: Arc::default(), secure, ram, irq, jobs }
+        // The interface report lists BAR0 (range 0) as the TDI's MMIO.
+        let ranges = vec![rmp_model::tdisp::MmioRange { first_page: 0, pages: 1, attributes: 0, range_id: 0 }];
+        let tdisp = Arc::new(Mutex::new(TdispResponder::new(u32::from(rid), ranges)));
+        let events = {
+            let mut s = secure.lock().unwrap_or_else(|p| p.into_inner());
+            s.tdisp.insert(rid, tdisp.clone());
+            s.events.clone()
+        };
+        let doe = Doe::new(vec![Box::new(TdispOverDoe { rid, responder: tdisp.clone(), events })]);
+        Endpoint { rid, doe, tdisp, engine: Arc::default(), secure, ram, irq, jobs }
     }
 
     fn doorbell(&self) {
@@ -297,6 +342,36 @@ impl PciFunction for Endpoint {
         };
         if doorbell {
             self.doorbell();
+        }
+    }
+
+    fn ext_caps(&self) -> Vec<(u16, u32)> {
+        vec![(DOE_OFFSET, doe::CAP_ID | 1 << 16)]
+    }
+
+    fn ext_config_read(&mut self, offset: u16, data: &mut [u8]) {
+        let reg = offset.wrapping_sub(DOE_OFFSET);
+        let v = if reg % 4 == 0 && data.len() == 4 { self.doe.read(reg) } else { 0 };
+        let b = v.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&b[..n]);
+    }
+
+    fn ext_config_write(&mut self, offset: u16, data: &[u8]) {
+        let reg = offset.wrapping_sub(DOE_OFFSET);
+        if reg % 4 == 0 && data.len() == 4 {
+            self.doe.write(reg, le(data) as u32);
+        }
+    }
+
+    fn config_written(&mut self, offset: u64) {
+        // TDISP: a configuration change while locked moves the TDI to ERROR.
+        let mut r = self.tdisp.lock().unwrap_or_else(|p| p.into_inner());
+        let before = r.state();
+        r.config_changed();
+        if r.state() != before {
+            let events = self.secure.lock().unwrap_or_else(|p| p.into_inner()).events.clone();
+            events.emit(json!({"type": "tdisp", "devid": bdf(self.rid), "from": before.name(), "to": r.state().name(), "via": format!("config write at {offset:#x}")}));
         }
     }
 
