@@ -9,6 +9,7 @@ mod sys;
 fn main() {
     let start = std::time::Instant::now();
     let results = scenarios::run();
+    scenarios::measure();
     let passed = results.iter().filter(|r| r.1.is_ok()).count();
     println!("# guest time {:.2} s", start.elapsed().as_secs_f64());
     println!("{} passed, {} failed", passed, results.len() - passed);

@@ -7,7 +7,7 @@
 use iommu_model::mem::{MemError, PhysMem};
 use std::fs::File;
 use std::sync::{Arc, RwLock};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, GuestRegionMmap};
 
 /// At most this many regions: QEMU sends a handful; a misbehaving client cannot make the daemon
 /// hold unbounded mappings.
@@ -77,6 +77,17 @@ use vm_memory::GuestMemoryRegion;
 /// A snapshot of guest RAM, implementing the models' physical-memory trait.
 #[derive(Clone)]
 pub struct GuestMem(Arc<GuestMemoryMmap>);
+
+impl GuestMem {
+    /// Copy guest memory to guest memory without a bounce buffer (the DMA engine's data path);
+    /// both ranges must lie inside one mapped region each.
+    pub fn copy(&mut self, src: u64, dst: u64, len: usize) -> Result<(), MemError> {
+        let s = self.0.get_slice(GuestAddress(src), len).map_err(|_| MemError { addr: src, len })?;
+        let d = self.0.get_slice(GuestAddress(dst), len).map_err(|_| MemError { addr: dst, len })?;
+        s.copy_to_volatile_slice(d);
+        Ok(())
+    }
+}
 
 impl PhysMem for GuestMem {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {

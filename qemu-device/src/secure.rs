@@ -148,6 +148,7 @@ impl SecureIommu {
 
     fn page(&mut self, mem: &mut GuestMem, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
         let write = access == Access::Write;
+        let walks = self.amdvi.walks;
         let tr = match self.amdvi.translate(mem, rid, iova, access) {
             Outcome::Ok(tr) => tr,
             Outcome::Fault { event, level, logged } => {
@@ -165,13 +166,18 @@ impl SecureIommu {
             }
             return Ok(tr.spa);
         };
-        let function_id = u32::from(rid);
-        let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
-        let tdi = if t { self.tio.binding_for(rid, function_id, state) } else { None };
+        let tdi = if t {
+            let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
+            self.tio.binding_for(rid, u32::from(rid), state)
+        } else {
+            None
+        };
         let req = DmaRequest { requester: rid, t, tdi, iova, spa: tr.spa, write, mapping_size_log2: tr.size_log2 };
         match rmp.check_dma(&req) {
             Ok(()) => {
-                if !t && tr.level > 0 {
+                // A mapping becomes live for the hazard check when the IOMMU walks it (an IOTLB
+                // hit is one already registered).
+                if !t && tr.level > 0 && self.amdvi.walks != walks {
                     let m = LiveMapping { requester: rid, iova: iova & !0xfff, spa: tr.spa & !0xfff, size: 0x1000, write: tr.perm.write };
                     let _ = rmp.hazards.register(m);
                 }

@@ -89,6 +89,8 @@ pub struct AmdVi {
     dte_cache: DevCache<Dte>,
     iotlb: Iotlb,
     irq_pending: bool,
+    /// Table walks done (IOTLB misses), for statistics.
+    pub walks: u64,
 }
 
 impl AmdVi {
@@ -350,6 +352,7 @@ impl AmdVi {
                     return finish_walk(&d, devid, iova, access, Ok(t));
                 }
                 let res = walk::walk(&AmdV1, mem, root, levels, iova);
+                self.walks += 1;
                 if let Ok(t) = &res {
                     self.iotlb.insert(d.domain_id(), iova, t);
                 }
