@@ -74,6 +74,9 @@ impl SecureIommu {
     /// Turn SNP on: an RMP covering guest RAM, every page hypervisor-owned, mirrored to RMP_BASE.
     pub fn enable_snp(&mut self, mem: &mut GuestMem, ram_pages: u64) {
         if self.rmp.is_none() {
+            // Translations cached before now were never checked against an RMP; dropping cached
+            // entries is always allowed, and the next walk registers live mappings for hazards.
+            self.amdvi.flush_caches();
             self.ram_pages = ram_pages;
             self.rmp = Some(Rmp::new(ram_pages));
             self.mirror(mem, 0, ram_pages);

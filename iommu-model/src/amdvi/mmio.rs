@@ -275,10 +275,7 @@ impl AmdVi {
                 self.iotlb.invalidate_range(domain_id, start, len)
             }
             Command::InvalidateIotlbPages { .. } | Command::InvalidateInterruptTable { .. } => {}
-            Command::InvalidateIommuAll => {
-                self.iotlb.invalidate_all();
-                self.dte_cache.invalidate_all();
-            }
+            Command::InvalidateIommuAll => self.flush_caches(),
         }
         Ok(())
     }
@@ -359,6 +356,13 @@ impl AmdVi {
                 finish_walk(&d, devid, iova, access, res)
             }
         }
+    }
+
+    /// Drop every cached DTE and translation (what INVALIDATE_IOMMU_ALL does; hardware may do it
+    /// at any time).
+    pub fn flush_caches(&mut self) {
+        self.iotlb.invalidate_all();
+        self.dte_cache.invalidate_all();
     }
 
     /// Power-on state: registers cleared, caches empty (the tables in memory are untouched).

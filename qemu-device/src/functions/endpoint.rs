@@ -444,3 +444,170 @@ impl PciFunction for Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Collect;
+    use iommu_model::amdvi::builder::V1Builder;
+    use iommu_model::amdvi::dte::Dte;
+    use iommu_model::amdvi::mmio::{self, control};
+    use iommu_model::walk::Perm;
+    use rmp_model::ops::RmpState;
+    use std::io::Write;
+
+    const RID: u16 = 0x20;
+    const RAM: u64 = 8 << 20;
+    const RING: u64 = 0x1000_0000;
+
+    struct NoIrq;
+    impl Irq for NoIrq {
+        fn raise(&self, _: u16) {}
+    }
+
+    struct Rig {
+        ram: GuestRam,
+        secure: Arc<Mutex<SecureIommu>>,
+        events: Arc<Collect>,
+        engine: Mutex<Engine>,
+        pt: V1Builder,
+    }
+
+    fn rig() -> Rig {
+        let path = std::env::temp_dir().join(format!("tiommu-ep-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.write_all(&vec![0u8; RAM as usize]).unwrap();
+        let ram = GuestRam::default();
+        ram.map(0, RAM, f, 0).unwrap();
+        let mut mem = ram.snapshot();
+        let pt = V1Builder::new(&mut mem, 0x10_0000, 0x20_0000, 4).unwrap();
+        mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
+        let events = Arc::new(Collect::default());
+        let secure = Arc::new(Mutex::new(SecureIommu::new(events.clone(), Arc::new(NoIrq))));
+        {
+            let mut s = secure.lock().unwrap();
+            s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
+            s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
+        }
+        let mut r = Rig { ram, secure, events, engine: Mutex::new(Engine { ring_base: RING, ring_size_log2: 4, ..Default::default() }), pt };
+        r.map(RING, 0x20_0000, Perm::RW);
+        r
+    }
+
+    impl Rig {
+        fn map(&mut self, iova: u64, spa: u64, perm: Perm) {
+            let mut mem = self.ram.snapshot();
+            self.pt.map(&mut mem, iova, spa, 12, perm).unwrap();
+        }
+        /// Write descriptor `i`, ring the doorbell, run the worker inline; the status written back.
+        fn run(&self, i: u32, d: [u8; 32]) -> u16 {
+            let mut mem = self.ram.snapshot();
+            mem.write(0x20_0000 + u64::from(i) * 32, &d).unwrap();
+            self.engine.lock().unwrap().tail = i + 1;
+            run_ring(RID, &self.engine, &self.secure, &self.ram, &NoIrq);
+            let mut st = [0u8; 2];
+            mem.read(0x20_0000 + u64::from(i) * 32 + 2, &mut st).unwrap();
+            u16::from_le_bytes(st)
+        }
+        fn u64_at(&self, spa: u64) -> u64 {
+            self.ram.snapshot().read_u64(spa).unwrap()
+        }
+    }
+
+    fn desc(op: u8, flags: u8, len: u32, src: u64, dst: u64, value: u64) -> [u8; 32] {
+        let mut d = [0u8; 32];
+        d[0] = op;
+        d[1] = flags;
+        d[4..8].copy_from_slice(&len.to_le_bytes());
+        d[8..16].copy_from_slice(&src.to_le_bytes());
+        d[16..24].copy_from_slice(&dst.to_le_bytes());
+        d[24..32].copy_from_slice(&value.to_le_bytes());
+        d
+    }
+
+    #[test]
+    fn copy_fill_and_hash_through_the_iommu() {
+        let mut r = rig();
+        r.map(0x5000_0000, 0x30_0000, Perm::RW);
+        r.map(0x5000_1000, 0x30_1000, Perm::RW);
+        r.map(0x6000_0000, 0x40_0000, Perm::RW);
+        r.map(0x6000_1000, 0x40_1000, Perm::RW);
+        assert_eq!(r.run(0, desc(op::FILL, 0, 0x2000, 0, 0x5000_0000, 0x0102_0304_0506_0708)), status::OK);
+        assert_eq!(r.u64_at(0x30_1ff8), 0x0102_0304_0506_0708, "fill crossed the page");
+        assert_eq!(r.run(1, desc(op::COPY, 0, 0x1800, 0x5000_0800, 0x6000_0000, 0)), status::OK);
+        assert_eq!(r.u64_at(0x40_17f8), 0x0102_0304_0506_0708);
+        assert_eq!(r.u64_at(0x40_1800), 0, "no byte past the length");
+        assert_eq!(r.run(2, desc(op::READ_HASH, 0, 8, 0x6000_0000, 0, 0)), status::OK);
+        let mut v = [0u8; 8];
+        r.ram.snapshot().read(0x20_0000 + 2 * 32 + 24, &mut v).unwrap();
+        assert_eq!(u64::from_le_bytes(v), fnv1a(&0x0102_0304_0506_0708u64.to_le_bytes()));
+    }
+
+    #[test]
+    fn refused_and_hostile_descriptors_move_nothing() {
+        let mut r = rig();
+        r.map(0x5000_0000, 0x30_0000, Perm::RW);
+        r.map(0x5000_2000, 0x30_2000, Perm::new(true, false));
+        r.map(0x7000_0000, 0x4000_0000, Perm::RW); // an IOVA mapped past guest RAM
+        assert_eq!(r.run(0, desc(op::FILL, 0, 8, 0, 0x7000_0000, 1)), status::IO_PAGE_FAULT, "past guest RAM");
+        assert_eq!(r.run(1, desc(op::FILL, 0, 8, 0, 0x9000_0000, 1)), status::IO_PAGE_FAULT, "unmapped");
+        // A copy whose destination's second page is read-only: nothing moves, not even page one.
+        assert_eq!(r.run(2, desc(op::COPY, 0, 0x2000, 0x5000_0000, 0x5000_1000, 0)), status::IO_PAGE_FAULT);
+        assert_eq!(r.run(3, desc(op::FILL, 0, 0x2000, 0, 0x5000_1000, 7)), status::IO_PAGE_FAULT);
+        assert_eq!(r.u64_at(0x30_1000), 0, "a blocked transfer moved bytes");
+        assert_eq!(r.run(4, desc(op::FILL, 0, (MAX_LEN + 1) as u32, 0, 0x5000_0000, 1)), status::BAD_DESCRIPTOR);
+        assert_eq!(r.run(5, desc(op::FILL, 0x80, 8, 0, 0x5000_0000, 1)), status::BAD_DESCRIPTOR);
+        assert_eq!(r.run(6, desc(9, 0, 8, 0, 0x5000_0000, 1)), status::BAD_DESCRIPTOR);
+        assert_eq!(r.run(7, desc(op::FILL, flag::T, 8, 0, 0x5000_0000, 1)), status::T1_REFUSED, "T=1 without TIO");
+        let faults = r.events.0.lock().unwrap().iter().filter(|e| e["type"] == "translation_fault").count();
+        assert_eq!(faults, 3, "unmapped, and the read-only page twice; past-RAM is no IOMMU event");
+    }
+
+    #[test]
+    fn a_ring_outside_guest_ram_halts_the_engine() {
+        let r = rig();
+        {
+            let mut e = r.engine.lock().unwrap();
+            e.ring_base = 0xdead_0000;
+            e.tail = 3;
+        }
+        run_ring(RID, &r.engine, &r.secure, &r.ram, &NoIrq);
+        let e = r.engine.lock().unwrap();
+        assert_eq!((e.status & STATUS_HALTED, e.head), (STATUS_HALTED, 0));
+        drop(e);
+        // A ring size out of range does no work at all.
+        let r = rig();
+        r.engine.lock().unwrap().ring_size_log2 = 13;
+        r.engine.lock().unwrap().tail = 1;
+        run_ring(RID, &r.engine, &r.secure, &r.ram, &NoIrq);
+        assert_eq!(r.engine.lock().unwrap().head, 0);
+    }
+
+    #[test]
+    fn rmp_blocks_t0_writes_to_private_pages_and_reports_hazards() {
+        let mut r = rig();
+        r.map(0x5000_0000, 0x30_0000, Perm::RW);
+        assert_eq!(r.run(0, desc(op::FILL, 0, 8, 0, 0x5000_0000, 1)), status::OK);
+        {
+            let mut s = r.secure.lock().unwrap();
+            let mut mem = r.ram.snapshot();
+            s.enable_snp(&mut mem, RAM >> 12);
+        }
+        // Enabling SNP drops the caches, so this DMA walks the tables and the mapping is live.
+        assert_eq!(r.run(1, desc(op::FILL, 0, 8, 0, 0x5000_0000, 2)), status::OK);
+        let st = {
+            let mut s = r.secure.lock().unwrap();
+            let mut mem = r.ram.snapshot();
+            s.rmpupdate(&mut mem, 0x30_0000, &RmpState::private(0x5000_0000, 1, rmp_model::PageSize::Size4K))
+        };
+        assert_eq!(st, rmp_model::RmpStatus::Success);
+        assert_eq!(r.run(2, desc(op::FILL, 0, 8, 0, 0x5000_0000, 3)), status::RMP_PAGE_FAULT);
+        assert_eq!(r.u64_at(0x30_0000), 2, "the private page kept its bytes");
+        let ev = r.events.0.lock().unwrap();
+        assert!(ev.iter().any(|e| e["type"] == "rmp_violation" && e["iova"] == "0x50000000"));
+        let hazards: Vec<_> = ev.iter().filter(|e| e["type"] == "hazard").collect();
+        assert_eq!(hazards.len(), 1, "{ev:?}");
+        assert_eq!((hazards[0]["iova"].as_str(), hazards[0]["spa"].as_str()), (Some("0x50000000"), Some("0x300000")));
+    }
+}
