@@ -1,12 +1,13 @@
 //! `tiommu daemon`: one vfio-user server per PCI function, a DMA worker fed through a channel,
-//! and the JSON event stream. Runs until QEMU disconnects from every function.
+//! and the JSON event stream. Runs until QEMU disconnects from every function, or until SIGTERM
+//! or SIGINT; either way it removes its sockets and exits with status 0.
 
 use crate::events::JsonLines;
 use crate::functions::endpoint::{Endpoint, Job};
 use crate::functions::iommu::IommuFunction;
 use crate::guest_mem::GuestRam;
 use crate::secure::SecureIommu;
-use crate::vfio_server::{FunctionBackend, MsixIrq};
+use crate::vfio_server::{listen, remove_socket, FunctionBackend, MsixIrq};
 use crate::walk::parse_bdf;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -57,13 +58,35 @@ pub fn run(args: Args) -> Result<(), String> {
     let endpoint = Endpoint::new(args.endpoint_bdf, secure.clone(), ram.clone(), ep_irq.clone(), tx);
     let endpoint = FunctionBackend::new("endpoint", endpoint, ram.clone(), ep_irq);
 
-    let iommu_sock = args.socket_dir.join("iommu.sock");
-    let ep_sock = args.socket_dir.join("endpoint.sock");
-    let t1 = std::thread::Builder::new().name("vfu-iommu".into()).spawn(move || iommu.serve(&iommu_sock)).map_err(|e| e.to_string())?;
-    let t2 = std::thread::Builder::new().name("vfu-endpoint".into()).spawn(move || endpoint.serve(&ep_sock)).map_err(|e| e.to_string())?;
-    let r1 = t1.join().map_err(|_| "iommu server thread panicked".to_string())?;
-    let r2 = t2.join().map_err(|_| "endpoint server thread panicked".to_string())?;
+    let socks = [args.socket_dir.join("iommu.sock"), args.socket_dir.join("endpoint.sock")];
+    let iommu_listener = listen(&socks[0])?;
+    let ep_listener = listen(&socks[1]).inspect_err(|_| remove_socket(&socks[0]))?;
+    stop_on_signal(socks.clone(), events.clone())?;
+    let t1 = std::thread::Builder::new().name("vfu-iommu".into()).spawn(move || iommu.serve(iommu_listener)).map_err(|e| e.to_string())?;
+    let t2 = std::thread::Builder::new().name("vfu-endpoint".into()).spawn(move || endpoint.serve(ep_listener)).map_err(|e| e.to_string())?;
+    let r1 = t1.join().map_err(|_| "iommu server thread panicked".to_string());
+    let r2 = t2.join().map_err(|_| "endpoint server thread panicked".to_string());
+    socks.iter().for_each(|s| remove_socket(s));
     // The endpoint's channel closed with its backend: the worker drains and ends.
     let _ = worker.join();
-    r1.and(r2)
+    r1.and_then(|r| r).and(r2.and_then(|r| r))
+}
+
+/// SIGTERM or SIGINT: remove the sockets, let the event stream finish its last line, exit 0. The
+/// server threads are blocked in the crate's accept/recv and end with the process.
+fn stop_on_signal(socks: [PathBuf; 2], events: Arc<JsonLines>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!("signal {sig}: stopping");
+                socks.iter().for_each(|s| remove_socket(s));
+                events.seal();
+                std::process::exit(0);
+            }
+        })
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

@@ -15,6 +15,13 @@ impl JsonLines {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
         JsonLines { out: Mutex::new(out), start: Instant::now() }
     }
+
+    /// Flush and write nothing more: a process exit after this leaves only whole lines.
+    pub fn seal(&self) {
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = out.flush();
+        *out = Box::new(std::io::sink());
+    }
 }
 
 impl EventSink for JsonLines {

@@ -8,9 +8,9 @@ use crate::guest_mem::GuestRam;
 use crate::pci::config::{ConfigSpace, MSIX_BAR, MSIX_BAR_SIZE};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use vfio_bindings::bindings::vfio::{
     vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
@@ -40,7 +40,8 @@ pub struct FunctionBackend<F: PciFunction> {
     function: F,
     ram: GuestRam,
     irq: Arc<MsixIrq>,
-    bars: Vec<u8>,
+    /// Size of each vfio region (BARs, config space); 0 where the function has none.
+    sizes: Vec<u64>,
 }
 
 impl<F: PciFunction> FunctionBackend<F> {
@@ -50,23 +51,31 @@ impl<F: PciFunction> FunctionBackend<F> {
         for (off, header) in function.ext_caps() {
             config.add_ext_cap(off, header);
         }
-        FunctionBackend { name: name.into(), config, bars: bars.iter().map(|b| b.index).collect(), function, ram, irq }
-    }
-
-    fn regions(&self) -> Vec<ServerRegion> {
         let mut sizes = vec![0u64; VFIO_PCI_NUM_REGIONS as usize];
-        for b in self.function.bars() {
+        for b in &bars {
             if let Some(s) = sizes.get_mut(usize::from(b.index)) {
                 *s = b.size;
             }
         }
-        if self.function.msix_vectors() > 0 {
+        if function.msix_vectors() > 0 {
             sizes[usize::from(MSIX_BAR)] = MSIX_BAR_SIZE;
         }
         sizes[VFIO_PCI_CONFIG_REGION_INDEX as usize] = crate::pci::config::SIZE as u64;
+        FunctionBackend { name: name.into(), config, sizes, function, ram, irq }
+    }
+
+    /// Whether `len` bytes at `offset` lie inside `region`. The crate passes the client's region,
+    /// offset and count through unchecked (QEMU checks them against the sizes we announced; a
+    /// client that does not is answered with zeroes and its writes dropped).
+    fn in_region(&self, region: u32, offset: u64, len: usize) -> bool {
+        let size = self.sizes.get(region as usize).copied().unwrap_or(0);
+        offset.checked_add(len as u64).is_some_and(|end| end <= size)
+    }
+
+    fn regions(&self) -> Vec<ServerRegion> {
         (0..VFIO_PCI_NUM_REGIONS)
             .map(|index| {
-                let size = sizes[index as usize];
+                let size = self.sizes[index as usize];
                 let flags = if size > 0 { VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE } else { 0 };
                 ServerRegion {
                     region_info: vfio_region_info {
@@ -92,15 +101,47 @@ impl<F: PciFunction> FunctionBackend<F> {
             .collect()
     }
 
-    /// Serve QEMU on `path` until it disconnects.
-    pub fn serve(mut self, path: &Path) -> Result<(), String> {
-        prepare_socket_path(path)?;
-        let server = Server::new(path, true, self.irqs(), self.regions()).map_err(|e| format!("{}: cannot listen on {}: {e:?}", self.name, path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
-        tracing::info!("{}: listening on {}", self.name, path.display());
+    /// Serve one client on `listener` (from `listen`) until it disconnects.
+    pub fn serve(mut self, listener: UnixListener) -> Result<(), String> {
+        let server = Server::from_owned_fd(listener.into(), true, self.irqs(), self.regions());
         let r = server.run(&mut self).map_err(|e| format!("{}: {e:?}", self.name));
         tracing::info!("{}: client disconnected", self.name);
         r
+    }
+}
+
+/// Listen on `path` with a socket only the daemon's user can connect to (mode 0600 from the
+/// start). Binding at `path` directly would leave the socket open to others (as the umask allows)
+/// until a chmod; instead it is bound inside a fresh 0700 directory beside `path`, made 0600 there,
+/// and renamed into place.
+pub fn listen(path: &Path) -> Result<UnixListener, String> {
+    prepare_socket_path(path)?;
+    let name = path.file_name().ok_or_else(|| format!("{}: not a socket path", path.display()))?;
+    let private: PathBuf = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    if std::fs::symlink_metadata(&private).is_ok_and(|m| m.is_dir()) {
+        // Left by an earlier daemon of the same pid that was killed between bind and rename.
+        let _ = std::fs::remove_dir_all(&private);
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&private).map_err(|e| format!("cannot create {}: {e}", private.display()))?;
+    let staged = private.join("sock");
+    let result = (|| {
+        let listener = UnixListener::bind(&staged).map_err(|e| format!("cannot listen on {}: {e}", staged.display()))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {}: {e}", staged.display()))?;
+        std::fs::rename(&staged, path).map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    if result.is_ok() {
+        tracing::info!("listening on {}", path.display());
+    }
+    result
+}
+
+/// Remove a socket the daemon created, on the way out.
+pub fn remove_socket(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -128,9 +169,10 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
                     self.function.ext_config_read(offset as u16, data);
                 }
             }
-        } else if region <= 5 && self.bars.contains(&(region as u8)) {
+        } else if region <= 5 && region != u32::from(MSIX_BAR) && self.in_region(region, offset, data.len()) {
             self.function.bar_read(region as u8, offset, data);
         } else {
+            // QEMU emulates the MSI-X table and PBA itself; nothing else is backed.
             data.fill(0);
         }
         Ok(())
@@ -146,7 +188,7 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
                     self.function.config_written(offset);
                 }
             }
-        } else if region <= 5 && self.bars.contains(&(region as u8)) {
+        } else if region <= 5 && region != u32::from(MSIX_BAR) && self.in_region(region, offset, data.len()) {
             self.function.bar_write(region as u8, offset, data);
         }
         Ok(())
@@ -156,7 +198,12 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
         // Regions without a file (ROM, VGA) cannot be shared; DMA to them fails as "no memory".
         let Some(fd) = fd else { return Ok(()) };
         tracing::debug!("{}: DMA_MAP {address:#x}+{size:#x}", self.name);
-        self.ram.map(address, size, fd, offset)
+        // An error here would end the connection (the crate has no error reply); the region
+        // stays unmapped instead, and DMA to it fails as to any address outside guest RAM.
+        if let Err(e) = self.ram.map(address, size, fd, offset) {
+            tracing::warn!("{}: DMA_MAP {address:#x}+{size:#x} not mapped: {e}", self.name);
+        }
+        Ok(())
     }
 
     fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> Result<(), std::io::Error> {

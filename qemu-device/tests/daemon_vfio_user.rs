@@ -1,0 +1,222 @@
+//! `tiommu daemon` driven over its sockets by rust-vmm's vfio-user client, the way QEMU's
+//! vfio-user-pci drives it: socket permissions, config space, BAR registers, guest RAM arriving by
+//! DMA_MAP with a file descriptor, an MSI-X vector through an fd from SET_IRQS, and the ways the
+//! daemon ends (client gone, SIGTERM).
+
+use iommu_model::amdvi::command::{encode, Command};
+use iommu_model::amdvi::mmio::{self, control, AmdVi};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX};
+use vfio_user::Client;
+
+const CONFIG: u32 = 7;
+const BAR0: u32 = 0;
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(name: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("tiommu-daemon-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Process::new(env!("CARGO_BIN_EXE_tiommu"))
+            .args(["daemon", "--socket-dir"])
+            .arg(&dir)
+            .arg("--events")
+            .arg(dir.join("events.jsonl"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(d.sock("iommu").exists() && d.sock("endpoint").exists()) {
+            assert!(Instant::now() < deadline, "the daemon made no sockets");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    fn sock(&self, f: &str) -> PathBuf {
+        self.dir.join(format!("{f}.sock"))
+    }
+
+    fn connect(&self, f: &str) -> Client {
+        Client::new(&self.sock(f)).unwrap()
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn r32(c: &mut Client, region: u32, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    c.region_read(region, off, &mut b).unwrap();
+    u32::from_le_bytes(b)
+}
+
+fn r64(c: &mut Client, region: u32, off: u64) -> u64 {
+    let mut b = [0u8; 8];
+    c.region_read(region, off, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn w64(c: &mut Client, region: u32, off: u64, v: u64) {
+    c.region_write(region, off, &v.to_le_bytes()).unwrap();
+}
+
+/// Guest RAM as QEMU's memory-backend-memfd gives it: a shared file.
+fn ram_file(dir: &Path, size: u64) -> std::fs::File {
+    let path = dir.join("ram");
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    f.set_len(size).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    f
+}
+
+
+#[test]
+fn sockets_are_owner_only_and_nothing_else_is_left_in_the_directory() {
+    let d = Daemon::start("perm");
+    for f in ["iommu", "endpoint"] {
+        let m = std::fs::metadata(d.sock(f)).unwrap();
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}.sock");
+    }
+    let mut names: Vec<String> =
+        std::fs::read_dir(&d.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["endpoint.sock", "events.jsonl", "iommu.sock"]);
+}
+
+#[test]
+fn config_space_ids_and_capability_chain() {
+    let d = Daemon::start("config");
+    for (f, device) in [("iommu", 0x7101u32), ("endpoint", 0x7102)] {
+        let mut c = d.connect(f);
+        assert_eq!(r32(&mut c, CONFIG, 0), device << 16 | 0x1234, "{f}");
+        let mut cap = [0u8; 1];
+        c.region_read(CONFIG, 0x34, &mut cap).unwrap();
+        let mut chain = Vec::new();
+        let mut at = cap[0];
+        while at != 0 && chain.len() < 8 {
+            let h = r32(&mut c, CONFIG, u64::from(at));
+            chain.push((at, h as u8));
+            at = (h >> 8) as u8;
+        }
+        assert_eq!(chain, [(0x40, 0x10), (0x70, 0x11)], "{f}: PCI Express then MSI-X");
+    }
+}
+
+#[test]
+fn bar0_is_the_amdvi_register_file_and_bad_offsets_do_not_end_the_connection() {
+    let d = Daemon::start("bar0");
+    let mut c = d.connect("iommu");
+    let model = AmdVi::new();
+    assert_eq!(r64(&mut c, BAR0, mmio::EXT_FEATURES), model.mmio_read(mmio::EXT_FEATURES, 8));
+    assert_eq!(r64(&mut c, BAR0, mmio::EXT_FEATURES2), model.mmio_read(mmio::EXT_FEATURES2, 8));
+    w64(&mut c, BAR0, mmio::DEV_TABLE_BASE, 0x12_3000 | 1);
+    assert_eq!(r64(&mut c, BAR0, mmio::DEV_TABLE_BASE), 0x12_3000 | 1);
+    // Past the end of BAR0 (16 KiB), straddling it, and a BAR the function does not have.
+    assert_eq!(r64(&mut c, BAR0, mmio::MMIO_SIZE), 0);
+    assert_eq!(r64(&mut c, BAR0, mmio::MMIO_SIZE - 4), 0);
+    assert_eq!(r64(&mut c, BAR0, u64::MAX - 3), 0);
+    w64(&mut c, BAR0, u64::MAX - 3, 1);
+    assert_eq!(r64(&mut c, 3, 0), 0);
+    assert_eq!(r64(&mut c, BAR0, mmio::DEV_TABLE_BASE), 0x12_3000 | 1, "still served");
+}
+
+#[test]
+fn completion_wait_stores_into_mapped_guest_ram_and_raises_msix() {
+    let mut d = Daemon::start("dma");
+    let mut c = d.connect("iommu");
+    let ram = ram_file(&d.dir, 0x10_0000);
+    // Guest RAM at GPA 0x100000, as two DMA_MAPs of one file.
+    c.dma_map(0, 0x10_0000, 0x8_0000, ram.as_raw_fd()).unwrap();
+    c.dma_map(0x8_0000, 0x18_0000, 0x8_0000, ram.as_raw_fd()).unwrap();
+    // MSI-X vector 0: the daemon writes an eventfd counter (8 bytes) to whatever fd it was given.
+    let (irq_daemon, mut irq) = UnixStream::pair().unwrap();
+    c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, &[irq_daemon.as_raw_fd()])
+        .unwrap();
+    drop(irq_daemon);
+
+    let cmd_buf = 0x18_0000u64;
+    let store = 0x18_8008u64;
+    let wait = encode(&Command::CompletionWait { store: true, interrupt: true, store_addr: store, data: 0x5eed_f00d });
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&wait[0].to_le_bytes());
+    raw[8..].copy_from_slice(&wait[1].to_le_bytes());
+    ram.write_all_at(&raw, cmd_buf - 0x10_0000).unwrap();
+    w64(&mut c, BAR0, mmio::CMD_BUF_BASE, cmd_buf | 8 << 56);
+    w64(&mut c, BAR0, mmio::CONTROL, control::IOMMU_EN | control::CMD_BUF_EN | control::COM_WAIT_INT_EN);
+    w64(&mut c, BAR0, mmio::CMD_BUF_TAIL, 0x10);
+
+    let mut stored = [0u8; 8];
+    ram.read_exact_at(&mut stored, store - 0x10_0000).unwrap();
+    assert_eq!(u64::from_le_bytes(stored), 0x5eed_f00d, "the store landed in the file behind the DMA_MAP");
+    assert_eq!(r64(&mut c, BAR0, mmio::CMD_BUF_HEAD), 0x10);
+    irq.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut count = [0u8; 8];
+    irq.read_exact(&mut count).unwrap();
+    assert_eq!(u64::from_le_bytes(count), 1, "an eventfd increment");
+
+    // After DMA_UNMAP the store address is no longer guest RAM: the command is refused, the file
+    // is untouched.
+    c.dma_unmap(0x18_0000, 0x8_0000).unwrap();
+    ram.write_all_at(&[0; 8], store - 0x10_0000).unwrap();
+    w64(&mut c, BAR0, mmio::CMD_BUF_TAIL, 0x20);
+    ram.read_exact_at(&mut stored, store - 0x10_0000).unwrap();
+    assert_eq!(stored, [0; 8]);
+
+    // QEMU going away ends the daemon cleanly once both functions are disconnected.
+    drop(c);
+    let e = d.connect("endpoint");
+    drop(e);
+    assert!(d.wait().success());
+    assert!(!d.sock("iommu").exists() && !d.sock("endpoint").exists(), "sockets removed");
+}
+
+#[test]
+fn sigterm_exits_cleanly_removes_the_sockets_and_keeps_the_event_stream_whole() {
+    let mut d = Daemon::start("term");
+    let mut c = d.connect("iommu");
+    let ram = ram_file(&d.dir, 0x10_0000);
+    c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
+    // SNP_CTL.SNP_EN (BAR2 0x10): an RMP over guest RAM, and an "snp" record on the stream.
+    w64(&mut c, 2, 0x10, 1);
+    let st = Process::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    assert!(d.wait().success(), "exit status 0 on SIGTERM");
+    assert!(!d.sock("iommu").exists() && !d.sock("endpoint").exists(), "sockets removed");
+    drop(c);
+    let mut events = String::new();
+    std::fs::File::open(d.dir.join("events.jsonl")).unwrap().read_to_string(&mut events).unwrap();
+    let records: Vec<serde_json::Value> = events.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 1, "{events}");
+    assert_eq!(records[0]["type"], "snp");
+    assert_eq!(records[0]["pages"], 0x200, "pages up to the top of the mapped RAM");
+}
