@@ -1,6 +1,16 @@
 //! What a PCI function of the daemon is, independent of vfio-user: a backend with a config-space
 //! description and BAR handlers, in the shape of rust-vmm vhost-device backends. The vfio-user glue
 //! (vfio_server.rs) serves any `PciFunction`; the device logic lives in functions/.
+//!
+//! What else a function uses, handed to its constructor by daemon.rs rather than through the
+//! trait (so a function can be built and tested on its own):
+//! - guest memory: a `guest_mem::GuestRam` clone, filled by QEMU's DMA_MAP messages; take
+//!   `ram.snapshot()` for each operation: a `GuestMem` implementing `iommu_model::mem::PhysMem`,
+//!   every access bounds-checked against the mapped regions, valid even if QEMU unmaps meanwhile;
+//! - interrupts: an `Arc<dyn Irq>`, `raise(vector)` signals that MSI-X vector's eventfd;
+//! - the event stream: an `Arc<dyn EventSink>`, `emit(json!({"type": ..., ...}))`;
+//! - long work: a `crossbeam_channel::Sender<Job>` (`Job = Box<dyn FnOnce() + Send>`); the
+//!   daemon's DMA worker runs jobs in the order they were queued, off the socket thread.
 
 /// The fixed parts of a function's config space; the glue builds the header from it.
 #[derive(Clone, Debug)]
@@ -59,6 +69,4 @@ pub trait PciFunction: Send {
     fn config_written(&mut self, _offset: u64) {}
     /// Function-level reset.
     fn reset(&mut self) {}
-    // Guest RAM reaches a function through a method the glue adds with guest_mem.rs (a cheap,
-    // cloneable handle implementing iommu_model::mem::PhysMem, one per worker thread).
 }
