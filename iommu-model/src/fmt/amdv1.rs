@@ -34,7 +34,13 @@ impl Format for AmdV1 {
         if raw & PR == 0 {
             return Entry::NotPresent;
         }
-        match next_level(raw) {
+        let nl = next_level(raw);
+        // Level 6 (the top of a Mode 6 table) holds no translations (spec Table 15, as Linux
+        // generic_pt amdv1.h amdv1pt_can_have_leaf quotes it).
+        if level >= 6 && (nl == 0 || nl == NEXT_LEVEL_SIZED) {
+            return Entry::Invalid;
+        }
+        match nl {
             // NextLevel 0 ends the walk with a page of the level's natural size.
             0 => {
                 if raw & PTE_RSVD != 0 {
@@ -105,5 +111,16 @@ mod tests {
                 "size 2^{size_log2}"
             );
         }
+    }
+
+    #[test]
+    fn level_six_holds_no_leaves() {
+        assert_eq!(AmdV1.decode(6, pte(0, Perm::RW)), Entry::Invalid);
+        assert_eq!(AmdV1.decode(6, sized_pte(0, 52, Perm::RW)), Entry::Invalid);
+        assert_eq!(
+            AmdV1.decode(6, pde(0x5000, 5, Perm::RW)),
+            Entry::Table { addr: 0x5000, next_level: 5, perm: Perm::RW }
+        );
+        assert_eq!(AmdV1.decode(5, pte(1 << 48, Perm::RW)), Entry::Page { addr: 1 << 48, size_log2: 48, perm: Perm::RW });
     }
 }
