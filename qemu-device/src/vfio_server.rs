@@ -64,12 +64,14 @@ impl<F: PciFunction> FunctionBackend<F> {
         FunctionBackend { name: name.into(), config, sizes, function, ram, irq }
     }
 
-    /// Whether `len` bytes at `offset` lie inside `region`. The crate passes the client's region,
-    /// offset and count through unchecked (QEMU checks them against the sizes we announced; a
-    /// client that does not is answered with zeroes and its writes dropped).
-    fn in_region(&self, region: u32, offset: u64, len: usize) -> bool {
+    /// The function's BAR that `len` bytes at `offset` of `region` fall in, if they lie inside it.
+    /// The crate passes the client's region, offset and count through unchecked (QEMU checks them
+    /// against the sizes we announced; a client that does not is answered with zeroes and its
+    /// writes dropped). QEMU emulates the MSI-X table and PBA itself.
+    fn bar(&self, region: u32, offset: u64, len: usize) -> Option<u8> {
         let size = self.sizes.get(region as usize).copied().unwrap_or(0);
-        offset.checked_add(len as u64).is_some_and(|end| end <= size)
+        let inside = offset.checked_add(len as u64).is_some_and(|end| end <= size);
+        (region <= 5 && region != u32::from(MSIX_BAR) && inside).then_some(region as u8)
     }
 
     fn regions(&self) -> Vec<ServerRegion> {
@@ -130,7 +132,9 @@ pub fn listen(path: &Path) -> Result<UnixListener, String> {
         std::fs::rename(&staged, path).map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))?;
         Ok(listener)
     })();
-    let _ = std::fs::remove_file(&staged);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
     let _ = std::fs::remove_dir(&private);
     if result.is_ok() {
         tracing::info!("listening on {}", path.display());
@@ -169,10 +173,9 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
                     self.function.ext_config_read(offset as u16, data);
                 }
             }
-        } else if region <= 5 && region != u32::from(MSIX_BAR) && self.in_region(region, offset, data.len()) {
-            self.function.bar_read(region as u8, offset, data);
+        } else if let Some(bar) = self.bar(region, offset, data.len()) {
+            self.function.bar_read(bar, offset, data);
         } else {
-            // QEMU emulates the MSI-X table and PBA itself; nothing else is backed.
             data.fill(0);
         }
         Ok(())
@@ -188,8 +191,8 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
                     self.function.config_written(offset);
                 }
             }
-        } else if region <= 5 && region != u32::from(MSIX_BAR) && self.in_region(region, offset, data.len()) {
-            self.function.bar_write(region as u8, offset, data);
+        } else if let Some(bar) = self.bar(region, offset, data.len()) {
+            self.function.bar_write(bar, offset, data);
         }
         Ok(())
     }
