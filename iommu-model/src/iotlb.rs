@@ -75,14 +75,21 @@ impl Iotlb {
     }
 
     /// Drop what the domain caches for IOVAs in `[start, start + len)` (len 0 is nothing;
-    /// `u64::MAX` reaches the end of the address space).
+    /// `u64::MAX` reaches the end of the address space). A cached large page goes if the range
+    /// touches any part of it, not only the 4 KiB it was cached under: hardware caches the page,
+    /// so an invalidation of any address inside it drops it.
     pub fn invalidate_range(&mut self, domain: u16, start: u64, len: u64) {
-        let first = start >> 12;
-        let last = start.saturating_add(len.saturating_sub(1)) >> 12;
         if len == 0 {
             return;
         }
-        self.map.retain(|&(d, page), _| d != domain || page < first || page > last);
+        let first = start >> 12;
+        let last = start.saturating_add(len - 1) >> 12;
+        self.map.retain(|&(d, page), e| {
+            let span = 1u64 << (u32::from(e.size_log2).clamp(12, 63) - 12);
+            let page_first = page & !(span - 1);
+            let page_last = page_first + (span - 1);
+            d != domain || page_last < first || page_first > last
+        });
     }
 
     pub fn invalidate_domain(&mut self, domain: u16) {
@@ -152,6 +159,20 @@ mod tests {
         assert!(tlb.lookup(2, 0x2000).is_some(), "other domain untouched");
         tlb.invalidate_range(2, 0, u64::MAX);
         assert!(tlb.lookup(2, 0x7000).is_none());
+    }
+
+    #[test]
+    fn invalidating_part_of_a_large_page_drops_it() {
+        let mut tlb = Iotlb::new();
+        let big = Translation { spa: 0x4000_0000, size_log2: 21, perm: Perm::RW, level: 2 };
+        // Cached through an access at IOVA 0x2f_1000, inside the 2 MiB page at 0x20_0000.
+        tlb.insert(1, 0x2f_1234, &Translation { spa: big.spa + 0xf_1234, ..big });
+        tlb.invalidate_range(1, 0x40_0000, 0x1000);
+        assert!(tlb.lookup(1, 0x2f_1234).is_some(), "a range past the page leaves it");
+        tlb.invalidate_range(1, 0x1f_f000, 0x1000);
+        assert!(tlb.lookup(1, 0x2f_1234).is_some(), "a range before the page leaves it");
+        tlb.invalidate_range(1, 0x20_0000, 0x1000);
+        assert!(tlb.lookup(1, 0x2f_1234).is_none(), "the page's first 4 KiB covers the page");
     }
 
     #[test]

@@ -60,7 +60,13 @@ pub fn decode(raw: [u64; 2]) -> Option<Command> {
             let (start, len) = decode_range(q1 & !0xfff, q1 & 1 != 0);
             Some(Command::InvalidateIommuPages { domain_id: (q0 >> 32) as u16, start, len, pde: q1 & 2 != 0 })
         }
-        INVALIDATE_IOTLB_PAGES => Some(Command::InvalidateIotlbPages { devid: q0 as u16 }),
+        INVALIDATE_IOTLB_PAGES => {
+            // Reserved: bit 65, bit 67 and bits 75:70 (QEMU iommu_inval_iotlb).
+            if q1 & 0xfca != 0 {
+                return None;
+            }
+            Some(Command::InvalidateIotlbPages { devid: q0 as u16 })
+        }
         INVALIDATE_INTERRUPT_TABLE => {
             if q0 & 0x0fff_ffff_ffff_0000 != 0 || q1 != 0 {
                 return None;
@@ -81,13 +87,15 @@ pub fn decode(raw: [u64; 2]) -> Option<Command> {
 
 /// S=0: the one 4 KiB page at `addr`. S=1: the range whose size is 2^(k+1), where k is the first
 /// zero bit of the address from bit 12 up (Linux build_inv_address; QEMU
-/// amdvi_decode_invalidation_size); no zero below bit 63 means everything.
+/// amdvi_decode_invalidation_size). A first zero at bit 51 or above means everything: the
+/// spec's example encodings (Table 14, as QEMU reads it) give (1 << 51) - 1 as "all", and Linux
+/// uses 0x7fff_ffff_ffff_f000.
 pub fn decode_range(addr: u64, s: bool) -> (u64, u64) {
     if !s {
         return (addr, 0x1000);
     }
     let k = (addr | 0xfff).trailing_ones();
-    if k >= 63 {
+    if k >= 51 {
         return (0, u64::MAX);
     }
     let size = 1u64 << (k + 1);
@@ -138,6 +146,8 @@ mod tests {
     fn range_encoding_round_trips() {
         assert_eq!(decode_range(0x5000, false), (0x5000, 0x1000));
         assert_eq!(decode_range(ALL_PAGES_ADDRESS, true), (0, u64::MAX));
+        assert_eq!(decode_range(0x0007_ffff_ffff_f000, true), (0, u64::MAX), "first zero at bit 51");
+        assert_eq!(decode_range(0x0003_ffff_ffff_f000, true), (0, 1 << 51), "first zero at bit 50");
         // 8 KiB at 0x4000: bit 12 (the size bit) clear; 16 KiB: bit 12 set, bit 13 clear.
         assert_eq!(decode_range(0x4000, true), (0x4000, 0x2000));
         assert_eq!(decode_range(0x5000, true), (0x4000, 0x4000));
@@ -164,5 +174,14 @@ mod tests {
         assert_eq!(decode([(0x8 << 60) | 1, 0]), None, "INVALIDATE_IOMMU_ALL reserved bit");
         assert_eq!(decode([(0x1 << 60) | (1 << 55), 0]), None, "COMPLETION_WAIT reserved bit");
         assert_eq!(decode([(0x6 << 60), 0]), None, "PREFETCH without PreFSup");
+        assert_eq!(decode([(0x7 << 60), 0]), None, "COMPLETE_PPR_REQUEST without PPRSup");
+        assert_eq!(decode([(0x4 << 60) | 0x18, 1]), Some(Command::InvalidateIotlbPages { devid: 0x18 }), "S=1 is legal");
+        for bit in [1u32, 3, 6, 11] {
+            assert_eq!(decode([(0x4 << 60) | 0x18, 1 << bit]), None, "INVALIDATE_IOTLB_PAGES reserved bit {}", 64 + bit);
+        }
+        assert_eq!(decode([(0x2 << 60) | (1 << 16), 0]), None, "INVALIDATE_DEVTAB_ENTRY reserved bit 16");
+        assert_eq!(decode([(0x3 << 60) | (1 << 20), 0]), None, "INVALIDATE_IOMMU_PAGES reserved bit 20");
+        assert_eq!(decode([(0x3 << 60), 1 << 3]), None, "INVALIDATE_IOMMU_PAGES reserved bit 67");
+        assert_eq!(decode([(0x5 << 60), 1]), None, "INVALIDATE_INTERRUPT_TABLE quad 1 reserved");
     }
 }

@@ -154,6 +154,35 @@ mod tests {
         assert_eq!(Event::from_bytes(&e.to_bytes()), e);
     }
 
+    /// Every encoder, decoded as iommu_print_event does: type = event[1] >> 28, devid =
+    /// event[0] & 0xffff, pasid/domain = (event[0] & 0xf0000) | (event[1] & 0xffff), flags =
+    /// (event[1] >> 16) & 0xfff, address = event[3]:event[2].
+    #[test]
+    fn every_encoder_as_iommu_print_event_decodes_it() {
+        use flags::*;
+        let cases: [(Event, u32, &str, u16, u16, u16, u64); 7] = [
+            (Event::illegal_dte(0x0108, RW | RZ, 0x1000), 0x1, "ILLEGAL_DEV_TABLE_ENTRY", 0x0108, 0, RW | RZ, 0x1000),
+            (Event::io_page_fault(0x00ff, 0xbeef, PR | PE, 0x7fff_f000), 0x2, "IO_PAGE_FAULT", 0x00ff, 0xbeef, PR | PE, 0x7fff_f000),
+            (Event::dev_tab_hw_error(0x0010, TYPE_MASTER_ABORT, 0x10_0200), 0x3, "DEV_TAB_HARDWARE_ERROR", 0x0010, 0, TYPE_MASTER_ABORT, 0x10_0200),
+            (Event::page_tab_hw_error(0x0011, 7, RW | TYPE_MASTER_ABORT, 0x20_0ff8), 0x4, "PAGE_TAB_HARDWARE_ERROR", 0x0011, 7, RW | TYPE_MASTER_ABORT, 0x20_0ff8),
+            (Event::illegal_command(0x3_0040), 0x5, "ILLEGAL_COMMAND_ERROR", 0, 0, 0, 0x3_0040),
+            (Event::command_hw_error(TYPE_TARGET_ABORT, 0x4_0000), 0x6, "COMMAND_HARDWARE_ERROR", 0, 0, TYPE_TARGET_ABORT, 0x4_0000),
+            (Event::rmp_hw_error(0x0020, 0x55, RW, 0x9000_0007), 0xe, "RMP_HW_ERROR", 0x0020, 0x55, RW, 0x9000_0000),
+        ];
+        for (e, code, name, devid, tag, fl, addr) in cases {
+            let ev = words(&e);
+            assert_eq!(ev[1] >> 28, code, "{name}");
+            assert_eq!(e.name(), name);
+            assert_eq!(ev[0] & 0xffff, u32::from(devid), "{name} devid");
+            assert_eq!((ev[0] & 0xf0000) | (ev[1] & 0xffff), u32::from(tag), "{name} domain/pasid");
+            assert_eq!((ev[1] >> 16) & 0xfff, u32::from(fl), "{name} flags");
+            assert_eq!(u64::from(ev[3]) << 32 | u64::from(ev[2]), addr, "{name} address");
+            assert_eq!(Event::from_bytes(&e.to_bytes()), e, "{name} round trip");
+        }
+        // Linux's own flag masks: EVENT_FLAG_RW 0x020, EVENT_FLAG_I 0x008.
+        assert_eq!((RW, I), (0x020, 0x008));
+    }
+
     #[test]
     fn rmp_page_fault_as_amd_iommu_print_rmp_fault_decodes_it() {
         let e = Event::rmp_page_fault(0x0020, 0x81, 0x1234, flags::RW, 0x1_2345_6000);
