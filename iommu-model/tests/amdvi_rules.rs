@@ -287,7 +287,7 @@ fn suppressed_faults_are_aborted_but_not_logged() {
 }
 
 #[test]
-fn a_full_event_log_overflows_and_drops() {
+fn a_full_event_log_overflows_drops_and_stops_until_restarted() {
     let mut m = mem();
     three_levels(&mut m, 0);
     let mut vi = iommu(&mut m);
@@ -296,11 +296,61 @@ fn a_full_event_log_overflows_and_drops() {
     }
     // 256 entries, one slot kept free to tell full from empty.
     assert_eq!(vi.mmio_read(mmio::EVENT_LOG_TAIL, 8), 255 * 16);
-    assert_ne!(vi.mmio_read(mmio::STATUS, 8) & status::EVENT_OVERFLOW, 0);
-    // The driver consumes everything: logging resumes.
+    let st = vi.mmio_read(mmio::STATUS, 8);
+    assert_eq!(st & (status::EVENT_OVERFLOW | status::EVENT_LOG_RUN), status::EVENT_OVERFLOW, "overflow stops the log");
+    let mut rec = [0u8; 16];
+    m.read(EVTLOG + 254 * 16, &mut rec).unwrap();
+    assert_eq!(Event::from_bytes(&rec).address, 254 << 12, "the last record that fitted");
+    assert!(vi.take_irq(), "EventIntEn: overflow interrupts");
+    // Consuming the records alone does not restart logging.
     vi.mmio_write(&mut m, mmio::EVENT_LOG_HEAD, 8, 255 * 16);
-    vi.translate(&mut m, DEVID, 0, Access::Read);
-    assert_eq!(vi.mmio_read(mmio::EVENT_LOG_TAIL, 8), 0, "wrapped");
+    vi.translate(&mut m, DEVID, 0x1000, Access::Read);
+    assert_eq!(vi.mmio_read(mmio::EVENT_LOG_TAIL, 8), 255 * 16);
+    // Linux amd_iommu_restart_log: EventLogEn and EventIntEn off, EventOverflow cleared, both on.
+    let ctl = vi.mmio_read(mmio::CONTROL, 8);
+    vi.mmio_write(&mut m, mmio::CONTROL, 8, ctl & !(control::EVENT_LOG_EN | control::EVENT_INT_EN));
+    vi.mmio_write(&mut m, mmio::STATUS, 4, status::EVENT_OVERFLOW);
+    vi.mmio_write(&mut m, mmio::CONTROL, 8, ctl);
+    assert_eq!(vi.mmio_read(mmio::STATUS, 8) & (status::EVENT_OVERFLOW | status::EVENT_LOG_RUN), status::EVENT_LOG_RUN);
+    vi.translate(&mut m, DEVID, 0x2000, Access::Read);
+    assert_eq!(vi.mmio_read(mmio::EVENT_LOG_TAIL, 8), 0, "logged at the last slot and wrapped");
+    m.read(EVTLOG + 255 * 16, &mut rec).unwrap();
+    assert_eq!(Event::from_bytes(&rec).address, 0x2000);
+}
+
+#[test]
+fn status_bits_clear_only_where_ones_are_written() {
+    let mut m = mem();
+    three_levels(&mut m, 0);
+    let mut vi = iommu(&mut m);
+    vi.translate(&mut m, DEVID, 0x5000, Access::Read);
+    wait(&mut vi, &mut m, 3);
+    let both = status::EVENT_LOG_INT | status::COM_WAIT_INT;
+    assert_eq!(vi.mmio_read(mmio::STATUS, 8) & both, both);
+    // A write to the upper half, or of zeros, or to the read-only run bits, clears nothing.
+    vi.mmio_write(&mut m, mmio::STATUS + 4, 4, 0xffff_ffff);
+    vi.mmio_write(&mut m, mmio::STATUS, 8, 0);
+    vi.mmio_write(&mut m, mmio::STATUS, 8, status::EVENT_LOG_RUN | status::CMD_BUF_RUN);
+    let st = vi.mmio_read(mmio::STATUS, 8);
+    assert_eq!(st & both, both);
+    assert_eq!(st & (status::EVENT_LOG_RUN | status::CMD_BUF_RUN), status::EVENT_LOG_RUN | status::CMD_BUF_RUN);
+    vi.mmio_write(&mut m, mmio::STATUS, 4, status::COM_WAIT_INT);
+    assert_eq!(vi.mmio_read(mmio::STATUS, 8) & both, status::EVENT_LOG_INT);
+}
+
+#[test]
+fn run_bits_follow_the_enables() {
+    let mut m = mem();
+    let mut vi = AmdVi::new();
+    let run = status::EVENT_LOG_RUN | status::CMD_BUF_RUN;
+    vi.mmio_write(&mut m, mmio::CONTROL, 8, control::EVENT_LOG_EN | control::CMD_BUF_EN);
+    assert_eq!(vi.mmio_read(mmio::STATUS, 8) & run, 0, "nothing runs without IommuEn");
+    vi.mmio_write(&mut m, mmio::CONTROL, 4, control::IOMMU_EN | control::EVENT_LOG_EN | control::CMD_BUF_EN);
+    assert_eq!(vi.mmio_read(mmio::STATUS, 8) & run, run);
+    vi.mmio_write(&mut m, mmio::CONTROL, 4, control::IOMMU_EN | control::EVENT_LOG_EN);
+    assert_eq!(vi.mmio_read(mmio::STATUS, 8) & run, status::EVENT_LOG_RUN);
+    vi.mmio_write(&mut m, mmio::CONTROL, 4, 0);
+    assert_eq!(vi.mmio_read(mmio::STATUS, 8) & run, 0);
 }
 
 #[test]

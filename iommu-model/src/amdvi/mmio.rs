@@ -129,21 +129,9 @@ impl AmdVi {
             CMD_BUF_TAIL => self.cmd_tail,
             EVENT_LOG_HEAD => self.evt_head,
             EVENT_LOG_TAIL => self.evt_tail,
-            STATUS => self.status | self.run_bits(),
+            STATUS => self.status,
             _ => self.other.get(&off).copied().unwrap_or(0),
         }
-    }
-
-    fn run_bits(&self) -> u64 {
-        let on = |c: u64| self.enabled() && self.control & c != 0;
-        let mut s = 0;
-        if on(control::EVENT_LOG_EN) {
-            s |= status::EVENT_LOG_RUN;
-        }
-        if on(control::CMD_BUF_EN) && self.status & status::CMD_BUF_RUN != 0 {
-            s |= status::CMD_BUF_RUN;
-        }
-        s
     }
 
     /// A 4- or 8-byte read at an aligned offset; anything else reads as all ones, as an
@@ -167,11 +155,13 @@ impl AmdVi {
         }
         let reg = off & !7;
         let old = self.reg(reg);
-        let val = if size == 4 {
+        // The bits this access writes; a 4-byte access leaves the other half as it was.
+        let (written, val) = if size == 4 {
             let sh = (off & 4) * 8;
-            (old & !(0xffff_ffffu64 << sh)) | ((val & 0xffff_ffff) << sh)
+            let lane = (val & 0xffff_ffff) << sh;
+            (lane, (old & !(0xffff_ffffu64 << sh)) | lane)
         } else {
-            val
+            (val, val)
         };
         match reg {
             DEV_TABLE_BASE => self.devtab = val & (BASE_MASK | 0x1ff),
@@ -187,10 +177,22 @@ impl AmdVi {
                 self.evt_tail = 0;
             }
             CONTROL => {
-                let rising = val & !self.control;
+                let was = self.control;
                 self.control = val;
-                if rising & (control::CMD_BUF_EN | control::IOMMU_EN) != 0 {
-                    self.status |= status::CMD_BUF_RUN;
+                // EventLogRun and CmdBufRun start when their enable (with IommuEn) goes from 0
+                // to 1 and stop when it goes to 0; in between the IOMMU itself may stop them
+                // (event log overflow, command errors), and only a new 0 -> 1 restarts them, as
+                // Linux's amd_iommu_restart_log and the illegal-command recovery expect.
+                for (en, run) in [
+                    (control::EVENT_LOG_EN, status::EVENT_LOG_RUN),
+                    (control::CMD_BUF_EN, status::CMD_BUF_RUN),
+                ] {
+                    let on = |c: u64| c & control::IOMMU_EN != 0 && c & en != 0;
+                    if !on(val) {
+                        self.status &= !run;
+                    } else if !on(was) {
+                        self.status |= run;
+                    }
                 }
                 self.run_commands(mem);
             }
@@ -202,7 +204,7 @@ impl AmdVi {
             }
             EVENT_LOG_HEAD => self.evt_head = val & PTR_MASK,
             EVENT_LOG_TAIL => self.evt_tail = val & PTR_MASK,
-            STATUS => self.status &= !(val & status::RW1C),
+            STATUS => self.status &= !(written & status::RW1C),
             _ => {
                 self.other.insert(reg, val);
             }
@@ -212,7 +214,7 @@ impl AmdVi {
     /// Fetch and execute commands from head to tail (spec §2.4). At most one ring's worth per
     /// call, so a guest cannot make one register write do unbounded work.
     fn run_commands<M: PhysMem + ?Sized>(&mut self, mem: &mut M) {
-        if !self.enabled() || self.control & control::CMD_BUF_EN == 0 || self.status & status::CMD_BUF_RUN == 0 {
+        if self.status & status::CMD_BUF_RUN == 0 {
             return;
         }
         let size = ring_bytes(self.cmd_base);
@@ -281,19 +283,18 @@ impl AmdVi {
     }
 
     /// Append a record to the event log (spec §2.5). Returns false when it was not written:
-    /// logging disabled, the log full (EventOverflow set), or the log not in memory.
+    /// logging not running, the log full or its pointers outside it (EventOverflow), or the log
+    /// not in memory.
     pub fn log_event<M: PhysMem + ?Sized>(&mut self, mem: &mut M, ev: &Event) -> bool {
-        if !self.enabled() || self.control & control::EVENT_LOG_EN == 0 {
+        if self.status & status::EVENT_LOG_RUN == 0 {
             return false;
         }
         let size = ring_bytes(self.evt_base);
-        if self.evt_tail >= size || self.evt_head >= size {
-            self.status |= status::EVENT_OVERFLOW;
-            return false;
-        }
         let next = (self.evt_tail + 16) % size;
-        if next == self.evt_head {
-            self.status |= status::EVENT_OVERFLOW;
+        if self.evt_tail >= size || self.evt_head >= size || next == self.evt_head {
+            // The record is dropped and logging stops until software restarts it (EventLogEn
+            // 0 -> 1): Linux amd_iommu_restart_log only restarts a log whose EventLogRun is 0.
+            self.status = (self.status | status::EVENT_OVERFLOW) & !status::EVENT_LOG_RUN;
             if self.control & control::EVENT_INT_EN != 0 {
                 self.irq_pending = true;
             }
