@@ -134,6 +134,13 @@ impl DmaMem {
             unsafe { ptr::write_volatile(p.add(i), b) };
         }
     }
+    /// One aligned 8-byte CPU store (w64 writes byte by byte).
+    pub fn store64(&self, addr: u64, v: u64) {
+        assert!(addr % 8 == 0);
+        let p = self.at(addr, 8).expect("address in DMA memory");
+        // SAFETY: inside a huge page we own, 8-byte aligned (asserted).
+        unsafe { ptr::write_volatile(p as *mut u64, v) };
+    }
     pub fn r64(&self, addr: u64) -> u64 {
         let mut b = [0u8; 8];
         self.rd(addr, &mut b);

@@ -21,6 +21,10 @@ pub struct Args {
     /// DMA completions); "-" for stdout.
     #[arg(long)]
     events: PathBuf,
+    /// Publish the RMP in this file (raw entries at pfn × 16) for the TCG plugin to check CPU
+    /// stores against.
+    #[arg(long)]
+    rmp_state: Option<PathBuf>,
     /// Requester ID of the DMA endpoint: the PCI address QEMU places it at (bus:dev.fn).
     #[arg(long, value_parser = parse_bdf, default_value = "00:04.0")]
     endpoint_bdf: u16,
@@ -41,7 +45,11 @@ pub fn run(args: Args) -> Result<(), String> {
     // Each function gets the guest RAM QEMU sends it; the IOMMU's view is the one the models use.
     let ram = GuestRam::default();
     let iommu_irq = Arc::new(MsixIrq::default());
-    let secure = Arc::new(Mutex::new(SecureIommu::new(events.clone(), iommu_irq.clone())));
+    let mut sec = SecureIommu::new(events.clone(), iommu_irq.clone());
+    if let Some(path) = &args.rmp_state {
+        sec.publisher = Some(crate::rmp_state::RmpPublisher::create(path)?);
+    }
+    let secure = Arc::new(Mutex::new(sec));
 
     let (tx, rx) = crossbeam_channel::bounded::<Job>(64);
     let worker = std::thread::Builder::new()

@@ -9,6 +9,7 @@ mod function;
 mod functions;
 mod guest_mem;
 mod pci;
+mod rmp_state;
 mod secure;
 mod vfio_server;
 mod walk;

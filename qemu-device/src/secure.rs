@@ -48,6 +48,8 @@ pub struct SecureIommu {
     pub irq: Arc<dyn Irq>,
     /// Pages of guest RAM (the RMP covers them).
     pub ram_pages: u64,
+    /// The RMP state file the TCG plugin reads, when the daemon publishes one.
+    pub publisher: Option<crate::rmp_state::RmpPublisher>,
 }
 
 impl SecureIommu {
@@ -62,6 +64,7 @@ impl SecureIommu {
             events,
             irq,
             ram_pages: 0,
+            publisher: None,
         }
     }
 
@@ -84,13 +87,22 @@ impl SecureIommu {
         }
     }
 
-    /// Write the raw entries of pages `[first, first + n)` where the guest reads the RMP.
+    /// Write the raw entries of pages `[first, first + n)` where the guest reads the RMP, and to
+    /// the published state file.
     pub fn mirror(&self, mem: &mut GuestMem, first: u64, n: u64) {
         let Some(rmp) = &self.rmp else { return };
+        let range = first..first.saturating_add(n).min(rmp.pages());
+        if let Some(p) = &self.publisher {
+            for pfn in range.clone() {
+                if let Some(raw) = rmp.raw(pfn) {
+                    p.publish(pfn, &raw);
+                }
+            }
+        }
         if self.rmp_base == 0 {
             return;
         }
-        for pfn in first..first.saturating_add(n).min(rmp.pages()) {
+        for pfn in range {
             let at = self.rmp_base + Rmp::entry_offset(pfn);
             if at + 16 > self.rmp_end.saturating_add(1) {
                 break;

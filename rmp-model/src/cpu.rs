@@ -2,7 +2,7 @@
 //! (error code bit 31, Linux X86_PF_RMP); host reads are not checked (APM vol. 2 §15.36.10:
 //! encryption already protects them).
 
-use crate::rmp::{PageSize, Rmp};
+use crate::rmp::{PageSize, Rmp, RmpEntry, PTES_PER_2M};
 
 /// #PF error-code bits (Linux arch/x86/include/asm/trap_pf.h).
 pub mod pf {
@@ -16,6 +16,26 @@ pub mod pf {
 pub struct RmpPageFault {
     pub spa: u64,
     pub error_code: u64,
+}
+
+/// The check of one host write to `spa` through a 4 KiB mapping, given only a way to read RMP
+/// entries by pfn (a process that sees the published raw entries, like the TCG plugin, has no
+/// `Rmp`). Same answer as [`Rmp::host_access`] with a 4 KiB mapping.
+pub fn host_write(lookup: impl Fn(u64) -> Option<RmpEntry>, spa: u64, user: bool) -> Result<(), (RmpPageFault, RmpEntry)> {
+    let pfn = spa >> 12;
+    let head = lookup(pfn & !(PTES_PER_2M - 1));
+    let e = match head {
+        Some(h) if h.page_size == PageSize::Size2M => h,
+        _ => match lookup(pfn) {
+            Some(e) => e,
+            None => return Ok(()),
+        },
+    };
+    if e.assigned {
+        let error_code = pf::PROT | pf::WRITE | pf::RMP | if user { pf::USER } else { 0 };
+        return Err((RmpPageFault { spa, error_code }, e));
+    }
+    Ok(())
 }
 
 impl Rmp {
@@ -55,5 +75,13 @@ mod tests {
         assert!(rmp.host_access(0x6000, true, true, PageSize::Size2M).is_err(), "2 MiB mapping over an assigned 4 KiB page");
         assert_eq!(rmp.host_access(0x20_0000, true, false, PageSize::Size2M), Ok(()));
         assert_eq!(rmp.host_access(0x1_0000_0000, true, false, PageSize::Size4K), Ok(()), "outside the RMP");
+        // The same answers from raw entries alone.
+        let raw = |pfn: u64| rmp.raw(pfn).map(|b| RmpEntry::from_raw(&b));
+        for spa in [0x5010u64, 0x6000, 0x1_0000_0000] {
+            assert_eq!(host_write(raw, spa, false).is_err(), rmp.host_access(spa, true, false, PageSize::Size4K).is_err(), "{spa:#x}");
+        }
+        rmp.rmpupdate(0x20_0000, &RmpState::private(0x20_0000, 1, PageSize::Size2M));
+        let raw = |pfn: u64| rmp.raw(pfn).map(|b| RmpEntry::from_raw(&b));
+        assert!(host_write(raw, 0x3f_f000, false).is_err(), "inside an assigned 2 MiB page");
     }
 }

@@ -1,0 +1,33 @@
+//! The RMP state the daemon publishes for the TCG plugin: a file of raw 16-byte RMP entries at
+//! pfn × 16 (the layout Linux reads, without the bookkeeping area), mapped shared by both; the
+//! daemon is its only writer and updates an entry before the operation that changed it completes,
+//! so a guest store after the mailbox command sees the new state. Mapped through vm-memory (safe
+//! API, bounds-checked).
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestRegionMmap, MemoryRegionAddress};
+
+/// Pages the file covers: 64 GiB of guest RAM; the file is sparse, so untouched parts cost nothing.
+pub const PAGES: u64 = 1 << 24;
+
+pub struct RmpPublisher {
+    region: GuestRegionMmap,
+}
+
+impl RmpPublisher {
+    pub fn create(path: &Path) -> Result<RmpPublisher, String> {
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        f.set_len(PAGES * 16).map_err(|e| format!("cannot size {}: {e}", path.display()))?;
+        let region = GuestRegionMmap::from_range(GuestAddress(0), (PAGES * 16) as usize, Some(FileOffset::new(f, 0)))
+            .map_err(|e| format!("cannot map {}: {e}", path.display()))?;
+        Ok(RmpPublisher { region })
+    }
+
+    pub fn publish(&self, pfn: u64, raw: &[u8; 16]) {
+        if pfn < PAGES {
+            let _ = self.region.write_slice(raw, MemoryRegionAddress(pfn * 16));
+        }
+    }
+}
