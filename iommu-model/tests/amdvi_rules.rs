@@ -49,6 +49,18 @@ fn four_kib_leaf_translates_with_offset() {
     three_levels(&mut m, pte(0x40_0000, Perm::RW));
     let t = run(&m, 0x5abc, Access::Write).translation().unwrap();
     assert_eq!((t.spa, t.size_log2, t.level), (0x40_0abc, 12, 1));
+    assert_eq!(run(&m, 0x5abc, Access::Read).result().map(|t| t.spa), Ok(0x40_0abc));
+    assert_eq!(run(&m, 0x6000, Access::Read).result().map_err(|e| e.name()), Err("IO_PAGE_FAULT"));
+}
+
+#[test]
+fn level_six_leaves_are_reserved() {
+    let mut m = mem();
+    // A Mode 6 root whose entry is a leaf: the top level holds no translations (spec Table 15).
+    m.write_u64(0x10_0000, pte(0, Perm::RW)).unwrap();
+    set_dte(&mut m, DEVID, Dte::translated(0x10_0000, 6, 9, Perm::RW));
+    let (e, level) = fault(run(&m, 0x1234, Access::Read));
+    assert_eq!((e.code, e.flags, level), (event::IO_PAGE_FAULT, flags::PR | flags::RZ, Some(6)));
 }
 
 #[test]

@@ -24,6 +24,14 @@ impl Outcome {
             Outcome::Fault { .. } => None,
         }
     }
+
+    /// The translation, or the event that aborted the request (logged or suppressed).
+    pub fn result(self) -> Result<Translation, Event> {
+        match self {
+            Outcome::Ok(t) => Ok(t),
+            Outcome::Fault { event, .. } => Err(event),
+        }
+    }
 }
 
 /// An untranslated access: the IOVA is the SPA, 4 KiB granule.
