@@ -111,6 +111,9 @@ impl Rig {
         };
         let dte = Dte::translated(rig.pt.root, 4, DOMAIN, Perm::RW);
         rig.mem.wr(rig.devtab + u64::from(rid) * 32, &dte.to_bytes());
+        // As Linux does: everything off before the bases are (re)written, then on again, so a
+        // command processor an earlier driver left stopped restarts.
+        rig.iommu.w64(mmio::CONTROL as usize, 0);
         rig.iommu.w64(mmio::DEV_TABLE_BASE as usize, rig.devtab);
         rig.iommu.w64(mmio::CMD_BUF_BASE as usize, rig.cmdbuf | 8 << 56);
         rig.iommu.w64(mmio::EVENT_LOG_BASE as usize, rig.evtlog | 8 << 56);
@@ -550,5 +553,26 @@ fn cpu_write(r: &mut Rig) -> R {
     expect_event("rmp_cpu_violation", &format!("spa={:#x}", pa + 0x18));
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     r.mem.store64(pa + 0x18, 0xbeef); // no report: the page is the host's again
+    Ok(())
+}
+
+/// After the hostile driver: a fresh driver (new tables, reset engine, pages made shared again)
+/// copies 4 KiB correctly.
+pub fn after_hostile() -> R {
+    let mut r = Rig::new()?;
+    let ((src, src_pa), (dst, dst_pa)) = (r.small(0), r.small(1));
+    r.ctl.w64(SNP_CTL, 1);
+    for pa in [r.hp1, src_pa, dst_pa] {
+        check!(r.rmpupdate(pa, 0, false, 0)? == 0, "RMPUPDATE {pa:#x} to shared");
+    }
+    r.map(src, src_pa, 12, Perm::RW)?;
+    r.map(dst, dst_pa, 12, Perm::RW)?;
+    r.submit(&[Command::InvalidateIommuAll]);
+    r.completion_wait()?;
+    let data = pattern(3, 4096);
+    r.mem.wr(src_pa, &data);
+    let (st, _) = r.dma(OP_COPY, 0, src, dst, 4096, 0)?;
+    check!(st == ST_OK, "copy after the hostile driver: status {st}");
+    check!(r.page_bytes(dst_pa, 4096) == data, "copy after the hostile driver: wrong bytes");
     Ok(())
 }

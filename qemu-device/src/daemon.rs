@@ -77,7 +77,14 @@ pub fn run(args: Args) -> Result<(), String> {
     socks.iter().for_each(|s| remove_socket(s));
     // The endpoint's channel closed with its backend: the worker drains and ends.
     let _ = worker.join();
+    crate::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "daemon_exit", "peak_rss_kib": peak_rss_kib()}));
     r1.and_then(|r| r).and(r2.and_then(|r| r))
+}
+
+/// The process's peak resident set (VmHWM), so runs can show the daemon's memory stays bounded.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()
 }
 
 /// SIGTERM or SIGINT: remove the sockets, let the event stream finish its last line, exit 0. The
