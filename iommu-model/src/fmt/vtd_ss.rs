@@ -20,10 +20,15 @@ pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// reserve none of them.
 pub const IGNORED: u64 = 0xbff0_0000_0000_0400;
 
+/// No x86 platform has fewer physical address bits; a smaller HAW would leave no room for the
+/// address of a 1 GiB page.
+pub const HAW_MIN: u32 = 32;
+
 /// A second-stage format for a host address width (address bits at and above it are reserved).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VtdSs {
-    /// Host address width in bits, 12..=52; table and page addresses must lie below 2^haw.
+    /// Host address width in bits, 32..=52 (other values are taken as the nearest of those); table
+    /// and page addresses must lie below 2^haw.
     pub haw: u8,
     /// CAP.SLLPS bit 34: 2 MiB superpages. Without it PS at level 2 is a reserved bit.
     pub sp_2m: bool,
@@ -40,7 +45,7 @@ impl Default for VtdSs {
 impl VtdSs {
     /// Address bits below the host address width (QEMU VTD_HAW_MASK & ~0xfff).
     pub fn addr_mask(&self) -> u64 {
-        let haw = u32::from(self.haw).clamp(12, 52);
+        let haw = u32::from(self.haw).clamp(HAW_MIN, 52);
         ((1u64 << haw) - 1) & ADDR_MASK
     }
 

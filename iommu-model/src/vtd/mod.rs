@@ -22,7 +22,7 @@ use context::{ContextEntry, TranslationType};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caps {
     /// Host address width (the DMAR table's HAW; QEMU's aw-bits): table pointers and output
-    /// addresses at or above 2^haw are reserved bits. 12..=52.
+    /// addresses at or above 2^haw are reserved bits. 32..=52 (outside it, the nearest).
     pub haw: u8,
     /// CAP.MGAW + 1: input addresses at or above 2^min(AGAW, MGAW) fault with reason 0x4.
     pub mgaw: u8,
