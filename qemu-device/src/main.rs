@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod daemon;
+mod dma;
 mod events;
 mod function;
 mod functions;

@@ -27,8 +27,6 @@ pub enum Refusal {
     Translation(Event),
     /// The RMP check refused the access (RMP_PAGE_FAULT).
     Rmp(DmaRefusal),
-    /// The transfer wraps around the address space.
-    BadLength,
 }
 
 pub fn bdf(devid: u16) -> String {
@@ -143,25 +141,9 @@ impl SecureIommu {
         res.status
     }
 
-    /// Translate and check every page of a transfer. Nothing is returned (so nothing may move)
-    /// unless every page is allowed; the first refused page is logged and ends the transfer.
-    pub fn dma(&mut self, mem: &mut GuestMem, rid: u16, t: bool, iova: u64, len: u64, write: bool) -> Result<Vec<(u64, u64)>, Refusal> {
-        let access = if write { Access::Write } else { Access::Read };
-        let mut chunks = Vec::new();
-        let mut at = iova;
-        let end = iova.checked_add(len).ok_or(Refusal::BadLength)?;
-        while at < end {
-            let page_end = (at | 0xfff).saturating_add(1).min(end);
-            let r = self.page(mem, rid, t, at, access);
-            self.irq_if_pending();
-            let spa = r?;
-            chunks.push((spa, page_end - at));
-            at = page_end;
-        }
-        Ok(chunks)
-    }
-
-    fn page(&mut self, mem: &mut GuestMem, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
+    /// Translate and check one page-bounded access, logging a refusal (event log record and
+    /// event stream) as the IOMMU does; `dma::plan` runs it for every page of a transfer.
+    pub fn page<M: PhysMem + ?Sized>(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
         let write = access == Access::Write;
         let walks = self.amdvi.walks;
         let tr = match self.amdvi.translate(mem, rid, iova, access) {

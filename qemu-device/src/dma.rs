@@ -1,0 +1,363 @@
+//! The path every endpoint access takes: translate, check, then move bytes.
+//!
+//! A transfer is split at 4 KiB boundaries (a TLP never crosses one, PCIe 6.x §2.2.7) and every
+//! page goes through the secure IOMMU (`TranslateCheck`): the AMD-Vi walk, then the RMP check.
+//! Nothing moves unless every page of the transfer is allowed and backed by guest RAM; each
+//! refused page is logged by the IOMMU, one event per page, as the hardware logs one per request.
+//! The choices (maximum length, what a copy whose two sides overlap does) are in
+//! docs/device-abi.md, "DMA endpoint".
+
+use crate::secure::{Refusal, SecureIommu};
+use iommu_model::mem::{MemError, PhysMem};
+use iommu_model::walk::Access;
+
+pub const PAGE: u64 = 0x1000;
+/// Largest transfer one request may ask for: 16 MiB, so at most 4096 page translations (and at
+/// most 4096 logged events) per request.
+pub const MAX_LEN: u64 = 16 << 20;
+
+/// The secure IOMMU as a requester sees it: one page-bounded access in, the system physical
+/// address out, or a refusal the implementation has already logged (event log record, event
+/// stream) as the IOMMU does at translation time.
+pub trait TranslateCheck<M: ?Sized> {
+    fn translate_page(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal>;
+}
+
+impl<M: PhysMem + ?Sized> TranslateCheck<M> for SecureIommu {
+    fn translate_page(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
+        let r = self.page(mem, rid, t, iova, access);
+        // A logged event may raise the IOMMU's interrupt (EventLogInt).
+        self.irq_if_pending();
+        r
+    }
+}
+
+/// Memory the engine moves bytes in: guest RAM, or a `ByteMem` in tests.
+pub trait DmaMem: PhysMem {
+    /// Copy `len` bytes from `src` to `dst`, both system physical; all or nothing. The default
+    /// goes through a buffer; guest RAM copies region to region.
+    fn copy(&mut self, src: u64, dst: u64, len: usize) -> Result<(), MemError> {
+        let mut b = vec![0u8; len];
+        self.read(src, &mut b)?;
+        self.write(dst, &b)
+    }
+}
+
+impl DmaMem for iommu_model::mem::ByteMem {}
+
+impl DmaMem for crate::guest_mem::GuestMem {
+    fn copy(&mut self, src: u64, dst: u64, len: usize) -> Result<(), MemError> {
+        // A run may span two guest RAM regions: then through a buffer.
+        crate::guest_mem::GuestMem::copy(self, src, dst, len).or_else(|_| {
+            let mut b = vec![0u8; len];
+            self.read(src, &mut b)?;
+            self.write(dst, &b)
+        })
+    }
+}
+
+/// One request: who asks, with which T bit, for what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub rid: u16,
+    pub t: bool,
+    pub iova: u64,
+    pub len: u64,
+    pub access: Access,
+}
+
+/// Why a transfer moved nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaError {
+    /// Zero, longer than `MAX_LEN`, or wrapping past the top of the address space; nothing was
+    /// translated.
+    Length,
+    /// `pages` pages were refused; the first at `iova`, for `refusal`. Each was logged.
+    Refused { iova: u64, refusal: Refusal, pages: u32 },
+    /// Every page was allowed, but the one at `iova` translates to `spa` where there is no guest
+    /// RAM (a completion with Unsupported Request status in hardware).
+    NoMemory { iova: u64, spa: u64 },
+}
+
+/// System physical runs of a transfer, in order: (SPA, length), adjacent pages merged.
+pub type Runs = Vec<(u64, u64)>;
+
+/// Translate and check every page of `req`; the runs to move, or why nothing may move. Every
+/// page is tried even after a refusal, so each refused page is logged once.
+pub fn plan<M: PhysMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, req: Request) -> Result<Runs, DmaError> {
+    let end = req.iova.checked_add(req.len).ok_or(DmaError::Length)?;
+    if req.len == 0 || req.len > MAX_LEN {
+        return Err(DmaError::Length);
+    }
+    let mut runs: Runs = Vec::new();
+    let mut refused: Option<DmaError> = None;
+    let mut no_memory: Option<DmaError> = None;
+    let mut at = req.iova;
+    while at < end {
+        let page_end = (at | (PAGE - 1)).saturating_add(1).min(end);
+        let n = page_end - at;
+        match iommu.translate_page(mem, req.rid, req.t, at, req.access) {
+            Err(refusal) => match &mut refused {
+                Some(DmaError::Refused { pages, .. }) => *pages += 1,
+                _ => refused = Some(DmaError::Refused { iova: at, refusal, pages: 1 }),
+            },
+            Ok(spa) => {
+                let mut probe = [0u8; 1];
+                let backed = spa.checked_add(n - 1).is_some_and(|last| mem.read(spa, &mut probe).is_ok() && mem.read(last, &mut probe).is_ok());
+                if !backed && no_memory.is_none() {
+                    no_memory = Some(DmaError::NoMemory { iova: at, spa });
+                }
+                match runs.last_mut() {
+                    Some((s, l)) if s.checked_add(*l) == Some(spa) => *l += n,
+                    _ => runs.push((spa, n)),
+                }
+            }
+        }
+        at = page_end;
+    }
+    match refused.or(no_memory) {
+        Some(e) => Err(e),
+        None => Ok(runs),
+    }
+}
+
+/// DMA read of `buf.len()` bytes at `iova`.
+pub fn read<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, t: bool, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    let runs = plan(iommu, mem, Request { rid, t, iova, len: buf.len() as u64, access: Access::Read })?;
+    let mut at = 0usize;
+    for (spa, n) in runs {
+        let n = n as usize;
+        mem.read(spa, &mut buf[at..at + n]).map_err(|_| DmaError::NoMemory { iova: iova + at as u64, spa })?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// DMA write of `data` at `iova`.
+pub fn write<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, t: bool, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+    let runs = plan(iommu, mem, Request { rid, t, iova, len: data.len() as u64, access: Access::Write })?;
+    let mut at = 0usize;
+    for (spa, n) in runs {
+        let n = n as usize;
+        mem.write(spa, &data[at..at + n]).map_err(|_| DmaError::NoMemory { iova: iova + at as u64, spa })?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Both sides of a copy, planned: what `move_copy` moves.
+pub struct CopyPlan {
+    pub from: Runs,
+    pub to: Runs,
+    pub len: u64,
+}
+
+impl CopyPlan {
+    /// Whether any source byte is also a destination byte (in system physical memory).
+    pub fn overlaps(&self) -> bool {
+        self.from.iter().any(|&(a, n)| self.to.iter().any(|&(b, m)| a < b.saturating_add(m) && b < a.saturating_add(n)))
+    }
+}
+
+/// Plan a copy: the source is read first, so a refused source ends it before any destination
+/// page is asked for (a device does not issue writes for data it could not read).
+pub fn plan_copy<M: PhysMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, t: bool, src: u64, dst: u64, len: u64) -> Result<CopyPlan, DmaError> {
+    let from = plan(iommu, mem, Request { rid, t, iova: src, len, access: Access::Read })?;
+    let to = plan(iommu, mem, Request { rid, t, iova: dst, len, access: Access::Write })?;
+    Ok(CopyPlan { from, to, len })
+}
+
+/// Move a planned copy. Overlapping sides copy as memmove does (the source as it was before the
+/// copy), through a buffer; otherwise run to run without one.
+pub fn move_copy<M: DmaMem + ?Sized>(mem: &mut M, p: &CopyPlan) -> Result<(), MemError> {
+    if p.overlaps() {
+        let mut b = vec![0u8; p.len as usize];
+        let mut at = 0usize;
+        for &(spa, n) in &p.from {
+            mem.read(spa, &mut b[at..at + n as usize])?;
+            at += n as usize;
+        }
+        at = 0;
+        for &(spa, n) in &p.to {
+            mem.write(spa, &b[at..at + n as usize])?;
+            at += n as usize;
+        }
+        return Ok(());
+    }
+    let (mut i, mut j, mut off_i, mut off_j) = (0, 0, 0u64, 0u64);
+    while i < p.from.len() && j < p.to.len() {
+        let n = (p.from[i].1 - off_i).min(p.to[j].1 - off_j);
+        mem.copy(p.from[i].0 + off_i, p.to[j].0 + off_j, n as usize)?;
+        off_i += n;
+        off_j += n;
+        if off_i == p.from[i].1 {
+            i += 1;
+            off_i = 0;
+        }
+        if off_j == p.to[j].1 {
+            j += 1;
+            off_j = 0;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub mod test_iommu {
+    //! A secure IOMMU for tests: a page table in a map, refusals chosen per page, and a record of
+    //! every page asked for (the events an IOMMU would log).
+    use super::*;
+    use iommu_model::amdvi::event::Event;
+    use rmp_model::dma_check::DmaRefusal;
+    use std::collections::BTreeMap;
+
+    #[derive(Default)]
+    pub struct MapIommu {
+        /// IOVA page → (SPA page, writable).
+        pub pages: BTreeMap<u64, (u64, bool)>,
+        /// Pages the RMP refuses, with the reason.
+        pub rmp: BTreeMap<u64, DmaRefusal>,
+        /// T=1 requests are refused unless set (no TDI in RUN).
+        pub tdi_run: bool,
+        /// Every refused page: (requester, IOVA, write).
+        pub logged: Vec<(u16, u64, bool)>,
+        pub asked: usize,
+    }
+
+    impl MapIommu {
+        pub fn map(&mut self, iova: u64, spa: u64, len: u64, writable: bool) {
+            for off in (0..len).step_by(PAGE as usize) {
+                self.pages.insert((iova + off) >> 12, ((spa + off) >> 12, writable));
+            }
+        }
+    }
+
+    impl<M: ?Sized> TranslateCheck<M> for MapIommu {
+        fn translate_page(&mut self, _mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
+            self.asked += 1;
+            let write = access == Access::Write;
+            let r = match self.pages.get(&(iova >> 12)) {
+                None => Err(Refusal::Translation(Event::io_page_fault(rid, 0, 0, iova))),
+                Some(&(_, false)) if write => Err(Refusal::Translation(Event::io_page_fault(rid, 0, 0, iova))),
+                Some(_) if t && !self.tdi_run => Err(Refusal::Rmp(DmaRefusal::TdiNotRun)),
+                Some(_) if self.rmp.contains_key(&(iova >> 12)) => Err(Refusal::Rmp(self.rmp[&(iova >> 12)])),
+                Some(&(spa_page, _)) => Ok(spa_page << 12 | (iova & (PAGE - 1))),
+            };
+            if r.is_err() {
+                self.logged.push((rid, iova, write));
+            }
+            r
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_iommu::MapIommu;
+    use super::*;
+    use iommu_model::mem::ByteMem;
+    use rmp_model::dma_check::DmaRefusal;
+
+    const RID: u16 = 0x20;
+
+    fn mem() -> ByteMem {
+        let mut m = ByteMem::new(0, 1 << 20);
+        for (i, b) in m.bytes.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        m
+    }
+
+    #[test]
+    fn a_transfer_is_split_at_pages_and_adjacent_pages_merge() {
+        let mut io = MapIommu::default();
+        io.map(0x10_0000, 0x4_0000, 0x2000, true);
+        io.map(0x10_2000, 0x8_0000, 0x1000, true);
+        let mut m = mem();
+        let runs = plan(&mut io, &mut m, Request { rid: RID, t: false, iova: 0x10_0800, len: 0x2000, access: Access::Read }).unwrap();
+        assert_eq!(runs, [(0x4_0800, 0x1800), (0x8_0000, 0x800)]);
+        assert_eq!(io.asked, 3, "one translation per page touched");
+        let mut buf = vec![0u8; 0x2000];
+        read(&mut io, &mut m, RID, false, 0x10_0800, &mut buf).unwrap();
+        assert_eq!(buf[..0x1800], m.bytes[0x4_0800..0x4_2000]);
+        assert_eq!(buf[0x1800..], m.bytes[0x8_0000..0x8_0800]);
+    }
+
+    #[test]
+    fn every_refused_page_is_logged_once_and_nothing_moves() {
+        let mut io = MapIommu::default();
+        io.map(0x10_0000, 0x4_0000, 0x4000, true);
+        io.pages.remove(&0x101);
+        io.pages.remove(&0x103);
+        let mut m = mem();
+        let before = m.bytes.clone();
+        let e = write(&mut io, &mut m, RID, false, 0x10_0000, &[0xaa; 0x4000]).unwrap_err();
+        assert!(matches!(e, DmaError::Refused { iova: 0x10_1000, refusal: Refusal::Translation(_), pages: 2 }), "{e:?}");
+        assert_eq!(io.logged, [(RID, 0x10_1000, true), (RID, 0x10_3000, true)]);
+        assert!(m.bytes == before, "a refused transfer moved bytes");
+    }
+
+    #[test]
+    fn lengths_are_bounded_before_anything_is_translated() {
+        let mut io = MapIommu::default();
+        let mut m = mem();
+        for (iova, len) in [(0, 0), (0, MAX_LEN + 1), (u64::MAX - 0xfff, 0x2000), (u64::MAX, u64::MAX)] {
+            let r = plan(&mut io, &mut m, Request { rid: RID, t: false, iova, len, access: Access::Read });
+            assert_eq!(r, Err(DmaError::Length), "{iova:#x}+{len:#x}");
+        }
+        assert_eq!(io.asked, 0);
+        // The largest allowed request is translated page by page: 4096 pages, all logged.
+        let r = plan(&mut io, &mut m, Request { rid: RID, t: false, iova: 0, len: MAX_LEN, access: Access::Read });
+        assert!(matches!(r, Err(DmaError::Refused { pages: 4096, .. })));
+        assert_eq!(io.logged.len(), 4096);
+    }
+
+    #[test]
+    fn an_allowed_page_outside_ram_moves_nothing() {
+        let mut io = MapIommu::default();
+        io.map(0x10_0000, 0xf_f000, 0x1000, true);
+        io.map(0x10_1000, 0x40_0000, 0x1000, true); // past the 1 MiB of memory
+        let mut m = mem();
+        let before = m.bytes.clone();
+        let e = write(&mut io, &mut m, RID, false, 0x10_0000, &[1; 0x2000]).unwrap_err();
+        assert_eq!(e, DmaError::NoMemory { iova: 0x10_1000, spa: 0x40_0000 });
+        assert!(m.bytes == before);
+        assert!(io.logged.is_empty(), "no IOMMU event: the IOMMU allowed it");
+    }
+
+    #[test]
+    fn t1_and_rmp_refusals_carry_their_reason() {
+        let mut io = MapIommu::default();
+        io.map(0x10_0000, 0x4_0000, 0x2000, true);
+        io.rmp.insert(0x101, DmaRefusal::AssignedPage);
+        let mut m = mem();
+        let e = write(&mut io, &mut m, RID, true, 0x10_0000, &[0; 8]).unwrap_err();
+        assert!(matches!(e, DmaError::Refused { refusal: Refusal::Rmp(DmaRefusal::TdiNotRun), .. }));
+        let e = write(&mut io, &mut m, RID, false, 0x10_0ff8, &[0; 16]).unwrap_err();
+        assert!(matches!(e, DmaError::Refused { iova: 0x10_1000, refusal: Refusal::Rmp(DmaRefusal::AssignedPage), pages: 1 }));
+        assert_eq!(m.bytes[0x4_0ff8], (0x4_0ff8 % 251) as u8, "the allowed first page did not move either");
+    }
+
+    #[test]
+    fn a_refused_source_asks_nothing_of_the_destination() {
+        let mut io = MapIommu::default();
+        io.map(0x20_0000, 0x4_0000, 0x1000, true);
+        let mut m = mem();
+        assert!(plan_copy(&mut io, &mut m, RID, false, 0x10_0000, 0x20_0000, 0x1000).is_err());
+        assert_eq!(io.asked, 1);
+    }
+
+    #[test]
+    fn overlapping_copies_move_as_memmove() {
+        let mut io = MapIommu::default();
+        io.map(0x10_0000, 0x4_0000, 0x3000, true);
+        let mut m = mem();
+        let want: Vec<u8> = m.bytes[0x4_0000..0x4_2000].to_vec();
+        let p = plan_copy(&mut io, &mut m, RID, false, 0x10_0000, 0x10_0010, 0x2000).unwrap();
+        assert!(p.overlaps());
+        move_copy(&mut m, &p).unwrap();
+        assert_eq!(m.bytes[0x4_0010..0x4_2010], want[..]);
+        let p = plan_copy(&mut io, &mut m, RID, false, 0x10_2000, 0x10_0000, 0x1000).unwrap();
+        assert!(!p.overlaps());
+    }
+}
