@@ -1,5 +1,11 @@
 //! `tiommu walk`: translate IOVAs through AMD-Vi tables found in a raw memory image, for bring-up
 //! debugging of dumped memory. One JSON object per IOVA, in order, one per line.
+//!
+//! Choices: the device table is taken as the largest the register allows (65536 DTEs), so any DTE
+//! in the image is read and one outside it is DEV_TAB_HARDWARE_ERROR; `--devtab` must be page
+//! aligned (a register value with its Size bits is refused, not truncated); the image is read
+//! with pread, only where the walk goes, and never written; each IOVA is translated on its own,
+//! uncached, as `amdvi::translate` does.
 
 use iommu_model::amdvi::dte::DevTabBase;
 use iommu_model::amdvi::{translate, Outcome};
@@ -18,8 +24,8 @@ pub struct Args {
     /// Physical address of the image's first byte (hex, 0x...).
     #[arg(long, value_parser = parse_hex, default_value = "0x0")]
     image_base: u64,
-    /// Device table base address (hex, 0x...).
-    #[arg(long, value_parser = parse_hex)]
+    /// Device table address, 4 KiB aligned: the Device Table Base register's bits 51:12 (hex, 0x...).
+    #[arg(long, value_parser = parse_devtab)]
     devtab: u64,
     /// Requester: bus:dev.fn in hex (00:03.0) or a plain hex 16-bit id.
     #[arg(long, value_parser = parse_bdf)]
@@ -35,6 +41,19 @@ pub struct Args {
 fn parse_hex(s: &str) -> Result<u64, String> {
     let digits = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).ok_or(format!("'{s}' is not hex with 0x"))?;
     u64::from_str_radix(digits, 16).map_err(|_| format!("'{s}' is not a 64-bit hex number"))
+}
+
+/// The register's Size field (bits 8:0) is not taken: a value with low bits set is refused rather
+/// than read as some other table.
+fn parse_devtab(s: &str) -> Result<u64, String> {
+    let addr = parse_hex(s)?;
+    if addr & 0xfff != 0 {
+        return Err(format!("'{s}' is not 4 KiB aligned (give the table's address, without the Size bits)"));
+    }
+    if addr >> 52 != 0 {
+        return Err(format!("'{s}' is above the 52-bit physical address space"));
+    }
+    Ok(addr)
 }
 
 /// `bus:dev.fn` (hex) or a 16-bit hex id, with or without 0x.
@@ -83,7 +102,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let mem = ImageMem { file, base: args.image_base, len: meta.len() };
     // The Size field is not in the command line: allow the largest table (65536 entries); a DTE
     // outside the image reads as DEV_TAB_HARDWARE_ERROR.
-    let devtab = DevTabBase((args.devtab & !0xfff) | 0x1ff);
+    let devtab = DevTabBase(args.devtab | 0x1ff);
     let access = if args.write { Access::Write } else { Access::Read };
     let mut out = std::io::stdout().lock();
     for iova in args.iova {
@@ -121,6 +140,13 @@ mod tests {
         assert!(parse_bdf("00:03.8").is_err());
         assert!(parse_bdf("10000").is_err());
         assert!(parse_bdf("zz").is_err());
+    }
+
+    #[test]
+    fn devtab_is_a_page_address() {
+        assert_eq!(parse_devtab("0x80010000"), Ok(0x8001_0000));
+        assert!(parse_devtab("0x800101ff").is_err());
+        assert!(parse_devtab("0x10000000000000").is_err());
     }
 
     #[test]

@@ -77,6 +77,9 @@ fn bad_arguments_fail_with_one_line() {
     for args in [
         vec!["--image", "/nonexistent/tiommu.img", "--devtab", "0x0", "--devid", "00:03.0", "--iova", "0x0"],
         vec!["--image", p, "--devtab", "1000", "--devid", "00:03.0", "--iova", "0x0"],
+        vec!["--image", p, "--devtab", "0x800101ff", "--devid", "00:03.0", "--iova", "0x0"],
+        vec!["--image", p, "--devtab", "0x0", "--devid", "00:03.0", "--iova", "0x10000000000000000"],
+        vec!["--image", p, "--devtab", "0x0", "--devid", "00:03.0", "--iova", "0x1000", "--bogus"],
         vec!["--image", p, "--devtab", "0x0", "--devid", "00:33.0", "--iova", "0x0"],
         vec!["--image", p, "--devtab", "0x0", "--devid", "00:03.0"],
         vec!["--image", "/", "--devtab", "0x0", "--devid", "00:03.0", "--iova", "0x0"],
