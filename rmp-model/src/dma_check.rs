@@ -4,7 +4,7 @@
 //! A refusal is an RMP_PAGE_FAULT (event type 0xd) whose fields Linux amd_iommu_print_rmp_fault
 //! decodes; nothing is transferred.
 
-use crate::rmp::{PageSize, Rmp};
+use crate::rmp::{Rmp, PTES_PER_2M};
 use crate::tdisp::TdiState;
 
 /// The T=1 binding of a requester: the TDI's guest and its state (from the sDTE and TDISP).
@@ -63,10 +63,13 @@ impl DmaRefusal {
     }
 }
 
-/// The fields of the RMP_PAGE_FAULT event this refusal logs.
+/// The fields of the RMP_PAGE_FAULT event this refusal logs (Linux drivers/iommu/amd/iommu.c
+/// amd_iommu_report_rmp_fault: devid = event[0] 15:0, flags_rmp = event[0] 23:16, vmg_tag =
+/// event[1] 15:0, flags = event[1] 27:16, gpa = event[3]:event[2]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RmpFault {
     pub devid: u16,
+    /// One [`DmaRefusal`] bit (this model's encoding, docs/rmp.md).
     pub flags_rmp: u8,
     /// The VMG tag; this model puts the TDI's ASID there for T=1 requests, 0 for T=0.
     pub vmg_tag: u16,
@@ -76,15 +79,21 @@ pub struct RmpFault {
     pub gpa: u64,
     pub spa: u64,
     pub reason: DmaRefusal,
+    /// The ASID the root complex fences for this fault: a host-caused fault (page table or RMP)
+    /// on a request of a TDI bound and in RUN (SEV-TIO FW spec §2.11 as the notes quote it).
+    /// `Tio::fence` applies it.
+    pub fence_asid: Option<u16>,
 }
 
 /// Event flag RW (Linux EVENT_FLAG_RW).
-const FLAG_RW: u16 = 0x020;
+pub const FLAG_RW: u16 = 0x020;
 
 impl Rmp {
     /// Check one DMA access of at most one 4 KiB page (the caller splits transfers).
     pub fn check_dma(&self, req: &DmaRequest) -> Result<(), RmpFault> {
-        let refuse = |reason: DmaRefusal, vmg_tag: u16| {
+        let running = req.tdi.filter(|t| req.t && t.state == TdiState::Run);
+        let refuse = |reason: DmaRefusal| {
+            let vmg_tag = if req.t { req.tdi.map_or(0, |t| t.asid) } else { 0 };
             Err(RmpFault {
                 devid: req.requester,
                 flags_rmp: reason as u8,
@@ -93,57 +102,63 @@ impl Rmp {
                 gpa: req.iova,
                 spa: req.spa,
                 reason,
+                fence_asid: running.map(|t| t.asid),
             })
         };
-        let pfn = req.spa >> 12;
-        let entry = self.lookup(pfn);
-        if !req.t {
-            let Some(e) = entry else { return Ok(()) }; // not RMP-covered (e.g. MMIO): unchecked
-            // Choice: T=0 reads of assigned pages are allowed (the device reads ciphertext), as
-            // host CPU reads are.
-            if req.write && e.assigned {
-                return refuse(DmaRefusal::AssignedPage, 0);
+        let entry = self.entry(req.spa >> 12);
+        if req.t {
+            let Some(tdi) = running else { return refuse(DmaRefusal::TdiNotRun) };
+            if req.iova < tdi.vtom {
+                let Some(e) = entry.filter(|e| e.assigned && e.asid == tdi.asid) else {
+                    return refuse(DmaRefusal::AsidMismatch);
+                };
+                if e.gpa != req.iova & !0xfff {
+                    return refuse(DmaRefusal::GpaMismatch);
+                }
+                if !e.validated {
+                    return refuse(DmaRefusal::NotValidated);
+                }
+                // Page size consistent: the I/O mapping may not be larger than the private page.
+                if req.mapping_size_log2 > e.page_size.log2() {
+                    return refuse(DmaRefusal::MappingSize);
+                }
+                return Ok(());
             }
-            if req.write && req.mapping_size_log2 > e.page_size.log2() && self.large_range_has_assigned(req) {
-                return refuse(DmaRefusal::MappingSize, 0);
+            // Shared (at or above vTOM): reads and writes must land on hypervisor pages.
+            let Some(e) = entry else { return Ok(()) };
+            if e.assigned {
+                return refuse(DmaRefusal::SharedToPrivate);
+            }
+            if req.mapping_size_log2 > e.page_size.log2() && self.large_range_has_assigned(req) {
+                return refuse(DmaRefusal::MappingSize);
             }
             return Ok(());
         }
-        let Some(tdi) = req.tdi.filter(|t| t.state == TdiState::Run) else {
-            return refuse(DmaRefusal::TdiNotRun, req.tdi.map_or(0, |t| t.asid));
-        };
-        if req.iova >= tdi.vtom {
-            // Shared: must land on a hypervisor page.
-            if entry.is_some_and(|e| e.assigned) {
-                return refuse(DmaRefusal::SharedToPrivate, tdi.asid);
-            }
+        // Not RMP-covered (e.g. MMIO above RAM): unchecked.
+        let Some(e) = entry else { return Ok(()) };
+        // Choice: T=0 reads of assigned pages are allowed (the device reads ciphertext), as host
+        // CPU reads are.
+        if !req.write {
             return Ok(());
         }
-        let Some(e) = entry.filter(|e| e.assigned && e.asid == tdi.asid) else {
-            return refuse(DmaRefusal::AsidMismatch, tdi.asid);
-        };
-        if e.gpa != req.iova & !0xfff {
-            return refuse(DmaRefusal::GpaMismatch, tdi.asid);
+        if e.assigned {
+            return refuse(DmaRefusal::AssignedPage);
         }
-        if !e.validated {
-            return refuse(DmaRefusal::NotValidated, tdi.asid);
-        }
-        // Page size consistent: the I/O mapping may not be larger than the private page.
-        if req.mapping_size_log2 > e.page_size.log2() {
-            return refuse(DmaRefusal::MappingSize, tdi.asid);
+        if req.mapping_size_log2 > e.page_size.log2() && self.large_range_has_assigned(req) {
+            return refuse(DmaRefusal::MappingSize);
         }
         Ok(())
     }
 
     /// Whether the naturally aligned range of the request's I/O mapping holds an assigned page.
     fn large_range_has_assigned(&self, req: &DmaRequest) -> bool {
-        let size = 1u64 << req.mapping_size_log2.min(63);
-        let first = (req.spa & !(size - 1)) >> 12;
-        let pages = size >> 12;
-        let region = PageSize::Size2M.bytes() >> 12;
-        if pages < region {
-            return (first..first + pages).any(|p| self.lookup(p).is_some_and(|e| e.assigned));
+        let log2 = req.mapping_size_log2.clamp(12, 63);
+        let first = (req.spa & !((1u64 << log2) - 1)) >> 12;
+        let pages = 1u64 << (log2 - 12);
+        let end = first.saturating_add(pages).min(self.pages());
+        if pages < PTES_PER_2M {
+            return (first..end).any(|p| self.entries[p as usize].assigned);
         }
-        (first..first.saturating_add(pages)).step_by(region as usize).any(|p| self.assigned_in_region(p) != 0)
+        (first..end).step_by(PTES_PER_2M as usize).any(|p| self.assigned_in_region(p) != 0)
     }
 }

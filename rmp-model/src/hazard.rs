@@ -35,30 +35,41 @@ pub struct RegistryFull;
 pub struct HazardRegistry {
     /// Keyed by (spa, requester, iova) so ranges are found by SPA.
     maps: BTreeMap<(u64, u16, u64), LiveMapping>,
+    /// (requester, iova) -> spa, so a mapping is removed by its I/O address in O(log n).
+    by_iova: BTreeMap<(u16, u64), u64>,
     /// The largest mapping size, so a lookup knows how far back a covering mapping may start.
     max_size: u64,
 }
 
 impl HazardRegistry {
+    /// Register a live mapping; a mapping of the same requester at the same I/O address
+    /// replaces the old one (the I/O page table entry was rewritten).
     pub fn register(&mut self, m: LiveMapping) -> Result<(), RegistryFull> {
-        if self.maps.len() >= MAX_MAPPINGS && !self.maps.contains_key(&(m.spa, m.requester, m.iova)) {
+        if !self.by_iova.contains_key(&(m.requester, m.iova)) && self.maps.len() >= MAX_MAPPINGS {
             return Err(RegistryFull);
         }
+        self.unregister(m.requester, m.iova);
         self.max_size = self.max_size.max(m.size);
         self.maps.insert((m.spa, m.requester, m.iova), m);
+        self.by_iova.insert((m.requester, m.iova), m.spa);
         Ok(())
     }
 
-    /// Remove the mapping of `requester` at `iova` (whatever its SPA); true if there was one.
+    /// Remove the mapping of `requester` at `iova`; true if there was one.
     pub fn unregister(&mut self, requester: u16, iova: u64) -> bool {
-        let before = self.maps.len();
-        self.maps.retain(|&(_, r, i), _| !(r == requester && i == iova));
-        self.maps.len() != before
+        match self.by_iova.remove(&(requester, iova)) {
+            Some(spa) => self.maps.remove(&(spa, requester, iova)).is_some(),
+            None => false,
+        }
     }
 
     /// Remove every mapping of a requester (device reset, detach).
     pub fn unregister_requester(&mut self, requester: u16) {
-        self.maps.retain(|&(_, r, _), _| r != requester);
+        let gone: Vec<(u64, u64)> = self.by_iova.range((requester, 0)..=(requester, u64::MAX)).map(|(&(_, i), &s)| (i, s)).collect();
+        for (iova, spa) in gone {
+            self.by_iova.remove(&(requester, iova));
+            self.maps.remove(&(spa, requester, iova));
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -86,15 +97,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bounded() {
+        let mut r = HazardRegistry::default();
+        for i in 0..MAX_MAPPINGS as u64 {
+            r.register(LiveMapping { requester: 1, iova: i << 12, spa: i << 12, size: 0x1000, write: true }).unwrap();
+        }
+        let extra = LiveMapping { requester: 1, iova: 1 << 40, spa: 0, size: 0x1000, write: true };
+        assert_eq!(r.register(extra), Err(RegistryFull));
+        assert!(r.register(LiveMapping { spa: 0x1234_5000, iova: 0, ..extra }).is_ok(), "replacing is not growing");
+        assert_eq!(r.len(), MAX_MAPPINGS);
+    }
+
+    #[test]
     fn finds_mappings_that_cover_a_range() {
         let mut r = HazardRegistry::default();
         let m = |spa, size| LiveMapping { requester: 0x20, iova: spa, spa, size, write: true };
         r.register(m(0x20_0000, 0x20_0000)).unwrap();
         r.register(m(0x50_0000, 0x1000)).unwrap();
+        assert_eq!(r.len(), 2);
         assert_eq!(r.overlapping(0x3f_f000, 0x1000).len(), 1, "inside the 2 MiB mapping");
         assert_eq!(r.overlapping(0x40_0000, 0x1000).len(), 0, "just past it");
         assert_eq!(r.overlapping(0x4f_f000, 0x2000).len(), 1);
         assert!(r.unregister(0x20, 0x50_0000));
+        assert!(!r.unregister(0x20, 0x50_0000), "already gone");
         assert!(r.overlapping(0x50_0000, 0x1000).is_empty());
+        // Re-registering an I/O address moves the mapping.
+        r.register(LiveMapping { spa: 0x90_0000, ..m(0x20_0000, 0x1000) }).unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(r.overlapping(0x20_0000, 0x1000).is_empty());
+        assert_eq!(r.overlapping(0x90_0000, 0x1000).len(), 1);
+        r.register(LiveMapping { requester: 0x21, ..m(0x60_0000, 0x1000) }).unwrap();
+        r.unregister_requester(0x20);
+        assert_eq!((r.len(), r.overlapping(0x60_0000, 1).len()), (1, 1));
     }
 }

@@ -80,12 +80,32 @@ pub struct AdjustAttrs {
     pub vmsa: bool,
 }
 
-/// What a guest instruction does when the RMP check itself fails: a nested page fault with the
-/// RMP bit, not a return code (APM: the guest's access is checked before the instruction runs).
+/// Bits of the #NPF error code (EXITINFO1) an RMP violation sets (Linux
+/// arch/x86/include/asm/kvm_host.h PFERR_GUEST_*).
+pub mod npf {
+    pub const PRESENT: u64 = 1 << 0;
+    pub const WRITE: u64 = 1 << 1;
+    pub const RMP: u64 = 1 << 31;
+    pub const FINAL: u64 = 1 << 32;
+    pub const ENC: u64 = 1 << 34;
+    /// The guest's access size differs from the RMP entry's (KVM PSMASHes on it).
+    pub const SIZEM: u64 = 1 << 35;
+    pub const VMPL: u64 = 1 << 36;
+}
+
+/// What a guest instruction does: a return code, or an exception instead (APM: the RMP check on
+/// the instruction's own access comes before the instruction runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestResult {
     Status(RmpStatus),
-    NestedPageFault,
+    /// A nested page fault with these [`npf`] bits in its error code.
+    NestedPageFault { error_code: u64 },
+    /// #GP: PVALIDATE at a VMPL other than 0.
+    GeneralProtection,
+}
+
+fn npf(extra: u64) -> GuestResult {
+    GuestResult::NestedPageFault { error_code: npf::PRESENT | npf::RMP | npf::ENC | npf::FINAL | extra }
 }
 
 impl Rmp {
@@ -96,76 +116,82 @@ impl Rmp {
             return UpdateResult { status, hazards: Vec::new() };
         }
         let pfn = spa >> 12;
-        // Making a page private is allowed by the hardware even if a T=0 mapping is live.
-        let hazards = if new.assigned {
-            self.hazards
-                .overlapping(spa, new.page_size.bytes())
-                .into_iter()
-                .flat_map(|m| {
-                    let lo = m.spa.max(spa) >> 12;
-                    let hi = (m.spa + m.size).min(spa + new.page_size.bytes()) >> 12;
-                    (lo..hi).map(move |p| Hazard { spa: p << 12, asid: new.asid, mapping: m })
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let n = new.page_size.pages();
+        // Making a page private is allowed by the hardware even if a T=0 mapping is live; only
+        // pages that were not assigned before are new hazards.
+        let mut hazards = Vec::new();
+        if new.assigned && !self.hazards.is_empty() {
+            for m in self.hazards.overlapping(spa, new.page_size.bytes()) {
+                let lo = m.spa.max(spa) >> 12;
+                let hi = (m.spa.saturating_add(m.size)).min(spa + new.page_size.bytes()).div_ceil(0x1000);
+                for p in lo..hi {
+                    if !self.entries[p as usize].assigned {
+                        hazards.push(Hazard { spa: p << 12, asid: new.asid, mapping: m });
+                    }
+                }
+            }
+        }
+        // A 4 KiB update inside a hypervisor 2 MiB page splits it first (choice: docs/rmp.md).
+        if new.page_size == PageSize::Size4K && self.entries[pfn as usize].page_size == PageSize::Size2M {
+            let head = pfn & !(PTES_PER_2M - 1);
+            for p in head..head + PTES_PER_2M {
+                let e = RmpEntry { page_size: PageSize::Size4K, ..self.entries[p as usize] };
+                self.put(p, e);
+            }
+        }
         // RMPUPDATE clears Validated and VMSA; VMPL0 gets every permission on an assigned page
         // and the lower VMPLs none (choice: docs/rmp.md).
-        let e = RmpEntry {
-            assigned: new.assigned,
-            page_size: new.page_size,
-            immutable: new.immutable,
-            gpa: if new.assigned { new.gpa & !0xfff } else { 0 },
-            asid: new.asid,
-            vmsa: false,
-            validated: false,
-            vmpl: if new.assigned { [vmpl_perm::ALL, 0, 0, 0] } else { [0; 4] },
-            ..self.entries[pfn as usize]
-        };
-        self.entries[pfn as usize] = e;
-        self.recount(pfn);
+        for i in 0..n {
+            let e = RmpEntry {
+                assigned: new.assigned,
+                page_size: new.page_size,
+                immutable: new.immutable,
+                gpa: if new.assigned { (new.gpa & !0xfff) + (i << 12) } else { 0 },
+                asid: new.asid,
+                vmpl: if new.assigned { [vmpl_perm::ALL, 0, 0, 0] } else { [0; 4] },
+                ..Default::default()
+            };
+            self.put(pfn + i, e);
+        }
         UpdateResult { status: RmpStatus::Success, hazards }
     }
 
     fn rmpupdate_checks(&self, spa: u64, new: &RmpState) -> RmpStatus {
         let pfn = spa >> 12;
-        let n = new.page_size.bytes() >> 12;
+        let n = new.page_size.pages();
         if spa & (new.page_size.bytes() - 1) != 0 || pfn.saturating_add(n) > self.pages() {
             return RmpStatus::FailInput;
         }
         if new.asid > MAX_ASID || (!new.assigned && (new.asid != 0 || new.immutable)) {
             return RmpStatus::FailInput;
         }
-        if new.gpa & 0xfff != 0 || (new.assigned && new.gpa & (new.page_size.bytes() - 1) != 0) {
+        // GPA bits 51:12 only, aligned to the page size.
+        if new.gpa >> 52 != 0 || (new.assigned && new.gpa & (new.page_size.bytes() - 1) != 0) || new.gpa & 0xfff != 0 {
             return RmpStatus::FailInput;
         }
-        let head = pfn & !(PTES_PER_2M - 1);
-        let head_e = self.entries[head as usize];
-        // Entries an update touches: the page (and for 2 MiB its 511 followers).
-        let touched = pfn..pfn + n;
-        if touched.clone().any(|p| self.lookup(p).is_some_and(|e| e.immutable)) {
+        let cur = self.entries[pfn as usize];
+        // A 4 KiB update inside a 2 MiB page touches the whole page.
+        let (first, count) = if cur.page_size == PageSize::Size2M {
+            (pfn & !(PTES_PER_2M - 1), PTES_PER_2M)
+        } else {
+            (pfn, n)
+        };
+        let touched = first..first + count;
+        if touched.clone().any(|p| self.entries[p as usize].immutable) {
             return RmpStatus::FailPermission;
         }
-        if touched.clone().any(|p| self.in_use.contains(&p)) || self.in_use.contains(&head) && head_e.page_size == PageSize::Size2M {
+        if touched.clone().any(|p| self.in_use.contains(&p)) {
             return RmpStatus::FailInuse;
         }
         match new.page_size {
-            // A 4 KiB update inside an assigned 2 MiB page must wait for PSMASH.
-            PageSize::Size4K => {
-                if head_e.page_size == PageSize::Size2M && head_e.assigned && (pfn != head || new.assigned) {
-                    return RmpStatus::FailOverlap;
-                }
-            }
-            // A 2 MiB entry needs its 511 followers in the hypervisor state (choice: the
-            // "inconsistent 4 KiB entries" of FAIL_OVERLAP).
-            PageSize::Size2M => {
-                if (pfn + 1..pfn + n).any(|p| self.entries[p as usize].assigned) {
-                    return RmpStatus::FailOverlap;
-                }
-            }
+            // A 4 KiB update inside an assigned 2 MiB page must wait for PSMASH (Linux
+            // sev_gmem_invalidate PSMASHes before converting a 4 KiB sub-page).
+            PageSize::Size4K if cur.page_size == PageSize::Size2M && cur.assigned => RmpStatus::FailOverlap,
+            // A 2 MiB entry needs its 511 followers not assigned as 4 KiB pages: the head's
+            // subpage_count is 0 (the "inconsistent 4 KiB entries" of FAIL_OVERLAP).
+            PageSize::Size2M if cur.page_size == PageSize::Size4K && cur.subpage_count != 0 => RmpStatus::FailOverlap,
+            _ => RmpStatus::Success,
         }
-        RmpStatus::Success
     }
 
     /// PSMASH: split the 2 MiB entry at `spa` into 512 4 KiB entries with the same state and
@@ -186,66 +212,80 @@ impl Rmp {
         if (pfn..pfn + PTES_PER_2M).any(|p| self.in_use.contains(&p)) {
             return RmpStatus::FailInuse;
         }
-        for i in 0..PTES_PER_2M {
-            let mut e = head;
-            e.page_size = PageSize::Size4K;
-            if head.assigned {
-                e.gpa = head.gpa + i * 0x1000;
-            }
-            // The VMSA bit stays with the first page only.
-            e.vmsa = head.vmsa && i == 0;
-            self.entries[(pfn + i) as usize] = e;
+        for p in pfn..pfn + PTES_PER_2M {
+            let e = RmpEntry { page_size: PageSize::Size4K, ..self.entries[p as usize] };
+            self.put(p, e);
         }
-        self.recount(pfn);
         RmpStatus::Success
+    }
+
+    /// The guest's page at `spa`, mapped at `gpa`, checked as the instruction's own access: the
+    /// first 4 KiB entry of the page, or the nested page fault the access takes.
+    fn guest_page(&self, caller: GuestCtx, spa: u64, gpa: u64, size: PageSize) -> Result<(u64, RmpEntry), GuestResult> {
+        let pfn = spa >> 12;
+        let Some(&e) = self.entry(pfn) else { return Err(npf(0)) };
+        if !e.assigned || e.asid != caller.asid || e.gpa != gpa & !0xfff || e.immutable {
+            return Err(npf(0));
+        }
+        // A 4 KiB access to a 2 MiB page faults with SIZEM (KVM sev_handle_rmp_fault PSMASHes
+        // on it); a 2 MiB access to a 4 KiB page is FAIL_SIZEMISMATCH.
+        if size == PageSize::Size4K && e.page_size == PageSize::Size2M {
+            return Err(npf(npf::SIZEM));
+        }
+        if size == PageSize::Size2M && e.page_size == PageSize::Size4K {
+            return Err(GuestResult::Status(RmpStatus::FailSizeMismatch));
+        }
+        Ok((pfn, e))
     }
 
     /// RMPADJUST from a guest: set the permissions of a lower-privileged VMPL (and the VMSA bit)
     /// on the guest's page at `spa`, mapped at `gpa`.
     pub fn rmpadjust(&mut self, caller: GuestCtx, spa: u64, gpa: u64, size: PageSize, attrs: AdjustAttrs) -> GuestResult {
-        let pfn = spa >> 12;
-        if spa & (size.bytes() - 1) != 0 || attrs.perms & !vmpl_perm::ALL != 0 || attrs.target_vmpl > 3 {
+        let align = size.bytes() - 1;
+        if spa & align != 0 || gpa & align != 0 || attrs.perms & !vmpl_perm::ALL != 0 || attrs.target_vmpl > 3 || caller.vmpl > 3 {
             return GuestResult::Status(RmpStatus::FailInput);
         }
-        let Some(e) = self.lookup(pfn) else { return GuestResult::NestedPageFault };
-        if !e.assigned || e.asid != caller.asid || e.gpa != gpa & !0xfff {
-            return GuestResult::NestedPageFault;
+        // Choice: a VMSA is a 4 KiB page.
+        if attrs.vmsa && size == PageSize::Size2M {
+            return GuestResult::Status(RmpStatus::FailInput);
         }
+        let (pfn, e) = match self.guest_page(caller, spa, gpa, size) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
         // Only a more privileged VMPL may adjust, and it cannot grant what it lacks.
-        if attrs.target_vmpl <= caller.vmpl || attrs.perms & !e.vmpl[caller.vmpl as usize & 3] != 0 {
+        if attrs.target_vmpl <= caller.vmpl || attrs.perms & !e.vmpl[usize::from(caller.vmpl)] != 0 {
             return GuestResult::Status(RmpStatus::FailPermission);
         }
-        if size != e.page_size {
-            return GuestResult::Status(RmpStatus::FailSizeMismatch);
+        for p in pfn..pfn + size.pages() {
+            let mut s = self.entries[p as usize];
+            s.vmpl[usize::from(attrs.target_vmpl)] = attrs.perms;
+            s.vmsa = attrs.vmsa;
+            self.put(p, s);
         }
-        let target = if e.page_size == PageSize::Size2M { pfn & !(PTES_PER_2M - 1) } else { pfn };
-        let slot = &mut self.entries[target as usize];
-        slot.vmpl[attrs.target_vmpl as usize] = attrs.perms;
-        slot.vmsa = attrs.vmsa;
         GuestResult::Status(RmpStatus::Success)
     }
 
     /// PVALIDATE from a guest: set or clear the Validated bit of its page at `spa` mapped at `gpa`.
     pub fn pvalidate(&mut self, caller: GuestCtx, spa: u64, gpa: u64, size: PageSize, validate: bool) -> GuestResult {
-        let pfn = spa >> 12;
+        // Only VMPL0 may execute PVALIDATE (lower VMPLs ask an SVSM to do it).
+        if caller.vmpl != 0 {
+            return GuestResult::GeneralProtection;
+        }
         if spa & (size.bytes() - 1) != 0 || gpa & (size.bytes() - 1) != 0 {
             return GuestResult::Status(RmpStatus::FailInput);
         }
-        let Some(e) = self.lookup(pfn) else { return GuestResult::NestedPageFault };
-        if !e.assigned || e.asid != caller.asid || e.gpa != gpa & !0xfff || e.immutable {
-            return GuestResult::NestedPageFault;
-        }
-        // Choice: a size different from the RMP entry's, in either direction, is FAIL_SIZEMISMATCH
-        // (Linux retries a 2 MiB PVALIDATE as 512 4 KiB ones on it).
-        if size != e.page_size {
-            return GuestResult::Status(RmpStatus::FailSizeMismatch);
-        }
-        let target = if e.page_size == PageSize::Size2M { pfn & !(PTES_PER_2M - 1) } else { pfn };
-        let slot = &mut self.entries[target as usize];
-        if slot.validated == validate {
+        let (pfn, e) = match self.guest_page(caller, spa, gpa, size) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        if e.validated == validate {
             return GuestResult::Status(RmpStatus::NoUpdate);
         }
-        slot.validated = validate;
+        for p in pfn..pfn + size.pages() {
+            let s = RmpEntry { validated: validate, ..self.entries[p as usize] };
+            self.put(p, s);
+        }
         GuestResult::Status(RmpStatus::Success)
     }
 }

@@ -1,10 +1,19 @@
 //! RMP entries and the table (AMD APM vol. 2 §15.36.3; layouts as Linux arch/x86/virt/svm/sev.c
 //! decodes them: `struct rmpentry_raw` for the in-memory entry of Zen3/Zen4, `struct rmpentry` for
-//! the RMPREAD output; the qword-1 fields as AMD's published firmware sev_rmp.h names them).
+//! the RMPREAD output; the fields Linux leaves opaque as AMD's published firmware
+//! fw/psp_bl_uapps/sev_uapp/src/sev_rmp.h names them).
 //!
 //! The entries of the RMP live at RMP_BASE + 16 KiB + pfn * 16 (the first 16 KiB is processor
-//! bookkeeping). [`Rmp`] keeps them as data and renders any one in the raw layout, so a daemon can
-//! mirror them into guest memory and a guest can read them as Linux does.
+//! bookkeeping: 2048 per-ASID u64 counters, sev_rmp.h `rmp_asid_counters`). [`Rmp`] keeps them as
+//! data and renders any one, and the bookkeeping area, in the raw layout, so a daemon can mirror
+//! them into guest memory and a guest or a memory dump can read them as Linux does.
+//!
+//! Invariants of the table (docs/rmp.md "2 MiB pages"): every one of the 512 entries of a 2 MiB
+//! page carries the page's state with Page_Size = 1 and its own GPA (base + i * 4 KiB), so Linux's
+//! pre-RMPREAD lookup (the page's own entry, the level from the 2 MiB-aligned one) reads what
+//! RMPREAD answers; and the 2 MiB-aligned entry's subpage_count is the number of its 511
+//! followers assigned as 4 KiB pages (the count x86 microcode keeps, sev_rmp.c
+//! set_rmp_sub_page_count), which is what makes the 2 MiB checks O(1).
 
 /// RMPTABLE_CPU_BOOKKEEPING_SZ in Linux.
 pub const BOOKKEEPING: u64 = 0x4000;
@@ -13,6 +22,10 @@ pub const ENTRY_SIZE: u64 = 16;
 pub const MAX_ASID: u16 = 0x3ff;
 /// 4 KiB entries per 2 MiB page.
 pub const PTES_PER_2M: u64 = 512;
+/// Per-ASID counters in the bookkeeping area (sev_rmp.h RMP_NUM_ASID_COUNTERS).
+pub const ASID_COUNTERS: usize = 2048;
+/// Largest RMP the model builds: 2^28 pages (1 TiB of system memory, 4 GiB of entries).
+pub const MAX_PAGES: u64 = 1 << 28;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PageSize {
@@ -34,12 +47,16 @@ impl PageSize {
             PageSize::Size2M => 21,
         }
     }
+    /// Number of 4 KiB entries a page of this size spans.
+    pub fn pages(self) -> u64 {
+        self.bytes() >> 12
+    }
     fn bit(self) -> u64 {
         (self == PageSize::Size2M) as u64
     }
 }
 
-/// Per-VMPL permission bits (firmware sev_rmp.h order).
+/// Per-VMPL permission bits (sev_rmp.h `vmpl_perm_mask`).
 pub mod vmpl_perm {
     pub const READ: u8 = 1 << 0;
     pub const WRITE: u8 = 1 << 1;
@@ -50,32 +67,46 @@ pub mod vmpl_perm {
     pub const ALL: u8 = READ | WRITE | EXEC_USER | EXEC_SUPERVISOR | SSS;
 }
 
-/// One RMP entry, every field the raw layout and the firmware's qword 1 hold.
+/// One RMP entry: every field of the raw layout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RmpEntry {
     pub assigned: bool,
     pub page_size: PageSize,
     pub immutable: bool,
-    /// Guest physical address the page is mapped at (4 KiB aligned).
+    /// Guest physical address the page is mapped at (4 KiB aligned, 51:12).
     pub gpa: u64,
     pub asid: u16,
     pub vmsa: bool,
     pub validated: bool,
+    /// Firmware pages are locked as well as immutable (sev_rmp.c RMP_ENTRY_VAL_FIRMWARE).
+    pub lock: bool,
     /// VMPL0..3 permission masks ([`vmpl_perm`]).
     pub vmpl: [u8; 4],
-    /// Firmware bookkeeping in the Linux-reserved bits 11:3.
+    /// Kept in the 2 MiB-aligned entry only: followers assigned as 4 KiB pages (Linux-reserved
+    /// bits 11:3).
     pub subpage_count: u16,
-    /// SEV-TIO: root port and IDE stream a page is bound to (firmware sev_rmp.h qword 1).
+    /// 0 = non-persistent key, 1 = persistent key.
+    pub implicit_key_select: bool,
+    /// SEV-TIO: root port and IDE stream a page is bound to.
     pub root_port_id: u8,
     pub ide_stream_id: u8,
+    /// The page is being migrated by the PSP (2 bits).
+    pub page_migration: u8,
 }
 
 const GPA_BITS: u64 = (1 << 39) - 1;
 
+fn qword(b: &[u8]) -> u64 {
+    let mut q = [0u8; 8];
+    q.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(q)
+}
+
 impl RmpEntry {
-    /// The entry as `struct rmpentry_raw` holds it (lo: assigned 0, pagesize 1, immutable 2,
-    /// subpage_count 11:3, gpa 50:12, asid 60:51, vmsa 61, validated 62; hi: VMPL0..3 masks in
-    /// bytes 0..3, root_port_id 53:49, pcie_ide_stream_id 61:54).
+    /// The entry as `struct rmpentry_raw` holds it. lo: assigned 0, pagesize 1, immutable 2,
+    /// subpage_count 11:3, gpa 50:12, asid 60:51, vmsa 61, validated 62, lock 63. hi: VMPL0..3
+    /// masks in bytes 0..3, implicit_key_select 32, root_port_id 53:49, pcie_ide_stream_id
+    /// 61:54, page_migration 63:62 (sev_rmp.h rmp_quadword1/2).
     pub fn to_raw(&self) -> [u8; 16] {
         let lo = self.assigned as u64
             | self.page_size.bit() << 1
@@ -84,25 +115,26 @@ impl RmpEntry {
             | ((self.gpa >> 12) & GPA_BITS) << 12
             | (u64::from(self.asid) & 0x3ff) << 51
             | (self.vmsa as u64) << 61
-            | (self.validated as u64) << 62;
+            | (self.validated as u64) << 62
+            | (self.lock as u64) << 63;
         let hi = u64::from(self.vmpl[0])
             | u64::from(self.vmpl[1]) << 8
             | u64::from(self.vmpl[2]) << 16
             | u64::from(self.vmpl[3]) << 24
+            | (self.implicit_key_select as u64) << 32
             | (u64::from(self.root_port_id) & 0x1f) << 49
-            | u64::from(self.ide_stream_id) << 54;
+            | u64::from(self.ide_stream_id) << 54
+            | (u64::from(self.page_migration) & 3) << 62;
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&lo.to_le_bytes());
         b[8..].copy_from_slice(&hi.to_le_bytes());
         b
     }
 
+    /// Decode raw bytes (any bytes: reserved bits are ignored).
     pub fn from_raw(b: &[u8; 16]) -> RmpEntry {
-        let mut q = [0u8; 8];
-        q.copy_from_slice(&b[..8]);
-        let lo = u64::from_le_bytes(q);
-        q.copy_from_slice(&b[8..]);
-        let hi = u64::from_le_bytes(q);
+        let lo = qword(&b[..8]);
+        let hi = qword(&b[8..]);
         RmpEntry {
             assigned: lo & 1 != 0,
             page_size: if lo & 2 != 0 { PageSize::Size2M } else { PageSize::Size4K },
@@ -112,13 +144,16 @@ impl RmpEntry {
             asid: ((lo >> 51) & 0x3ff) as u16,
             vmsa: lo & (1 << 61) != 0,
             validated: lo & (1 << 62) != 0,
+            lock: lo & (1 << 63) != 0,
             vmpl: [hi as u8, (hi >> 8) as u8, (hi >> 16) as u8, (hi >> 24) as u8],
+            implicit_key_select: hi & (1 << 32) != 0,
             root_port_id: ((hi >> 49) & 0x1f) as u8,
             ide_stream_id: (hi >> 54) as u8,
+            page_migration: (hi >> 62) as u8,
         }
     }
 
-    /// A hypervisor-owned page (Assigned=0, ASID=0).
+    /// A hypervisor-owned page (Assigned=0).
     pub fn is_hypervisor(&self) -> bool {
         !self.assigned
     }
@@ -126,6 +161,11 @@ impl RmpEntry {
     /// A firmware (AMD-SP) page: Assigned=1, ASID=0.
     pub fn is_firmware(&self) -> bool {
         self.assigned && self.asid == 0
+    }
+
+    /// A firmware page as SNP_INIT makes them (sev_rmp.c SNP_PAGE_STATE_FIRMWARE).
+    pub fn firmware() -> RmpEntry {
+        RmpEntry { assigned: true, immutable: true, lock: true, ..Default::default() }
     }
 }
 
@@ -153,26 +193,37 @@ impl RmpReadEntry {
         b[12..].copy_from_slice(&self.asid.to_le_bytes());
         b
     }
+
+    pub fn from_bytes(b: &[u8; 16]) -> RmpReadEntry {
+        RmpReadEntry {
+            gpa: qword(&b[..8]),
+            assigned: b[8] & 1 != 0,
+            page_size: if b[9] & 1 != 0 { PageSize::Size2M } else { PageSize::Size4K },
+            hpage_region_status: b[9] & 2 != 0,
+            immutable: b[10] & 1 != 0,
+            asid: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
+        }
+    }
 }
 
-/// The RMP covering system pages 0..pages (pfn = SPA >> 12), with the per-2 MiB count of assigned
-/// 4 KiB pages that page-size checks need in O(1).
+/// The RMP covering system pages 0..pages (pfn = SPA >> 12).
 #[derive(Clone, Debug)]
 pub struct Rmp {
     pub(crate) entries: Vec<RmpEntry>,
-    pub(crate) assigned_in_2m: Vec<u16>,
+    /// Pages assigned to each ASID (4 KiB units), the bookkeeping area's counters.
+    pub(crate) asid_pages: Vec<u64>,
     /// Pages the model marks in use (a running VMSA); RMPUPDATE and PSMASH fail with FAIL_INUSE.
     pub(crate) in_use: std::collections::BTreeSet<u64>,
     pub hazards: crate::hazard::HazardRegistry,
 }
 
 impl Rmp {
-    /// An RMP covering `pages` 4 KiB pages, all hypervisor-owned.
+    /// An RMP covering `pages` 4 KiB pages (at most [`MAX_PAGES`]), all hypervisor-owned.
     pub fn new(pages: u64) -> Rmp {
-        let pages = pages as usize;
+        let pages = pages.min(MAX_PAGES) as usize;
         Rmp {
             entries: vec![RmpEntry::default(); pages],
-            assigned_in_2m: vec![0; pages.div_ceil(PTES_PER_2M as usize)],
+            asid_pages: vec![0; ASID_COUNTERS],
             in_use: Default::default(),
             hazards: Default::default(),
         }
@@ -192,7 +243,8 @@ impl Rmp {
         BOOKKEEPING + pfn * ENTRY_SIZE
     }
 
-    /// The entry stored for `pfn` (for a page inside a 2 MiB page, its own, mostly unused entry).
+    /// The entry of `pfn`; `None` outside the RMP. Inside a 2 MiB page every entry carries the
+    /// page's state (module doc), so this is also the entry that governs the page.
     pub fn entry(&self, pfn: u64) -> Option<&RmpEntry> {
         self.entries.get(usize::try_from(pfn).ok()?)
     }
@@ -202,30 +254,50 @@ impl Rmp {
         self.entry(pfn).map(RmpEntry::to_raw)
     }
 
-    /// The entry that governs `pfn`: the 2 MiB entry at the region's start when there is one,
-    /// with the GPA advanced to this page; otherwise the page's own entry.
-    pub fn lookup(&self, pfn: u64) -> Option<RmpEntry> {
-        let own = *self.entry(pfn)?;
-        let head = *self.entry(pfn & !(PTES_PER_2M - 1))?;
-        if head.page_size == PageSize::Size2M {
-            let mut e = head;
-            if e.assigned {
-                e.gpa = head.gpa + (pfn & (PTES_PER_2M - 1)) * 0x1000;
-            }
-            return Some(e);
+    /// The 16 KiB bookkeeping area as the model fills it: counter i (u64 at 8 * i) = 4 KiB pages
+    /// assigned to ASID i (choice: docs/rmp.md; sev_rmp.c only reads them).
+    pub fn bookkeeping_raw(&self) -> Vec<u8> {
+        self.asid_pages.iter().flat_map(|c| c.to_le_bytes()).collect()
+    }
+
+    /// Any byte range of the RMP image (bookkeeping, then entries) from `offset` past RMP_BASE:
+    /// what a guest reading the table at RMP_BASE + offset sees. Bytes past the last entry are 0.
+    pub fn read_image(&self, offset: u64, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let at = offset.saturating_add(i as u64);
+            *b = if at < BOOKKEEPING {
+                let c = self.asid_pages[(at / 8) as usize];
+                c.to_le_bytes()[(at % 8) as usize]
+            } else {
+                let pfn = (at - BOOKKEEPING) / ENTRY_SIZE;
+                self.raw(pfn).map_or(0, |r| r[((at - BOOKKEEPING) % ENTRY_SIZE) as usize])
+            };
         }
-        Some(own)
+    }
+
+    /// The entry that governs `pfn` (its own entry; see [`Rmp::entry`]).
+    pub fn lookup(&self, pfn: u64) -> Option<RmpEntry> {
+        self.entry(pfn).copied()
     }
 
     /// Number of assigned 4 KiB pages in the 2 MiB region holding `pfn`.
     pub fn assigned_in_region(&self, pfn: u64) -> u16 {
-        self.assigned_in_2m.get((pfn / PTES_PER_2M) as usize).copied().unwrap_or(0)
+        let Some(head) = self.entry(pfn & !(PTES_PER_2M - 1)) else { return 0 };
+        if head.page_size == PageSize::Size2M && head.assigned {
+            return PTES_PER_2M as u16;
+        }
+        head.subpage_count + head.assigned as u16
+    }
+
+    /// Pages assigned to `asid` (the bookkeeping counter).
+    pub fn asid_pages(&self, asid: u16) -> u64 {
+        self.asid_pages.get(usize::from(asid)).copied().unwrap_or(0)
     }
 
     /// RMPREAD of the page at `spa`; `None` outside the RMP.
     pub fn rmpread(&self, spa: u64) -> Option<RmpReadEntry> {
         let pfn = spa >> 12;
-        let e = self.lookup(pfn)?;
+        let e = self.entry(pfn)?;
         Some(RmpReadEntry {
             gpa: e.gpa,
             assigned: e.assigned,
@@ -236,13 +308,28 @@ impl Rmp {
         })
     }
 
-    pub(crate) fn recount(&mut self, pfn: u64) {
-        let region = pfn & !(PTES_PER_2M - 1);
-        let end = (region + PTES_PER_2M).min(self.pages());
-        let n = (region..end).filter(|&p| self.lookup(p).is_some_and(|e| e.assigned)).count();
-        if let Some(c) = self.assigned_in_2m.get_mut((region / PTES_PER_2M) as usize) {
-            *c = n as u16;
+    /// Store `e` as the entry of `pfn`, keeping the 2 MiB-aligned entry's subpage_count and the
+    /// ASID counters true. The caller checked `pfn` is inside the RMP.
+    pub(crate) fn put(&mut self, pfn: u64, mut e: RmpEntry) {
+        let i = pfn as usize;
+        let old = self.entries[i];
+        let head = pfn & !(PTES_PER_2M - 1);
+        if let Some(c) = self.asid_pages.get_mut(usize::from(old.asid)).filter(|_| old.assigned) {
+            *c = c.saturating_sub(1);
         }
+        if let Some(c) = self.asid_pages.get_mut(usize::from(e.asid)).filter(|_| e.assigned) {
+            *c += 1;
+        }
+        if pfn == head {
+            e.subpage_count = old.subpage_count;
+        } else {
+            e.subpage_count = 0;
+            let was = old.assigned && old.page_size == PageSize::Size4K;
+            let is = e.assigned && e.page_size == PageSize::Size4K;
+            let hc = &mut self.entries[head as usize].subpage_count;
+            *hc = (*hc + is as u16).saturating_sub(was as u16);
+        }
+        self.entries[i] = e;
     }
 
     /// Mark a page as in use (a VMSA of a running vCPU) or not.
@@ -255,11 +342,20 @@ impl Rmp {
     }
 
     /// Firmware writes an entry directly (page states only the AMD-SP sets, such as its own
-    /// pages); no checks.
+    /// pages); no checks. A 2 MiB entry must be 2 MiB aligned and is written to its 512 entries
+    /// with consecutive GPAs. False if the page is outside the RMP or misaligned.
     pub fn firmware_set(&mut self, pfn: u64, e: RmpEntry) -> bool {
-        let Some(slot) = self.entries.get_mut(pfn as usize) else { return false };
-        *slot = e;
-        self.recount(pfn);
+        let n = e.page_size.pages();
+        if pfn & (n - 1) != 0 || pfn.saturating_add(n) > self.pages() || usize::from(e.asid) >= ASID_COUNTERS {
+            return false;
+        }
+        for i in 0..n {
+            let mut s = e;
+            if e.assigned {
+                s.gpa = e.gpa.wrapping_add(i << 12) & (GPA_BITS << 12);
+            }
+            self.put(pfn + i, s);
+        }
         true
     }
 }

@@ -48,6 +48,23 @@ pub mod err {
     pub const INVALID_DEVICE_CONFIGURATION: u32 = 0x104;
 }
 
+/// DEVICE_INTERFACE_REPORT interface_info bits.
+pub mod interface_info {
+    pub const NO_UPDATE_AFTER_LOCK: u16 = 1 << 0;
+    pub const DMA_WITHOUT_PASID: u16 = 1 << 1;
+    pub const DMA_WITH_PASID: u16 = 1 << 2;
+    pub const ATS_SUPPORTED: u16 = 1 << 3;
+    pub const PRS_SUPPORTED: u16 = 1 << 4;
+}
+
+/// MMIO range attributes of the report.
+pub mod mmio_attr {
+    pub const MSIX_TABLE: u16 = 1 << 0;
+    pub const MSIX_PBA: u16 = 1 << 1;
+    pub const IS_NON_TEE_MEM: u16 = 1 << 2;
+    pub const IS_MEM_ATTR_UPDATABLE: u16 = 1 << 3;
+}
+
 /// LOCK_INTERFACE flags.
 pub mod lock_flags {
     pub const NO_FW_UPDATE: u16 = 1 << 0;
@@ -213,7 +230,8 @@ impl TdispResponder {
     /// and an empty device-specific part.
     pub fn report(&self) -> Vec<u8> {
         let mut r = Vec::new();
-        r.extend_from_slice(&self.lock_flags.to_le_bytes()); // interface_info mirrors the lock flags
+        let no_update = if self.lock_flags & lock_flags::NO_FW_UPDATE != 0 { interface_info::NO_UPDATE_AFTER_LOCK } else { 0 };
+        r.extend_from_slice(&(no_update | interface_info::DMA_WITHOUT_PASID).to_le_bytes());
         r.extend_from_slice(&[0; 2]);
         r.extend_from_slice(&0u16.to_le_bytes());
         r.extend_from_slice(&0u16.to_le_bytes());

@@ -32,7 +32,8 @@ pub mod cmd {
     pub const TIO_ROLL_KEY: u32 = 0xe4;
 }
 
-/// Status codes (Linux include/uapi/linux/psp-sev.h SEV_RET_*; the TIO ones from the notes).
+/// Status codes (Linux include/uapi/linux/psp-sev.h SEV_RET_*, the TIO ones 0x28-0x3f as the
+/// SEV-TIO phase-1 series adds them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum TioStatus {
@@ -43,13 +44,38 @@ pub enum TioStatus {
     Unsupported = 0x15,
     InvalidParam = 0x16,
     ResourceLimit = 0x17,
+    /// SEV_RET_SPDM_ERROR: the device did not answer the firmware's messages.
+    SpdmError = 0x33,
+    /// SEV_RET_SEV_STATUS_INVALID_DEV_CTX: no device context for this device.
+    InvalidDevCtx = 0x36,
+    /// SEV_RET_SEV_STATUS_INVALID_TDI_CTX: no such TDI context.
+    InvalidTdiCtx = 0x37,
     InUse = 0x3a,
+    /// SEV_RET_SEV_STATUS_INVALID_DEV_STATE: e.g. a TDI on a device not connected.
+    InvalidDevState = 0x3b,
     InvalidTdiState = 0x3c,
 }
 
 impl TioStatus {
     pub fn code(self) -> u32 {
         self as u32
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            TioStatus::Success => "SUCCESS",
+            TioStatus::InvalidPlatformState => "INVALID_PLATFORM_STATE",
+            TioStatus::InvalidAddress => "INVALID_ADDRESS",
+            TioStatus::InvalidCommand => "INVALID_COMMAND",
+            TioStatus::Unsupported => "UNSUPPORTED",
+            TioStatus::InvalidParam => "INVALID_PARAM",
+            TioStatus::ResourceLimit => "RESOURCE_LIMIT",
+            TioStatus::SpdmError => "SPDM_ERROR",
+            TioStatus::InvalidDevCtx => "INVALID_DEV_CTX",
+            TioStatus::InvalidTdiCtx => "INVALID_TDI_CTX",
+            TioStatus::InUse => "IN_USE",
+            TioStatus::InvalidDevState => "INVALID_DEV_STATE",
+            TioStatus::InvalidTdiState => "INVALID_TDI_STATE",
+        }
     }
 }
 
@@ -145,7 +171,7 @@ impl Tio {
     }
 
     pub fn dev_reclaim(&mut self, devid: u16) -> TioStatus {
-        let Some(d) = self.devices.get(&devid) else { return TioStatus::InvalidParam };
+        let Some(d) = self.devices.get(&devid) else { return TioStatus::InvalidDevCtx };
         if d.connected || self.tdis.values().any(|t| t.devid == devid) {
             return TioStatus::InUse;
         }
@@ -156,7 +182,7 @@ impl Tio {
     /// DEV_CONNECT: SPDM and IDE set-up in the real firmware; here the message flow reduces to
     /// checking the device answers TDISP (GET_TDISP_VERSION) and recording the streams.
     pub fn dev_connect(&mut self, devid: u16, ide_stream_ids: [u8; 8], transport: Transport) -> TioStatus {
-        let Some(d) = self.devices.get_mut(&devid) else { return TioStatus::InvalidParam };
+        let Some(d) = self.devices.get_mut(&devid) else { return TioStatus::InvalidDevCtx };
         if d.connected {
             return TioStatus::InUse;
         }
@@ -165,7 +191,7 @@ impl Tio {
             // An error from a device that speaks TDISP (e.g. function 0 is not an interface) is
             // still an answer.
             Some(Response::Error { .. }) => {}
-            _ => return TioStatus::InvalidParam,
+            _ => return TioStatus::SpdmError,
         }
         d.connected = true;
         d.ide_stream_ids = ide_stream_ids;
@@ -174,7 +200,7 @@ impl Tio {
 
     pub fn dev_disconnect(&mut self, devid: u16, force: bool) -> TioStatus {
         if !self.devices.contains_key(&devid) {
-            return TioStatus::InvalidParam;
+            return TioStatus::InvalidDevCtx;
         }
         if !force && self.tdis.values().any(|t| t.devid == devid && t.bind.is_some()) {
             return TioStatus::InUse;
@@ -189,9 +215,9 @@ impl Tio {
     }
 
     pub fn tdi_create(&mut self, devid: u16, function_id: u32) -> Result<u32, TioStatus> {
-        let d = self.devices.get(&devid).ok_or(TioStatus::InvalidParam)?;
+        let d = self.devices.get(&devid).ok_or(TioStatus::InvalidDevCtx)?;
         if !d.connected {
-            return Err(TioStatus::InvalidParam);
+            return Err(TioStatus::InvalidDevState);
         }
         if self.tdis.len() >= MAX_TDIS {
             return Err(TioStatus::ResourceLimit);
@@ -206,7 +232,7 @@ impl Tio {
 
     pub fn tdi_reclaim(&mut self, tdi: u32) -> TioStatus {
         match self.tdis.get(&tdi) {
-            None => TioStatus::InvalidParam,
+            None => TioStatus::InvalidTdiCtx,
             Some(t) if t.bind.is_some() => TioStatus::InUse,
             Some(_) => {
                 self.tdis.remove(&tdi);
@@ -216,7 +242,7 @@ impl Tio {
     }
 
     fn send(&mut self, tdi: u32, msg: impl FnOnce(u32) -> Vec<u8>, transport: Transport) -> Result<Response, TioStatus> {
-        let t = self.tdis.get(&tdi).ok_or(TioStatus::InvalidParam)?;
+        let t = self.tdis.get(&tdi).ok_or(TioStatus::InvalidTdiCtx)?;
         let m = msg(t.function_id);
         let r = transport(t.devid, &m).and_then(|r| tdisp::parse_response(&r)).ok_or(TioStatus::InvalidTdiState)?;
         Ok(r)
@@ -226,7 +252,7 @@ impl Tio {
     /// through the host) START_INTERFACE with the nonce LOCK returned.
     pub fn tdi_bind(&mut self, tdi: u32, asid: u16, guest_device_id: u16, lock_flags: u16, start: bool, transport: Transport) -> TioStatus {
         match self.tdis.get(&tdi) {
-            None => return TioStatus::InvalidParam,
+            None => return TioStatus::InvalidTdiCtx,
             Some(t) if t.bind.is_some() => return TioStatus::InUse,
             Some(_) => {}
         }
@@ -277,7 +303,7 @@ impl Tio {
     /// TDI_UNBIND: STOP_INTERFACE (its answer is not needed with `force`), then forget the binding.
     pub fn tdi_unbind(&mut self, tdi: u32, force: bool, transport: Transport) -> TioStatus {
         match self.tdis.get(&tdi) {
-            None => return TioStatus::InvalidParam,
+            None => return TioStatus::InvalidTdiCtx,
             Some(t) if t.bind.is_none() => return TioStatus::InvalidTdiState,
             Some(_) => {}
         }
@@ -331,19 +357,23 @@ impl Tio {
     }
 
     /// The T=1 binding of a requester, for the DMA check (`state` is the device's own state).
+    /// None until the guest's SDTE_WRITE has enabled T=1 DMA (the sDTE is not valid before:
+    /// the IOMMU blocks the device's T=1 requests), and while the ASID is fenced.
     pub fn binding_for(&self, devid: u16, function_id: u32, state: TdiState) -> Option<TdiBinding> {
         let t = self.tdis.values().find(|t| t.devid == devid && t.function_id == function_id)?;
         let b = t.bind?;
         if self.fenced.contains_key(&b.asid) {
             return None;
         }
-        Some(TdiBinding { asid: b.asid, vtom: b.vtom.unwrap_or(0), state })
+        Some(TdiBinding { asid: b.asid, vtom: b.vtom?, state })
     }
 
     /// A host-caused fault on a bound TDI's request fences its ASID (SEV-TIO FW spec §2.11 as
     /// quoted in the notes §1.7).
     pub fn fence(&mut self, asid: u16) {
-        self.fenced.insert(asid, fence::DMA_ERROR_FENCED | fence::MMIO_FENCED);
+        if asid != 0 && asid <= crate::rmp::MAX_ASID {
+            self.fenced.insert(asid, fence::DMA_ERROR_FENCED | fence::MMIO_FENCED);
+        }
     }
 
     pub fn asid_fence_status(&self, asid: u16) -> u32 {
@@ -351,8 +381,17 @@ impl Tio {
     }
 
     pub fn asid_fence_clear(&mut self, asid: u16) -> TioStatus {
+        if asid == 0 || asid > crate::rmp::MAX_ASID {
+            return TioStatus::InvalidParam;
+        }
         self.fenced.remove(&asid);
         TioStatus::Success
+    }
+
+    /// TIO_DEV_STATUS: whether the device context exists and is connected, and its TDIs.
+    pub fn dev_status(&self, devid: u16) -> Result<(bool, usize), TioStatus> {
+        let d = self.devices.get(&devid).ok_or(TioStatus::InvalidDevCtx)?;
+        Ok((d.connected, self.tdis.values().filter(|t| t.devid == devid).count()))
     }
 }
 
@@ -371,7 +410,9 @@ mod tests {
         assert_eq!(tio.init(), TioStatus::InvalidPlatformState);
         assert_eq!(tio.dev_create(0x20, 0), TioStatus::Success);
         assert_eq!(tio.dev_create(0x20, 0), TioStatus::InUse);
-        assert_eq!(tio.tdi_create(0x20, 0x20), Err(TioStatus::InvalidParam), "not connected");
+        assert_eq!(tio.tdi_create(0x20, 0x20), Err(TioStatus::InvalidDevState), "not connected");
+        assert_eq!(tio.tdi_create(0x21, 0x21), Err(TioStatus::InvalidDevCtx), "no device context");
+        assert_eq!(tio.dev_status(0x20), Ok((false, 0)));
         assert_eq!(tio.dev_connect(0x20, [1, 0, 0, 0, 0, 0, 0, 0], &mut tr), TioStatus::Success);
         let tdi = tio.tdi_create(0x20, 0x20).unwrap();
         assert_eq!(tio.tdi_bind(tdi, 0, 1, 0, false, &mut tr), TioStatus::InvalidParam, "ASID 0");
@@ -380,12 +421,17 @@ mod tests {
         assert_eq!(tio.tdi_run(tdi, &mut tr), TioStatus::Success);
         assert_eq!(tio.tdi_status(tdi, &mut tr), Ok(TdiState::Run));
         assert!(!tio.tdi_report(tdi, &mut tr).unwrap().is_empty());
+        assert!(tio.binding_for(0x20, 0x20, TdiState::Run).is_none(), "no T=1 DMA before SDTE_WRITE");
         assert_eq!(tio.sdte_write(tdi, 1 << 40), SdteWriteStatus::Success);
+        assert_eq!(tio.sdte_write(tdi + 1, 0), SdteWriteStatus::InvalidTdi);
+        assert_eq!(tio.tdi_reclaim(tdi + 1), TioStatus::InvalidTdiCtx);
         assert_eq!(tio.binding_for(0x20, 0x20, TdiState::Run).map(|b| (b.asid, b.vtom)), Some((5, 1 << 40)));
         tio.fence(5);
         assert_eq!(tio.asid_fence_status(5), 0xd);
         assert!(tio.binding_for(0x20, 0x20, TdiState::Run).is_none(), "fenced");
-        tio.asid_fence_clear(5);
+        assert_eq!(tio.asid_fence_clear(0), TioStatus::InvalidParam);
+        assert_eq!(tio.asid_fence_clear(5), TioStatus::Success);
+        assert_eq!(tio.asid_fence_status(5), 0);
         assert_eq!(tio.tdi_reclaim(tdi), TioStatus::InUse);
         assert_eq!(tio.dev_disconnect(0x20, false), TioStatus::InUse);
         assert_eq!(tio.tdi_unbind(tdi, false, &mut tr), TioStatus::Success);
@@ -395,6 +441,18 @@ mod tests {
         assert_eq!(tio.tdi_reclaim(tdi), TioStatus::Success);
         assert_eq!(tio.dev_disconnect(0x20, false), TioStatus::Success);
         assert_eq!(tio.dev_reclaim(0x20), TioStatus::Success);
+        assert_eq!(tio.dev_reclaim(0x20), TioStatus::InvalidDevCtx);
+    }
+
+    #[test]
+    fn a_device_that_does_not_answer_is_not_connected() {
+        let mut tio = Tio::default();
+        tio.init();
+        tio.dev_create(1, 0);
+        assert_eq!(tio.dev_connect(1, [0; 8], &mut |_, _| None), TioStatus::SpdmError);
+        assert_eq!(tio.dev_connect(1, [0; 8], &mut |_, _| Some(vec![0x10, 0x55])), TioStatus::SpdmError, "garbage answer");
+        assert_eq!(tio.dev_status(1), Ok((false, 0)));
+        assert_eq!(tio.dev_create(2, 0x20), TioStatus::InvalidParam, "root port id has 5 bits");
     }
 
     #[test]

@@ -41,6 +41,8 @@ const INVALID_ADDRESS: u32 = 0x09;
 const INVALID_COMMAND: u32 = 0x11;
 /// Mailbox-only status: the guest's page operation took a nested page fault (no return code).
 const NESTED_PAGE_FAULT: u32 = 0xfe;
+/// Mailbox-only status: PVALIDATE at a VMPL other than 0 took #GP.
+const GENERAL_PROTECTION: u32 = 0xfd;
 /// TIO_GUEST_REQUEST message types: SDTE_WRITE (phase-2 TIO_MSG_SDTE_WRITE_REQ) and RUN (the
 /// guest's SVM_VMGEXIT_SEV_TIO_OP RUN, given a type here).
 const MSG_SDTE_WRITE: u32 = 25;
@@ -76,7 +78,8 @@ impl IommuFunction {
         let size = |v: u8| if v == 1 { PageSize::Size2M } else { PageSize::Size4K };
         let guest = |r: GuestResult| match r {
             GuestResult::Status(s) => u32::from(s.code()),
-            GuestResult::NestedPageFault => NESTED_PAGE_FAULT,
+            GuestResult::NestedPageFault { .. } => NESTED_PAGE_FAULT,
+            GuestResult::GeneralProtection => GENERAL_PROTECTION,
         };
         let mut s = self.lock();
         let status = match id {
