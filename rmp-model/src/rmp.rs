@@ -349,6 +349,15 @@ impl Rmp {
         if pfn & (n - 1) != 0 || pfn.saturating_add(n) > self.pages() || usize::from(e.asid) >= ASID_COUNTERS {
             return false;
         }
+        // A 4 KiB entry inside a 2 MiB page splits the page first, as PSMASH would, so every
+        // 2 MiB page keeps its 512 entries alike.
+        let head = pfn & !(PTES_PER_2M - 1);
+        if e.page_size == PageSize::Size4K && self.entries[pfn as usize].page_size == PageSize::Size2M {
+            for p in head..(head + PTES_PER_2M).min(self.pages()) {
+                let s = RmpEntry { page_size: PageSize::Size4K, ..self.entries[p as usize] };
+                self.put(p, s);
+            }
+        }
         for i in 0..n {
             let mut s = e;
             if e.assigned {

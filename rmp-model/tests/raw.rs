@@ -73,6 +73,7 @@ enum Op {
     Psmash { region: u64 },
     Validate { page: u64, asid: u16, big: bool },
     Adjust { page: u64, asid: u16, perms: u8 },
+    Firmware { page: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -81,10 +82,11 @@ fn op() -> impl Strategy<Value = Op> {
         (0..4u64).prop_map(|region| Op::Psmash { region }),
         (0..2048u64, 1..4u16, any::<bool>()).prop_map(|(page, asid, big)| Op::Validate { page, asid, big }),
         (0..2048u64, 1..4u16, 0..32u8).prop_map(|(page, asid, perms)| Op::Adjust { page, asid, perms }),
+        (0..2048u64).prop_map(|page| Op::Firmware { page }),
     ]
 }
 
-pub fn run(r: &mut Rmp, o: &Op) {
+fn run(r: &mut Rmp, o: &Op) {
     let size = |big: bool| if big { PageSize::Size2M } else { PageSize::Size4K };
     let at = |page: u64, big: bool| if big { page << 12 & !0x1f_ffff } else { page << 12 };
     match *o {
@@ -103,6 +105,9 @@ pub fn run(r: &mut Rmp, o: &Op) {
         Op::Adjust { page, asid, perms } => {
             let a = AdjustAttrs { target_vmpl: 1, perms, vmsa: false };
             r.rmpadjust(GuestCtx { asid, vmpl: 0 }, page << 12, page << 12, PageSize::Size4K, a);
+        }
+        Op::Firmware { page } => {
+            r.firmware_set(page, RmpEntry::firmware());
         }
     }
 }
