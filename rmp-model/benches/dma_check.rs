@@ -22,6 +22,20 @@ fn benches(c: &mut Criterion) {
     let tdi = TdiBinding { asid: 5, vtom: 1 << 40, state: TdiState::Run };
     let t1 = DmaRequest { requester: 0x20, t: true, tdi: Some(tdi), iova: 0x7000, spa: 0x100_7000, write: true, mapping_size_log2: 12 };
     c.bench_function("dma_check_t1_private", |b| b.iter(|| rmp.check_dma(black_box(&t1))));
+    let refused = DmaRequest { spa: 0x100_7000, ..t0 };
+    c.bench_function("dma_check_t0_write_refused", |b| b.iter(|| rmp.check_dma(black_box(&refused))));
+    // A 1 GiB I/O page over 1 GiB of hypervisor memory: the size rule reads 512 2 MiB heads.
+    let clean = Rmp::new(1 << 18);
+    let t0_1g = DmaRequest { mapping_size_log2: 30, ..t0 };
+    c.bench_function("dma_check_t0_write_1g_mapping", |b| b.iter(|| clean.check_dma(black_box(&t0_1g))));
+    // A page whose RMP entry is in no cache line the loop touched before: 4096 pages apart.
+    let mut i = 0u64;
+    c.bench_function("dma_check_t0_write_strided", |b| {
+        b.iter(|| {
+            i = (i + 4099) & ((1 << 18) - 1);
+            rmp.check_dma(black_box(&DmaRequest { spa: i << 12, ..t0 }))
+        })
+    });
 }
 
 criterion_group! {

@@ -4,7 +4,7 @@
 //! A refusal is an RMP_PAGE_FAULT (event type 0xd) whose fields Linux amd_iommu_print_rmp_fault
 //! decodes; nothing is transferred.
 
-use crate::rmp::{Rmp, PTES_PER_2M};
+use crate::rmp::{Rmp, PAGES_PER_1G, PTES_PER_2M};
 use crate::tdisp::TdiState;
 
 /// The T=1 binding of a requester: the TDI's guest and its state (from the sDTE and TDISP).
@@ -159,6 +159,9 @@ impl Rmp {
         if pages < PTES_PER_2M {
             return (first..end).any(|p| self.entries[p as usize].assigned);
         }
-        (first..end).step_by(PTES_PER_2M as usize).any(|p| self.assigned_in_region(p) != 0)
+        if pages < PAGES_PER_1G {
+            return (first..end).step_by(PTES_PER_2M as usize).any(|p| self.assigned_in_region(p) != 0);
+        }
+        (first..end).step_by(PAGES_PER_1G as usize).any(|p| self.assigned_in_1g(p) != 0)
     }
 }

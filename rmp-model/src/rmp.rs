@@ -24,6 +24,8 @@ pub const MAX_ASID: u16 = 0x3ff;
 pub const PTES_PER_2M: u64 = 512;
 /// Per-ASID counters in the bookkeeping area (sev_rmp.h RMP_NUM_ASID_COUNTERS).
 pub const ASID_COUNTERS: usize = 2048;
+/// 4 KiB pages per 1 GiB.
+pub const PAGES_PER_1G: u64 = 1 << 18;
 /// Largest RMP the model builds: 2^28 pages (1 TiB of system memory, 4 GiB of entries).
 pub const MAX_PAGES: u64 = 1 << 28;
 
@@ -212,6 +214,9 @@ pub struct Rmp {
     pub(crate) entries: Vec<RmpEntry>,
     /// Pages assigned to each ASID (4 KiB units), the bookkeeping area's counters.
     pub(crate) asid_pages: Vec<u64>,
+    /// Assigned 4 KiB entries per 1 GiB of system memory, so the size rule of a 1 GiB I/O
+    /// mapping reads one counter instead of 512 2 MiB entries.
+    pub(crate) assigned_in_1g: Vec<u32>,
     /// Pages the model marks in use (a running VMSA); RMPUPDATE and PSMASH fail with FAIL_INUSE.
     pub(crate) in_use: std::collections::BTreeSet<u64>,
     pub hazards: crate::hazard::HazardRegistry,
@@ -224,6 +229,7 @@ impl Rmp {
         Rmp {
             entries: vec![RmpEntry::default(); pages],
             asid_pages: vec![0; ASID_COUNTERS],
+            assigned_in_1g: vec![0; pages.div_ceil(PAGES_PER_1G as usize)],
             in_use: Default::default(),
             hazards: Default::default(),
         }
@@ -289,6 +295,11 @@ impl Rmp {
         head.subpage_count + head.assigned as u16
     }
 
+    /// Number of assigned 4 KiB pages in the 1 GiB of system memory holding `pfn`.
+    pub fn assigned_in_1g(&self, pfn: u64) -> u32 {
+        self.assigned_in_1g.get((pfn / PAGES_PER_1G) as usize).copied().unwrap_or(0)
+    }
+
     /// Pages assigned to `asid` (the bookkeeping counter).
     pub fn asid_pages(&self, asid: u16) -> u64 {
         self.asid_pages.get(usize::from(asid)).copied().unwrap_or(0)
@@ -319,6 +330,10 @@ impl Rmp {
         }
         if let Some(c) = self.asid_pages.get_mut(usize::from(e.asid)).filter(|_| e.assigned) {
             *c += 1;
+        }
+        if old.assigned != e.assigned {
+            let c = &mut self.assigned_in_1g[(pfn / PAGES_PER_1G) as usize];
+            *c = if e.assigned { *c + 1 } else { c.saturating_sub(1) };
         }
         if pfn == head {
             e.subpage_count = old.subpage_count;

@@ -5,6 +5,7 @@
 //! (trusted DMA translates through the TD's secure tables, identical to its S-EPT; T=0 DMA must
 //! never reach TD-private memory). Where it differs from SEV-TIO: docs/tdx-vs-sev-tio.md.
 
+use crate::dma_check::DmaRequest;
 use crate::tdisp::TdiState;
 use std::collections::BTreeMap;
 
@@ -65,7 +66,7 @@ pub struct Tdx {
     pamt: BTreeMap<u64, Owner>,
     /// (TD, private GPA page) -> SPA page: the trusted I/O page table (the S-EPT's view).
     trusted: BTreeMap<(TdId, u64), u64>,
-    /// Requester -> (TD, TDI state as the module last saw it).
+    /// Requester -> the TD its TDI is bound to.
     bound: BTreeMap<u16, TdId>,
 }
 
@@ -140,6 +141,15 @@ impl Tdx {
 
     pub fn unbind(&mut self, requester: u16) {
         self.bound.remove(&requester);
+    }
+
+    /// The same [`DmaRequest`] the SEV-TIO check takes, answered under TDX Connect rules: the
+    /// TDI is in RUN when the request carries a binding in RUN (its ASID and vTOM are not used:
+    /// the TD comes from [`Tdx::bind`], private vs shared from the GPA's shared bit). Ok is the
+    /// SPA the access uses.
+    pub fn check_request(&self, req: &DmaRequest) -> Result<u64, TdxRefusal> {
+        let state = req.tdi.map_or(TdiState::ConfigUnlocked, |t| t.state);
+        self.check_dma(req.requester, req.t, state, req.iova, req.spa)
     }
 
     /// Check one page-sized DMA access. `spa` is what the host's (untrusted) IOMMU tables gave

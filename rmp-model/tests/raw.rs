@@ -145,6 +145,8 @@ proptest! {
                 prop_assert_eq!(u64::from(r.entry(pfn).unwrap().subpage_count), n as u64);
             }
         }
+        let assigned = (0..2048).filter(|&p| r.entry(p).unwrap().assigned).count() as u32;
+        prop_assert_eq!(r.assigned_in_1g(0), assigned);
         for asid in 0..4u16 {
             let n = (0..2048).filter(|&p| { let e = r.entry(p).unwrap(); e.assigned && e.asid == asid }).count() as u64;
             prop_assert_eq!(r.asid_pages(asid), n);
