@@ -3,17 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-mod daemon;
-mod dma;
-mod events;
-mod function;
-mod functions;
-mod guest_mem;
-mod pci;
-mod rmp_state;
-mod secure;
-mod vfio_server;
-mod walk;
+use qemu_device::{daemon, walk};
 
 #[derive(Parser)]
 #[command(name = "tiommu", version, about = "A secure IOMMU (AMD SEV-TIO / Intel TDX Connect style) for QEMU")]
