@@ -34,6 +34,13 @@ impl<M: PhysMem + ?Sized> TranslateCheck<M> for SecureIommu {
 
 /// Memory the engine moves bytes in: guest RAM, or a `ByteMem` in tests.
 pub trait DmaMem: PhysMem {
+    /// Whether every byte of `[spa, spa + len)` is memory. The default probes the first and the
+    /// last byte, which is enough for one contiguous array.
+    fn backed(&self, spa: u64, len: u64) -> bool {
+        let mut probe = [0u8; 1];
+        len > 0 && spa.checked_add(len - 1).is_some_and(|last| self.read(spa, &mut probe).is_ok() && self.read(last, &mut probe).is_ok())
+    }
+
     /// Copy `len` bytes from `src` to `dst`, both system physical; all or nothing. The default
     /// goes through a buffer; guest RAM copies region to region.
     fn copy(&mut self, src: u64, dst: u64, len: usize) -> Result<(), MemError> {
@@ -46,6 +53,11 @@ pub trait DmaMem: PhysMem {
 impl DmaMem for iommu_model::mem::ByteMem {}
 
 impl DmaMem for crate::guest_mem::GuestMem {
+    fn backed(&self, spa: u64, len: u64) -> bool {
+        // Regions may be adjacent or have holes between them: vm-memory walks them.
+        crate::guest_mem::GuestMem::backed(self, spa, len)
+    }
+
     fn copy(&mut self, src: u64, dst: u64, len: usize) -> Result<(), MemError> {
         // A run may span two guest RAM regions: then through a buffer.
         crate::guest_mem::GuestMem::copy(self, src, dst, len).or_else(|_| {
@@ -83,15 +95,16 @@ pub enum DmaError {
 pub type Runs = Vec<(u64, u64)>;
 
 /// Translate and check every page of `req`; the runs to move, or why nothing may move. Every
-/// page is tried even after a refusal, so each refused page is logged once.
-pub fn plan<M: PhysMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, req: Request) -> Result<Runs, DmaError> {
+/// page is tried even after a refusal, so each refused page is logged once. Memory behind the
+/// allowed pages is checked once per run, after the translations.
+pub fn plan<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, req: Request) -> Result<Runs, DmaError> {
     let end = req.iova.checked_add(req.len).ok_or(DmaError::Length)?;
     if req.len == 0 || req.len > MAX_LEN {
         return Err(DmaError::Length);
     }
-    let mut runs: Runs = Vec::new();
+    // (IOVA, SPA, length) of each run of adjacent pages.
+    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
     let mut refused: Option<DmaError> = None;
-    let mut no_memory: Option<DmaError> = None;
     let mut at = req.iova;
     while at < end {
         let page_end = (at | (PAGE - 1)).saturating_add(1).min(end);
@@ -101,24 +114,31 @@ pub fn plan<M: PhysMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, m
                 Some(DmaError::Refused { pages, .. }) => *pages += 1,
                 _ => refused = Some(DmaError::Refused { iova: at, refusal, pages: 1 }),
             },
-            Ok(spa) => {
-                let mut probe = [0u8; 1];
-                let backed = spa.checked_add(n - 1).is_some_and(|last| mem.read(spa, &mut probe).is_ok() && mem.read(last, &mut probe).is_ok());
-                if !backed && no_memory.is_none() {
-                    no_memory = Some(DmaError::NoMemory { iova: at, spa });
-                }
-                match runs.last_mut() {
-                    Some((s, l)) if s.checked_add(*l) == Some(spa) => *l += n,
-                    _ => runs.push((spa, n)),
-                }
-            }
+            Ok(spa) => match runs.last_mut() {
+                Some((_, s, l)) if s.checked_add(*l) == Some(spa) => *l += n,
+                _ => runs.push((at, spa, n)),
+            },
         }
         at = page_end;
     }
-    match refused.or(no_memory) {
-        Some(e) => Err(e),
-        None => Ok(runs),
+    if let Some(e) = refused {
+        return Err(e);
     }
+    for &(iova, spa, len) in &runs {
+        if !mem.backed(spa, len) {
+            // Name the first page without memory.
+            let mut off = 0;
+            while off < len {
+                let n = (PAGE - ((spa + off) & (PAGE - 1))).min(len - off);
+                if !mem.backed(spa + off, n) {
+                    return Err(DmaError::NoMemory { iova: iova + off, spa: spa + off });
+                }
+                off += n;
+            }
+            return Err(DmaError::NoMemory { iova, spa });
+        }
+    }
+    Ok(runs.into_iter().map(|(_, spa, len)| (spa, len)).collect())
 }
 
 /// DMA read of `buf.len()` bytes at `iova`.
@@ -161,7 +181,7 @@ impl CopyPlan {
 
 /// Plan a copy: the source is read first, so a refused source ends it before any destination
 /// page is asked for (a device does not issue writes for data it could not read).
-pub fn plan_copy<M: PhysMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, t: bool, src: u64, dst: u64, len: u64) -> Result<CopyPlan, DmaError> {
+pub fn plan_copy<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, t: bool, src: u64, dst: u64, len: u64) -> Result<CopyPlan, DmaError> {
     let from = plan(iommu, mem, Request { rid, t, iova: src, len, access: Access::Read })?;
     let to = plan(iommu, mem, Request { rid, t, iova: dst, len, access: Access::Write })?;
     Ok(CopyPlan { from, to, len })
@@ -315,12 +335,12 @@ mod tests {
     #[test]
     fn an_allowed_page_outside_ram_moves_nothing() {
         let mut io = MapIommu::default();
-        io.map(0x10_0000, 0xf_f000, 0x1000, true);
-        io.map(0x10_1000, 0x40_0000, 0x1000, true); // past the 1 MiB of memory
+        // One SPA run over the end of the 1 MiB of memory: the second page is not there.
+        io.map(0x10_0000, 0xf_f000, 0x2000, true);
         let mut m = mem();
         let before = m.bytes.clone();
         let e = write(&mut io, &mut m, RID, false, 0x10_0000, &[1; 0x2000]).unwrap_err();
-        assert_eq!(e, DmaError::NoMemory { iova: 0x10_1000, spa: 0x40_0000 });
+        assert_eq!(e, DmaError::NoMemory { iova: 0x10_1000, spa: 0x10_0000 });
         assert!(m.bytes == before);
         assert!(io.logged.is_empty(), "no IOMMU event: the IOMMU allowed it");
     }
@@ -359,5 +379,34 @@ mod tests {
         assert_eq!(m.bytes[0x4_0010..0x4_2010], want[..]);
         let p = plan_copy(&mut io, &mut m, RID, false, 0x10_2000, 0x10_0000, 0x1000).unwrap();
         assert!(!p.overlaps());
+    }
+
+    #[test]
+    fn guest_ram_runs_over_adjacent_regions_move_and_over_holes_do_not() {
+        use crate::guest_mem::GuestRam;
+        use std::io::Write;
+        let region = |size: usize| {
+            let path = std::env::temp_dir().join(format!("tiommu-dma-{}-{size}-{:?}", std::process::id(), std::thread::current().id()));
+            let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            f.write_all(&vec![0x5a; size]).unwrap();
+            f
+        };
+        // [0, 64 KiB) and [64 KiB, 128 KiB) adjacent; a hole; [192 KiB, 256 KiB).
+        let ram = GuestRam::default();
+        ram.map(0, 0x1_0000, region(0x1_0000), 0).unwrap();
+        ram.map(0x1_0000, 0x1_0000, region(0x1_0000), 0).unwrap();
+        ram.map(0x3_0000, 0x1_0000, region(0x1_0000), 0).unwrap();
+        let mut m = ram.snapshot();
+        let mut io = MapIommu::default();
+        io.map(0x100_0000, 0, 0x4_0000, true); // identity-like over all of it, hole included
+        write(&mut io, &mut m, RID, false, 0x100_f000, &[1; 0x2000]).unwrap();
+        assert_eq!((m.read_u64(0xf000).unwrap(), m.read_u64(0x1_0ff8).unwrap()), (0x0101_0101_0101_0101, 0x0101_0101_0101_0101));
+        let p = plan_copy(&mut io, &mut m, RID, false, 0x100_f000, 0x103_0000, 0x2000).unwrap();
+        move_copy(&mut m, &p).unwrap();
+        assert_eq!(m.read_u64(0x3_1ff8).unwrap(), 0x0101_0101_0101_0101, "copied across the region boundary");
+        let e = write(&mut io, &mut m, RID, false, 0x101_f000, &[2; 0x2000]).unwrap_err();
+        assert_eq!(e, DmaError::NoMemory { iova: 0x102_0000, spa: 0x2_0000 });
+        assert_eq!(m.read_u64(0x1_f000).unwrap(), 0x5a5a_5a5a_5a5a_5a5a, "nothing written before the hole");
     }
 }

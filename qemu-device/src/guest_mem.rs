@@ -79,6 +79,11 @@ use vm_memory::GuestMemoryRegion;
 pub struct GuestMem(Arc<GuestMemoryMmap>);
 
 impl GuestMem {
+    /// Whether every byte of `[addr, addr + len)` is in a mapped region.
+    pub fn backed(&self, addr: u64, len: u64) -> bool {
+        usize::try_from(len).is_ok_and(|n| n > 0 && self.0.check_range(GuestAddress(addr), n))
+    }
+
     /// Copy guest memory to guest memory without a bounce buffer (the DMA engine's data path);
     /// both ranges must lie inside one mapped region each.
     pub fn copy(&mut self, src: u64, dst: u64, len: usize) -> Result<(), MemError> {
