@@ -153,3 +153,61 @@ proptest! {
         }
     }
 }
+
+/// Operations with unconstrained (hostile) operands: no panic, and the table's invariants hold.
+#[derive(Clone, Debug)]
+enum Wild {
+    Update(u64, u64, bool, bool, bool, u16),
+    Psmash(u64),
+    Validate(u64, u64, bool, u16, u8, bool),
+    Adjust(u64, u64, bool, u16, u8, u8, u8, bool),
+    Read(u64),
+}
+
+fn wild() -> impl Strategy<Value = Wild> {
+    let addr = prop_oneof![any::<u64>(), (0..0x20_0000u64), (0..4u64).prop_map(|r| r << 21)];
+    prop_oneof![
+        (addr.clone(), addr.clone(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u16>()).prop_map(|(a, b, c, d, e, f)| Wild::Update(a, b, c, d, e, f)),
+        addr.clone().prop_map(Wild::Psmash),
+        (addr.clone(), addr.clone(), any::<bool>(), any::<u16>(), any::<u8>(), any::<bool>()).prop_map(|(a, b, c, d, e, f)| Wild::Validate(a, b, c, d, e, f)),
+        (addr.clone(), addr.clone(), any::<bool>(), any::<u16>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<bool>())
+            .prop_map(|(a, b, c, d, e, f, g, h)| Wild::Adjust(a, b, c, d, e, f, g, h)),
+        addr.prop_map(Wild::Read),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn hostile_operands_never_panic(ops in prop::collection::vec(wild(), 1..60)) {
+        let mut r = Rmp::new(1024 + 7);
+        let size = |big: bool| if big { PageSize::Size2M } else { PageSize::Size4K };
+        for o in ops {
+            match o {
+                Wild::Update(spa, gpa, assigned, big, immutable, asid) => {
+                    r.rmpupdate(spa, &RmpState { gpa, assigned, page_size: size(big), immutable, asid });
+                }
+                Wild::Psmash(spa) => { r.psmash(spa); }
+                Wild::Validate(spa, gpa, big, asid, vmpl, v) => { r.pvalidate(GuestCtx { asid, vmpl }, spa, gpa, size(big), v); }
+                Wild::Adjust(spa, gpa, big, asid, vmpl, target_vmpl, perms, vmsa) => {
+                    r.rmpadjust(GuestCtx { asid, vmpl }, spa, gpa, size(big), AdjustAttrs { target_vmpl, perms, vmsa });
+                }
+                Wild::Read(spa) => { r.rmpread(spa); r.host_access(spa, true, false, PageSize::Size2M).ok(); }
+            }
+        }
+        // 2 MiB pages stay whole and aligned; subpage counts stay true.
+        for head in (0..1024u64).step_by(512) {
+            let h = *r.entry(head).unwrap();
+            for p in head + 1..head + 512 {
+                let e = r.entry(p).unwrap();
+                if h.page_size == PageSize::Size2M {
+                    prop_assert!(e.page_size == PageSize::Size2M && e.assigned == h.assigned && e.asid == h.asid && e.validated == h.validated);
+                } else {
+                    prop_assert!(e.page_size == PageSize::Size4K);
+                }
+            }
+        }
+        prop_assert!((1024..1031).all(|p| r.entry(p).unwrap().page_size == PageSize::Size4K), "no 2 MiB page past the last whole region");
+    }
+}
