@@ -14,5 +14,6 @@ pub mod tdisp;
 pub mod tdx;
 pub mod tio;
 
-pub use ops::{RmpState, RmpStatus};
-pub use rmp::{PageSize, Rmp, RmpEntry};
+pub use dma_check::{DmaRefusal, DmaRequest, RmpFault, TdiBinding};
+pub use ops::{GuestResult, RmpState, RmpStatus};
+pub use rmp::{PageSize, Rmp, RmpEntry, RmpReadEntry};
