@@ -51,7 +51,6 @@ pub mod flag {
 /// Descriptor status codes, written back at offset 2.
 pub mod status {
     /// What the driver writes; the device never leaves it there.
-    #[allow(dead_code)] // named for the ABI; the device never writes it
     pub const PENDING: u16 = 0;
     pub const OK: u16 = 1;
     pub const IO_PAGE_FAULT: u16 = 2;
@@ -143,7 +142,6 @@ impl Descriptor {
         }
     }
 
-    #[cfg(test)]
     pub fn to_bytes(self) -> [u8; 32] {
         let mut b = [0u8; 32];
         b[0] = self.op;

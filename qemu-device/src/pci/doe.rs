@@ -18,10 +18,8 @@ pub const READ: u16 = 0x14;
 pub const CTRL_ABORT: u32 = 1 << 0;
 pub const CTRL_INT_EN: u32 = 1 << 1;
 pub const CTRL_GO: u32 = 1 << 31;
-// Busy and Interrupt Status never show (see above); named for the register layout.
-#[allow(dead_code)]
+/// Never set here (see above); named for the register layout.
 pub const STATUS_BUSY: u32 = 1 << 0;
-#[allow(dead_code)]
 pub const STATUS_INT: u32 = 1 << 1;
 pub const STATUS_ERROR: u32 = 1 << 2;
 pub const STATUS_DATA_OBJECT_READY: u32 = 1 << 31;
