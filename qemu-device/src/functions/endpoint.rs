@@ -532,6 +532,7 @@ mod tests {
     use crate::events::Collect;
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
+    use iommu_model::amdvi::event::{self, Event};
     use iommu_model::amdvi::mmio::{self, control};
     use iommu_model::mem::{ByteMem, PhysMem};
     use iommu_model::walk::Perm;
@@ -541,6 +542,7 @@ mod tests {
     const RAM: u64 = 16 << 20;
     const RING: u64 = 0x1000_0000;
     const RING_SPA: u64 = 0x20_0000;
+    const EVENT_LOG: u64 = 0x4000;
 
     #[derive(Default)]
     struct Irqs(Mutex<Vec<u16>>);
@@ -565,7 +567,9 @@ mod tests {
         mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
         let mut s = SecureIommu::new(events, Arc::new(Irqs::default()));
         s.amdvi.mmio_write(mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
-        s.amdvi.mmio_write(mem, mmio::CONTROL, 8, control::IOMMU_EN);
+        // 256 entries (EventLen 8).
+        s.amdvi.mmio_write(mem, mmio::EVENT_LOG_BASE, 8, EVENT_LOG | 8 << 56);
+        s.amdvi.mmio_write(mem, mmio::CONTROL, 8, control::IOMMU_EN | control::EVENT_LOG_EN);
         (s, pt)
     }
 
@@ -673,8 +677,15 @@ mod tests {
         let faults = r.events_of("translation_fault");
         let iovas: Vec<_> = faults.iter().map(|e| e["iova"].as_str().unwrap().to_string()).collect();
         assert_eq!(iovas, ["0x50001000", "0x50002000", "0x50003000"], "one event per refused page");
-        // The same records are in the guest-visible event log when it is enabled: counted by the
-        // unit's tail instead here, which stays put while logging is off.
+        // The guest-visible event log has the same three records.
+        let log: Vec<Event> = (0..3).map(|i| {
+            let mut b = [0u8; 16];
+            r.mem.read(EVENT_LOG + i * 16, &mut b).unwrap();
+            Event::from_bytes(&b)
+        }).collect();
+        assert!(log.iter().all(|e| e.code == event::IO_PAGE_FAULT && e.devid == RID), "{log:?}");
+        assert_eq!(log.iter().map(|e| e.address).collect::<Vec<_>>(), [0x5000_1000, 0x5000_2000, 0x5000_3000]);
+        assert_eq!(lock(&r.secure).amdvi.mmio_read(mmio::EVENT_LOG_TAIL, 8), 3 * 16);
         assert_eq!(r.run(1, desc(op::FILL, 0, 8, 0, 0x7000_0000, 1)), status::NO_MEMORY, "past guest RAM");
         assert_eq!(r.events_of("translation_fault").len(), 3, "past RAM is no IOMMU event");
         // A refused source: the destination is not even asked for.
