@@ -135,8 +135,7 @@ impl SecureIommu {
             "asid": st.asid, "page_size": st.page_size.bytes(), "status": res.status.name(),
         }));
         if res.status == RmpStatus::Success {
-            let n = st.page_size.bytes() >> 12;
-            self.mirror(mem, spa >> 12, n);
+            self.mirror(mem, res.changed.start, res.changed.end - res.changed.start);
         }
         res.status
     }

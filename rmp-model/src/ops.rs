@@ -63,6 +63,9 @@ impl RmpState {
 pub struct UpdateResult {
     pub status: RmpStatus,
     pub hazards: Vec<Hazard>,
+    /// The pfns whose raw entries the update rewrote (the page, the 2 MiB-aligned entry whose
+    /// subpage_count moved, a split 2 MiB page): what a mirror of the table must copy again.
+    pub changed: std::ops::Range<u64>,
 }
 
 /// Who runs RMPADJUST / PVALIDATE: a guest's ASID at a VMPL.
@@ -113,7 +116,7 @@ impl Rmp {
     pub fn rmpupdate(&mut self, spa: u64, new: &RmpState) -> UpdateResult {
         let status = self.rmpupdate_checks(spa, new);
         if status != RmpStatus::Success {
-            return UpdateResult { status, hazards: Vec::new() };
+            return UpdateResult { status, hazards: Vec::new(), changed: 0..0 };
         }
         let pfn = spa >> 12;
         let n = new.page_size.pages();
@@ -131,9 +134,11 @@ impl Rmp {
                 }
             }
         }
+        let head = pfn & !(PTES_PER_2M - 1);
+        let mut changed = head..pfn + n;
         // A 4 KiB update inside a hypervisor 2 MiB page splits it first (choice: docs/rmp.md).
         if new.page_size == PageSize::Size4K && self.entries[pfn as usize].page_size == PageSize::Size2M {
-            let head = pfn & !(PTES_PER_2M - 1);
+            changed = head..head + PTES_PER_2M;
             for p in head..head + PTES_PER_2M {
                 let e = RmpEntry { page_size: PageSize::Size4K, ..self.entries[p as usize] };
                 self.put(p, e);
@@ -153,7 +158,7 @@ impl Rmp {
             };
             self.put(pfn + i, e);
         }
-        UpdateResult { status: RmpStatus::Success, hazards }
+        UpdateResult { status: RmpStatus::Success, hazards, changed }
     }
 
     fn rmpupdate_checks(&self, spa: u64, new: &RmpState) -> RmpStatus {

@@ -136,9 +136,15 @@ fn a_4k_update_inside_a_shared_2m_page_splits_it() {
     let mut r = rmp();
     assert_eq!(r.rmpupdate(0x20_0000, &RmpState::shared(M2)).status, RmpStatus::Success);
     assert_eq!(r.entry(0x300).unwrap().page_size, M2);
-    assert_eq!(r.rmpupdate(0x20_7000, &RmpState::private(0x7000, 2, K4)).status, RmpStatus::Success);
+    let before: Vec<_> = (0..4096).map(|p| r.raw(p).unwrap()).collect();
+    let res = r.rmpupdate(0x20_7000, &RmpState::private(0x7000, 2, K4));
+    assert_eq!(res.status, RmpStatus::Success);
+    assert_eq!(res.changed, 0x200..0x400, "the whole split page is rewritten");
+    assert!((0..4096u64).filter(|p| !res.changed.contains(p)).all(|p| r.raw(p).unwrap() == before[p as usize]), "nothing else changed");
+    let res = r.rmpupdate(0x20_9000, &RmpState::private(0x9000, 2, K4));
+    assert!(res.changed.contains(&0x200) && res.changed.contains(&0x209), "the page and the subpage_count it moved");
     assert!((0x200..0x400).all(|p| r.entry(p).unwrap().page_size == K4));
-    assert_eq!(r.entry(0x200).unwrap().subpage_count, 1);
+    assert_eq!(r.entry(0x200).unwrap().subpage_count, 2, "two 4 KiB private pages in the region");
     assert_eq!(r.lookup(0x207).unwrap().asid, 2);
 }
 

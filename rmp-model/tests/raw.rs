@@ -128,7 +128,17 @@ proptest! {
     fn the_raw_table_reads_as_rmpread_answers(ops in prop::collection::vec(op(), 1..40)) {
         let mut r = Rmp::new(2048);
         for o in &ops {
-            run(&mut r, o);
+            if let Op::Update { page, big, assigned, asid } = *o {
+                // An RMPUPDATE rewrites no entry outside the range it reports.
+                let before: Vec<_> = (0..2048).map(|p| r.raw(p).unwrap()).collect();
+                let spa = if big { page << 12 & !0x1f_ffff } else { page << 12 };
+                let size = if big { PageSize::Size2M } else { PageSize::Size4K };
+                let st = if assigned { RmpState::private(spa, asid, size) } else { RmpState::shared(size) };
+                let res = r.rmpupdate(spa, &st);
+                prop_assert!((0..2048u64).filter(|p| !res.changed.contains(p)).all(|p| r.raw(p).unwrap() == before[p as usize]));
+            } else {
+                run(&mut r, o);
+            }
         }
         for pfn in 0..2048u64 {
             let raw = r.raw(pfn).unwrap();
