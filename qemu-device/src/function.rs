@@ -53,6 +53,11 @@ pub trait PciFunction: Send {
     }
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
+    /// Further read-only capabilities in the standard config space (each from its capability
+    /// ID byte; the glue chains them after PCI Express and MSI-X), such as virtio's.
+    fn std_caps(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
     /// Extended config space (offset >= 0x100), for capabilities such as DOE. Reads of what the
     /// function does not implement return zeroes; writes to it are ignored.
     fn ext_config_read(&mut self, _offset: u16, data: &mut [u8]) {

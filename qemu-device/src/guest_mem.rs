@@ -84,6 +84,11 @@ impl GuestMem {
         usize::try_from(len).is_ok_and(|n| n > 0 && self.0.check_range(GuestAddress(addr), n))
     }
 
+    /// The vm-memory view, for rust-vmm crates that take a `GuestMemory` (virtio-queue).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.0
+    }
+
     /// Copy guest memory to guest memory without a bounce buffer (the DMA engine's data path);
     /// both ranges must lie inside one mapped region each.
     pub fn copy(&mut self, src: u64, dst: u64, len: usize) -> Result<(), MemError> {

@@ -11,4 +11,5 @@ pub mod pci;
 pub mod rmp_state;
 pub mod secure;
 pub mod vfio_server;
+pub mod virtio;
 pub mod walk;

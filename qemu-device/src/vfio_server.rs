@@ -48,6 +48,7 @@ impl<F: PciFunction> FunctionBackend<F> {
     pub fn new(name: &str, function: F, ram: GuestRam, irq: Arc<MsixIrq>) -> Self {
         let bars = function.bars();
         let mut config = ConfigSpace::new(&function.ids(), &bars, function.msix_vectors());
+        config.add_std_caps(&function.std_caps());
         for (off, header) in function.ext_caps() {
             config.add_ext_cap(off, header);
         }

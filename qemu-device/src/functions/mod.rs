@@ -2,3 +2,4 @@
 
 pub mod endpoint;
 pub mod iommu;
+pub mod virtio_iommu;

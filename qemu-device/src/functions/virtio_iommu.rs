@@ -1,0 +1,424 @@
+//! A standard virtio-iommu device (virtio 1.2 §5.13) on the virtio-pci modern transport, so the
+//! guest kernel's own driver (Linux drivers/iommu/virtio-iommu.c) programs the secure IOMMU. Its
+//! requests land in domains whose page tables the daemon owns (virtio/domains.rs); endpoint DMA
+//! through them takes the iommu-model walk and the RMP check (secure.rs).
+//!
+//! The request queue is processed on the notification itself: each request is a few table
+//! writes in the daemon's memory, and Linux waits for the answer spinning (viommu_sync_req), so
+//! a round trip through the DMA worker would only add latency. At most one queue's worth of
+//! requests is taken per notification.
+
+use crate::function::{Bar, EventSink, Irq, PciFunction, PciIds};
+use crate::guest_mem::GuestRam;
+use crate::virtio::domains::{self, reply_len, Domains};
+use crate::virtio::iommu_proto::{config, feature, req, status, Request};
+use crate::virtio::pci::{layout, Effect, Transport, DEVICE_ID_BASE, NO_VECTOR, VENDOR, VIRTIO_F_VERSION_1};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+use virtio_queue::{QueueT, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+
+pub const FEATURES: u64 = VIRTIO_F_VERSION_1 | feature::INPUT_RANGE | feature::DOMAIN_RANGE | feature::MAP_UNMAP | feature::PROBE;
+pub const REQUEST_QUEUE: u16 = 0;
+pub const EVENT_QUEUE: u16 = 1;
+pub const QUEUE_MAX: u16 = 256;
+/// Configuration changes, request queue, event queue: one each, as Linux's vp_find_vqs_msix asks.
+pub const VECTORS: u16 = 3;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn status_name(s: u8) -> &'static str {
+    ["OK", "IOERR", "UNSUPP", "DEVERR", "INVAL", "RANGE", "NOENT", "FAULT", "NOMEM"].get(usize::from(s)).copied().unwrap_or("?")
+}
+
+pub struct VirtioIommu {
+    transport: Transport,
+    pub domains: Arc<Mutex<Domains>>,
+    ram: GuestRam,
+    irq: Arc<dyn Irq>,
+    events: Arc<dyn EventSink>,
+}
+
+impl VirtioIommu {
+    /// A virtio-iommu translating `endpoints` (their requester IDs, as the VIOT lists them).
+    pub fn new(endpoints: &[u16], ram: GuestRam, irq: Arc<dyn Irq>, events: Arc<dyn EventSink>) -> Self {
+        VirtioIommu {
+            transport: Transport::new(FEATURES, &[QUEUE_MAX, QUEUE_MAX], VECTORS),
+            domains: Arc::new(Mutex::new(Domains::new(endpoints.iter().map(|&e| u32::from(e))))),
+            ram,
+            irq,
+            events,
+        }
+    }
+
+    fn config_bytes() -> [u8; config::LEN] {
+        let mut c = [0u8; config::LEN];
+        let mut put = |off: u64, b: &[u8]| c[off as usize..off as usize + b.len()].copy_from_slice(b);
+        put(config::PAGE_SIZE_MASK, &domains::PAGE_SIZE_MASK.to_le_bytes());
+        put(config::INPUT_START, &0u64.to_le_bytes());
+        put(config::INPUT_END, &domains::INPUT_END.to_le_bytes());
+        put(config::DOMAIN_START, &domains::DOMAIN_START.to_le_bytes());
+        put(config::DOMAIN_END, &domains::DOMAIN_END.to_le_bytes());
+        put(config::PROBE_SIZE, &domains::PROBE_SIZE.to_le_bytes());
+        c
+    }
+
+    fn forget(&mut self) {
+        let mut d = lock(&self.domains);
+        d.domains.clear();
+        d.attached.clear();
+    }
+
+    /// Take the request queue's available chains, answer each, and signal the queue's vector.
+    fn process_requests(&mut self) {
+        let snapshot = self.ram.snapshot();
+        let mem: &GuestMemoryMmap = snapshot.memory();
+        let q = &mut self.transport.queues[usize::from(REQUEST_QUEUE)];
+        if !q.is_valid(mem) {
+            tracing::warn!("virtio-iommu: request queue notified but not valid in guest RAM");
+            return;
+        }
+        let mut used = 0;
+        for _ in 0..q.size() {
+            let Some(chain) = q.pop_descriptor_chain(mem) else { break };
+            let head = chain.head_index();
+            let len = answer(mem, chain, &self.domains, self.events.as_ref());
+            if q.add_used(mem, head, len).is_err() {
+                break;
+            }
+            used += 1;
+        }
+        if used > 0 {
+            self.transport.set_isr_queue();
+            let v = self.transport.queue_msix[usize::from(REQUEST_QUEUE)];
+            if v != NO_VECTOR {
+                self.irq.raise(v);
+            }
+        }
+    }
+}
+
+/// Answer one request chain; the bytes written to its device-writable part (0 when it has no
+/// room for the tail or cannot be read).
+fn answer(mem: &GuestMemoryMmap, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, domains: &Mutex<Domains>, events: &dyn EventSink) -> u32 {
+    let (Ok(mut reader), Ok(mut writer)) = (Reader::<()>::new(mem, chain.clone()), Writer::<()>::new(mem, chain)) else { return 0 };
+    let mut buf = [0u8; 72];
+    let n = reader.available_bytes().min(buf.len());
+    if reader.read_exact(&mut buf[..n]).is_err() {
+        return 0;
+    }
+    let Some(rlen) = reply_len(writer.available_bytes()) else { return 0 };
+    let mut reply = vec![0u8; rlen];
+    let request = Request::decode(&buf[..n]);
+    let st = match request {
+        Err(s) => s,
+        Ok(r) => {
+            let mut d = lock(domains);
+            match r {
+                Request::Attach { domain, endpoint, flags } => d.attach(domain, endpoint, flags),
+                Request::Detach { domain, endpoint } => d.detach(domain, endpoint),
+                Request::Map { domain, virt_start, virt_end, phys_start, flags } => d.map(domain, virt_start, virt_end, phys_start, flags),
+                Request::Unmap { domain, virt_start, virt_end } => d.unmap(domain, virt_start, virt_end),
+                Request::Probe { endpoint } => {
+                    let props = rlen - crate::virtio::iommu_proto::TAIL_LEN;
+                    d.probe(endpoint, &mut reply[..props])
+                }
+            }
+        }
+    };
+    reply[rlen - crate::virtio::iommu_proto::TAIL_LEN] = st;
+    let mut record = match request {
+        Ok(Request::Attach { domain, endpoint, .. }) => json!({"req": "attach", "domain": domain, "endpoint": endpoint}),
+        Ok(Request::Detach { domain, endpoint }) => json!({"req": "detach", "domain": domain, "endpoint": endpoint}),
+        Ok(Request::Map { domain, virt_start, virt_end, phys_start, flags }) => json!({
+            "req": "map", "domain": domain, "virt_start": format!("{virt_start:#x}"), "virt_end": format!("{virt_end:#x}"),
+            "phys_start": format!("{phys_start:#x}"), "flags": flags}),
+        Ok(Request::Unmap { domain, virt_start, virt_end }) => json!({"req": "unmap", "domain": domain, "virt_start": format!("{virt_start:#x}"), "virt_end": format!("{virt_end:#x}")}),
+        Ok(Request::Probe { endpoint }) => json!({"req": "probe", "endpoint": endpoint}),
+        Err(_) => json!({"req": buf.first().copied().filter(|_| n > 0).map_or("short".to_string(), |t| format!("type {t}"))}),
+    };
+    record["type"] = json!("viommu");
+    record["status"] = json!(status_name(st));
+    events.emit(record);
+    if writer.write_all(&reply).is_err() {
+        return writer.bytes_written() as u32;
+    }
+    rlen as u32
+}
+
+impl PciFunction for VirtioIommu {
+    fn ids(&self) -> PciIds {
+        let device = DEVICE_ID_BASE + crate::virtio::iommu_proto::DEVICE_ID;
+        // Modern-only devices have revision 1 (§4.1.2.1); class "other system peripheral", as QEMU's.
+        PciIds { vendor: VENDOR, device, subsystem_vendor: VENDOR, subsystem: 0x1100, class: 0x08_80_00, revision: 1 }
+    }
+
+    fn bars(&self) -> Vec<Bar> {
+        vec![Bar { index: layout::BAR, size: layout::BAR_SIZE }]
+    }
+
+    fn msix_vectors(&self) -> u16 {
+        VECTORS
+    }
+
+    fn std_caps(&self) -> Vec<Vec<u8>> {
+        Transport::caps()
+    }
+
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        if bar != layout::BAR {
+            data.fill(0);
+            return;
+        }
+        if self.transport.read(offset, data) {
+            return;
+        }
+        data.fill(0);
+        if let Some(rel) = offset.checked_sub(layout::DEVICE).filter(|&r| r < layout::DEVICE_LEN) {
+            let c = Self::config_bytes();
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = c.get(rel as usize + i).copied().unwrap_or(0);
+            }
+        }
+    }
+
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        // The configuration is read-only (bypass needs VIRTIO_IOMMU_F_BYPASS_CONFIG, not offered).
+        if bar != layout::BAR {
+            return;
+        }
+        match self.transport.write(offset, data) {
+            Effect::Reset => self.forget(),
+            Effect::Notify(REQUEST_QUEUE) => self.process_requests(),
+            // Event buffers stay with the device until there is a fault to report.
+            Effect::Notify(_) | Effect::None => {}
+        }
+    }
+
+    fn reset(&mut self) {
+        self.transport.reset();
+        self.forget();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Collect;
+    use crate::virtio::pci::{common, status as dev_status};
+    use iommu_model::mem::PhysMem;
+
+    const RAM: u64 = 4 << 20;
+    const EP: u16 = 0x20;
+    // Queue layout in guest RAM (split virtqueue, §2.7): 256 entries.
+    const DESC: u64 = 0x10_0000;
+    const AVAIL: u64 = 0x11_0000;
+    const USED: u64 = 0x12_0000;
+    const BUFS: u64 = 0x20_0000;
+
+    #[derive(Default)]
+    struct Irqs(Mutex<Vec<u16>>);
+    impl Irq for Irqs {
+        fn raise(&self, v: u16) {
+            lock(&self.0).push(v);
+        }
+    }
+
+    struct Rig {
+        dev: VirtioIommu,
+        ram: GuestRam,
+        irqs: Arc<Irqs>,
+        events: Arc<Collect>,
+        avail: u16,
+    }
+
+    fn file_ram() -> GuestRam {
+        let path = std::env::temp_dir().join(format!("tiommu-viommu-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.write_all(&vec![0u8; RAM as usize]).unwrap();
+        let ram = GuestRam::default();
+        ram.map(0, RAM, f, 0).unwrap();
+        ram
+    }
+
+    impl Rig {
+        fn w(&mut self, off: u64, v: u64, len: usize) {
+            self.dev.bar_write(0, off, &v.to_le_bytes()[..len]);
+        }
+        fn r(&mut self, off: u64, len: usize) -> u64 {
+            let mut b = [0u8; 8];
+            self.dev.bar_read(0, off, &mut b[..len]);
+            u64::from_le_bytes(b)
+        }
+        /// Linux's virtio_pci_modern probe and virtio-iommu setup, register by register.
+        fn new() -> Rig {
+            let ram = file_ram();
+            let irqs = Arc::new(Irqs::default());
+            let events = Arc::new(Collect::default());
+            let dev = VirtioIommu::new(&[EP], ram.clone(), irqs.clone(), events.clone());
+            let mut r = Rig { dev, ram, irqs, events, avail: 0 };
+            r.w(common::DEVICE_STATUS, 3, 1);
+            r.w(common::DEVICE_FEATURE_SELECT, 0, 4);
+            let lo = r.r(common::DEVICE_FEATURE, 4);
+            r.w(common::DEVICE_FEATURE_SELECT, 1, 4);
+            let hi = r.r(common::DEVICE_FEATURE, 4);
+            assert_eq!(lo | hi << 32, FEATURES);
+            r.w(common::DRIVER_FEATURE_SELECT, 0, 4);
+            r.w(common::DRIVER_FEATURE, lo, 4);
+            r.w(common::DRIVER_FEATURE_SELECT, 1, 4);
+            r.w(common::DRIVER_FEATURE, hi, 4);
+            r.w(common::DEVICE_STATUS, 0xb, 1);
+            assert_eq!(r.r(common::DEVICE_STATUS, 1), 0xb);
+            r.w(common::CONFIG_MSIX_VECTOR, 0, 2);
+            r.w(common::QUEUE_SELECT, 0, 2);
+            r.w(common::QUEUE_MSIX_VECTOR, 1, 2);
+            r.w(common::QUEUE_DESC, DESC, 4);
+            r.w(common::QUEUE_DESC + 4, 0, 4);
+            r.w(common::QUEUE_DRIVER, AVAIL, 4);
+            r.w(common::QUEUE_DRIVER + 4, 0, 4);
+            r.w(common::QUEUE_DEVICE, USED, 4);
+            r.w(common::QUEUE_DEVICE + 4, 0, 4);
+            r.w(common::QUEUE_ENABLE, 1, 2);
+            r.w(common::DEVICE_STATUS, 0xf, 1);
+            r
+        }
+
+        /// Send one request as Linux does (readable part, then writable part of `wlen` bytes),
+        /// notify, and return the writable part as the device left it and the used length.
+        fn send(&mut self, readable: &[u8], wlen: u32) -> (Vec<u8>, u32) {
+            let mut m = self.ram.snapshot();
+            let slot = u64::from(self.avail % QUEUE_MAX);
+            let (d0, d1) = (slot * 2 % u64::from(QUEUE_MAX), (slot * 2 + 1) % u64::from(QUEUE_MAX));
+            let (rbuf, wbuf) = (BUFS + slot * 0x1000, BUFS + slot * 0x1000 + 0x800);
+            m.write(rbuf, readable).unwrap();
+            m.write(wbuf, &vec![0xee; wlen as usize]).unwrap();
+            let desc = |addr: u64, len: u32, flags: u16, next: u16| {
+                let mut b = [0u8; 16];
+                b[0..8].copy_from_slice(&addr.to_le_bytes());
+                b[8..12].copy_from_slice(&len.to_le_bytes());
+                b[12..14].copy_from_slice(&flags.to_le_bytes());
+                b[14..16].copy_from_slice(&next.to_le_bytes());
+                b
+            };
+            m.write(DESC + d0 * 16, &desc(rbuf, readable.len() as u32, 1, d1 as u16)).unwrap();
+            m.write(DESC + d1 * 16, &desc(wbuf, wlen, 2, 0)).unwrap();
+            m.write(AVAIL + 4 + slot * 2, &(d0 as u16).to_le_bytes()).unwrap();
+            self.avail = self.avail.wrapping_add(1);
+            m.write(AVAIL + 2, &self.avail.to_le_bytes()).unwrap();
+            self.w(layout::NOTIFY, 0, 2);
+            let mut used_idx = [0u8; 2];
+            m.read(USED + 2, &mut used_idx).unwrap();
+            assert_eq!(u16::from_le_bytes(used_idx), self.avail, "answered");
+            let mut elem = [0u8; 8];
+            m.read(USED + 4 + slot * 8, &mut elem).unwrap();
+            assert_eq!(u32::from_le_bytes(elem[0..4].try_into().unwrap()), d0 as u32);
+            let mut out = vec![0u8; wlen as usize];
+            m.read(wbuf, &mut out).unwrap();
+            (out, u32::from_le_bytes(elem[4..8].try_into().unwrap()))
+        }
+
+        fn status(&mut self, readable: &[u8]) -> u8 {
+            let (out, len) = self.send(readable, 4);
+            assert_eq!(len, 4);
+            out[0]
+        }
+    }
+
+    fn attach(domain: u32, ep: u32) -> Vec<u8> {
+        let mut b = vec![req::ATTACH, 0, 0, 0];
+        b.extend_from_slice(&domain.to_le_bytes());
+        b.extend_from_slice(&ep.to_le_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b
+    }
+    fn map(domain: u32, vs: u64, ve: u64, ps: u64, flags: u32) -> Vec<u8> {
+        let mut b = vec![req::MAP, 0, 0, 0];
+        b.extend_from_slice(&domain.to_le_bytes());
+        for v in [vs, ve, ps] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&flags.to_le_bytes());
+        b
+    }
+    fn unmap(domain: u32, vs: u64, ve: u64) -> Vec<u8> {
+        let mut b = vec![req::UNMAP, 0, 0, 0];
+        b.extend_from_slice(&domain.to_le_bytes());
+        b.extend_from_slice(&vs.to_le_bytes());
+        b.extend_from_slice(&ve.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b
+    }
+
+    #[test]
+    fn config_and_ids_are_the_virtio_iommu_s() {
+        let mut r = Rig::new();
+        assert_eq!((r.dev.ids().vendor, r.dev.ids().device, r.dev.ids().revision), (0x1af4, 0x1057, 1));
+        assert_eq!(r.r(layout::DEVICE + config::PAGE_SIZE_MASK, 8), 0x4020_1000);
+        assert_eq!(r.r(layout::DEVICE + config::INPUT_END, 8), (1 << 48) - 1);
+        assert_eq!(r.r(layout::DEVICE + config::DOMAIN_START, 4), 1);
+        assert_eq!(r.r(layout::DEVICE + config::DOMAIN_END, 4), 0xffff);
+        assert_eq!(r.r(layout::DEVICE + config::PROBE_SIZE, 4), u64::from(domains::PROBE_SIZE));
+        r.w(layout::DEVICE + config::PAGE_SIZE_MASK, 0, 8);
+        assert_eq!(r.r(layout::DEVICE + config::PAGE_SIZE_MASK, 8), 0x4020_1000, "read-only");
+        assert_eq!(r.dev.std_caps().len(), 4);
+    }
+
+    #[test]
+    fn requests_through_the_queue() {
+        let mut r = Rig::new();
+        assert_eq!(r.status(&map(1, 0, 0xfff, 0x3000, 3)), status::NOENT);
+        assert_eq!(r.status(&attach(1, u32::from(EP))), status::OK);
+        assert_eq!(lock(&r.irqs.0).last(), Some(&1), "the request queue's vector");
+        assert_eq!(r.status(&map(1, 0x8000_0000, 0x8000_1fff, 0x3000, 3)), status::OK);
+        let spa = |r: &Rig, iova| match lock(&r.dev.domains).translate(u32::from(EP), iova, iommu_model::walk::Access::Write) {
+            Some(iommu_model::amdvi::Outcome::Ok(t)) => Some(t.spa),
+            _ => None,
+        };
+        assert_eq!(spa(&r, 0x8000_1004), Some(0x4004));
+        assert_eq!(r.status(&unmap(1, 0x8000_0000, 0x8000_1fff)), status::OK);
+        assert_eq!(spa(&r, 0x8000_1004), None);
+        // PROBE: properties then the tail, in a writable part of probe_size + 4 bytes.
+        let mut probe = vec![req::PROBE, 0, 0, 0];
+        probe.extend_from_slice(&u32::from(EP).to_le_bytes());
+        probe.resize(72, 0);
+        let (out, len) = r.send(&probe, domains::PROBE_SIZE + 4);
+        assert_eq!(len, domains::PROBE_SIZE + 4);
+        assert_eq!(&out[..4], &[1, 0, 20, 0], "RESV_MEM");
+        assert_eq!(out[4], 1, "MSI");
+        assert_eq!(out[domains::PROBE_SIZE as usize], status::OK);
+        // Hostile shapes: short, unknown type, no room for the tail.
+        assert_eq!(r.status(&map(1, 0, 0xfff, 0, 3)[..20]), status::INVAL);
+        assert_eq!(r.status(&[0x77, 0, 0, 0]), status::UNSUPP);
+        let (out, len) = r.send(&attach(1, u32::from(EP)), 2);
+        assert_eq!((len, out), (0, vec![0xee, 0xee]), "nothing written");
+        let ev: Vec<_> = lock(&r.events.0).iter().filter(|e| e["type"] == "viommu").cloned().collect();
+        assert_eq!(ev[0]["status"], "NOENT");
+        assert_eq!(ev[2]["req"], "map");
+        // A device reset forgets the domains.
+        r.w(common::DEVICE_STATUS, 0, 1);
+        assert!(lock(&r.dev.domains).domains.is_empty());
+        assert_eq!(r.r(common::DEVICE_STATUS, 1), u64::from(0u8 & dev_status::ACKNOWLEDGE));
+    }
+
+    #[test]
+    fn a_queue_outside_guest_ram_is_not_processed() {
+        let mut r = Rig::new();
+        r.w(common::DEVICE_STATUS, 0, 1);
+        r.w(common::DEVICE_STATUS, 3, 1);
+        r.w(common::DRIVER_FEATURE_SELECT, 1, 4);
+        r.w(common::DRIVER_FEATURE, 1, 4);
+        r.w(common::DEVICE_STATUS, 0xb, 1);
+        r.w(common::QUEUE_SELECT, 0, 2);
+        r.w(common::QUEUE_DESC, RAM - 0x100, 8);
+        r.w(common::QUEUE_DRIVER, AVAIL, 8);
+        r.w(common::QUEUE_DEVICE, USED, 8);
+        r.w(common::QUEUE_ENABLE, 1, 2);
+        r.w(common::DEVICE_STATUS, 0xf, 1);
+        r.w(layout::NOTIFY, 0, 2);
+        assert!(lock(&r.irqs.0).is_empty());
+    }
+}
