@@ -47,6 +47,8 @@ const TIO_TDI_CREATE: u32 = 0xda;
 const TIO_TDI_BIND: u32 = 0xdc;
 const TIO_TDI_STATUS: u32 = 0xdf;
 const TIO_GUEST_REQUEST: u32 = 0xe0;
+const TIO_ASID_FENCE_CLEAR: u32 = 0xe1;
+const TIO_ASID_FENCE_STATUS: u32 = 0xe2;
 const MSG_SDTE_WRITE: u32 = 25;
 const MSG_RUN: u32 = 0x100;
 
@@ -472,6 +474,13 @@ fn tdisp_t1(r: &mut Rig) -> R {
     let st = r.fill(F_T, iova3, 64, 0x9999)?;
     check!(st == ST_RMP_PAGE_FAULT, "T=1 to another ASID's page: status {st}");
     check!(r.mem.r64(pa3) == 0, "another ASID's page was written");
+    // That host-caused fault on a TDI in RUN fenced ASID 2: no T=1 DMA until the fence is cleared.
+    expect_event("asid_fence", "asid=2");
+    check!(r.mailbox(TIO_ASID_FENCE_STATUS, &2u16.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] & 3 != 0, "ASID 2 not fenced");
+    let st = r.fill(F_T, iova, 64, 0x8889)?;
+    check!(st != ST_OK && r.mem.r64(pa) == 0x8888, "T=1 DMA of a fenced ASID went through (status {st})");
+    check!(r.mailbox(TIO_ASID_FENCE_CLEAR, &2u16.to_le_bytes())? == 0, "TIO_ASID_FENCE_CLEAR");
+    check!(r.fill(F_T, iova, 64, 0x8888)? == ST_OK, "T=1 after the fence was cleared");
     Ok(())
 }
 
@@ -490,6 +499,7 @@ fn vtom_shared(r: &mut Rig) -> R {
     check!(st == ST_RMP_PAGE_FAULT, "T=1 above vTOM to a private page: status {st}");
     check!(r.mem.r64(private_pa) == before, "private page written through the shared alias");
     expect_event("rmp_violation", &format!("iova={up_priv:#x} t=true"));
+    check!(r.mailbox(TIO_ASID_FENCE_CLEAR, &2u16.to_le_bytes())? == 0, "TIO_ASID_FENCE_CLEAR");
     Ok(())
 }
 

@@ -187,6 +187,12 @@ impl SecureIommu {
                     "iova": format!("{iova:#x}"), "spa": format!("{:#x}", tr.spa), "access": if write { "write" } else { "read" },
                     "reason": f.reason.name(), "flags_rmp": f.flags_rmp, "vmg_tag": f.vmg_tag, "logged": logged,
                 }));
+                // A host-caused fault on a request of a TDI in RUN fences its guest's ASID from all
+                // further I/O until TIO_ASID_FENCE_CLEAR (SEV-TIO FW spec §2.11, notes §1.7).
+                if let Some(asid) = f.fence_asid {
+                    self.tio.fence(asid);
+                    self.events.emit(json!({"type": "asid_fence", "asid": asid, "devid": bdf(rid), "iova": format!("{iova:#x}")}));
+                }
                 Err(Refusal::Rmp(f.reason))
             }
         }
