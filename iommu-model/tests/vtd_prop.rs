@@ -128,3 +128,57 @@ proptest! {
         prop_assert!(!matches!(translate(&b.mem, &caps, RTADDR, SID + 1, 0, Access::Read), VtdOutcome::Ok(_)));
     }
 }
+
+/// Context entry bits (lo, hi) around P and FPD, and one arbitrary entry per level along the
+/// IOVA's path, each pointing (when its address bits say so) at the next table.
+fn path_entries() -> impl Strategy<Value = (u64, u64, [u64; 5])> {
+    let entry = prop_oneof![
+        3 => (0u64..8, any::<u64>()).prop_map(|(i, bits)| (TOP + 0x1000 * (i + 1)) | (bits & 0xfff0_0000_0000_0fff)),
+        1 => any::<u64>(),
+    ];
+    (any::<u64>(), any::<u64>(), [entry.clone(), entry.clone(), entry.clone(), entry.clone(), entry])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// FPD changes whether a fault is recorded, and only for qualified faults: never the
+    /// translation, the reason or the level.
+    #[test]
+    fn fpd_only_decides_recording(
+        (lo, hi, entries) in path_entries(),
+        iova in prop_oneof![3 => any::<u64>().prop_map(|i| i & ((1 << 39) - 1)), 1 => any::<u64>()],
+        write in any::<bool>(),
+    ) {
+        let mut m = ByteMem::new(0, 0x40_0000);
+        m.write_u64(RTADDR, CTX | 1).unwrap();
+        let ce = CTX + u64::from(SID & 0xff) * 16;
+        // Mostly a usable context entry: SSPTPTR at TOP, AW 1..3, TT 0 three times in four.
+        let tt = if lo >> 8 & 3 == 0 { lo & 0xc } else { 0 };
+        let lo = if lo & 3 != 0 { TOP | 1 | tt } else { lo };
+        let hi = if hi & 0x300 != 0 { 1 + hi % 3 } else { hi };
+        m.write_u64(ce + 8, hi).unwrap();
+        let levels = if (1..=3).contains(&(hi & 7)) { (hi & 7) as u32 + 2 } else { 5 };
+        let mut table = TOP;
+        for (i, e) in entries.iter().take(levels as usize).enumerate() {
+            let level = levels - i as u32;
+            m.write_u64(table + ((iova >> (3 + 9 * level)) & 0x1ff) * 8, *e).unwrap();
+            table = TOP + 0x1000 * (i as u64 + 1);
+        }
+        let access = if write { Access::Write } else { Access::Read };
+        let caps = Caps::default();
+        m.write_u64(ce, lo & !2).unwrap();
+        let without = translate(&m, &caps, RTADDR, SID, iova, access);
+        m.write_u64(ce, lo | 2).unwrap();
+        let with = translate(&m, &caps, RTADDR, SID, iova, access);
+        match (without, with) {
+            (VtdOutcome::Ok(a), VtdOutcome::Ok(b)) => prop_assert_eq!(a, b),
+            (VtdOutcome::Fault { record: ra, level: la, recorded: rec_a }, VtdOutcome::Fault { record: rb, level: lb, recorded: rec_b }) => {
+                prop_assert_eq!((ra, la), (rb, lb));
+                prop_assert!(rec_a, "without FPD every fault is recorded");
+                prop_assert_eq!(rec_b, !ra.reason.is_qualified());
+            }
+            (a, b) => prop_assert!(false, "FPD changed the outcome: {:?} vs {:?}", a, b),
+        }
+    }
+}
