@@ -152,6 +152,15 @@ impl SecureIommu {
                     "type": "translation_fault", "event": event.name(), "devid": bdf(rid), "iova": format!("{iova:#x}"),
                     "access": if write { "write" } else { "read" }, "level": level, "flags": event.flags, "logged": logged,
                 }));
+                // A host page-table fault on a request of a TDI in RUN fences its ASID too
+                // (SEV-TIO FW spec §2.11: "a host page table fault or an RMP check violation").
+                if t {
+                    let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
+                    if let Some(b) = self.tio.binding_for(rid, u32::from(rid), state).filter(|b| b.state == rmp_model::tdisp::TdiState::Run) {
+                        self.tio.fence(b.asid);
+                        self.events.emit(json!({"type": "asid_fence", "asid": b.asid, "devid": bdf(rid), "iova": format!("{iova:#x}")}));
+                    }
+                }
                 return Err(Refusal::Translation(event));
             }
         };
@@ -196,5 +205,68 @@ impl SecureIommu {
                 Err(Refusal::Rmp(f.reason))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Collect;
+    use iommu_model::amdvi::builder::V1Builder;
+    use iommu_model::amdvi::dte::Dte;
+    use iommu_model::amdvi::mmio::{self, control};
+    use iommu_model::mem::ByteMem;
+    use iommu_model::walk::Perm;
+    use rmp_model::ops::GuestCtx;
+    use rmp_model::PageSize;
+
+    struct NoIrq;
+    impl Irq for NoIrq {
+        fn raise(&self, _: u16) {}
+    }
+
+    const RID: u16 = 0x20;
+
+    /// An IOMMU with SNP on, the endpoint's TDI bound to ASID 2, in RUN, vTOM 1 TiB, and one
+    /// private page of ASID 2 mapped at IOVA = GPA 0x5000.
+    fn bound() -> (SecureIommu, ByteMem, Arc<Collect>) {
+        let mut mem = ByteMem::new(0, 4 << 20);
+        let mut pt = V1Builder::new(&mut mem, 0x10_0000, 0x20_0000, 4).unwrap();
+        pt.map(&mut mem, 0x5000, 0x30_0000, 12, Perm::RW).unwrap();
+        mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
+        let events = Arc::new(Collect::default());
+        let mut s = SecureIommu::new(events.clone(), Arc::new(NoIrq));
+        s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
+        s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
+        let mut rmp = Rmp::new(1024);
+        assert_eq!(rmp.rmpupdate(0x30_0000, &RmpState::private(0x5000, 2, PageSize::Size4K)).status, RmpStatus::Success);
+        rmp.pvalidate(GuestCtx { asid: 2, vmpl: 0 }, 0x30_0000, 0x5000, PageSize::Size4K, true);
+        s.rmp = Some(rmp);
+        let responder = Arc::new(Mutex::new(TdispResponder::new(u32::from(RID), Vec::new())));
+        s.tdisp.insert(RID, responder.clone());
+        let mut tr = |_: u16, m: &[u8]| Some(responder.lock().unwrap().handle_request(m));
+        s.tio.init();
+        s.tio.dev_create(RID, 0);
+        s.tio.dev_connect(RID, [0; 8], &mut tr);
+        let tdi = s.tio.tdi_create(RID, u32::from(RID)).unwrap();
+        s.tio.tdi_bind(tdi, 2, 0x100, 0, true, &mut tr);
+        s.tio.sdte_write(tdi, 1 << 40);
+        (s, mem, events)
+    }
+
+    #[test]
+    fn host_faults_on_a_running_tdi_fence_its_asid() {
+        // A page-table fault (IOVA not mapped) on a T=1 request.
+        let (mut s, mut mem, events) = bound();
+        assert!(s.page(&mut mem, RID, true, 0x5000, Access::Write).is_ok(), "the private page is reachable");
+        assert!(matches!(s.page(&mut mem, RID, true, 0x9000, Access::Write), Err(Refusal::Translation(_))));
+        assert_ne!(s.tio.asid_fence_status(2), 0, "fenced by the page-table fault");
+        assert!(s.page(&mut mem, RID, true, 0x5000, Access::Write).is_err(), "no T=1 I/O while fenced");
+        assert!(events.0.lock().unwrap().iter().any(|e| e["type"] == "asid_fence" && e["asid"] == 2));
+        s.tio.asid_fence_clear(2);
+        assert!(s.page(&mut mem, RID, true, 0x5000, Access::Write).is_ok(), "cleared");
+        // T=0 faults of the same device do not fence.
+        assert!(s.page(&mut mem, RID, false, 0x9000, Access::Write).is_err());
+        assert_eq!(s.tio.asid_fence_status(2), 0);
     }
 }
