@@ -5,6 +5,7 @@
 use crate::events::JsonLines;
 use crate::functions::endpoint::{Endpoint, Job};
 use crate::functions::iommu::IommuFunction;
+use crate::functions::virtio_iommu::VirtioIommu;
 use crate::guest_mem::GuestRam;
 use crate::secure::SecureIommu;
 use crate::vfio_server::{listen, remove_socket, FunctionBackend, MsixIrq};
@@ -14,7 +15,8 @@ use std::sync::{Arc, Mutex};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Directory for the sockets: iommu.sock (secure IOMMU) and endpoint.sock (DMA endpoint).
+    /// Directory for the sockets: iommu.sock (secure IOMMU), endpoint.sock (DMA endpoint) and,
+    /// with --virtio-iommu, virtio-iommu.sock.
     #[arg(long)]
     socket_dir: PathBuf,
     /// JSON-lines event stream (translation faults, RMP violations, TDISP transitions, hazards,
@@ -28,6 +30,10 @@ pub struct Args {
     /// Requester ID of the DMA endpoint: the PCI address QEMU places it at (bus:dev.fn).
     #[arg(long, value_parser = parse_bdf, default_value = "00:04.0")]
     endpoint_bdf: u16,
+    /// Also serve a virtio-iommu (virtio-iommu.sock) that translates the DMA endpoint; QEMU must
+    /// then connect to all three sockets.
+    #[arg(long)]
+    virtio_iommu: bool,
 }
 
 pub fn run(args: Args) -> Result<(), String> {
@@ -66,19 +72,43 @@ pub fn run(args: Args) -> Result<(), String> {
     let endpoint = Endpoint::new(args.endpoint_bdf, secure.clone(), ram.clone(), ep_irq.clone(), tx);
     let endpoint = FunctionBackend::new("endpoint", endpoint, ram.clone(), ep_irq);
 
-    let socks = [args.socket_dir.join("iommu.sock"), args.socket_dir.join("endpoint.sock")];
-    let iommu_listener = listen(&socks[0])?;
-    let ep_listener = listen(&socks[1]).inspect_err(|_| remove_socket(&socks[0]))?;
+    let mut socks = vec![args.socket_dir.join("iommu.sock"), args.socket_dir.join("endpoint.sock")];
+    let viommu = args.virtio_iommu.then(|| {
+        let irq = Arc::new(MsixIrq::default());
+        let dev = VirtioIommu::new(&[args.endpoint_bdf], ram.clone(), irq.clone(), events.clone());
+        socks.push(args.socket_dir.join("virtio-iommu.sock"));
+        FunctionBackend::new("virtio-iommu", dev, ram.clone(), irq)
+    });
+    let mut listeners = Vec::new();
+    for s in &socks {
+        match listen(s) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                socks[..listeners.len()].iter().for_each(|s| remove_socket(s));
+                return Err(e);
+            }
+        }
+    }
     stop_on_signal(socks.clone(), events.clone())?;
-    let t1 = std::thread::Builder::new().name("vfu-iommu".into()).spawn(move || iommu.serve(iommu_listener)).map_err(|e| e.to_string())?;
-    let t2 = std::thread::Builder::new().name("vfu-endpoint".into()).spawn(move || endpoint.serve(ep_listener)).map_err(|e| e.to_string())?;
-    let r1 = t1.join().map_err(|_| "iommu server thread panicked".to_string());
-    let r2 = t2.join().map_err(|_| "endpoint server thread panicked".to_string());
+    let mut listeners = listeners.into_iter();
+    let (iommu_listener, ep_listener) = (listeners.next().ok_or("no listener")?, listeners.next().ok_or("no listener")?);
+    let spawn = |name: &str, f: Box<dyn FnOnce() -> Result<(), String> + Send>| {
+        std::thread::Builder::new().name(format!("vfu-{name}")).spawn(f).map_err(|e| e.to_string())
+    };
+    let mut threads = vec![
+        ("iommu", spawn("iommu", Box::new(move || iommu.serve(iommu_listener)))?),
+        ("endpoint", spawn("endpoint", Box::new(move || endpoint.serve(ep_listener)))?),
+    ];
+    if let (Some(v), Some(l)) = (viommu, listeners.next()) {
+        threads.push(("virtio-iommu", spawn("virtio-iommu", Box::new(move || v.serve(l)))?));
+    }
+    let results: Vec<Result<(), String>> =
+        threads.into_iter().map(|(name, t)| t.join().map_err(|_| format!("{name} server thread panicked")).and_then(|r| r)).collect();
     socks.iter().for_each(|s| remove_socket(s));
     // The endpoint's channel closed with its backend: the worker drains and ends.
     let _ = worker.join();
     crate::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "daemon_exit", "peak_rss_kib": peak_rss_kib()}));
-    r1.and_then(|r| r).and(r2.and_then(|r| r))
+    results.into_iter().collect()
 }
 
 /// The process's peak resident set (VmHWM), so runs can show the daemon's memory stays bounded.
@@ -89,7 +119,7 @@ fn peak_rss_kib() -> Option<u64> {
 
 /// SIGTERM or SIGINT: remove the sockets, let the event stream finish its last line, exit 0. The
 /// server threads are blocked in the crate's accept/recv and end with the process.
-fn stop_on_signal(socks: [PathBuf; 2], events: Arc<JsonLines>) -> Result<(), String> {
+fn stop_on_signal(socks: Vec<PathBuf>, events: Arc<JsonLines>) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
     std::thread::Builder::new()

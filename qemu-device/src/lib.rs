@@ -11,5 +11,6 @@ pub mod pci;
 pub mod rmp_state;
 pub mod secure;
 pub mod vfio_server;
+pub mod viot;
 pub mod virtio;
 pub mod walk;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-use qemu_device::{daemon, walk};
+use qemu_device::{daemon, viot, walk};
 
 #[derive(Parser)]
 #[command(name = "tiommu", version, about = "A secure IOMMU (AMD SEV-TIO / Intel TDX Connect style) for QEMU")]
@@ -18,6 +18,9 @@ enum Command {
     Daemon(daemon::Args),
     /// Translate IOVAs through AMD-Vi tables found in a raw memory image.
     Walk(walk::Args),
+    /// Write the ACPI VIOT table that puts endpoints behind a virtio-pci IOMMU (for QEMU's
+    /// -acpitable file=).
+    Viot(viot::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Daemon(args) => daemon::run(args),
         Command::Walk(args) => walk::run(args),
+        Command::Viot(args) => viot::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

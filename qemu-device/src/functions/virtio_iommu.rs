@@ -11,7 +11,7 @@
 use crate::function::{Bar, EventSink, Irq, PciFunction, PciIds};
 use crate::guest_mem::GuestRam;
 use crate::virtio::domains::{self, reply_len, Domains};
-use crate::virtio::iommu_proto::{config, feature, req, status, Request};
+use crate::virtio::iommu_proto::{config, feature, Request};
 use crate::virtio::pci::{layout, Effect, Transport, DEVICE_ID_BASE, NO_VECTOR, VENDOR, VIRTIO_F_VERSION_1};
 use serde_json::json;
 use std::io::{Read, Write};
@@ -208,6 +208,7 @@ impl PciFunction for VirtioIommu {
 mod tests {
     use super::*;
     use crate::events::Collect;
+    use crate::virtio::iommu_proto::{req, status};
     use crate::virtio::pci::{common, status as dev_status};
     use iommu_model::mem::PhysMem;
 
