@@ -128,7 +128,7 @@ fn config_space_ids_and_capability_chain() {
             chain.push((at, h as u8));
             at = (h >> 8) as u8;
         }
-        assert_eq!(chain, [(0x40, 0x10), (0x70, 0x11)], "{f}: PCI Express then MSI-X");
+        assert_eq!(chain, [(0x40, 0x10), (0x80, 0x11)], "{f}: PCI Express then MSI-X");
     }
 }
 

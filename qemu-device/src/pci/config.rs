@@ -6,7 +6,11 @@ use crate::function::{Bar, PciIds};
 
 pub const SIZE: usize = 4096;
 const CAP_PCIE: u8 = 0x40;
-const CAP_MSIX: u8 = 0x70;
+/// After the PCI Express capability's 0x3c bytes (v2 endpoint, PCIe 6.x §7.5.3): at 0x70 the
+/// MSI-X header overlapped Link Control 2 / Link Status 2, which QEMU's vfio-pci emulates as
+/// zeroes, so the guest saw no MSI-X (measured with QEMU 11.1's vfio_pci_read_config trace).
+const CAP_MSIX: u8 = 0x80;
+const MSIX_CAP_LEN: usize = 12;
 /// The MSI-X table and PBA live in a BAR of their own.
 pub const MSIX_BAR: u8 = 4;
 pub const MSIX_BAR_SIZE: u64 = 0x1000;
@@ -66,26 +70,25 @@ impl ConfigSpace {
         self.bytes[off..off + 4].copy_from_slice(&v.to_le_bytes());
     }
 
-    /// Insert read-only capabilities (each from its ID byte; the next pointer is filled here)
-    /// into the chain right after PCI Express, from 0x80 up, e.g. virtio-pci's vendor
-    /// capabilities. They go before MSI-X because QEMU 11.1's vfio-pci shows the guest an MSI-X
-    /// capability header of zeroes (measured: the guest's config reads 00 00 at 0x70), which ends
-    /// the guest's walk there. Those that do not fit below 0x100 are left out.
+    /// Append read-only capabilities (each from its ID byte; the next pointer is filled here)
+    /// at the end of the chain, after MSI-X, e.g. virtio-pci's vendor capabilities. Those that
+    /// do not fit below 0x100 are left out.
     pub fn add_std_caps(&mut self, caps: &[Vec<u8>]) {
-        let pcie = CAP_PCIE as usize;
-        let tail = self.bytes[pcie + 1];
-        let mut last = pcie;
-        let mut at = 0x80usize;
+        let mut last = CAP_PCIE as usize;
+        while self.bytes[last + 1] != 0 {
+            last = usize::from(self.bytes[last + 1]);
+        }
+        let mut at = CAP_MSIX as usize + MSIX_CAP_LEN;
         for c in caps {
             if c.len() < 2 || at + c.len() > 0x100 {
                 break;
             }
             self.bytes[at..at + c.len()].copy_from_slice(c);
+            self.bytes[at + 1] = 0;
             self.bytes[last + 1] = at as u8;
             last = at;
             at = (at + c.len() + 3) & !3;
         }
-        self.bytes[last + 1] = tail;
     }
 
     /// Chain an extended capability header at `off` (>= 0x100); the function answers its body.
@@ -142,8 +145,10 @@ mod tests {
         let mut b = [0u8; 4];
         c.read(0, &mut b);
         assert_eq!(u32::from_le_bytes(b), 0x7101_1234);
-        c.read(0x70, &mut b);
+        c.read(0x80, &mut b);
         assert_eq!(b, [0x11, 0, 1, 0], "MSI-X, 2 vectors");
+        c.read(0x40, &mut b);
+        assert!(usize::from(b[1]) >= 0x40 + 0x3c, "MSI-X clear of the 0x3c-byte PCI Express capability");
         c.write(0, &[0xff, 0xff]);
         c.read(0, &mut b);
         assert_eq!(u32::from_le_bytes(b), 0x7101_1234, "ids are read-only");
@@ -154,12 +159,12 @@ mod tests {
         c.read(0x100, &mut b);
         assert_eq!(u32::from_le_bytes(b), 0x2001_002e, "DOE header chained to the next");
         c.add_std_caps(&[vec![0x09, 0xee, 16, 1], vec![0x09, 0, 20, 2]]);
-        c.read(0x40, &mut b);
-        assert_eq!(b[1], 0x80, "PCI Express points at the first added capability");
         c.read(0x80, &mut b);
-        assert_eq!(b, [0x09, 0x84, 16, 1], "next filled in, 4-byte aligned");
-        c.read(0x84, &mut b);
-        assert_eq!(b, [0x09, 0x70, 20, 2], "the last one leads on to MSI-X");
+        assert_eq!(b[1], 0x8c, "MSI-X points at the first added capability");
+        c.read(0x8c, &mut b);
+        assert_eq!(b, [0x09, 0x90, 16, 1], "next filled in, 4-byte aligned");
+        c.read(0x90, &mut b);
+        assert_eq!(b, [0x09, 0, 20, 2]);
         let mut far = [0u8; 2];
         c.read(4095, &mut far);
         assert_eq!(far[1], 0xff, "past the end reads ones");
