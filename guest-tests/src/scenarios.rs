@@ -304,7 +304,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [(&'static str, fn(&mut Rig) -> R); 10] = [
+    let scenarios: [(&'static str, fn(&mut Rig) -> R); 11] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
@@ -315,6 +315,7 @@ pub fn run() -> Vec<(&'static str, R)> {
         ("tdisp_stop_via_doe_refuses_t1", tdisp_stop),
         ("hazard_private_conversion_of_live_mapping", hazard),
         ("cpu_write_to_assigned_page_reported", cpu_write),
+        ("virtio_iommu_groups_the_endpoint", virtio_iommu_group),
     ];
     println!("KTAP version 1");
     println!("1..{}", scenarios.len());
@@ -563,6 +564,39 @@ fn cpu_write(r: &mut Rig) -> R {
     expect_event("rmp_cpu_violation", &format!("spa={:#x}", pa + 0x18));
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     r.mem.store64(pa + 0x18, 0xbeef); // no report: the page is the host's again
+    Ok(())
+}
+
+/// The distribution kernel's own virtio_iommu driver (loaded by /init with tiommu.viommu=1)
+/// binds the daemon's virtio-iommu at 00:05.0 and, from the VIOT, puts the DMA endpoint in an
+/// IOMMU group; the daemon sees the kernel's PROBE and ATTACH of the endpoint (RID 0x20).
+fn virtio_iommu_group(_r: &mut Rig) -> R {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if !cmdline.split_whitespace().any(|a| a == "tiommu.viommu=1") {
+        return Err(format!("{SKIP}no virtio-iommu attached (scripts/run-vm --virtio-iommu)"));
+    }
+    let link = |p: &str| std::fs::read_link(p).ok().and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let viommu = "/sys/bus/pci/devices/0000:00:05.0";
+    check!(link(&format!("{viommu}/driver")).as_deref() == Some("virtio-pci"), "00:05.0 is not bound to virtio-pci");
+    let vdev = std::fs::read_dir(viommu)
+        .map_err(|e| format!("{viommu}: {e}"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("virtio"))
+        .ok_or("no virtio device under 00:05.0")?;
+    let driver = link(&format!("{viommu}/{vdev}/driver"));
+    check!(driver.as_deref() == Some("virtio_iommu"), "{vdev} is bound to {driver:?}, not virtio_iommu");
+    let group = link("/sys/bus/pci/devices/0000:00:04.0/iommu_group").ok_or("00:04.0 has no iommu_group")?;
+    let members: Vec<String> = std::fs::read_dir(format!("/sys/kernel/iommu_groups/{group}/devices"))
+        .map_err(|e| format!("group {group}: {e}"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    check!(members == ["0000:00:04.0"], "group {group} holds {members:?}");
+    let ty = std::fs::read_to_string(format!("/sys/kernel/iommu_groups/{group}/type")).unwrap_or_default();
+    println!("# 00:04.0 in IOMMU group {group} (default domain {}) of {vdev} (virtio_iommu)", ty.trim());
+    expect_event("viommu", "req=probe endpoint=32 status=OK");
+    expect_event("viommu", "req=attach endpoint=32 status=OK");
     Ok(())
 }
 
