@@ -76,6 +76,8 @@ pub fn run(args: Args) -> Result<(), String> {
     let viommu = args.virtio_iommu.then(|| {
         let irq = Arc::new(MsixIrq::default());
         let dev = VirtioIommu::new(&[args.endpoint_bdf], ram.clone(), irq.clone(), events.clone());
+        // The endpoint's DMA takes the virtio-iommu's tables while it is attached to a domain.
+        secure.lock().unwrap_or_else(|p| p.into_inner()).viommu = Some(dev.domains.clone());
         socks.push(args.socket_dir.join("virtio-iommu.sock"));
         FunctionBackend::new("virtio-iommu", dev, ram.clone(), irq)
     });

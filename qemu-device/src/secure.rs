@@ -29,6 +29,10 @@ pub enum Refusal {
     Rmp(DmaRefusal),
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub fn bdf(devid: u16) -> String {
     format!("{:02x}:{:02x}.{}", devid >> 8, (devid >> 3) & 0x1f, devid & 7)
 }
@@ -48,6 +52,9 @@ pub struct SecureIommu {
     pub ram_pages: u64,
     /// The RMP state file the TCG plugin reads, when the daemon publishes one.
     pub publisher: Option<crate::rmp_state::RmpPublisher>,
+    /// The virtio-iommu's domains: an endpoint attached to one is translated by that domain's
+    /// tables instead of the AMD-Vi unit (the second translation source; the RMP check is the same).
+    pub viommu: Option<Arc<Mutex<crate::virtio::domains::Domains>>>,
 }
 
 impl SecureIommu {
@@ -63,6 +70,7 @@ impl SecureIommu {
             irq,
             ram_pages: 0,
             publisher: None,
+            viommu: None,
         }
     }
 
@@ -118,8 +126,9 @@ impl SecureIommu {
         let res = rmp.rmpupdate(spa, st);
         let devtab = DevTabBase(self.amdvi.mmio_read(0, 8));
         for h in &res.hazards {
-            let live = matches!(amdvi::translate(mem, devtab, h.mapping.requester, h.mapping.iova, Access::Read),
-                Outcome::Ok(t) if t.spa & !0xfff == h.mapping.spa & !0xfff);
+            let through_viommu = self.viommu.as_ref().and_then(|v| lock(v).translate(u32::from(h.mapping.requester), h.mapping.iova, Access::Read));
+            let outcome = through_viommu.unwrap_or_else(|| amdvi::translate(mem, devtab, h.mapping.requester, h.mapping.iova, Access::Read));
+            let live = matches!(outcome, Outcome::Ok(t) if t.spa & !0xfff == h.mapping.spa & !0xfff);
             if !live {
                 rmp.hazards.unregister(h.mapping.requester, h.mapping.iova);
                 continue;
@@ -145,12 +154,24 @@ impl SecureIommu {
     pub fn page<M: PhysMem + ?Sized>(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
         let write = access == Access::Write;
         let walks = self.amdvi.walks;
-        let tr = match self.amdvi.translate(mem, rid, iova, access) {
+        // An endpoint attached to a virtio-iommu domain is translated by that domain's tables
+        // (owned by the daemon, walked uncached: an UNMAP holds from the next access on); its
+        // faults are not the AMD-Vi unit's to log.
+        let through_viommu = self.viommu.as_ref().and_then(|v| lock(v).translate(u32::from(rid), iova, access));
+        let via = if through_viommu.is_some() { "virtio-iommu" } else { "amd-vi" };
+        let outcome = match through_viommu {
+            Some(Outcome::Fault { event, level, .. }) => Outcome::Fault { event, level, logged: false },
+            Some(o) => o,
+            None => self.amdvi.translate(mem, rid, iova, access),
+        };
+        let walked = via == "virtio-iommu" || self.amdvi.walks != walks;
+        let tr = match outcome {
             Outcome::Ok(tr) => tr,
             Outcome::Fault { event, level, logged } => {
                 self.events.emit(json!({
                     "type": "translation_fault", "event": event.name(), "devid": bdf(rid), "iova": format!("{iova:#x}"),
                     "access": if write { "write" } else { "read" }, "level": level, "flags": event.flags, "logged": logged,
+                    "via": via,
                 }));
                 // A host page-table fault on a request of a TDI in RUN fences its ASID too
                 // (SEV-TIO FW spec §2.11: "a host page table fault or an RMP check violation").
@@ -182,7 +203,7 @@ impl SecureIommu {
             Ok(()) => {
                 // A mapping becomes live for the hazard check when the IOMMU walks it (an IOTLB
                 // hit is one already registered).
-                if !t && tr.level > 0 && self.amdvi.walks != walks {
+                if !t && tr.level > 0 && walked {
                     let m = LiveMapping { requester: rid, iova: iova & !0xfff, spa: tr.spa & !0xfff, size: 0x1000, write: tr.perm.write };
                     let _ = rmp.hazards.register(m);
                 }

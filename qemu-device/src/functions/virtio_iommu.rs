@@ -405,6 +405,46 @@ mod tests {
         assert_eq!(r.r(common::DEVICE_STATUS, 1), u64::from(0u8 & dev_status::ACKNOWLEDGE));
     }
 
+    /// Step by step as a kernel would: the endpoint's DMA follows the domain the virtio-iommu
+    /// requests built (not the AMD-Vi unit), UNMAP takes effect at once, and the RMP check and
+    /// hazard report apply to those mappings as to any other.
+    #[test]
+    fn endpoint_dma_takes_the_domain_tables_and_the_rmp_check() {
+        use crate::dma;
+        use crate::secure::{Refusal, SecureIommu};
+        use iommu_model::walk::Access;
+        use rmp_model::ops::RmpState;
+        let mut r = Rig::new();
+        let mut sec = SecureIommu::new(r.events.clone(), Arc::new(Irqs::default()));
+        sec.viommu = Some(r.dev.domains.clone());
+        let mut mem = r.ram.snapshot();
+        let (iova, spa) = (0x9000_0000u64, 0x30_0000u64);
+        // Not attached: the AMD-Vi unit decides, and it is off (untranslated).
+        assert_eq!(sec.page(&mut mem, EP, false, 0x1000, Access::Write), Ok(0x1000));
+        assert_eq!(r.status(&attach(1, u32::from(EP))), status::OK);
+        assert!(matches!(sec.page(&mut mem, EP, false, 0x1000, Access::Write), Err(Refusal::Translation(_))), "attached, nothing mapped");
+        assert_eq!(r.status(&map(1, iova, iova + 0xfff, spa, 3)), status::OK);
+        dma::write(&mut sec, &mut mem, EP, false, iova + 0x10, b"through the domain").unwrap();
+        let mut b = [0u8; 18];
+        mem.read(spa + 0x10, &mut b).unwrap();
+        assert_eq!(&b, b"through the domain");
+        assert!(dma::write(&mut sec, &mut mem, EP, false, iova + 0xff8, &[0; 16]).is_err(), "the next page is not mapped: nothing moves");
+        // SNP on: the mapping is walked (live), then its page turns private.
+        sec.enable_snp(&mut mem, RAM >> 12);
+        assert_eq!(sec.page(&mut mem, EP, false, iova, Access::Write), Ok(spa));
+        let st = sec.rmpupdate(&mut mem, spa, &RmpState::private(0x1000, 1, rmp_model::PageSize::Size4K));
+        assert_eq!(st, rmp_model::RmpStatus::Success);
+        let evs = lock(&r.events.0).clone();
+        assert!(evs.iter().any(|e| e["type"] == "hazard" && e["iova"] == format!("{iova:#x}")), "live virtio-iommu mapping reported");
+        assert!(matches!(sec.page(&mut mem, EP, false, iova, Access::Write), Err(Refusal::Rmp(_))));
+        // UNMAP: refused by translation from the next access on.
+        assert_eq!(r.status(&unmap(1, iova, iova + 0xfff)), status::OK);
+        assert!(matches!(sec.page(&mut mem, EP, false, iova, Access::Read), Err(Refusal::Translation(_))));
+        let evs = lock(&r.events.0).clone();
+        let f = evs.iter().rev().find(|e| e["type"] == "translation_fault").unwrap();
+        assert_eq!((f["via"].as_str(), f["logged"].as_bool()), (Some("virtio-iommu"), Some(false)));
+    }
+
     #[test]
     fn a_queue_outside_guest_ram_is_not_processed() {
         let mut r = Rig::new();
