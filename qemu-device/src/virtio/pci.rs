@@ -224,7 +224,7 @@ impl Transport {
         if (layout::NOTIFY..layout::NOTIFY + layout::NOTIFY_LEN).contains(&offset) {
             let rel = offset - layout::NOTIFY;
             let q = rel / u64::from(layout::NOTIFY_MULTIPLIER);
-            if rel % u64::from(layout::NOTIFY_MULTIPLIER) == 0 && (q as usize) < self.queues.len() && self.driver_ok() {
+            if rel.is_multiple_of(u64::from(layout::NOTIFY_MULTIPLIER)) && (q as usize) < self.queues.len() && self.driver_ok() {
                 return Effect::Notify(q as u16);
             }
             return Effect::None;
@@ -239,7 +239,7 @@ impl Transport {
         let v = u64::from_le_bytes(b);
         // Whole fields, or one 32-bit half of a 64-bit one (Linux's vp_iowrite64_twopart).
         let whole = offset == start && data.len() as u64 == width;
-        let half = width == 8 && data.len() == 4 && (offset - start) % 4 == 0;
+        let half = width == 8 && data.len() == 4 && (offset - start).is_multiple_of(4);
         if !whole && !half {
             return Effect::None;
         }
