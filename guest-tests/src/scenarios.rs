@@ -638,6 +638,13 @@ fn virtio_iommu_domain_decides_dma(r: &mut Rig) -> R {
     let mut st = [0u8; 2];
     r.mem.rd(slot + 2, &mut st);
     check!(u16::from_le_bytes(st) == 0, "a status was written back through an unmapped IOVA");
+    // The device reports the fault on its event queue; the kernel's viommu_fault_handler logs it.
+    let logged = poll(|| {
+        let out = std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        out.lines().any(|l| l.contains("page fault from EP 32 at") && l.contains("[R]"))
+    });
+    check!(logged, "the kernel logged no 'page fault from EP 32' from the event queue");
+    expect_event("viommu_fault", "endpoint=32 posted=true");
     expect_event("translation_fault", "devid=00:04.0 via=virtio-iommu");
     expect_event("dma_halted", "devid=00:04.0 what=fetch");
     Ok(())

@@ -157,7 +157,13 @@ impl SecureIommu {
         // An endpoint attached to a virtio-iommu domain is translated by that domain's tables
         // (owned by the daemon, walked uncached: an UNMAP holds from the next access on); its
         // faults are not the AMD-Vi unit's to log.
-        let through_viommu = self.viommu.as_ref().and_then(|v| lock(v).translate(u32::from(rid), iova, access));
+        let (through_viommu, reporter) = match &self.viommu {
+            Some(v) => {
+                let d = lock(v);
+                (d.translate(u32::from(rid), iova, access), d.reporter.clone())
+            }
+            None => (None, None),
+        };
         let via = if through_viommu.is_some() { "virtio-iommu" } else { "amd-vi" };
         let outcome = match through_viommu {
             Some(Outcome::Fault { event, level, .. }) => Outcome::Fault { event, level, logged: false },
@@ -173,6 +179,12 @@ impl SecureIommu {
                     "access": if write { "write" } else { "read" }, "level": level, "flags": event.flags, "logged": logged,
                     "via": via,
                 }));
+                // The virtio-iommu's driver hears of it on the event queue (no domain lock held).
+                if let (true, Some(report)) = (via == "virtio-iommu", reporter) {
+                    use crate::virtio::iommu_proto::{fault, Fault};
+                    let rw = if write { fault::F_WRITE } else { fault::F_READ };
+                    report(Fault { reason: fault::R_MAPPING, flags: rw | fault::F_ADDRESS, endpoint: u32::from(rid), address: iova });
+                }
                 // A host page-table fault on a request of a TDI in RUN fences its ASID too
                 // (SEV-TIO FW spec §2.11: "a host page table fault or an RMP check violation").
                 if t {

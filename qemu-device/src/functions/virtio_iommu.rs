@@ -11,7 +11,7 @@
 use crate::function::{Bar, EventSink, Irq, PciFunction, PciIds};
 use crate::guest_mem::GuestRam;
 use crate::virtio::domains::{self, reply_len, Domains};
-use crate::virtio::iommu_proto::{config, feature, Request};
+use crate::virtio::iommu_proto::{config, feature, Fault, Request};
 use crate::virtio::pci::{layout, Effect, Transport, DEVICE_ID_BASE, NO_VECTOR, VENDOR, VIRTIO_F_VERSION_1};
 use serde_json::json;
 use std::io::{Read, Write};
@@ -35,7 +35,8 @@ fn status_name(s: u8) -> &'static str {
 }
 
 pub struct VirtioIommu {
-    transport: Transport,
+    /// Shared with the fault reporter, which posts to the event queue from the DMA worker.
+    transport: Arc<Mutex<Transport>>,
     pub domains: Arc<Mutex<Domains>>,
     ram: GuestRam,
     irq: Arc<dyn Irq>,
@@ -45,13 +46,11 @@ pub struct VirtioIommu {
 impl VirtioIommu {
     /// A virtio-iommu translating `endpoints` (their requester IDs, as the VIOT lists them).
     pub fn new(endpoints: &[u16], ram: GuestRam, irq: Arc<dyn Irq>, events: Arc<dyn EventSink>) -> Self {
-        VirtioIommu {
-            transport: Transport::new(FEATURES, &[QUEUE_MAX, QUEUE_MAX], VECTORS),
-            domains: Arc::new(Mutex::new(Domains::new(endpoints.iter().map(|&e| u32::from(e))))),
-            ram,
-            irq,
-            events,
-        }
+        let transport = Arc::new(Mutex::new(Transport::new(FEATURES, &[QUEUE_MAX, QUEUE_MAX], VECTORS)));
+        let mut domains = Domains::new(endpoints.iter().map(|&e| u32::from(e)));
+        let (t, r, i, e) = (transport.clone(), ram.clone(), irq.clone(), events.clone());
+        domains.reporter = Some(Arc::new(move |f: Fault| post_fault(&t, &r, i.as_ref(), e.as_ref(), f)));
+        VirtioIommu { transport, domains: Arc::new(Mutex::new(domains)), ram, irq, events }
     }
 
     fn config_bytes() -> [u8; config::LEN] {
@@ -76,7 +75,8 @@ impl VirtioIommu {
     fn process_requests(&mut self) {
         let snapshot = self.ram.snapshot();
         let mem: &GuestMemoryMmap = snapshot.memory();
-        let q = &mut self.transport.queues[usize::from(REQUEST_QUEUE)];
+        let mut transport = lock(&self.transport);
+        let q = &mut transport.queues[usize::from(REQUEST_QUEUE)];
         if !q.is_valid(mem) {
             tracing::warn!("virtio-iommu: request queue notified but not valid in guest RAM");
             return;
@@ -92,13 +92,45 @@ impl VirtioIommu {
             used += 1;
         }
         if used > 0 {
-            self.transport.set_isr_queue();
-            let v = self.transport.queue_msix[usize::from(REQUEST_QUEUE)];
+            transport.set_isr_queue();
+            let v = transport.queue_msix[usize::from(REQUEST_QUEUE)];
             if v != NO_VECTOR {
                 self.irq.raise(v);
             }
         }
     }
+}
+
+/// Write a fault record into the next event queue buffer and signal the event queue's vector.
+/// Without a buffer (the driver has not replenished them) the fault is dropped, which §5.13.6.9
+/// allows; the event stream records it either way.
+fn post_fault(transport: &Mutex<Transport>, ram: &GuestRam, irq: &dyn Irq, events: &dyn EventSink, f: Fault) {
+    let snapshot = ram.snapshot();
+    let mem: &GuestMemoryMmap = snapshot.memory();
+    let mut t = lock(transport);
+    let posted = t.driver_ok() && {
+        let q = &mut t.queues[usize::from(EVENT_QUEUE)];
+        q.is_valid(mem)
+            && q.pop_descriptor_chain(mem).is_some_and(|chain| {
+                let head = chain.head_index();
+                let written = match Writer::<()>::new(mem, chain) {
+                    Ok(mut w) if w.available_bytes() >= Fault::LEN => w.write_all(&f.to_bytes()).map_or(0, |()| Fault::LEN as u32),
+                    _ => 0,
+                };
+                q.add_used(mem, head, written).is_ok() && written > 0
+            })
+    };
+    if posted {
+        t.set_isr_queue();
+        let v = t.queue_msix[usize::from(EVENT_QUEUE)];
+        drop(t);
+        if v != NO_VECTOR {
+            irq.raise(v);
+        }
+    } else {
+        drop(t);
+    }
+    events.emit(json!({"type": "viommu_fault", "endpoint": f.endpoint, "address": format!("{:#x}", f.address), "reason": f.reason, "flags": f.flags, "posted": posted}));
 }
 
 /// Answer one request chain; the bytes written to its device-writable part (0 when it has no
@@ -173,7 +205,7 @@ impl PciFunction for VirtioIommu {
             data.fill(0);
             return;
         }
-        if self.transport.read(offset, data) {
+        if lock(&self.transport).read(offset, data) {
             return;
         }
         data.fill(0);
@@ -190,7 +222,8 @@ impl PciFunction for VirtioIommu {
         if bar != layout::BAR {
             return;
         }
-        match self.transport.write(offset, data) {
+        let effect = lock(&self.transport).write(offset, data);
+        match effect {
             Effect::Reset => self.forget(),
             Effect::Notify(REQUEST_QUEUE) => self.process_requests(),
             // Event buffers stay with the device until there is a fault to report.
@@ -199,7 +232,7 @@ impl PciFunction for VirtioIommu {
     }
 
     fn reset(&mut self) {
-        self.transport.reset();
+        lock(&self.transport).reset();
         self.forget();
     }
 }
@@ -219,6 +252,10 @@ mod tests {
     const AVAIL: u64 = 0x11_0000;
     const USED: u64 = 0x12_0000;
     const BUFS: u64 = 0x20_0000;
+    const EDESC: u64 = 0x13_0000;
+    const EAVAIL: u64 = 0x14_0000;
+    const EUSED: u64 = 0x15_0000;
+    const EBUFS: u64 = 0x30_0000;
 
     #[derive(Default)]
     struct Irqs(Mutex<Vec<u16>>);
@@ -284,8 +321,40 @@ mod tests {
             r.w(common::QUEUE_DEVICE, USED, 4);
             r.w(common::QUEUE_DEVICE + 4, 0, 4);
             r.w(common::QUEUE_ENABLE, 1, 2);
+            r.w(common::QUEUE_SELECT, 1, 2);
+            r.w(common::QUEUE_MSIX_VECTOR, 2, 2);
+            r.w(common::QUEUE_DESC, EDESC, 8);
+            r.w(common::QUEUE_DRIVER, EAVAIL, 8);
+            r.w(common::QUEUE_DEVICE, EUSED, 8);
+            r.w(common::QUEUE_ENABLE, 1, 2);
             r.w(common::DEVICE_STATUS, 0xf, 1);
             r
+        }
+
+        /// Offer `n` event buffers of `len` bytes, as viommu_fill_evtq does.
+        fn fill_events(&mut self, n: u16, len: u32) {
+            let mut m = self.ram.snapshot();
+            for i in 0..n {
+                let mut d = [0u8; 16];
+                d[0..8].copy_from_slice(&(EBUFS + u64::from(i) * 0x100).to_le_bytes());
+                d[8..12].copy_from_slice(&len.to_le_bytes());
+                d[12..14].copy_from_slice(&2u16.to_le_bytes());
+                m.write(EDESC + u64::from(i) * 16, &d).unwrap();
+                m.write(EAVAIL + 4 + u64::from(i) * 2, &i.to_le_bytes()).unwrap();
+            }
+            m.write(EAVAIL + 2, &n.to_le_bytes()).unwrap();
+        }
+
+        /// The event queue's used index and its first record.
+        fn first_event(&self) -> (u16, u32, Vec<u8>) {
+            let m = self.ram.snapshot();
+            let mut b = [0u8; 2];
+            m.read(EUSED + 2, &mut b).unwrap();
+            let mut e = [0u8; 8];
+            m.read(EUSED + 4, &mut e).unwrap();
+            let mut rec = vec![0u8; 24];
+            m.read(EBUFS, &mut rec).unwrap();
+            (u16::from_le_bytes(b), u32::from_le_bytes(e[4..8].try_into().unwrap()), rec)
         }
 
         /// Send one request as Linux does (readable part, then writable part of `wlen` bytes),
@@ -437,9 +506,24 @@ mod tests {
         let evs = lock(&r.events.0).clone();
         assert!(evs.iter().any(|e| e["type"] == "hazard" && e["iova"] == format!("{iova:#x}")), "live virtio-iommu mapping reported");
         assert!(matches!(sec.page(&mut mem, EP, false, iova, Access::Write), Err(Refusal::Rmp(_))));
-        // UNMAP: refused by translation from the next access on.
+        // UNMAP: refused by translation from the next access on, and reported on the event queue.
         assert_eq!(r.status(&unmap(1, iova, iova + 0xfff)), status::OK);
-        assert!(matches!(sec.page(&mut mem, EP, false, iova, Access::Read), Err(Refusal::Translation(_))));
+        r.fill_events(1, 24);
+        assert_eq!(r.first_event().0, 0);
+        assert!(matches!(sec.page(&mut mem, EP, false, iova + 8, Access::Read), Err(Refusal::Translation(_))));
+        let (used, len, rec) = r.first_event();
+        assert_eq!((used, len), (1, 24));
+        assert_eq!(rec[0], crate::virtio::iommu_proto::fault::R_MAPPING);
+        assert_eq!(u32::from_le_bytes(rec[4..8].try_into().unwrap()), 0x101, "read, address valid");
+        assert_eq!(u32::from_le_bytes(rec[8..12].try_into().unwrap()), u32::from(EP));
+        assert_eq!(u64::from_le_bytes(rec[16..24].try_into().unwrap()), iova + 8);
+        assert_eq!(lock(&r.irqs.0).last(), Some(&2), "the event queue's vector");
+        // No buffer left: the next fault is dropped, and says so on the event stream.
+        assert!(sec.page(&mut mem, EP, false, iova, Access::Write).is_err());
+        assert_eq!(r.first_event().0, 1);
+        let evs = lock(&r.events.0).clone();
+        let posted: Vec<_> = evs.iter().filter(|e| e["type"] == "viommu_fault").map(|e| e["posted"].as_bool()).collect();
+        assert_eq!(posted.last(), Some(&Some(false)));
         let evs = lock(&r.events.0).clone();
         let f = evs.iter().rev().find(|e| e["type"] == "translation_fault").unwrap();
         assert_eq!((f["via"].as_str(), f["logged"].as_bool()), (Some("virtio-iommu"), Some(false)));

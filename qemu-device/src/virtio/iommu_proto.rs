@@ -130,6 +130,39 @@ impl Request {
     }
 }
 
+/// Fault reasons and flags of the event queue's fault record (§5.13.6.9).
+pub mod fault {
+    pub const R_UNKNOWN: u8 = 0;
+    pub const R_DOMAIN: u8 = 1;
+    pub const R_MAPPING: u8 = 2;
+    pub const F_READ: u32 = 1 << 0;
+    pub const F_WRITE: u32 = 1 << 1;
+    pub const F_EXEC: u32 = 1 << 2;
+    pub const F_ADDRESS: u32 = 1 << 8;
+}
+
+/// struct virtio_iommu_fault: what the device writes into an event queue buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub reason: u8,
+    pub flags: u32,
+    pub endpoint: u32,
+    pub address: u64,
+}
+
+impl Fault {
+    pub const LEN: usize = 24;
+
+    pub fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0] = self.reason;
+        b[4..8].copy_from_slice(&self.flags.to_le_bytes());
+        b[8..12].copy_from_slice(&self.endpoint.to_le_bytes());
+        b[16..24].copy_from_slice(&self.address.to_le_bytes());
+        b
+    }
+}
+
 /// One RESV_MEM property: `[start, end]` of subtype `subtype` (struct virtio_iommu_probe_resv_mem).
 pub fn resv_mem_property(subtype: u8, start: u64, end: u64) -> [u8; 24] {
     let mut p = [0u8; 24];
