@@ -299,6 +299,16 @@ mod tests {
             let events = Arc::new(Collect::default());
             let dev = VirtioIommu::new(&[EP], ram.clone(), irqs.clone(), events.clone());
             let mut r = Rig { dev, ram, irqs, events, avail: 0 };
+            r.setup();
+            r
+        }
+
+        fn setup(&mut self) {
+            let r = self;
+            r.avail = 0;
+            let mut m = r.ram.snapshot();
+            m.write(AVAIL, &[0; 4]).unwrap();
+            m.write(USED, &[0; 4]).unwrap();
             r.w(common::DEVICE_STATUS, 3, 1);
             r.w(common::DEVICE_FEATURE_SELECT, 0, 4);
             let lo = r.r(common::DEVICE_FEATURE, 4);
@@ -328,7 +338,6 @@ mod tests {
             r.w(common::QUEUE_DEVICE, EUSED, 8);
             r.w(common::QUEUE_ENABLE, 1, 2);
             r.w(common::DEVICE_STATUS, 0xf, 1);
-            r
         }
 
         /// Offer `n` event buffers of `len` bytes, as viommu_fill_evtq does.
@@ -527,6 +536,46 @@ mod tests {
         let evs = lock(&r.events.0).clone();
         let f = evs.iter().rev().find(|e| e["type"] == "translation_fault").unwrap();
         assert_eq!((f["via"].as_str(), f["logged"].as_bool()), (Some("virtio-iommu"), Some(false)));
+    }
+
+    /// A hostile driver: chains that loop, point outside guest RAM, or are absurdly long, and an
+    /// available index far ahead of what was offered. Each notification takes at most one
+    /// queue's worth, answers what it can, and never panics.
+    #[test]
+    fn hostile_request_queues_are_bounded() {
+        let mut r = Rig::new();
+        let mut m = r.ram.snapshot();
+        let desc = |addr: u64, len: u32, flags: u16, next: u16| {
+            let mut b = [0u8; 16];
+            b[0..8].copy_from_slice(&addr.to_le_bytes());
+            b[8..12].copy_from_slice(&len.to_le_bytes());
+            b[12..14].copy_from_slice(&flags.to_le_bytes());
+            b[14..16].copy_from_slice(&next.to_le_bytes());
+            b
+        };
+        // 0 -> 1 -> 0: a loop. 2: outside RAM. 3: 4 GiB long. 4 -> 300: next past the queue.
+        m.write(DESC, &desc(BUFS, 20, 1, 1)).unwrap();
+        m.write(DESC + 16, &desc(BUFS + 0x800, 4, 3, 0)).unwrap();
+        m.write(DESC + 32, &desc(RAM + 0x1000, 20, 1, 0)).unwrap();
+        m.write(DESC + 48, &desc(BUFS, u32::MAX, 2, 0)).unwrap();
+        m.write(DESC + 64, &desc(BUFS, 20, 1, 300)).unwrap();
+        for (i, head) in [0u16, 2, 3, 4].into_iter().enumerate() {
+            m.write(AVAIL + 4 + i as u64 * 2, &head.to_le_bytes()).unwrap();
+        }
+        // The driver claims 60000 new entries; the ring has 256 slots of garbage beyond the four.
+        m.write(AVAIL + 2, &60000u16.to_le_bytes()).unwrap();
+        let t = std::time::Instant::now();
+        r.w(layout::NOTIFY, 0, 2);
+        let mut b = [0u8; 2];
+        m.read(USED + 2, &mut b).unwrap();
+        let used = u16::from_le_bytes(b);
+        assert!(used <= QUEUE_MAX, "at most one queue's worth per notification, {used}");
+        r.w(layout::NOTIFY, 0, 2);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        // After the reset a driver does, the same device serves a well-formed request.
+        r.w(common::DEVICE_STATUS, 0, 1);
+        r.setup();
+        assert_eq!(r.status(&attach(1, u32::from(EP))), status::OK);
     }
 
     #[test]
