@@ -6,6 +6,7 @@
 mod hostile;
 mod scenarios;
 mod sys;
+mod vfio;
 
 fn main() {
     let start = std::time::Instant::now();

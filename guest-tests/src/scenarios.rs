@@ -311,7 +311,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [(&'static str, fn(&mut Rig) -> R); 12] = [
+    let scenarios: [(&'static str, fn(&mut Rig) -> R); 13] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
@@ -324,6 +324,7 @@ pub fn run() -> Vec<(&'static str, R)> {
         ("cpu_write_to_assigned_page_reported", cpu_write),
         ("virtio_iommu_groups_the_endpoint", virtio_iommu_group),
         ("virtio_iommu_domain_decides_endpoint_dma", virtio_iommu_domain_decides_dma),
+        ("vfio_type1_map_and_unmap_decide_endpoint_dma", vfio_type1_map_decides_dma),
     ];
     // Scenarios that drive the endpoint through this program's AMD-Vi tables; with the endpoint
     // in the kernel's virtio-iommu domain its DMA no longer takes them.
@@ -647,6 +648,64 @@ fn virtio_iommu_domain_decides_dma(r: &mut Rig) -> R {
     expect_event("viommu_fault", "endpoint=32 posted=true");
     expect_event("translation_fault", "devid=00:04.0 via=virtio-iommu");
     expect_event("dma_halted", "devid=00:04.0 what=fetch");
+    Ok(())
+}
+
+/// The kernel's VFIO type1 path over the virtio-iommu: the endpoint bound to vfio-pci,
+/// VFIO_IOMMU_MAP_DMA of user memory (the kernel pins it and sends virtio-iommu MAP requests the
+/// daemon materialises), the endpoint's DMA through those mappings, then VFIO_IOMMU_UNMAP_DMA of
+/// the data page and the next DMA to it refused (IO_PAGE_FAULT written back through the ring,
+/// which is still mapped).
+fn vfio_type1_map_decides_dma(_r: &mut Rig) -> R {
+    use crate::vfio::{bind_vfio_pci, UserMem, Vfio};
+    if !viommu_mode() {
+        return Err(format!("{SKIP}no virtio-iommu attached (scripts/run-vm --virtio-iommu)"));
+    }
+    const RING_IOVA: u64 = 0x10_0000;
+    const DATA_IOVA: u64 = 0x20_0000;
+    let bdf = "0000:00:04.0";
+    bind_vfio_pci(bdf)?;
+    let v = Vfio::open(bdf)?;
+    let mem = UserMem::new(0x2000)?;
+    v.map(mem.addr(), RING_IOVA, 0x1000)?;
+    v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
+    expect_event("viommu", &format!("req=map virt_start={RING_IOVA:#x} status=OK"));
+    expect_event("viommu", &format!("req=map virt_start={DATA_IOVA:#x} status=OK"));
+    v.w32(EP_CTRL as u64, 1)?;
+    v.w32(EP_RING_BASE as u64, RING_IOVA as u32)?;
+    v.w32(EP_RING_BASE as u64 + 4, 0)?;
+    v.w32(EP_RING_SIZE as u64, 4)?;
+    let fill = |slot: usize, pattern: u64| {
+        let mut d = [0u8; 32];
+        d[0] = OP_FILL;
+        d[4..8].copy_from_slice(&64u32.to_le_bytes());
+        d[16..24].copy_from_slice(&DATA_IOVA.to_le_bytes());
+        d[24..32].copy_from_slice(&pattern.to_le_bytes());
+        mem.write(slot * 32, &d);
+    };
+    let status = |slot: usize| {
+        let mut st = [0u8; 2];
+        mem.read(slot * 32 + 2, &mut st);
+        u16::from_le_bytes(st)
+    };
+    fill(0, 0x1122_3344_5566_7788);
+    v.w32(EP_TAIL as u64, 1)?;
+    check!(poll(|| status(0) != 0), "descriptor 0 never completed (STATUS {:#x})", v.r32(EP_STATUS as u64).unwrap_or(0));
+    check!(status(0) == ST_OK, "FILL through the VFIO mapping: status {}", status(0));
+    let mut data = [0u8; 64];
+    mem.read(0x1000, &mut data);
+    check!(data.chunks(8).all(|c| c == 0x1122_3344_5566_7788u64.to_le_bytes()), "the pinned user page did not receive the pattern");
+    // Unmap the data page: the kernel sends UNMAP; the next DMA there faults.
+    v.unmap(DATA_IOVA, 0x1000)?;
+    expect_event("viommu", &format!("req=unmap virt_start={DATA_IOVA:#x} status=OK"));
+    mem.write(0x1000, &[0u8; 64]);
+    fill(1, 0xdead_beef_dead_beef);
+    v.w32(EP_TAIL as u64, 2)?;
+    check!(poll(|| status(1) != 0), "descriptor 1 never completed");
+    check!(status(1) == ST_IO_PAGE_FAULT, "FILL after VFIO_IOMMU_UNMAP_DMA: status {}", status(1));
+    mem.read(0x1000, &mut data);
+    check!(data.iter().all(|&b| b == 0), "the unmapped page was written");
+    expect_event("translation_fault", &format!("devid=00:04.0 via=virtio-iommu iova={DATA_IOVA:#x}"));
     Ok(())
 }
 
