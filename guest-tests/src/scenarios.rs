@@ -655,8 +655,9 @@ fn virtio_iommu_domain_decides_dma(r: &mut Rig) -> R {
 /// VFIO_IOMMU_MAP_DMA of user memory (the kernel pins it and sends virtio-iommu MAP requests the
 /// daemon materialises), the endpoint's DMA through those mappings, then VFIO_IOMMU_UNMAP_DMA of
 /// the data page and the next DMA to it refused (IO_PAGE_FAULT written back through the ring,
-/// which is still mapped).
-fn vfio_type1_map_decides_dma(_r: &mut Rig) -> R {
+/// which is still mapped). In between, the pinned data page is converted to guest-private while
+/// mapped: the RMP blocks the endpoint's write and the daemon reports the hazard.
+fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
     use crate::vfio::{bind_vfio_pci, UserMem, Vfio};
     if !viommu_mode() {
         return Err(format!("{SKIP}no virtio-iommu attached (scripts/run-vm --virtio-iommu)"));
@@ -688,6 +689,8 @@ fn vfio_type1_map_decides_dma(_r: &mut Rig) -> R {
         mem.read(slot * 32 + 2, &mut st);
         u16::from_le_bytes(st)
     };
+    // SNP on first, so the first walk of the mapping registers it as live.
+    r.ctl.w64(SNP_CTL, 1);
     fill(0, 0x1122_3344_5566_7788);
     v.w32(EP_TAIL as u64, 1)?;
     check!(poll(|| status(0) != 0), "descriptor 0 never completed (STATUS {:#x})", v.r32(EP_STATUS as u64).unwrap_or(0));
@@ -695,14 +698,24 @@ fn vfio_type1_map_decides_dma(_r: &mut Rig) -> R {
     let mut data = [0u8; 64];
     mem.read(0x1000, &mut data);
     check!(data.chunks(8).all(|c| c == 0x1122_3344_5566_7788u64.to_le_bytes()), "the pinned user page did not receive the pattern");
+    // The pinned page turns guest-private while still mapped for DMA: the bug class exclusive
+    // pinning prevents. The RMP refuses the endpoint's write; the daemon reports the hazard.
+    let pa = mem.phys(0x1000)?;
+    check!(r.rmpupdate(pa, DATA_IOVA, true, 1)? == 0, "RMPUPDATE of the pinned page to private");
+    expect_event("hazard", &format!("iova={DATA_IOVA:#x} spa={pa:#x}"));
+    fill(1, 0x0bad_0bad_0bad_0bad);
+    v.w32(EP_TAIL as u64, 2)?;
+    check!(poll(|| status(1) != 0), "descriptor 1 never completed");
+    check!(status(1) == ST_RMP_PAGE_FAULT, "write to the private pinned page: status {}", status(1));
+    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     // Unmap the data page: the kernel sends UNMAP; the next DMA there faults.
     v.unmap(DATA_IOVA, 0x1000)?;
     expect_event("viommu", &format!("req=unmap virt_start={DATA_IOVA:#x} status=OK"));
     mem.write(0x1000, &[0u8; 64]);
-    fill(1, 0xdead_beef_dead_beef);
-    v.w32(EP_TAIL as u64, 2)?;
-    check!(poll(|| status(1) != 0), "descriptor 1 never completed");
-    check!(status(1) == ST_IO_PAGE_FAULT, "FILL after VFIO_IOMMU_UNMAP_DMA: status {}", status(1));
+    fill(2, 0xdead_beef_dead_beef);
+    v.w32(EP_TAIL as u64, 3)?;
+    check!(poll(|| status(2) != 0), "descriptor 2 never completed");
+    check!(status(2) == ST_IO_PAGE_FAULT, "FILL after VFIO_IOMMU_UNMAP_DMA: status {}", status(2));
     mem.read(0x1000, &mut data);
     check!(data.iter().all(|&b| b == 0), "the unmapped page was written");
     expect_event("translation_fault", &format!("devid=00:04.0 via=virtio-iommu iova={DATA_IOVA:#x}"));

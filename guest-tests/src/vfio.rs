@@ -193,6 +193,19 @@ impl UserMem {
     pub fn addr(&self) -> u64 {
         self.ptr as u64
     }
+    /// The physical address of the page at `off` (/proc/self/pagemap; the page is pinned).
+    pub fn phys(&self, off: usize) -> Result<u64, String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = fs::File::open("/proc/self/pagemap").map_err(|e| e.to_string())?;
+        f.seek(SeekFrom::Start((self.addr() + off as u64) / 4096 * 8)).map_err(|e| e.to_string())?;
+        let mut b = [0u8; 8];
+        f.read_exact(&mut b).map_err(|e| e.to_string())?;
+        let e = u64::from_le_bytes(b);
+        if e >> 63 == 0 || e & ((1 << 55) - 1) == 0 {
+            return Err("pagemap: page not present or PFN hidden".into());
+        }
+        Ok((e & ((1 << 55) - 1)) << 12)
+    }
     pub fn write(&self, off: usize, data: &[u8]) {
         assert!(off + data.len() <= self.len);
         for (i, &b) in data.iter().enumerate() {
