@@ -311,7 +311,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [(&'static str, fn(&mut Rig) -> R); 13] = [
+    let scenarios: [(&'static str, fn(&mut Rig) -> R); 14] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
@@ -325,6 +325,7 @@ pub fn run() -> Vec<(&'static str, R)> {
         ("virtio_iommu_groups_the_endpoint", virtio_iommu_group),
         ("virtio_iommu_domain_decides_endpoint_dma", virtio_iommu_domain_decides_dma),
         ("vfio_type1_map_and_unmap_decide_endpoint_dma", vfio_type1_map_decides_dma),
+        ("kernel_doe_discovery_shows_doe_features", kernel_doe_features),
     ];
     // Scenarios that drive the endpoint through this program's AMD-Vi tables; with the endpoint
     // in the kernel's virtio-iommu domain its DMA no longer takes them.
@@ -719,6 +720,26 @@ fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
     mem.read(0x1000, &mut data);
     check!(data.iter().all(|&b| b == 0), "the unmapped page was written");
     expect_event("translation_fault", &format!("devid=00:04.0 via=virtio-iommu iova={DATA_IOVA:#x}"));
+    Ok(())
+}
+
+/// The kernel's own DOE driver (PCI_DOE, built into 7.3) ran discovery on the endpoint's mailbox
+/// at enumeration: the protocols the endpoint answers appear in sysfs `doe_features` (files named
+/// vendor:type, DOE discovery itself as `doe_discovery`: drivers/pci/doe.c), and the kernel logged
+/// nothing about the device's DOE.
+fn kernel_doe_features(_r: &mut Rig) -> R {
+    let ep = find(ENDPOINT_ID.0, ENDPOINT_ID.1).ok_or("no DMA endpoint function")?;
+    let dir = format!("{}/doe_features", ep.path);
+    let mut found: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(d) => d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(e) => return Err(format!("{dir}: {e}")),
+    };
+    found.sort();
+    println!("# kernel doe_features: {found:?}");
+    check!(found == ["1234:01", "doe_discovery"], "doe_features lists {found:?}, not DOE discovery and the TDISP object");
+    let log = std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let doe: Vec<&str> = log.lines().filter(|l| l.contains(&ep.bdf) && l.contains("DOE")).collect();
+    check!(doe.is_empty(), "the kernel logged about the endpoint's DOE: {doe:?}");
     Ok(())
 }
 
