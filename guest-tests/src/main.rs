@@ -6,7 +6,6 @@
 mod hostile;
 mod scenarios;
 mod sys;
-mod vfio;
 
 fn main() {
     let start = std::time::Instant::now();

@@ -659,7 +659,7 @@ fn virtio_iommu_domain_decides_dma(r: &mut Rig) -> R {
 /// which is still mapped). In between, the pinned data page is converted to guest-private while
 /// mapped: the RMP blocks the endpoint's write and the daemon reports the hazard.
 fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
-    use crate::vfio::{bind_vfio_pci, UserMem, Vfio};
+    use crate::sys::vfio::{bind_vfio_pci, UserMem, Vfio};
     if !viommu_mode() {
         return Err(format!("{SKIP}no virtio-iommu attached (scripts/run-vm --virtio-iommu)"));
     }
