@@ -671,8 +671,9 @@ fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
     let mem = UserMem::new(0x2000)?;
     v.map(mem.addr(), RING_IOVA, 0x1000)?;
     v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
-    expect_event("viommu", &format!("req=map virt_start={RING_IOVA:#x} status=OK"));
-    expect_event("viommu", &format!("req=map virt_start={DATA_IOVA:#x} status=OK"));
+    // One pinned page each, as the daemon saw the kernel's MAP requests.
+    expect_event("viommu", &format!("req=map virt_start={RING_IOVA:#x} pages=1 status=OK"));
+    expect_event("viommu", &format!("req=map virt_start={DATA_IOVA:#x} pages=1 status=OK"));
     v.w32(EP_CTRL as u64, 1)?;
     v.w32(EP_RING_BASE as u64, RING_IOVA as u32)?;
     v.w32(EP_RING_BASE as u64 + 4, 0)?;
@@ -690,8 +691,10 @@ fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
         mem.read(slot * 32 + 2, &mut st);
         u16::from_le_bytes(st)
     };
-    // SNP on first, so the first walk of the mapping registers it as live.
+    // SNP on first, so the first walk of the mapping registers it as live. The read-back waits
+    // for the (posted) write: the endpoint's doorbell travels over another socket.
     r.ctl.w64(SNP_CTL, 1);
+    check!(r.ctl.r64(SNP_CTL) & 1 == 1, "SNP did not turn on");
     fill(0, 0x1122_3344_5566_7788);
     v.w32(EP_TAIL as u64, 1)?;
     check!(poll(|| status(0) != 0), "descriptor 0 never completed (STATUS {:#x})", v.r32(EP_STATUS as u64).unwrap_or(0));

@@ -167,7 +167,9 @@ fn answer(mem: &GuestMemoryMmap, chain: virtio_queue::DescriptorChain<&GuestMemo
         Ok(Request::Detach { domain, endpoint }) => json!({"req": "detach", "domain": domain, "endpoint": endpoint}),
         Ok(Request::Map { domain, virt_start, virt_end, phys_start, flags }) => json!({
             "req": "map", "domain": domain, "virt_start": format!("{virt_start:#x}"), "virt_end": format!("{virt_end:#x}"),
-            "phys_start": format!("{phys_start:#x}"), "flags": flags}),
+            "phys_start": format!("{phys_start:#x}"), "flags": flags,
+            // Pages the driver asked for (for VFIO type1: the pages the kernel pinned).
+            "pages": virt_end.checked_sub(virt_start).map(|n| (n >> 12) + 1)}),
         Ok(Request::Unmap { domain, virt_start, virt_end }) => json!({"req": "unmap", "domain": domain, "virt_start": format!("{virt_start:#x}"), "virt_end": format!("{virt_end:#x}")}),
         Ok(Request::Probe { endpoint }) => json!({"req": "probe", "endpoint": endpoint}),
         Err(_) => json!({"req": buf.first().copied().filter(|_| n > 0).map_or("short".to_string(), |t| format!("type {t}"))}),
@@ -476,7 +478,7 @@ mod tests {
         assert_eq!((len, out), (0, vec![0xee, 0xee]), "nothing written");
         let ev: Vec<_> = lock(&r.events.0).iter().filter(|e| e["type"] == "viommu").cloned().collect();
         assert_eq!(ev[0]["status"], "NOENT");
-        assert_eq!(ev[2]["req"], "map");
+        assert_eq!((ev[2]["req"].as_str(), ev[2]["pages"].as_u64()), (Some("map"), Some(2)));
         // A device reset forgets the domains.
         r.w(common::DEVICE_STATUS, 0, 1);
         assert!(lock(&r.dev.domains).domains.is_empty());
