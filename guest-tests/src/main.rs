@@ -4,7 +4,9 @@
 //! records the daemon's event stream must hold.
 
 mod hostile;
+#[macro_use]
 mod scenarios;
+mod kernel_paths;
 mod sys;
 
 fn main() {

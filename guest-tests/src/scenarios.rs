@@ -1,6 +1,7 @@
 //! The scenarios. Each builds on the rig: the two functions found and mapped, a device table,
 //! command buffer, event log and v1 page tables written in huge pages, the endpoint's ring mapped.
 
+use crate::kernel_paths;
 use crate::sys::{find, Bar, Config, DmaMem, PciDev};
 use iommu_model::amdvi::builder::V1Builder;
 use iommu_model::amdvi::command::{encode, Command};
@@ -20,25 +21,25 @@ const BIG_IOVA: u64 = 0x4000_0000;
 const VTOM: u64 = 1 << 40;
 
 // Endpoint registers and descriptor fields (docs/device-abi.md).
-const EP_ID: usize = 0x00;
-const EP_RID: usize = 0x08;
-const EP_RING_BASE: usize = 0x10;
-const EP_RING_SIZE: usize = 0x18;
-const EP_TAIL: usize = 0x20;
-const EP_CTRL: usize = 0x2c;
-const EP_STATUS: usize = 0x28;
+pub(crate) const EP_ID: usize = 0x00;
+pub(crate) const EP_RID: usize = 0x08;
+pub(crate) const EP_RING_BASE: usize = 0x10;
+pub(crate) const EP_RING_SIZE: usize = 0x18;
+pub(crate) const EP_TAIL: usize = 0x20;
+pub(crate) const EP_CTRL: usize = 0x2c;
+pub(crate) const EP_STATUS: usize = 0x28;
 /// STATUS.HALTED: a descriptor fetch or write-back was refused (docs/device-abi.md).
-const EP_ST_HALTED: u32 = 1 << 1;
-const OP_COPY: u8 = 1;
-const OP_FILL: u8 = 2;
+pub(crate) const EP_ST_HALTED: u32 = 1 << 1;
+pub(crate) const OP_COPY: u8 = 1;
+pub(crate) const OP_FILL: u8 = 2;
 const F_T: u8 = 1;
-const ST_OK: u16 = 1;
-const ST_IO_PAGE_FAULT: u16 = 2;
-const ST_RMP_PAGE_FAULT: u16 = 3;
-const ST_T1_REFUSED: u16 = 4;
+pub(crate) const ST_OK: u16 = 1;
+pub(crate) const ST_IO_PAGE_FAULT: u16 = 2;
+pub(crate) const ST_RMP_PAGE_FAULT: u16 = 3;
+pub(crate) const ST_T1_REFUSED: u16 = 4;
 
 // Mailbox (BAR2).
-const SNP_CTL: usize = 0x10;
+pub(crate) const SNP_CTL: usize = 0x10;
 const CMDRESP: usize = 0x100;
 const CMDBUF_LO: usize = 0x108;
 const MB_RMPUPDATE: u32 = 0x01;
@@ -55,7 +56,7 @@ const TIO_ASID_FENCE_STATUS: u32 = 0xe2;
 const MSG_SDTE_WRITE: u32 = 25;
 const MSG_RUN: u32 = 0x100;
 
-type R = Result<(), String>;
+pub(crate) type R = Result<(), String>;
 /// A scenario that cannot run here says so with an error starting with this.
 pub const SKIP: &str = "SKIP: ";
 
@@ -67,11 +68,11 @@ macro_rules! check {
     };
 }
 
-struct Rig {
+pub(crate) struct Rig {
     ep_cfg: Config,
     doe: Option<u64>,
     iommu: Bar,
-    ctl: Bar,
+    pub(crate) ctl: Bar,
     ep: Bar,
     mem: DmaMem,
     rid: u16,
@@ -212,7 +213,7 @@ impl Rig {
         Ok(r & 0xffff)
     }
 
-    fn rmpupdate(&mut self, spa: u64, gpa: u64, assigned: bool, asid: u32) -> Result<u32, String> {
+    pub(crate) fn rmpupdate(&mut self, spa: u64, gpa: u64, assigned: bool, asid: u32) -> Result<u32, String> {
         let mut b = Vec::new();
         b.extend_from_slice(&spa.to_le_bytes());
         b.extend_from_slice(&gpa.to_le_bytes());
@@ -255,7 +256,7 @@ impl Rig {
 }
 
 /// Poll for up to 5 s: TCG is slow, and a result that never comes is a failure, not a hang.
-fn poll(mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn poll(mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
         if f() {
@@ -271,7 +272,7 @@ fn pattern(seed: u64, n: usize) -> Vec<u8> {
     (0..n).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect()
 }
 
-fn expect_event(kind: &str, kv: &str) {
+pub(crate) fn expect_event(kind: &str, kv: &str) {
     println!("# expect-event {kind} {kv}");
 }
 
@@ -311,7 +312,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [(&'static str, fn(&mut Rig) -> R); 14] = [
+    let scenarios: [(&'static str, fn(&mut Rig) -> R); 17] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
@@ -324,8 +325,11 @@ pub fn run() -> Vec<(&'static str, R)> {
         ("cpu_write_to_assigned_page_reported", cpu_write),
         ("virtio_iommu_groups_the_endpoint", virtio_iommu_group),
         ("virtio_iommu_domain_decides_endpoint_dma", virtio_iommu_domain_decides_dma),
-        ("vfio_type1_map_and_unmap_decide_endpoint_dma", vfio_type1_map_decides_dma),
+        ("vfio_type1_map_and_unmap_decide_endpoint_dma", kernel_paths::vfio_type1_map_decides_dma),
         ("kernel_doe_discovery_shows_doe_features", kernel_doe_features),
+        ("iommufd_ioas_map_and_unmap_decide_endpoint_dma", kernel_paths::iommufd_map_decides_dma),
+        ("iommufd_ioas_map_file_of_a_memfd", kernel_paths::iommufd_map_file_memfd),
+        ("guest_memfd_gfn_converted_while_its_shared_page_is_mapped", kernel_paths::guest_memfd_conversion),
     ];
     // Scenarios that drive the endpoint through this program's AMD-Vi tables; with the endpoint
     // in the kernel's virtio-iommu domain its DMA no longer takes them.
@@ -652,80 +656,6 @@ fn virtio_iommu_domain_decides_dma(r: &mut Rig) -> R {
     Ok(())
 }
 
-/// The kernel's VFIO type1 path over the virtio-iommu: the endpoint bound to vfio-pci,
-/// VFIO_IOMMU_MAP_DMA of user memory (the kernel pins it and sends virtio-iommu MAP requests the
-/// daemon materialises), the endpoint's DMA through those mappings, then VFIO_IOMMU_UNMAP_DMA of
-/// the data page and the next DMA to it refused (IO_PAGE_FAULT written back through the ring,
-/// which is still mapped). In between, the pinned data page is converted to guest-private while
-/// mapped: the RMP blocks the endpoint's write and the daemon reports the hazard.
-fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
-    use crate::sys::vfio::{bind_vfio_pci, UserMem, Vfio};
-    if !viommu_mode() {
-        return Err(format!("{SKIP}no virtio-iommu attached (scripts/run-vm --virtio-iommu)"));
-    }
-    const RING_IOVA: u64 = 0x10_0000;
-    const DATA_IOVA: u64 = 0x20_0000;
-    let bdf = "0000:00:04.0";
-    bind_vfio_pci(bdf)?;
-    let v = Vfio::open(bdf)?;
-    let mem = UserMem::new(0x2000)?;
-    v.map(mem.addr(), RING_IOVA, 0x1000)?;
-    v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
-    // One pinned page each, as the daemon saw the kernel's MAP requests.
-    expect_event("viommu", &format!("req=map virt_start={RING_IOVA:#x} pages=1 status=OK"));
-    expect_event("viommu", &format!("req=map virt_start={DATA_IOVA:#x} pages=1 status=OK"));
-    v.w32(EP_CTRL as u64, 1)?;
-    v.w32(EP_RING_BASE as u64, RING_IOVA as u32)?;
-    v.w32(EP_RING_BASE as u64 + 4, 0)?;
-    v.w32(EP_RING_SIZE as u64, 4)?;
-    let fill = |slot: usize, pattern: u64| {
-        let mut d = [0u8; 32];
-        d[0] = OP_FILL;
-        d[4..8].copy_from_slice(&64u32.to_le_bytes());
-        d[16..24].copy_from_slice(&DATA_IOVA.to_le_bytes());
-        d[24..32].copy_from_slice(&pattern.to_le_bytes());
-        mem.write(slot * 32, &d);
-    };
-    let status = |slot: usize| {
-        let mut st = [0u8; 2];
-        mem.read(slot * 32 + 2, &mut st);
-        u16::from_le_bytes(st)
-    };
-    // SNP on first, so the first walk of the mapping registers it as live. The read-back waits
-    // for the (posted) write: the endpoint's doorbell travels over another socket.
-    r.ctl.w64(SNP_CTL, 1);
-    check!(r.ctl.r64(SNP_CTL) & 1 == 1, "SNP did not turn on");
-    fill(0, 0x1122_3344_5566_7788);
-    v.w32(EP_TAIL as u64, 1)?;
-    check!(poll(|| status(0) != 0), "descriptor 0 never completed (STATUS {:#x})", v.r32(EP_STATUS as u64).unwrap_or(0));
-    check!(status(0) == ST_OK, "FILL through the VFIO mapping: status {}", status(0));
-    let mut data = [0u8; 64];
-    mem.read(0x1000, &mut data);
-    check!(data.chunks(8).all(|c| c == 0x1122_3344_5566_7788u64.to_le_bytes()), "the pinned user page did not receive the pattern");
-    // The pinned page turns guest-private while still mapped for DMA: the bug class exclusive
-    // pinning prevents. The RMP refuses the endpoint's write; the daemon reports the hazard.
-    let pa = mem.phys(0x1000)?;
-    check!(r.rmpupdate(pa, DATA_IOVA, true, 1)? == 0, "RMPUPDATE of the pinned page to private");
-    expect_event("hazard", &format!("iova={DATA_IOVA:#x} spa={pa:#x}"));
-    fill(1, 0x0bad_0bad_0bad_0bad);
-    v.w32(EP_TAIL as u64, 2)?;
-    check!(poll(|| status(1) != 0), "descriptor 1 never completed");
-    check!(status(1) == ST_RMP_PAGE_FAULT, "write to the private pinned page: status {}", status(1));
-    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
-    // Unmap the data page: the kernel sends UNMAP; the next DMA there faults.
-    v.unmap(DATA_IOVA, 0x1000)?;
-    expect_event("viommu", &format!("req=unmap virt_start={DATA_IOVA:#x} status=OK"));
-    mem.write(0x1000, &[0u8; 64]);
-    fill(2, 0xdead_beef_dead_beef);
-    v.w32(EP_TAIL as u64, 3)?;
-    check!(poll(|| status(2) != 0), "descriptor 2 never completed");
-    check!(status(2) == ST_IO_PAGE_FAULT, "FILL after VFIO_IOMMU_UNMAP_DMA: status {}", status(2));
-    mem.read(0x1000, &mut data);
-    check!(data.iter().all(|&b| b == 0), "the unmapped page was written");
-    expect_event("translation_fault", &format!("devid=00:04.0 via=virtio-iommu iova={DATA_IOVA:#x}"));
-    Ok(())
-}
-
 /// The kernel's own DOE driver (PCI_DOE, built into 7.3) ran discovery on the endpoint's mailbox
 /// at enumeration: the protocols the endpoint answers appear in sysfs `doe_features` (files named
 /// vendor:type, DOE discovery itself as `doe_discovery`: drivers/pci/doe.c), and the kernel logged
@@ -746,7 +676,7 @@ fn kernel_doe_features(_r: &mut Rig) -> R {
     Ok(())
 }
 
-fn viommu_mode() -> bool {
+pub(crate) fn viommu_mode() -> bool {
     std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.viommu=1")
 }
 

@@ -228,19 +228,21 @@ impl Config {
     }
 }
 
-/// VFIO from user space (kept here, with the other `unsafe` of the guest program).
+/// VFIO, iommufd and KVM from user space (kept here, with the other `unsafe` of the guest program).
 pub mod vfio {
-    //! VFIO type1 from user space, as a VMM or DPDK uses it (Linux include/uapi/linux/vfio.h): bind a
-    //! function to vfio-pci, put its group in a container with the type1v2 IOMMU, map user memory for
-    //! DMA (the kernel pins it and programs the IOMMU: here, virtio-iommu MAP requests), and reach the
-    //! device's BARs through the device file.
+    //! VFIO from user space, as a VMM or DPDK uses it (Linux include/uapi/linux/vfio.h): bind a
+    //! function to vfio-pci, then either put its group in a type1v2 container or open its device
+    //! file (the VFIO cdev) and bind it to an iommufd; map user memory for DMA (the kernel pins it
+    //! and programs the IOMMU: here, virtio-iommu MAP requests); reach the device's BAR0 through
+    //! the device file.
 
     use std::ffi::CString;
     use std::fs;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     const VFIO_TYPE: u64 = b';' as u64;
-    const fn io(nr: u64) -> u64 {
+    /// _IO(';', nr): VFIO and iommufd requests carry no size or direction bits.
+    pub(super) const fn io(nr: u64) -> u64 {
         (VFIO_TYPE << 8) | nr
     }
     const GET_API_VERSION: u64 = io(100);
@@ -252,6 +254,8 @@ pub mod vfio {
     const DEVICE_GET_REGION_INFO: u64 = io(108);
     const IOMMU_MAP_DMA: u64 = io(113);
     const IOMMU_UNMAP_DMA: u64 = io(114);
+    const DEVICE_BIND_IOMMUFD: u64 = io(100 + 18);
+    const DEVICE_ATTACH_IOMMUFD_PT: u64 = io(100 + 19);
     const TYPE1V2_IOMMU: u64 = 3;
     const GROUP_FLAGS_VIABLE: u32 = 1;
     const DMA_MAP_FLAG_READ: u32 = 1;
@@ -292,9 +296,27 @@ pub mod vfio {
         size: u64,
     }
 
-    fn ioctl_ptr<T>(fd: &OwnedFd, req: u64, arg: *mut T, what: &str) -> Result<i32, String> {
-        // SAFETY: `arg` points to a live, properly sized #[repr(C)] structure of the layout the
-        // request expects (include/uapi/linux/vfio.h); the kernel reads and writes only within argsz.
+    #[repr(C)]
+    struct BindIommufd {
+        argsz: u32,
+        flags: u32,
+        iommufd: i32,
+        out_devid: u32,
+        token_uuid_ptr: u64,
+    }
+
+    #[repr(C)]
+    struct AttachIommufdPt {
+        argsz: u32,
+        flags: u32,
+        pt_id: u32,
+        pasid: u32,
+    }
+
+    pub(super) fn ioctl_ptr<T>(fd: &OwnedFd, req: u64, arg: *mut T, what: &str) -> Result<i32, String> {
+        // SAFETY: every caller passes a live, properly sized #[repr(C)] structure (or C string) of
+        // the layout the request expects (include/uapi/linux/{vfio,iommufd,kvm}.h); the kernel
+        // reads and writes only within it.
         let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
         if r < 0 {
             return Err(format!("{what}: {}", std::io::Error::last_os_error()));
@@ -302,7 +324,7 @@ pub mod vfio {
         Ok(r)
     }
 
-    fn ioctl_val(fd: &OwnedFd, req: u64, arg: u64, what: &str) -> Result<i32, String> {
+    pub(super) fn ioctl_val(fd: &OwnedFd, req: u64, arg: u64, what: &str) -> Result<i32, String> {
         // SAFETY: these requests take an integer argument, no memory.
         let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as libc::c_ulong) };
         if r < 0 {
@@ -311,15 +333,20 @@ pub mod vfio {
         Ok(r)
     }
 
-    fn open(path: &str) -> Result<OwnedFd, String> {
+    /// A descriptor an ioctl returned, owned from here on.
+    pub(super) fn owned(fd: i32) -> OwnedFd {
+        // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    pub(super) fn open(path: &str) -> Result<OwnedFd, String> {
         let c = CString::new(path).map_err(|e| e.to_string())?;
         // SAFETY: a NUL-terminated path; the returned descriptor is owned from here on.
         let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(format!("{path}: {}", std::io::Error::last_os_error()));
         }
-        // SAFETY: fd was just opened and is not owned elsewhere.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        Ok(owned(fd))
     }
 
     /// Bind `bdf` (e.g. "0000:00:04.0") to vfio-pci.
@@ -336,12 +363,45 @@ pub mod vfio {
         Ok(())
     }
 
+    /// A VFIO device file and where its BAR0 region sits in it.
+    pub struct Device {
+        pub fd: OwnedFd,
+        bar0: u64,
+    }
+
+    impl Device {
+        fn new(fd: OwnedFd) -> Result<Device, String> {
+            let mut ri = RegionInfo { argsz: std::mem::size_of::<RegionInfo>() as u32, index: 0, ..Default::default() };
+            ioctl_ptr(&fd, DEVICE_GET_REGION_INFO, &mut ri, "VFIO_DEVICE_GET_REGION_INFO")?;
+            Ok(Device { fd, bar0: ri.offset })
+        }
+
+        pub fn w32(&self, reg: u64, v: u32) -> Result<(), String> {
+            let b = v.to_le_bytes();
+            // SAFETY: writes 4 bytes from a live buffer to the device file at the BAR0 region offset.
+            let n = unsafe { libc::pwrite(self.fd.as_raw_fd(), b.as_ptr().cast(), 4, (self.bar0 + reg) as libc::off_t) };
+            if n != 4 {
+                return Err(format!("BAR0 write {reg:#x}: {}", std::io::Error::last_os_error()));
+            }
+            Ok(())
+        }
+
+        pub fn r32(&self, reg: u64) -> Result<u32, String> {
+            let mut b = [0u8; 4];
+            // SAFETY: reads 4 bytes into a live buffer from the device file at the BAR0 region offset.
+            let n = unsafe { libc::pread(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), 4, (self.bar0 + reg) as libc::off_t) };
+            if n != 4 {
+                return Err(format!("BAR0 read {reg:#x}: {}", std::io::Error::last_os_error()));
+            }
+            Ok(u32::from_le_bytes(b))
+        }
+    }
+
     /// A container with the type1v2 IOMMU holding one group, and the device's file.
     pub struct Vfio {
         pub container: OwnedFd,
         _group: OwnedFd,
-        pub device: OwnedFd,
-        bar0: u64,
+        pub device: Device,
     }
 
     impl Vfio {
@@ -366,11 +426,8 @@ pub mod vfio {
             ioctl_val(&container, SET_IOMMU, TYPE1V2_IOMMU, "VFIO_SET_IOMMU")?;
             let name = CString::new(bdf).map_err(|e| e.to_string())?;
             let dfd = ioctl_ptr(&g, GROUP_GET_DEVICE_FD, name.as_ptr() as *mut libc::c_char, "VFIO_GROUP_GET_DEVICE_FD")?;
-            // SAFETY: the ioctl returned a new descriptor that nothing else owns.
-            let device = unsafe { OwnedFd::from_raw_fd(dfd) };
-            let mut ri = RegionInfo { argsz: std::mem::size_of::<RegionInfo>() as u32, index: 0, ..Default::default() };
-            ioctl_ptr(&device, DEVICE_GET_REGION_INFO, &mut ri, "VFIO_DEVICE_GET_REGION_INFO")?;
-            Ok(Vfio { container, _group: g, device, bar0: ri.offset })
+            let device = Device::new(owned(dfd))?;
+            Ok(Vfio { container, _group: g, device })
         }
 
         /// VFIO_IOMMU_MAP_DMA: `len` bytes of this process's memory at `vaddr` to `iova`, read-write.
@@ -383,32 +440,32 @@ pub mod vfio {
             let mut u = DmaUnmap { argsz: std::mem::size_of::<DmaUnmap>() as u32, flags: 0, iova, size: len };
             ioctl_ptr(&self.container, IOMMU_UNMAP_DMA, &mut u, "VFIO_IOMMU_UNMAP_DMA").map(drop)
         }
-
-        pub fn w32(&self, reg: u64, v: u32) -> Result<(), String> {
-            let b = v.to_le_bytes();
-            // SAFETY: writes 4 bytes from a live buffer to the device file at the BAR0 region offset.
-            let n = unsafe { libc::pwrite(self.device.as_raw_fd(), b.as_ptr().cast(), 4, (self.bar0 + reg) as libc::off_t) };
-            if n != 4 {
-                return Err(format!("BAR0 write {reg:#x}: {}", std::io::Error::last_os_error()));
-            }
-            Ok(())
-        }
-
-        pub fn r32(&self, reg: u64) -> Result<u32, String> {
-            let mut b = [0u8; 4];
-            // SAFETY: reads 4 bytes into a live buffer from the device file at the BAR0 region offset.
-            let n = unsafe { libc::pread(self.device.as_raw_fd(), b.as_mut_ptr().cast(), 4, (self.bar0 + reg) as libc::off_t) };
-            if n != 4 {
-                return Err(format!("BAR0 read {reg:#x}: {}", std::io::Error::last_os_error()));
-            }
-            Ok(u32::from_le_bytes(b))
-        }
     }
 
-    /// Anonymous memory of this process, populated (what VFIO pins).
+    /// The device's VFIO cdev (/dev/vfio/devices/vfioN, CONFIG_VFIO_DEVICE_CDEV), bound to an
+    /// iommufd and attached to one of its IOAS (Documentation/driver-api/vfio.rst, "VFIO device cdev").
+    pub fn open_cdev(bdf: &str, iommufd: &OwnedFd, ioas: u32) -> Result<Device, String> {
+        let dir = format!("/sys/bus/pci/devices/{bdf}/vfio-dev");
+        let name = fs::read_dir(&dir)
+            .map_err(|e| format!("{dir}: {e} (a kernel without CONFIG_VFIO_DEVICE_CDEV)"))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("vfio"))
+            .ok_or_else(|| format!("no vfioN under {dir}"))?;
+        let fd = open(&format!("/dev/vfio/devices/{name}"))?;
+        let mut b = BindIommufd { argsz: std::mem::size_of::<BindIommufd>() as u32, flags: 0, iommufd: iommufd.as_raw_fd(), out_devid: 0, token_uuid_ptr: 0 };
+        ioctl_ptr(&fd, DEVICE_BIND_IOMMUFD, &mut b, "VFIO_DEVICE_BIND_IOMMUFD")?;
+        let mut a = AttachIommufdPt { argsz: std::mem::size_of::<AttachIommufdPt>() as u32, flags: 0, pt_id: ioas, pasid: 0 };
+        ioctl_ptr(&fd, DEVICE_ATTACH_IOMMUFD_PT, &mut a, "VFIO_DEVICE_ATTACH_IOMMUFD_PT")?;
+        Device::new(fd)
+    }
+
+    /// Memory of this process, populated (what VFIO and iommufd pin): anonymous, or a memfd's
+    /// pages mapped shared (then `fd` is the memfd, for IOMMU_IOAS_MAP_FILE).
     pub struct UserMem {
         pub ptr: *mut u8,
         pub len: usize,
+        pub fd: Option<OwnedFd>,
     }
 
     impl UserMem {
@@ -420,8 +477,31 @@ pub mod vfio {
             if p == libc::MAP_FAILED {
                 return Err(format!("mmap: {}", std::io::Error::last_os_error()));
             }
-            Ok(UserMem { ptr: p.cast(), len })
+            Ok(UserMem { ptr: p.cast(), len, fd: None })
         }
+
+        /// A memfd (shmem) of `len` bytes, mapped shared and populated.
+        pub fn memfd(len: usize) -> Result<UserMem, String> {
+            // SAFETY: a NUL-terminated name; the descriptor is owned from here on.
+            let fd = unsafe { libc::memfd_create(c"tiommu-dma".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+            }
+            let fd = owned(fd);
+            // SAFETY: an integer size on a descriptor we own.
+            if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
+                return Err(format!("ftruncate: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: a fresh shared mapping of our own memfd; nothing else refers to it.
+            let p = unsafe {
+                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), 0)
+            };
+            if p == libc::MAP_FAILED {
+                return Err(format!("mmap memfd: {}", std::io::Error::last_os_error()));
+            }
+            Ok(UserMem { ptr: p.cast(), len, fd: Some(fd) })
+        }
+
         pub fn addr(&self) -> u64 {
             self.ptr as u64
         }
@@ -456,8 +536,194 @@ pub mod vfio {
 
     impl Drop for UserMem {
         fn drop(&mut self) {
-            // SAFETY: the mapping made in new(), unmapped once.
+            // SAFETY: the mapping made in new() or memfd(), unmapped once.
             unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+}
+
+pub mod iommufd {
+    //! iommufd (/dev/iommu, Linux include/uapi/linux/iommufd.h): an IOAS, user memory or a memfd
+    //! mapped into it (the kernel pins the pages and programs the attached IOMMU), unmapped.
+
+    use super::vfio::{io, ioctl_ptr, open};
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    const IOAS_ALLOC: u64 = io(0x81);
+    const IOAS_MAP: u64 = io(0x85);
+    const IOAS_UNMAP: u64 = io(0x86);
+    const IOAS_MAP_FILE: u64 = io(0x8f);
+    const MAP_FIXED_IOVA: u32 = 1 << 0;
+    const MAP_WRITEABLE: u32 = 1 << 1;
+    const MAP_READABLE: u32 = 1 << 2;
+    const RW_FIXED: u32 = MAP_FIXED_IOVA | MAP_WRITEABLE | MAP_READABLE;
+
+    #[repr(C)]
+    struct IoasAlloc {
+        size: u32,
+        flags: u32,
+        out_ioas_id: u32,
+    }
+
+    #[repr(C)]
+    struct IoasMap {
+        size: u32,
+        flags: u32,
+        ioas_id: u32,
+        reserved: u32,
+        user_va: u64,
+        length: u64,
+        iova: u64,
+    }
+
+    #[repr(C)]
+    struct IoasMapFile {
+        size: u32,
+        flags: u32,
+        ioas_id: u32,
+        fd: i32,
+        start: u64,
+        length: u64,
+        iova: u64,
+    }
+
+    #[repr(C)]
+    struct IoasUnmap {
+        size: u32,
+        ioas_id: u32,
+        iova: u64,
+        length: u64,
+    }
+
+    pub struct Iommufd {
+        pub fd: OwnedFd,
+    }
+
+    impl Iommufd {
+        pub fn open() -> Result<Iommufd, String> {
+            open("/dev/iommu").map(|fd| Iommufd { fd }).map_err(|e| format!("{e} (a kernel without CONFIG_IOMMUFD)"))
+        }
+
+        pub fn ioas_alloc(&self) -> Result<u32, String> {
+            let mut a = IoasAlloc { size: std::mem::size_of::<IoasAlloc>() as u32, flags: 0, out_ioas_id: 0 };
+            ioctl_ptr(&self.fd, IOAS_ALLOC, &mut a, "IOMMU_IOAS_ALLOC")?;
+            Ok(a.out_ioas_id)
+        }
+
+        /// IOMMU_IOAS_MAP of `len` bytes of this process's memory at `va` to `iova`, read-write.
+        pub fn map(&self, ioas: u32, va: u64, iova: u64, len: u64) -> Result<(), String> {
+            let mut m = IoasMap { size: std::mem::size_of::<IoasMap>() as u32, flags: RW_FIXED, ioas_id: ioas, reserved: 0, user_va: va, length: len, iova };
+            ioctl_ptr(&self.fd, IOAS_MAP, &mut m, "IOMMU_IOAS_MAP").map(drop)
+        }
+
+        /// IOMMU_IOAS_MAP_FILE of `len` bytes of `file` from `start` to `iova`, read-write.
+        pub fn map_file(&self, ioas: u32, file: &OwnedFd, start: u64, iova: u64, len: u64) -> Result<(), String> {
+            let mut m = IoasMapFile { size: std::mem::size_of::<IoasMapFile>() as u32, flags: RW_FIXED, ioas_id: ioas, fd: file.as_raw_fd(), start, length: len, iova };
+            ioctl_ptr(&self.fd, IOAS_MAP_FILE, &mut m, "IOMMU_IOAS_MAP_FILE").map(drop)
+        }
+
+        pub fn unmap(&self, ioas: u32, iova: u64, len: u64) -> Result<(), String> {
+            let mut u = IoasUnmap { size: std::mem::size_of::<IoasUnmap>() as u32, ioas_id: ioas, iova, length: len };
+            ioctl_ptr(&self.fd, IOAS_UNMAP, &mut u, "IOMMU_IOAS_UNMAP").map(drop)
+        }
+    }
+}
+
+pub mod kvm {
+    //! A software-protected KVM VM (KVM_X86_SW_PROTECTED_VM) with guest_memfd, as far as this
+    //! program needs one (Linux include/uapi/linux/kvm.h): no vCPU ever runs.
+
+    use super::vfio::{ioctl_ptr, ioctl_val, open, owned};
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    const KVMIO: u64 = 0xae;
+    const fn io(nr: u64) -> u64 {
+        (KVMIO << 8) | nr
+    }
+    const fn iow(nr: u64, size: usize) -> u64 {
+        (1 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+    }
+    const fn iowr(nr: u64, size: usize) -> u64 {
+        (3 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+    }
+    const CREATE_VM: u64 = io(0x01);
+    const CHECK_EXTENSION: u64 = io(0x03);
+    const SET_USER_MEMORY_REGION2: u64 = iow(0x49, std::mem::size_of::<Region2>());
+    const SET_MEMORY_ATTRIBUTES: u64 = iow(0xd2, std::mem::size_of::<Attributes>());
+    const CREATE_GUEST_MEMFD: u64 = iowr(0xd4, std::mem::size_of::<CreateGuestMemfd>());
+    const CAP_VM_TYPES: u64 = 235;
+    pub const X86_SW_PROTECTED_VM: u64 = 1;
+    const MEM_GUEST_MEMFD: u32 = 1 << 2;
+    pub const ATTRIBUTE_PRIVATE: u64 = 1 << 3;
+
+    #[repr(C)]
+    struct Region2 {
+        slot: u32,
+        flags: u32,
+        guest_phys_addr: u64,
+        memory_size: u64,
+        userspace_addr: u64,
+        guest_memfd_offset: u64,
+        guest_memfd: u32,
+        pad1: u32,
+        pad2: [u64; 14],
+    }
+
+    #[repr(C)]
+    struct Attributes {
+        address: u64,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    }
+
+    #[repr(C)]
+    struct CreateGuestMemfd {
+        size: u64,
+        flags: u64,
+        reserved: [u64; 6],
+    }
+
+    /// The VM types /dev/kvm offers (KVM_CAP_VM_TYPES, a bit per type).
+    pub fn vm_types() -> Result<u64, String> {
+        let kvm = open("/dev/kvm")?;
+        ioctl_val(&kvm, CHECK_EXTENSION, CAP_VM_TYPES, "KVM_CHECK_EXTENSION").map(|v| v as u64)
+    }
+
+    pub struct Vm {
+        fd: OwnedFd,
+    }
+
+    impl Vm {
+        pub fn create(ty: u64) -> Result<Vm, String> {
+            let kvm = open("/dev/kvm")?;
+            ioctl_val(&kvm, CREATE_VM, ty, "KVM_CREATE_VM").map(|fd| Vm { fd: owned(fd) })
+        }
+
+        pub fn guest_memfd(&self, size: u64) -> Result<OwnedFd, String> {
+            let mut c = CreateGuestMemfd { size, flags: 0, reserved: [0; 6] };
+            ioctl_ptr(&self.fd, CREATE_GUEST_MEMFD, &mut c, "KVM_CREATE_GUEST_MEMFD").map(owned)
+        }
+
+        /// A memslot whose shared pages are `uaddr` and whose private pages are `gmem`.
+        pub fn set_memory_region(&self, slot: u32, gpa: u64, size: u64, uaddr: u64, gmem: &OwnedFd) -> Result<(), String> {
+            let mut r = Region2 {
+                slot,
+                flags: MEM_GUEST_MEMFD,
+                guest_phys_addr: gpa,
+                memory_size: size,
+                userspace_addr: uaddr,
+                guest_memfd_offset: 0,
+                guest_memfd: gmem.as_raw_fd() as u32,
+                pad1: 0,
+                pad2: [0; 14],
+            };
+            ioctl_ptr(&self.fd, SET_USER_MEMORY_REGION2, &mut r, "KVM_SET_USER_MEMORY_REGION2").map(drop)
+        }
+
+        pub fn set_memory_attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<(), String> {
+            let mut a = Attributes { address: gpa, size, attributes, flags: 0 };
+            ioctl_ptr(&self.fd, SET_MEMORY_ATTRIBUTES, &mut a, "KVM_SET_MEMORY_ATTRIBUTES").map(drop)
         }
     }
 }

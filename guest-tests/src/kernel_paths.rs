@@ -1,0 +1,251 @@
+//! Scenarios where the guest kernel's own DMA code programs the secure IOMMU: the endpoint bound
+//! to vfio-pci behind the daemon's virtio-iommu, user memory mapped through VFIO type1 or
+//! iommufd (the kernel pins it and sends MAP requests the daemon materialises in its own AMD-Vi
+//! tables), and a software-protected KVM VM's memory converted while mapped. Which kernel path
+//! each one takes, and what the daemon reported: docs/kernel-paths.md.
+
+use crate::scenarios::{
+    expect_event, poll, viommu_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS, EP_TAIL, OP_FILL, R, SKIP, SNP_CTL,
+    ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT,
+};
+use crate::sys::iommufd::Iommufd;
+use crate::sys::kvm::{self, Vm};
+use crate::sys::vfio::{bind_vfio_pci, open_cdev, Device, UserMem, Vfio};
+
+const BDF: &str = "0000:00:04.0";
+const RING_IOVA: u64 = 0x10_0000;
+const DATA_IOVA: u64 = 0x20_0000;
+/// log2 of the ring's descriptors: 16 of 32 bytes, in the one ring page.
+const RING_LOG2: u32 = 4;
+const FILL_LEN: usize = 64;
+
+/// The endpoint driven through a VFIO device file, its descriptor ring in a page of this
+/// process mapped at RING_IOVA.
+struct VfioRing<'a> {
+    dev: &'a Device,
+    ring: &'a UserMem,
+    next: u32,
+}
+
+impl<'a> VfioRing<'a> {
+    fn start(dev: &'a Device, ring: &'a UserMem) -> Result<VfioRing<'a>, String> {
+        ring.write(0, &[0u8; 32 << RING_LOG2]);
+        dev.w32(EP_CTRL as u64, 1)?;
+        dev.w32(EP_RING_BASE as u64, RING_IOVA as u32)?;
+        dev.w32(EP_RING_BASE as u64 + 4, 0)?;
+        dev.w32(EP_RING_SIZE as u64, RING_LOG2)?;
+        Ok(VfioRing { dev, ring, next: 0 })
+    }
+
+    /// One FILL of FILL_LEN bytes of `pattern` at `iova`; its completion status.
+    fn fill(&mut self, iova: u64, pattern: u64) -> Result<u16, String> {
+        let slot = (self.next % (1 << RING_LOG2)) as usize;
+        let mut d = [0u8; 32];
+        d[0] = OP_FILL;
+        d[4..8].copy_from_slice(&(FILL_LEN as u32).to_le_bytes());
+        d[16..24].copy_from_slice(&iova.to_le_bytes());
+        d[24..32].copy_from_slice(&pattern.to_le_bytes());
+        self.ring.write(slot * 32, &d);
+        self.next += 1;
+        self.dev.w32(EP_TAIL as u64, self.next % (1 << RING_LOG2))?;
+        let status = || {
+            let mut st = [0u8; 2];
+            self.ring.read(slot * 32 + 2, &mut st);
+            u16::from_le_bytes(st)
+        };
+        if !poll(|| status() != 0) {
+            return Err(format!("descriptor {slot} never completed (STATUS {:#x})", self.dev.r32(EP_STATUS as u64).unwrap_or(0)));
+        }
+        Ok(status())
+    }
+}
+
+/// Whether `n` bytes at `off` of `mem` all hold `pattern`.
+fn holds(mem: &UserMem, off: usize, pattern: u64) -> bool {
+    let mut data = [0u8; FILL_LEN];
+    mem.read(off, &mut data);
+    data.chunks(8).all(|c| c == pattern.to_le_bytes())
+}
+
+/// SNP on, read back: the first walk of a mapping then registers it as live for the hazard check,
+/// and the read waits for the posted write, which travels over another socket than the
+/// endpoint's doorbell.
+fn snp_on(r: &mut Rig) -> R {
+    r.ctl.w64(SNP_CTL, 1);
+    check!(r.ctl.r64(SNP_CTL) & 1 == 1, "SNP did not turn on");
+    Ok(())
+}
+
+fn need_viommu() -> R {
+    if !viommu_mode() {
+        return Err(format!("{SKIP}no virtio-iommu attached (scripts/run-vm --virtio-iommu)"));
+    }
+    Ok(())
+}
+
+fn need_iommufd() -> Result<Iommufd, String> {
+    if !std::path::Path::new("/dev/iommu").exists() {
+        return Err(format!("{SKIP}no /dev/iommu: this kernel has no CONFIG_IOMMUFD (the distribution's 7.3 has none; scripts/build-kernel, then run-vm --test-kernel)"));
+    }
+    Iommufd::open()
+}
+
+/// The kernel's VFIO type1 path: VFIO_IOMMU_MAP_DMA of user memory (the kernel pins it and sends
+/// virtio-iommu MAP requests), the endpoint's DMA through those mappings, the pinned data page
+/// converted to guest-private while mapped (the RMP blocks the endpoint's write, the daemon
+/// reports the hazard), then VFIO_IOMMU_UNMAP_DMA and the next DMA there refused
+/// (IO_PAGE_FAULT written back through the ring, which is still mapped).
+pub fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
+    need_viommu()?;
+    bind_vfio_pci(BDF)?;
+    let v = Vfio::open(BDF)?;
+    let mem = UserMem::new(0x2000)?;
+    v.map(mem.addr(), RING_IOVA, 0x1000)?;
+    v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
+    // One pinned page each, as the daemon saw the kernel's MAP requests.
+    expect_event("viommu", &format!("req=map virt_start={RING_IOVA:#x} pages=1 status=OK"));
+    expect_event("viommu", &format!("req=map virt_start={DATA_IOVA:#x} pages=1 status=OK"));
+    snp_on(r)?;
+    let mut ep = VfioRing::start(&v.device, &mem)?;
+    let st = ep.fill(DATA_IOVA, 0x1122_3344_5566_7788)?;
+    check!(st == ST_OK, "FILL through the VFIO mapping: status {st}");
+    check!(holds(&mem, 0x1000, 0x1122_3344_5566_7788), "the pinned user page did not receive the pattern");
+    // The pinned page turns guest-private while still mapped for DMA: the bug class exclusive
+    // pinning prevents.
+    let pa = mem.phys(0x1000)?;
+    check!(r.rmpupdate(pa, DATA_IOVA, true, 1)? == 0, "RMPUPDATE of the pinned page to private");
+    expect_event("hazard", &format!("iova={DATA_IOVA:#x} spa={pa:#x}"));
+    let st = ep.fill(DATA_IOVA, 0x0bad_0bad_0bad_0bad)?;
+    check!(st == ST_RMP_PAGE_FAULT, "write to the private pinned page: status {st}");
+    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
+    v.unmap(DATA_IOVA, 0x1000)?;
+    expect_event("viommu", &format!("req=unmap virt_start={DATA_IOVA:#x} status=OK"));
+    mem.write(0x1000, &[0u8; FILL_LEN]);
+    let st = ep.fill(DATA_IOVA, 0xdead_beef_dead_beef)?;
+    check!(st == ST_IO_PAGE_FAULT, "FILL after VFIO_IOMMU_UNMAP_DMA: status {st}");
+    check!(holds(&mem, 0x1000, 0), "the unmapped page was written");
+    expect_event("translation_fault", &format!("devid=00:04.0 via=virtio-iommu iova={DATA_IOVA:#x}"));
+    Ok(())
+}
+
+const IOMMUFD_DATA_IOVA: u64 = 0x30_0000;
+const MEMFD_IOVA: u64 = 0x40_0000;
+
+/// The kernel's iommufd path: the endpoint's VFIO cdev bound to an iommufd and attached to an
+/// IOAS, IOMMU_IOAS_MAP of user memory (pinned by the kernel, sent to the daemon as MAPs), the
+/// endpoint's DMA through it, IOMMU_IOAS_UNMAP and the next DMA refused.
+pub fn iommufd_map_decides_dma(_r: &mut Rig) -> R {
+    need_viommu()?;
+    let fd = need_iommufd()?;
+    bind_vfio_pci(BDF)?;
+    let ioas = fd.ioas_alloc()?;
+    let dev = open_cdev(BDF, &fd.fd, ioas)?;
+    let mem = UserMem::new(0x2000)?;
+    fd.map(ioas, mem.addr(), RING_IOVA, 0x1000)?;
+    fd.map(ioas, mem.addr() + 0x1000, IOMMUFD_DATA_IOVA, 0x1000)?;
+    expect_event("viommu", &format!("req=map virt_start={IOMMUFD_DATA_IOVA:#x} pages=1 status=OK"));
+    let mut ep = VfioRing::start(&dev, &mem)?;
+    let st = ep.fill(IOMMUFD_DATA_IOVA, 0x5566_7788_99aa_bbcc)?;
+    check!(st == ST_OK, "FILL through the IOAS mapping: status {st}");
+    check!(holds(&mem, 0x1000, 0x5566_7788_99aa_bbcc), "the pinned user page did not receive the pattern");
+    fd.unmap(ioas, IOMMUFD_DATA_IOVA, 0x1000)?;
+    expect_event("viommu", &format!("req=unmap virt_start={IOMMUFD_DATA_IOVA:#x} status=OK"));
+    mem.write(0x1000, &[0u8; FILL_LEN]);
+    let st = ep.fill(IOMMUFD_DATA_IOVA, 0xdead_beef_dead_beef)?;
+    check!(st == ST_IO_PAGE_FAULT, "FILL after IOMMU_IOAS_UNMAP: status {st}");
+    check!(holds(&mem, 0x1000, 0), "the unmapped page was written");
+    expect_event("translation_fault", &format!("devid=00:04.0 via=virtio-iommu iova={IOMMUFD_DATA_IOVA:#x}"));
+    Ok(())
+}
+
+/// IOMMU_IOAS_MAP_FILE of a memfd (the kernel pins the file's folios, memfd_pin_folios, not
+/// a process's page tables): the endpoint's DMA lands in the file's page, seen through another
+/// mapping of the file.
+pub fn iommufd_map_file_memfd(_r: &mut Rig) -> R {
+    need_viommu()?;
+    let fd = need_iommufd()?;
+    bind_vfio_pci(BDF)?;
+    let ioas = fd.ioas_alloc()?;
+    let dev = open_cdev(BDF, &fd.fd, ioas)?;
+    let ring = UserMem::new(0x1000)?;
+    fd.map(ioas, ring.addr(), RING_IOVA, 0x1000)?;
+    let file = UserMem::memfd(0x1000)?;
+    fd.map_file(ioas, file.fd.as_ref().ok_or("no memfd")?, 0, MEMFD_IOVA, 0x1000)?;
+    expect_event("viommu", &format!("req=map virt_start={MEMFD_IOVA:#x} pages=1 status=OK"));
+    let mut ep = VfioRing::start(&dev, &ring)?;
+    let st = ep.fill(MEMFD_IOVA, 0x0123_4567_89ab_cdef)?;
+    check!(st == ST_OK, "FILL through the memfd mapping: status {st}");
+    check!(holds(&file, 0, 0x0123_4567_89ab_cdef), "the memfd's page did not receive the pattern");
+    fd.unmap(ioas, MEMFD_IOVA, 0x1000)?;
+    expect_event("viommu", &format!("req=unmap virt_start={MEMFD_IOVA:#x} status=OK"));
+    Ok(())
+}
+
+const VM_GPA: u64 = 0x1_0000_0000;
+const GMEM_IOVA: u64 = 0x50_0000;
+const SHARED_IOVA: u64 = 0x60_0000;
+
+/// A software-protected KVM VM (KVM_X86_SW_PROTECTED_VM, run by the guest's own KVM on TCG's
+/// SVM): a memslot whose shared pages are a memfd and whose private pages are a guest_memfd.
+/// - The guest_memfd cannot be mapped for DMA: IOMMU_IOAS_MAP_FILE takes shmem and hugetlbfs
+///   files only (memfd_pin_folios), so Linux 7.3 refuses it.
+/// - The memfd page backing the gfn is mapped through iommufd and the endpoint writes it. The
+///   gfn is then converted to private with KVM_SET_MEMORY_ATTRIBUTES while that page is still
+///   pinned and mapped: the kernel allows it, and nothing reaches the secure IOMMU (the gfn's
+///   private memory is guest_memfd's page, a different one), so the device's next write to the
+///   page still succeeds: into memory the guest no longer reads at that gfn.
+/// - A conversion in place, which is what SNP firmware is asked for when the same page turns
+///   private (RMPUPDATE of that page, done here as an SNP host would), is the hazard: the
+///   daemon reports it and the RMP refuses the device's write.
+pub fn guest_memfd_conversion(r: &mut Rig) -> R {
+    need_viommu()?;
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Err(format!("{SKIP}no /dev/kvm: this kernel has no KVM, or the CPU model has no SVM/VMX"));
+    }
+    let types = kvm::vm_types()?;
+    if types & (1 << kvm::X86_SW_PROTECTED_VM) == 0 {
+        return Err(format!("{SKIP}KVM offers no KVM_X86_SW_PROTECTED_VM (VM types {types:#x}; CONFIG_KVM_SW_PROTECTED_VM is not set in the distribution's 7.3)"));
+    }
+    let fd = need_iommufd()?;
+    bind_vfio_pci(BDF)?;
+    let ioas = fd.ioas_alloc()?;
+    let dev = open_cdev(BDF, &fd.fd, ioas)?;
+    let ring = UserMem::new(0x1000)?;
+    fd.map(ioas, ring.addr(), RING_IOVA, 0x1000)?;
+
+    let vm = Vm::create(kvm::X86_SW_PROTECTED_VM)?;
+    let shared = UserMem::memfd(0x2000)?;
+    let gmem = vm.guest_memfd(0x2000)?;
+    vm.set_memory_region(0, VM_GPA, 0x2000, shared.addr(), &gmem)?;
+    match fd.map_file(ioas, &gmem, 0, GMEM_IOVA, 0x1000) {
+        Err(e) if e.contains("Invalid argument") => println!("# IOMMU_IOAS_MAP_FILE of the guest_memfd refused: {e}"),
+        Err(e) => return Err(format!("IOMMU_IOAS_MAP_FILE of the guest_memfd: {e}, not EINVAL")),
+        Ok(()) => return Err("IOMMU_IOAS_MAP_FILE mapped a guest_memfd: this kernel maps private memory for DMA; extend this scenario".into()),
+    }
+    let memfd = shared.fd.as_ref().ok_or("no memfd")?;
+    fd.map_file(ioas, memfd, 0, SHARED_IOVA, 0x1000)?;
+    expect_event("viommu", &format!("req=map virt_start={SHARED_IOVA:#x} pages=1 status=OK"));
+    snp_on(r)?;
+    let mut ep = VfioRing::start(&dev, &ring)?;
+    let st = ep.fill(SHARED_IOVA, 0x1111_2222_3333_4444)?;
+    check!(st == ST_OK, "FILL of the VM's shared page: status {st}");
+    check!(holds(&shared, 0, 0x1111_2222_3333_4444), "the VM's shared page did not receive the pattern");
+
+    vm.set_memory_attributes(VM_GPA, 0x1000, kvm::ATTRIBUTE_PRIVATE)
+        .map_err(|e| format!("converting the gfn to private while its shared page is mapped: {e}"))?;
+    println!("# KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) of gpa {VM_GPA:#x} accepted while its shared page is pinned and mapped at {SHARED_IOVA:#x}");
+    let st = ep.fill(SHARED_IOVA, 0x5555_6666_7777_8888)?;
+    check!(st == ST_OK, "after the conversion the shared page is unchanged for the IOMMU, yet the write got status {st}");
+    check!(holds(&shared, 0, 0x5555_6666_7777_8888), "the write after the conversion did not land");
+
+    let pa = shared.phys(0)?;
+    check!(r.rmpupdate(pa, VM_GPA, true, 1)? == 0, "RMPUPDATE of the mapped page to private");
+    expect_event("hazard", &format!("iova={SHARED_IOVA:#x} spa={pa:#x}"));
+    let st = ep.fill(SHARED_IOVA, 0x0bad_0bad_0bad_0bad)?;
+    check!(st == ST_RMP_PAGE_FAULT, "write to the page converted in place: status {st}");
+    check!(holds(&shared, 0, 0x5555_6666_7777_8888), "the refused write changed the page");
+    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
+    vm.set_memory_attributes(VM_GPA, 0x1000, 0)?;
+    fd.unmap(ioas, SHARED_IOVA, 0x1000)?;
+    Ok(())
+}
