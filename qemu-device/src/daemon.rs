@@ -1,6 +1,7 @@
 //! `tiommu daemon`: one vfio-user server per PCI function, a DMA worker fed through a channel,
-//! and the JSON event stream. Runs until QEMU disconnects from every function, or until SIGTERM
-//! or SIGINT; either way it removes its sockets and exits with status 0.
+//! and the JSON event stream. Runs until QEMU disconnects from every function (with --persist:
+//! power-cycles and waits for the next QEMU), or until SIGTERM or SIGINT; either way it removes
+//! its sockets and exits with status 0.
 
 use crate::events::JsonLines;
 use crate::functions::endpoint::{Endpoint, Job};
@@ -10,6 +11,7 @@ use crate::guest_mem::GuestRam;
 use crate::secure::SecureIommu;
 use crate::vfio_server::{listen, remove_socket, FunctionBackend, MsixIrq};
 use crate::walk::parse_bdf;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +36,12 @@ pub struct Args {
     /// then connect to all three sockets.
     #[arg(long)]
     virtio_iommu: bool,
+    /// Serve QEMU after QEMU on the same sockets: when every function's client has gone, the
+    /// model powers off and on (registers, caches, RMP and TDIs start afresh; the last guest's
+    /// tables were in its RAM, which went with it) and waits for the next QEMU. Ends on SIGTERM
+    /// or SIGINT.
+    #[arg(long)]
+    persist: bool,
 }
 
 pub fn run(args: Args) -> Result<(), String> {
@@ -48,6 +56,47 @@ pub fn run(args: Args) -> Result<(), String> {
         Box::new(std::fs::File::create(&args.events).map_err(|e| format!("cannot create {}: {e}", args.events.display()))?)
     };
     let events = Arc::new(JsonLines::new(out));
+    let mut socks = vec![args.socket_dir.join("iommu.sock"), args.socket_dir.join("endpoint.sock")];
+    if args.virtio_iommu {
+        socks.push(args.socket_dir.join("virtio-iommu.sock"));
+    }
+    let mut listeners = Vec::new();
+    for s in &socks {
+        match listen(s) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                socks[..listeners.len()].iter().for_each(|s| remove_socket(s));
+                return Err(e);
+            }
+        }
+    }
+    stop_on_signal(socks.clone(), events.clone())?;
+    let mut result;
+    let mut sessions = 0u64;
+    loop {
+        // Each session accepts on its own handle of the same listening sockets.
+        let handles: Result<Vec<UnixListener>, String> = listeners.iter().map(|l| l.try_clone().map_err(|e| e.to_string())).collect();
+        result = handles.and_then(|h| session(&args, &events, h));
+        sessions += 1;
+        if !args.persist {
+            break;
+        }
+        if let Err(e) = &result {
+            tracing::warn!("session {sessions} ended with an error: {e}");
+        }
+        tracing::info!("every function disconnected: powered off and on, waiting for the next QEMU");
+        crate::function::EventSink::emit(
+            events.as_ref(),
+            serde_json::json!({"type": "power_cycle", "session": sessions, "error": result.as_ref().err(), "peak_rss_kib": peak_rss_kib()}),
+        );
+    }
+    socks.iter().for_each(|s| remove_socket(s));
+    crate::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "daemon_exit", "peak_rss_kib": peak_rss_kib()}));
+    result
+}
+
+/// One QEMU's lifetime: a freshly powered-on model, one client per function, until all are gone.
+fn session(args: &Args, events: &Arc<JsonLines>, listeners: Vec<UnixListener>) -> Result<(), String> {
     // Each function gets the guest RAM QEMU sends it; the IOMMU's view is the one the models use.
     let ram = GuestRam::default();
     let iommu_irq = Arc::new(MsixIrq::default());
@@ -71,27 +120,13 @@ pub fn run(args: Args) -> Result<(), String> {
     let ep_irq = Arc::new(MsixIrq::default());
     let endpoint = Endpoint::new(args.endpoint_bdf, secure.clone(), ram.clone(), ep_irq.clone(), tx);
     let endpoint = FunctionBackend::new("endpoint", endpoint, ram.clone(), ep_irq);
-
-    let mut socks = vec![args.socket_dir.join("iommu.sock"), args.socket_dir.join("endpoint.sock")];
     let viommu = args.virtio_iommu.then(|| {
         let irq = Arc::new(MsixIrq::default());
         let dev = VirtioIommu::new(&[args.endpoint_bdf], ram.clone(), irq.clone(), events.clone());
         // The endpoint's DMA takes the virtio-iommu's tables while it is attached to a domain.
         secure.lock().unwrap_or_else(|p| p.into_inner()).viommu = Some(dev.domains.clone());
-        socks.push(args.socket_dir.join("virtio-iommu.sock"));
         FunctionBackend::new("virtio-iommu", dev, ram.clone(), irq)
     });
-    let mut listeners = Vec::new();
-    for s in &socks {
-        match listen(s) {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                socks[..listeners.len()].iter().for_each(|s| remove_socket(s));
-                return Err(e);
-            }
-        }
-    }
-    stop_on_signal(socks.clone(), events.clone())?;
     let mut listeners = listeners.into_iter();
     let (iommu_listener, ep_listener) = (listeners.next().ok_or("no listener")?, listeners.next().ok_or("no listener")?);
     let spawn = |name: &str, f: Box<dyn FnOnce() -> Result<(), String> + Send>| {
@@ -106,10 +141,8 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     let results: Vec<Result<(), String>> =
         threads.into_iter().map(|(name, t)| t.join().map_err(|_| format!("{name} server thread panicked")).and_then(|r| r)).collect();
-    socks.iter().for_each(|s| remove_socket(s));
     // The endpoint's channel closed with its backend: the worker drains and ends.
     let _ = worker.join();
-    crate::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "daemon_exit", "peak_rss_kib": peak_rss_kib()}));
     results.into_iter().collect()
 }
 

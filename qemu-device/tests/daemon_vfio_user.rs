@@ -1,7 +1,7 @@
 //! `tiommu daemon` driven over its sockets by rust-vmm's vfio-user client, the way QEMU's
 //! vfio-user-pci drives it: socket permissions, config space, BAR registers, guest RAM arriving by
 //! DMA_MAP with a file descriptor, an MSI-X vector through an fd from SET_IRQS, and the ways the
-//! daemon ends (client gone, SIGTERM).
+//! daemon ends (client gone, SIGTERM) or, with --persist, serves the next QEMU.
 
 use iommu_model::amdvi::command::{encode, Command};
 use iommu_model::amdvi::mmio::{self, control, AmdVi};
@@ -25,6 +25,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(name: &str) -> Daemon {
+        Daemon::start_with(name, &[])
+    }
+
+    fn start_with(name: &str, extra: &[&str]) -> Daemon {
         let dir = std::env::temp_dir().join(format!("tiommu-daemon-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -33,6 +37,7 @@ impl Daemon {
             .arg(&dir)
             .arg("--events")
             .arg(dir.join("events.jsonl"))
+            .args(extra)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -198,6 +203,43 @@ fn completion_wait_stores_into_mapped_guest_ram_and_raises_msix() {
     drop(e);
     assert!(d.wait().success());
     assert!(!d.sock("iommu").exists() && !d.sock("endpoint").exists(), "sockets removed");
+}
+
+fn records(d: &Daemon) -> Vec<serde_json::Value> {
+    let mut events = String::new();
+    std::fs::File::open(d.dir.join("events.jsonl")).unwrap().read_to_string(&mut events).unwrap();
+    events.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A QEMU restarted against a --persist daemon: the first client's state is gone (an IOMMU that
+/// lost power), the second is served on the same sockets, and each session's end is recorded.
+#[test]
+fn persist_serves_the_next_qemu_after_a_power_cycle() {
+    let mut d = Daemon::start_with("persist", &["--persist"]);
+    for session in 1..=2u64 {
+        let mut c = d.connect("iommu");
+        assert_eq!(r64(&mut c, BAR0, mmio::DEV_TABLE_BASE), 0, "session {session} starts powered on afresh");
+        w64(&mut c, BAR0, mmio::DEV_TABLE_BASE, 0x12_3000 | 1);
+        let ram = ram_file(&d.dir, 0x10_0000);
+        c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
+        w64(&mut c, 2, 0x10, 1);
+        let e = d.connect("endpoint");
+        drop(e);
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while records(&d).iter().filter(|r| r["type"] == "power_cycle").count() < session as usize {
+            assert!(Instant::now() < deadline, "no power_cycle record after session {session}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(d.child.try_wait().unwrap().is_none(), "the daemon stays up for the next QEMU");
+        assert!(d.sock("iommu").exists() && d.sock("endpoint").exists(), "sockets kept");
+    }
+    let st = Process::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    assert!(d.wait().success());
+    let types: Vec<String> = records(&d).iter().map(|r| r["type"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(types, ["snp", "power_cycle", "snp", "power_cycle"], "one SNP enable and one power cycle per session");
+    assert!(records(&d).iter().filter(|r| r["type"] == "power_cycle").all(|r| r["error"].is_null()));
 }
 
 #[test]
