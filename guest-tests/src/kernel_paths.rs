@@ -60,11 +60,39 @@ impl<'a> VfioRing<'a> {
     }
 }
 
-/// Whether `n` bytes at `off` of `mem` all hold `pattern`.
+/// Whether the FILL_LEN bytes at `off` of `mem` all hold `pattern`.
 fn holds(mem: &UserMem, off: usize, pattern: u64) -> bool {
     let mut data = [0u8; FILL_LEN];
     mem.read(off, &mut data);
     data.chunks(8).all(|c| c == pattern.to_le_bytes())
+}
+
+/// The mapped page at `off` of `mem` (IOVA `iova`, last written with `last`) turned
+/// guest-private in place while still mapped for DMA, the bug class exclusive pinning prevents:
+/// the daemon reports the hazard, the RMP refuses the endpoint's next write and the page keeps
+/// what it had. Then back to shared.
+fn convert_in_place(r: &mut Rig, ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64, gpa: u64, last: u64) -> R {
+    let pa = mem.phys(off)?;
+    check!(r.rmpupdate(pa, gpa, true, 1)? == 0, "RMPUPDATE of the mapped page to private");
+    expect_event("hazard", &format!("iova={iova:#x} spa={pa:#x}"));
+    let st = ep.fill(iova, 0x0bad_0bad_0bad_0bad)?;
+    check!(st == ST_RMP_PAGE_FAULT, "write to the page turned private: status {st}");
+    check!(holds(mem, off, last), "the refused write changed the page");
+    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
+    Ok(())
+}
+
+/// After `unmap` (the kernel's UNMAP of `iova`, the page at `off` of `mem`), the endpoint's
+/// next write there is IO_PAGE_FAULT, written back through the ring, which is still mapped.
+fn unmapped_write_faults(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64, unmap: impl FnOnce() -> R) -> R {
+    unmap()?;
+    expect_event("viommu", &format!("req=unmap virt_start={iova:#x} status=OK"));
+    mem.write(off, &[0u8; FILL_LEN]);
+    let st = ep.fill(iova, 0xdead_beef_dead_beef)?;
+    check!(st == ST_IO_PAGE_FAULT, "FILL after the unmap: status {st}");
+    check!(holds(mem, off, 0), "the unmapped page was written");
+    expect_event("translation_fault", &format!("devid=00:04.0 via=virtio-iommu iova={iova:#x}"));
+    Ok(())
 }
 
 /// SNP on, read back: the first walk of a mapping then registers it as live for the hazard check,
@@ -83,11 +111,25 @@ fn need_viommu() -> R {
     Ok(())
 }
 
-fn need_iommufd() -> Result<Iommufd, String> {
+/// The endpoint through iommufd: bound to vfio-pci, its cdev bound to an iommufd and attached
+/// to a fresh IOAS.
+fn iommufd_endpoint() -> Result<(Iommufd, u32, Device), String> {
     if !std::path::Path::new("/dev/iommu").exists() {
         return Err(format!("{SKIP}no /dev/iommu: this kernel has no CONFIG_IOMMUFD (the distribution's 7.3 has none; scripts/build-kernel, then run-vm --test-kernel)"));
     }
-    Iommufd::open()
+    let fd = Iommufd::open()?;
+    bind_vfio_pci(BDF)?;
+    let ioas = fd.ioas_alloc()?;
+    let dev = open_cdev(BDF, &fd.fd, ioas)?;
+    Ok((fd, ioas, dev))
+}
+
+/// A FILL of `pattern` at `iova` completes and lands in the page at `off` of `mem`.
+fn fill_lands(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64, pattern: u64) -> R {
+    let st = ep.fill(iova, pattern)?;
+    check!(st == ST_OK, "FILL through the mapping at {iova:#x}: status {st}");
+    check!(holds(mem, off, pattern), "the page mapped at {iova:#x} did not receive the pattern");
+    Ok(())
 }
 
 /// The kernel's VFIO type1 path: VFIO_IOMMU_MAP_DMA of user memory (the kernel pins it and sends
@@ -107,25 +149,9 @@ pub fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
     expect_event("viommu", &format!("req=map virt_start={DATA_IOVA:#x} pages=1 status=OK"));
     snp_on(r)?;
     let mut ep = VfioRing::start(&v.device, &mem)?;
-    let st = ep.fill(DATA_IOVA, 0x1122_3344_5566_7788)?;
-    check!(st == ST_OK, "FILL through the VFIO mapping: status {st}");
-    check!(holds(&mem, 0x1000, 0x1122_3344_5566_7788), "the pinned user page did not receive the pattern");
-    // The pinned page turns guest-private while still mapped for DMA: the bug class exclusive
-    // pinning prevents.
-    let pa = mem.phys(0x1000)?;
-    check!(r.rmpupdate(pa, DATA_IOVA, true, 1)? == 0, "RMPUPDATE of the pinned page to private");
-    expect_event("hazard", &format!("iova={DATA_IOVA:#x} spa={pa:#x}"));
-    let st = ep.fill(DATA_IOVA, 0x0bad_0bad_0bad_0bad)?;
-    check!(st == ST_RMP_PAGE_FAULT, "write to the private pinned page: status {st}");
-    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
-    v.unmap(DATA_IOVA, 0x1000)?;
-    expect_event("viommu", &format!("req=unmap virt_start={DATA_IOVA:#x} status=OK"));
-    mem.write(0x1000, &[0u8; FILL_LEN]);
-    let st = ep.fill(DATA_IOVA, 0xdead_beef_dead_beef)?;
-    check!(st == ST_IO_PAGE_FAULT, "FILL after VFIO_IOMMU_UNMAP_DMA: status {st}");
-    check!(holds(&mem, 0x1000, 0), "the unmapped page was written");
-    expect_event("translation_fault", &format!("devid=00:04.0 via=virtio-iommu iova={DATA_IOVA:#x}"));
-    Ok(())
+    fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x1122_3344_5566_7788)?;
+    convert_in_place(r, &mut ep, &mem, 0x1000, DATA_IOVA, DATA_IOVA, 0x1122_3344_5566_7788)?;
+    unmapped_write_faults(&mut ep, &mem, 0x1000, DATA_IOVA, || v.unmap(DATA_IOVA, 0x1000))
 }
 
 const IOMMUFD_DATA_IOVA: u64 = 0x30_0000;
@@ -136,26 +162,14 @@ const MEMFD_IOVA: u64 = 0x40_0000;
 /// endpoint's DMA through it, IOMMU_IOAS_UNMAP and the next DMA refused.
 pub fn iommufd_map_decides_dma(_r: &mut Rig) -> R {
     need_viommu()?;
-    let fd = need_iommufd()?;
-    bind_vfio_pci(BDF)?;
-    let ioas = fd.ioas_alloc()?;
-    let dev = open_cdev(BDF, &fd.fd, ioas)?;
+    let (fd, ioas, dev) = iommufd_endpoint()?;
     let mem = UserMem::new(0x2000)?;
     fd.map(ioas, mem.addr(), RING_IOVA, 0x1000)?;
     fd.map(ioas, mem.addr() + 0x1000, IOMMUFD_DATA_IOVA, 0x1000)?;
     expect_event("viommu", &format!("req=map virt_start={IOMMUFD_DATA_IOVA:#x} pages=1 status=OK"));
     let mut ep = VfioRing::start(&dev, &mem)?;
-    let st = ep.fill(IOMMUFD_DATA_IOVA, 0x5566_7788_99aa_bbcc)?;
-    check!(st == ST_OK, "FILL through the IOAS mapping: status {st}");
-    check!(holds(&mem, 0x1000, 0x5566_7788_99aa_bbcc), "the pinned user page did not receive the pattern");
-    fd.unmap(ioas, IOMMUFD_DATA_IOVA, 0x1000)?;
-    expect_event("viommu", &format!("req=unmap virt_start={IOMMUFD_DATA_IOVA:#x} status=OK"));
-    mem.write(0x1000, &[0u8; FILL_LEN]);
-    let st = ep.fill(IOMMUFD_DATA_IOVA, 0xdead_beef_dead_beef)?;
-    check!(st == ST_IO_PAGE_FAULT, "FILL after IOMMU_IOAS_UNMAP: status {st}");
-    check!(holds(&mem, 0x1000, 0), "the unmapped page was written");
-    expect_event("translation_fault", &format!("devid=00:04.0 via=virtio-iommu iova={IOMMUFD_DATA_IOVA:#x}"));
-    Ok(())
+    fill_lands(&mut ep, &mem, 0x1000, IOMMUFD_DATA_IOVA, 0x5566_7788_99aa_bbcc)?;
+    unmapped_write_faults(&mut ep, &mem, 0x1000, IOMMUFD_DATA_IOVA, || fd.unmap(ioas, IOMMUFD_DATA_IOVA, 0x1000))
 }
 
 /// IOMMU_IOAS_MAP_FILE of a memfd (the kernel pins the file's folios, memfd_pin_folios, not
@@ -163,19 +177,14 @@ pub fn iommufd_map_decides_dma(_r: &mut Rig) -> R {
 /// mapping of the file.
 pub fn iommufd_map_file_memfd(_r: &mut Rig) -> R {
     need_viommu()?;
-    let fd = need_iommufd()?;
-    bind_vfio_pci(BDF)?;
-    let ioas = fd.ioas_alloc()?;
-    let dev = open_cdev(BDF, &fd.fd, ioas)?;
+    let (fd, ioas, dev) = iommufd_endpoint()?;
     let ring = UserMem::new(0x1000)?;
     fd.map(ioas, ring.addr(), RING_IOVA, 0x1000)?;
     let file = UserMem::memfd(0x1000)?;
     fd.map_file(ioas, file.fd.as_ref().ok_or("no memfd")?, 0, MEMFD_IOVA, 0x1000)?;
     expect_event("viommu", &format!("req=map virt_start={MEMFD_IOVA:#x} pages=1 status=OK"));
     let mut ep = VfioRing::start(&dev, &ring)?;
-    let st = ep.fill(MEMFD_IOVA, 0x0123_4567_89ab_cdef)?;
-    check!(st == ST_OK, "FILL through the memfd mapping: status {st}");
-    check!(holds(&file, 0, 0x0123_4567_89ab_cdef), "the memfd's page did not receive the pattern");
+    fill_lands(&mut ep, &file, 0, MEMFD_IOVA, 0x0123_4567_89ab_cdef)?;
     fd.unmap(ioas, MEMFD_IOVA, 0x1000)?;
     expect_event("viommu", &format!("req=unmap virt_start={MEMFD_IOVA:#x} status=OK"));
     Ok(())
@@ -206,10 +215,7 @@ pub fn guest_memfd_conversion(r: &mut Rig) -> R {
     if types & (1 << kvm::X86_SW_PROTECTED_VM) == 0 {
         return Err(format!("{SKIP}KVM offers no KVM_X86_SW_PROTECTED_VM (VM types {types:#x}; CONFIG_KVM_SW_PROTECTED_VM is not set in the distribution's 7.3)"));
     }
-    let fd = need_iommufd()?;
-    bind_vfio_pci(BDF)?;
-    let ioas = fd.ioas_alloc()?;
-    let dev = open_cdev(BDF, &fd.fd, ioas)?;
+    let (fd, ioas, dev) = iommufd_endpoint()?;
     let ring = UserMem::new(0x1000)?;
     fd.map(ioas, ring.addr(), RING_IOVA, 0x1000)?;
 
@@ -227,24 +233,15 @@ pub fn guest_memfd_conversion(r: &mut Rig) -> R {
     expect_event("viommu", &format!("req=map virt_start={SHARED_IOVA:#x} pages=1 status=OK"));
     snp_on(r)?;
     let mut ep = VfioRing::start(&dev, &ring)?;
-    let st = ep.fill(SHARED_IOVA, 0x1111_2222_3333_4444)?;
-    check!(st == ST_OK, "FILL of the VM's shared page: status {st}");
-    check!(holds(&shared, 0, 0x1111_2222_3333_4444), "the VM's shared page did not receive the pattern");
+    fill_lands(&mut ep, &shared, 0, SHARED_IOVA, 0x1111_2222_3333_4444)?;
 
     vm.set_memory_attributes(VM_GPA, 0x1000, kvm::ATTRIBUTE_PRIVATE)
         .map_err(|e| format!("converting the gfn to private while its shared page is mapped: {e}"))?;
     println!("# KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) of gpa {VM_GPA:#x} accepted while its shared page is pinned and mapped at {SHARED_IOVA:#x}");
-    let st = ep.fill(SHARED_IOVA, 0x5555_6666_7777_8888)?;
-    check!(st == ST_OK, "after the conversion the shared page is unchanged for the IOMMU, yet the write got status {st}");
-    check!(holds(&shared, 0, 0x5555_6666_7777_8888), "the write after the conversion did not land");
+    // The shared page is unchanged for the IOMMU: the write still lands.
+    fill_lands(&mut ep, &shared, 0, SHARED_IOVA, 0x5555_6666_7777_8888)?;
 
-    let pa = shared.phys(0)?;
-    check!(r.rmpupdate(pa, VM_GPA, true, 1)? == 0, "RMPUPDATE of the mapped page to private");
-    expect_event("hazard", &format!("iova={SHARED_IOVA:#x} spa={pa:#x}"));
-    let st = ep.fill(SHARED_IOVA, 0x0bad_0bad_0bad_0bad)?;
-    check!(st == ST_RMP_PAGE_FAULT, "write to the page converted in place: status {st}");
-    check!(holds(&shared, 0, 0x5555_6666_7777_8888), "the refused write changed the page");
-    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
+    convert_in_place(r, &mut ep, &shared, 0, SHARED_IOVA, VM_GPA, 0x5555_6666_7777_8888)?;
     vm.set_memory_attributes(VM_GPA, 0x1000, 0)?;
     fd.unmap(ioas, SHARED_IOVA, 0x1000)?;
     Ok(())
