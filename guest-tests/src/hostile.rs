@@ -75,7 +75,7 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
             // Endpoint registers: ring base anywhere, sizes and indexes out of range, resets.
             6..=7 => {
                 let off = (rng.below(0x40) & !3) as usize;
-                let v = if off == 0x10 { rng.next() } else { rng.below(1 << 14) as u64 };
+                let v = if off == 0x10 { rng.next() } else { rng.below(1 << 14) };
                 ep.w32(off, v as u32);
                 if rng.below(3) == 0 {
                     ep.w32(0x20, rng.below(1 << 13) as u32); // doorbell

@@ -57,6 +57,7 @@ const MSG_SDTE_WRITE: u32 = 25;
 const MSG_RUN: u32 = 0x100;
 
 pub(crate) type R = Result<(), String>;
+type Scenario = (&'static str, fn(&mut Rig) -> R);
 /// A scenario that cannot run here says so with an error starting with this.
 pub const SKIP: &str = "SKIP: ";
 
@@ -312,7 +313,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [(&'static str, fn(&mut Rig) -> R); 17] = [
+    let scenarios: [Scenario; 17] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),

@@ -49,12 +49,12 @@ impl Bar {
     }
 
     pub fn r32(&self, off: usize) -> u32 {
-        assert!(off + 4 <= self.len && off % 4 == 0);
+        assert!(off + 4 <= self.len && off.is_multiple_of(4));
         // SAFETY: in bounds and aligned (asserted); device memory needs volatile access.
         unsafe { ptr::read_volatile(self.base.add(off) as *const u32) }
     }
     pub fn w32(&self, off: usize, v: u32) {
-        assert!(off + 4 <= self.len && off % 4 == 0);
+        assert!(off + 4 <= self.len && off.is_multiple_of(4));
         // SAFETY: as r32.
         unsafe { ptr::write_volatile(self.base.add(off) as *mut u32, v) }
     }
@@ -136,7 +136,7 @@ impl DmaMem {
     }
     /// One aligned 8-byte CPU store (w64 writes byte by byte).
     pub fn store64(&self, addr: u64, v: u64) {
-        assert!(addr % 8 == 0);
+        assert!(addr.is_multiple_of(8));
         let p = self.at(addr, 8).expect("address in DMA memory");
         // SAFETY: inside a huge page we own, 8-byte aligned (asserted).
         unsafe { ptr::write_volatile(p as *mut u64, v) };
@@ -228,7 +228,7 @@ impl Config {
     }
 }
 
-/// VFIO, iommufd and KVM from user space (kept here, with the other `unsafe` of the guest program).
+// VFIO, iommufd and KVM from user space (kept here, with the other `unsafe` of the guest program).
 pub mod vfio {
     //! VFIO from user space, as a VMM or DPDK uses it (Linux include/uapi/linux/vfio.h): bind a
     //! function to vfio-pci, then either put its group in a type1v2 container or open its device

@@ -137,7 +137,7 @@ impl AmdVi {
     /// A 4- or 8-byte read at an aligned offset; anything else reads as all ones, as an
     /// unsupported request does.
     pub fn mmio_read(&self, off: u64, size: usize) -> u64 {
-        if off >= MMIO_SIZE || !(size == 4 || size == 8) || off % size as u64 != 0 {
+        if off >= MMIO_SIZE || !(size == 4 || size == 8) || !off.is_multiple_of(size as u64) {
             return u64::MAX;
         }
         let v = self.reg(off & !7);
@@ -150,7 +150,7 @@ impl AmdVi {
 
     /// A 4- or 8-byte write at an aligned offset; other sizes and offsets are dropped.
     pub fn mmio_write<M: PhysMem + ?Sized>(&mut self, mem: &mut M, off: u64, size: usize, val: u64) {
-        if off >= MMIO_SIZE || !(size == 4 || size == 8) || off % size as u64 != 0 {
+        if off >= MMIO_SIZE || !(size == 4 || size == 8) || !off.is_multiple_of(size as u64) {
             return;
         }
         let reg = off & !7;
