@@ -48,6 +48,7 @@ pub fn run(args: Args) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     std::fs::create_dir_all(&args.socket_dir).map_err(|e| format!("cannot create {}: {e}", args.socket_dir.display()))?;
     let out: Box<dyn std::io::Write + Send> = if args.events.as_os_str() == "-" {
