@@ -76,6 +76,9 @@ pub mod ctrl {
     /// Write 1: HEAD = TAIL = 0, STATUS = 0, COMPLETED kept.
     pub const RESET: u32 = 1 << 0;
     pub const IRQ_EN: u32 = 1 << 1;
+    /// The descriptor fetch and status write-back are issued with the TDISP T bit: a TDI in RUN
+    /// whose driver keeps its ring in the guest's private memory.
+    pub const RING_T: u32 = 1 << 2;
 }
 
 pub const DESC_SIZE: u64 = 32;
@@ -225,8 +228,8 @@ fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem
 }
 
 /// Process descriptors HEAD..TAIL: at most one ring's worth per call, whatever the guest does
-/// meanwhile. The descriptor fetch and the write-back are T=0 DMA like any other; when either is
-/// refused the engine halts (the driver could not see a status anyway).
+/// meanwhile. The descriptor fetch and the write-back are DMA like any other, T=0 unless
+/// CTRL.RING_T; when either is refused the engine halts (the driver could not see a status anyway).
 pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(rid: u16, engine: &Mutex<Engine>, iommu: &Mutex<S>, mem: &mut M, events: &dyn EventSink, irq: &dyn Irq) {
     let (base, entries, epoch) = {
         let mut e = lock(engine);
@@ -249,18 +252,18 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(rid: u16, engine: &Mut
     };
     let mut raise = false;
     for _ in 0..entries {
-        let (head, irq_en) = {
+        let (head, irq_en, ring_t) = {
             let e = lock(engine);
             // TAIL is only ever set below the ring size; a RING_SIZE change since is caught here.
             if e.epoch != epoch || e.head == e.tail || e.tail >= entries || e.head >= entries {
                 break;
             }
-            (e.head, e.ctrl & ctrl::IRQ_EN != 0)
+            (e.head, e.ctrl & ctrl::IRQ_EN != 0, e.ctrl & ctrl::RING_T != 0)
         };
         let at = base.wrapping_add(u64::from(head) * DESC_SIZE);
         let mut s = lock(iommu);
         let mut raw = [0u8; 32];
-        if let Err(e) = dma::read(&mut *s, mem, rid, false, at, &mut raw) {
+        if let Err(e) = dma::read(&mut *s, mem, rid, ring_t, at, &mut raw) {
             drop(s);
             return halt(head, at, "fetch", e);
         }
@@ -273,10 +276,10 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(rid: u16, engine: &Mut
         // Only value and status are the device's to write; the status last, since the driver
         // polls it and then reads the value.
         let wrote = match out.value {
-            Some(v) => dma::write(&mut *s, mem, rid, false, at + 24, &v.to_le_bytes()),
+            Some(v) => dma::write(&mut *s, mem, rid, ring_t, at + 24, &v.to_le_bytes()),
             None => Ok(()),
         }
-        .and_then(|()| dma::write(&mut *s, mem, rid, false, at + 2, &d.status.to_le_bytes()));
+        .and_then(|()| dma::write(&mut *s, mem, rid, ring_t, at + 2, &d.status.to_le_bytes()));
         drop(s);
         events.emit(json!({
             "type": "dma", "devid": bdf(rid), "index": head, "op": d.op, "t": d.flags & flag::T != 0,
@@ -465,7 +468,7 @@ impl PciFunction for Endpoint {
                     _ => e.status |= st::BAD_TAIL,
                 },
                 reg::CTRL => {
-                    e.ctrl = v as u32 & ctrl::IRQ_EN;
+                    e.ctrl = v as u32 & (ctrl::IRQ_EN | ctrl::RING_T);
                     if v as u32 & ctrl::RESET != 0 {
                         e.head = 0;
                         e.tail = 0;
@@ -719,6 +722,58 @@ mod tests {
         }
         assert_eq!(r.u64_at(0x30_0000), 0);
         assert!(r.events_of("translation_fault").is_empty(), "nothing was translated");
+    }
+
+    /// The endpoint's TDI bound to ASID 2 and in RUN (SNP on, vTOM 1 TiB), with the ring's page
+    /// and the page at IOVA 0x5000_0000 (SPA 0x30_0000) private to ASID 2 and validated, at
+    /// GPA = IOVA: where a CVM's driver keeps them.
+    fn bind_with_private_ring(r: &mut Rig) {
+        use rmp_model::ops::{GuestCtx, RmpState};
+        use rmp_model::{PageSize, Rmp, RmpStatus};
+        r.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
+        let mut rmp = Rmp::new(RAM >> 12);
+        for (spa, gpa) in [(RING_SPA, RING), (0x30_0000, 0x5000_0000)] {
+            assert_eq!(rmp.rmpupdate(spa, &RmpState::private(gpa, 2, PageSize::Size4K)).status, RmpStatus::Success);
+            rmp.pvalidate(GuestCtx { asid: 2, vmpl: 0 }, spa, gpa, PageSize::Size4K, true);
+        }
+        let mut s = lock(&r.secure);
+        s.rmp = Some(rmp);
+        let responder = Arc::new(Mutex::new(TdispResponder::new(u32::from(RID), Vec::new())));
+        s.tdisp.insert(RID, responder.clone());
+        let mut tr = |_: u16, m: &[u8]| Some(lock(&responder).handle_request(m));
+        s.tio.init();
+        s.tio.dev_create(RID, 0);
+        s.tio.dev_connect(RID, [0; 8], &mut tr);
+        let tdi = s.tio.tdi_create(RID, u32::from(RID)).unwrap();
+        s.tio.tdi_bind(tdi, 2, 0x100, 0, true, &mut tr);
+        s.tio.sdte_write(tdi, 1 << 40);
+    }
+
+    #[test]
+    fn ring_t_lets_a_running_tdi_keep_its_ring_in_private_memory() {
+        let mut r = rig();
+        bind_with_private_ring(&mut r);
+        // T=0 (the default): reading the private ring is allowed (a T=0 read of an assigned page
+        // sees ciphertext on hardware; docs/rmp.md), but writing its status back is not: the
+        // driver never sees a completion and the engine halts.
+        let fill = desc(op::FILL, flag::T, 8, 0, 0x5000_0000, 0x77);
+        r.mem.write(RING_SPA, &fill.to_bytes()).unwrap();
+        lock(&r.engine).tail = 1;
+        r.ring();
+        assert_eq!(lock(&r.engine).status, st::HALTED);
+        let h = r.events_of("dma_halted");
+        assert_eq!((h.len(), h[0]["what"].as_str(), h[0]["status"].as_u64()), (1, Some("status write-back"), Some(u64::from(status::RMP_PAGE_FAULT))));
+        assert_eq!(r.desc(0).status, status::PENDING);
+        r.mem.write(0x30_0000, &[0; 8]).unwrap();
+        // CTRL.RING_T (after a reset): fetch and write-back are T=1, the T=1 FILL lands.
+        {
+            let mut e = lock(&r.engine);
+            (e.head, e.tail, e.status, e.ctrl) = (0, 0, 0, ctrl::RING_T);
+            e.epoch += 1;
+        }
+        assert_eq!(r.run(0, fill), status::OK);
+        assert_eq!(r.u64_at(0x30_0000), 0x77);
+        assert_eq!(lock(&r.engine).status, 0);
     }
 
     #[test]
