@@ -1,8 +1,10 @@
-//! A hostile driver: for a fixed time, random values into every register of both functions,
+//! A hostile driver: for a fixed time, random values into every register of every function,
 //! random ring indexes and sizes, device tables and page tables full of random entries (loops and
 //! self-references included), descriptors with huge and overlapping lengths, random mailbox
-//! commands and DOE objects. Addresses the device could write through are kept inside this
-//! program's own huge pages, so the guest survives to check that the daemon still works.
+//! commands and DOE objects, and, when the virtio-iommu is attached with no driver
+//! (`tiommu.viommu=raw`), random virtio-pci registers, queue addresses, descriptor chains and
+//! notifications. Addresses the device could write through are kept inside this program's own
+//! huge pages, so the guest survives to check that the daemon still works.
 
 use crate::sys::{find, Bar, Config, DmaMem, HUGE};
 use std::time::{Duration, Instant};
@@ -29,6 +31,15 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
     let cfg = Config::open(&ep_dev)?;
     let mut mem = DmaMem::default();
     let pages: Vec<u64> = (0..4).map(|_| mem.page()).collect::<Result<_, _>>()?;
+    let vio = virtio_iommu()?;
+    // The virtio-iommu's rings, with no IOMMU between them and guest RAM: a page of its own, which
+    // only the virtio actions write, so every address in it stays inside it (a 4 KiB margin for
+    // the used ring and the longest answer, a 512-byte PROBE).
+    let vring = if vio.is_some() { Some(mem.page()?) } else { None };
+    let in_vring = |rng: &mut Rng, base: u64| base + (rng.below(HUGE - 8192) & !7);
+    // Each queue's (descriptor table, available ring, used ring, size) as last brought up.
+    let mut vqs = [(0u64, 0u64, 0u64, 0u16); 2];
+    let (mut bringups, mut notifications) = (0u64, 0u64);
     let mut rng = Rng(seed | 1);
     // An address inside our pages, so whatever the device writes lands there.
     let ours = |rng: &mut Rng| pages[rng.below(pages.len() as u64) as usize] + (rng.below(HUGE) & !7);
@@ -36,7 +47,7 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(secs) {
         n += 1;
-        match rng.below(12) {
+        match rng.below(if vio.is_some() { 14 } else { 12 }) {
             // Memory the IOMMU reads: random entries whose addresses stay in our pages (PDEs
             // pointing at their own table, at wrong levels, NextLevel 7 with any size).
             0..=2 => {
@@ -106,6 +117,136 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
                     ctl.w64(rng.below(0x200) as usize & !7, rng.next());
                 }
             }
+            // virtio-iommu registers (virtio 1.2 §4.1.4.3 common configuration at 0): one time in
+            // eight the transport brought up as a driver would (random feature subset, both
+            // queues at random sizes inside the ring page, DRIVER_OK), otherwise any register but
+            // queue_enable, queue addresses still inside the ring page; any read (the ISR is
+            // read-to-clear).
+            12 => {
+                let (Some(bar), Some(base)) = (&vio, vring) else { continue };
+                if rng.below(8) == 0 {
+                    bar.w8(0x14, 0);
+                    bar.w8(0x14, 0x3);
+                    bar.w32(0x08, 0);
+                    bar.w32(0x0c, (rng.next() & 0x17) as u32);
+                    bar.w32(0x08, 1);
+                    bar.w32(0x0c, 1);
+                    bar.w8(0x14, 0xb);
+                    for (q, vq) in vqs.iter_mut().enumerate() {
+                        let size = 1u16 << rng.below(9);
+                        *vq = (in_vring(&mut rng, base) & !15, in_vring(&mut rng, base) & !7, in_vring(&mut rng, base) & !7, size);
+                        bar.w16(0x16, q as u16);
+                        bar.w16(0x18, size);
+                        bar.w16(0x1a, rng.below(4) as u16);
+                        bar.w64(0x20, vq.0);
+                        bar.w64(0x28, vq.1);
+                        bar.w64(0x30, vq.2);
+                        bar.w16(0x1c, 1);
+                    }
+                    bar.w8(0x14, 0xf);
+                    bringups += 1;
+                } else {
+                    let off = (rng.below(0x38) & !3) as usize;
+                    if off == 0x1c || off == 0x14 && rng.below(2) == 0 {
+                        // queue_enable only in a bring-up: a queue enabled at its reset address
+                        // (0) would take descriptors from low guest RAM and write through them.
+                        continue;
+                    }
+                    if (0x20..0x38).contains(&off) {
+                        bar.w64(off & !7, in_vring(&mut rng, base));
+                    } else {
+                        // Any width at any offset of the word: the natural one hits a field.
+                        let v = if rng.below(2) == 0 { rng.below(0x100) } else { rng.next() };
+                        match rng.below(3) {
+                            0 => bar.w8(off + rng.below(4) as usize, v as u8),
+                            1 => bar.w16(off + 2 * rng.below(2) as usize, v as u16),
+                            _ => bar.w32(off, v as u32),
+                        }
+                    }
+                }
+                let _ = bar.r32(rng.below(0x1000) as usize * 4);
+            }
+            // virtio-iommu queues. Half the time a well-formed request (virtio 1.2 §5.13.6: any
+            // type, domain and endpoint; MAP only onto this program's pages, so DMA through the
+            // domain stays in them) made available; otherwise descriptors whose buffers are inside
+            // the ring page with any length, flags and next, and the available index moved on by
+            // any amount over random heads. Then a notification.
+            13 => {
+                let (Some(bar), Some(base)) = (&vio, vring) else { continue };
+                let q = rng.below(2) as usize;
+                let (desc, avail, _, size) = vqs[q];
+                if desc == 0 {
+                    continue;
+                }
+                let size = u64::from(size);
+                if rng.below(2) == 0 {
+                    let (req, resp) = (in_vring(&mut rng, base), in_vring(&mut rng, base));
+                    let ty = 1 + rng.below(5) as u8;
+                    let endpoint = if rng.below(2) == 0 { 0x20 } else { rng.below(0x100) as u32 };
+                    let domain = if rng.below(4) == 0 { rng.next() as u32 } else { 1 + rng.below(3) as u32 };
+                    let mut body = vec![ty, 0, 0, 0];
+                    match ty {
+                        // ATTACH, DETACH: domain, endpoint, flags, reserved.
+                        1 | 2 => {
+                            body.extend_from_slice(&domain.to_le_bytes());
+                            body.extend_from_slice(&endpoint.to_le_bytes());
+                            body.extend_from_slice(&(if rng.below(4) == 0 { rng.next() as u32 } else { 0 }).to_le_bytes());
+                            body.extend_from_slice(&[0; 4]);
+                        }
+                        // MAP: domain, virt_start, virt_end, phys_start, flags.
+                        3 => {
+                            let off = rng.below(HUGE / 4096) * 4096;
+                            let len = (1 + rng.below((HUGE - off) / 4096)) * 4096;
+                            let virt = rng.below(1 << 40) & !0xfff;
+                            body.extend_from_slice(&domain.to_le_bytes());
+                            body.extend_from_slice(&virt.to_le_bytes());
+                            body.extend_from_slice(&(virt + len - 1).to_le_bytes());
+                            body.extend_from_slice(&(pages[rng.below(pages.len() as u64) as usize] + off).to_le_bytes());
+                            body.extend_from_slice(&(rng.below(8) as u32).to_le_bytes());
+                        }
+                        // UNMAP: domain, virt_start, virt_end, reserved.
+                        4 => {
+                            let virt = rng.below(1 << 40) & !0xfff;
+                            body.extend_from_slice(&domain.to_le_bytes());
+                            body.extend_from_slice(&virt.to_le_bytes());
+                            body.extend_from_slice(&(virt + (rng.below(1 << 30) | 0xfff)).to_le_bytes());
+                            body.extend_from_slice(&[0; 4]);
+                        }
+                        // PROBE: endpoint, reserved.
+                        _ => {
+                            body.extend_from_slice(&endpoint.to_le_bytes());
+                            body.extend_from_slice(&[0; 64]);
+                        }
+                    }
+                    mem.wr(req, &body);
+                    let h = rng.below(size);
+                    let next = (h + 1) % size;
+                    let writable: u32 = if ty == 5 { 512 + 4 } else { 4 };
+                    mem.w64(desc + 16 * h, req);
+                    mem.w64(desc + 16 * h + 8, u64::from(body.len() as u32) | 1 << 32 | next << 48);
+                    mem.w64(desc + 16 * next, resp);
+                    mem.w64(desc + 16 * next + 8, u64::from(writable) | 2 << 32);
+                    let mut idx = [0u8; 2];
+                    mem.rd(avail + 2, &mut idx);
+                    let idx = u16::from_le_bytes(idx);
+                    mem.wr(avail + 4 + 2 * (u64::from(idx) % size), &(h as u16).to_le_bytes());
+                    mem.wr(avail + 2, &idx.wrapping_add(1).to_le_bytes());
+                } else {
+                    for i in 0..size.min(rng.below(16) + 1) {
+                        let d = desc + 16 * rng.below(size).max(i);
+                        mem.w64(d, in_vring(&mut rng, base));
+                        mem.w64(d + 8, rng.next());
+                    }
+                    for _ in 0..rng.below(8) {
+                        let slot = avail + 4 + 2 * rng.below(size);
+                        mem.wr(slot, &(rng.next() as u16).to_le_bytes());
+                    }
+                    let idx = if rng.below(4) == 0 { rng.next() as u16 } else { rng.below(8) as u16 };
+                    mem.wr(avail + 2, &idx.to_le_bytes());
+                }
+                bar.w32(0x3000 + 4 * q, q as u32);
+                notifications += 1;
+            }
             // Config space, the DOE mailbox included.
             _ => {
                 let off = 0x100 + rng.below(0x40) * 4;
@@ -114,7 +255,24 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
             }
         }
     }
-    // Leave the device stopped: the next driver starts from a reset.
+    // Leave the devices stopped: the next driver starts from a reset (a virtio-iommu reset also
+    // forgets its domains, so the endpoint is back behind the AMD-Vi tables).
     ep.w32(0x2c, 1);
+    if let Some(bar) = &vio {
+        println!("# hostile driver: virtio-iommu: {bringups} bring-ups, {notifications} notifications, device status {:#x} at the end", bar.r32(0x14) & 0xff);
+        bar.w8(0x14, 0);
+    }
     Ok(n)
+}
+
+/// The virtio-iommu function when it is attached with no driver for it (`tiommu.viommu=raw`):
+/// released from virtio-pci so the kernel never touches it, and its BAR0 mapped.
+fn virtio_iommu() -> Result<Option<Bar>, String> {
+    let raw = std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.viommu=raw");
+    let Some(dev) = find(0x1af4, 0x1057).filter(|_| raw) else { return Ok(None) };
+    let unbind = format!("{}/driver/unbind", dev.path);
+    if std::path::Path::new(&unbind).exists() {
+        std::fs::write(&unbind, &dev.bdf).map_err(|e| format!("unbinding {} from its driver: {e}", dev.bdf))?;
+    }
+    Bar::map(&dev, 0).map(Some)
 }

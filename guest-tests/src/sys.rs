@@ -58,6 +58,18 @@ impl Bar {
         // SAFETY: as r32.
         unsafe { ptr::write_volatile(self.base.add(off) as *mut u32, v) }
     }
+    /// For the 8-bit fields of virtio-pci's common configuration.
+    pub fn w8(&self, off: usize, v: u8) {
+        assert!(off < self.len);
+        // SAFETY: as r32.
+        unsafe { ptr::write_volatile(self.base.add(off), v) }
+    }
+    /// For the 16-bit fields of virtio-pci's common configuration.
+    pub fn w16(&self, off: usize, v: u16) {
+        assert!(off + 2 <= self.len && off.is_multiple_of(2));
+        // SAFETY: as r32.
+        unsafe { ptr::write_volatile(self.base.add(off) as *mut u16, v) }
+    }
     pub fn r64(&self, off: usize) -> u64 {
         u64::from(self.r32(off)) | u64::from(self.r32(off + 4)) << 32
     }
