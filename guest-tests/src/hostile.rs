@@ -33,8 +33,8 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
     let pages: Vec<u64> = (0..4).map(|_| mem.page()).collect::<Result<_, _>>()?;
     let vio = virtio_iommu()?;
     // The virtio-iommu's rings, with no IOMMU between them and guest RAM: a page of its own, which
-    // only the virtio actions write, so every address in it stays inside it (a 4 KiB margin for
-    // the used ring and the longest answer, a 512-byte PROBE).
+    // only the virtio actions write, so every address in it stays inside it (an 8 KiB margin for a
+    // 256-entry descriptor table, the used ring and the longest answer, a 512-byte PROBE).
     let vring = if vio.is_some() { Some(mem.page()?) } else { None };
     let in_vring = |rng: &mut Rng, base: u64| base + (rng.below(HUGE - 8192) & !7);
     // Each queue's (descriptor table, available ring, used ring, size) as last brought up.
