@@ -125,6 +125,7 @@ impl SecureIommu {
         let Some(rmp) = self.rmp.as_mut() else { return RmpStatus::FailInput };
         let res = rmp.rmpupdate(spa, st);
         let devtab = DevTabBase(self.amdvi.mmio_read(0, 8));
+        let mut reported = std::collections::BTreeSet::new();
         for h in &res.hazards {
             let through_viommu = self.viommu.as_ref().and_then(|v| lock(v).translate(u32::from(h.mapping.requester), h.mapping.iova, Access::Read));
             let outcome = through_viommu.unwrap_or_else(|| amdvi::translate(mem, devtab, h.mapping.requester, h.mapping.iova, Access::Read));
@@ -133,11 +134,27 @@ impl SecureIommu {
                 rmp.hazards.unregister(h.mapping.requester, h.mapping.iova);
                 continue;
             }
+            reported.insert((h.mapping.requester, h.mapping.iova));
             self.events.emit(json!({
                 "type": "hazard", "spa": format!("{:#x}", h.spa), "asid": h.asid,
                 "requester": bdf(h.mapping.requester), "iova": format!("{:#x}", h.mapping.iova),
                 "size": h.mapping.size, "write": h.mapping.write,
             }));
+        }
+        // The virtio-iommu's domains are tables the daemon owns: every mapping of the page is
+        // known, whether or not a device has used it yet.
+        if st.assigned && res.status == RmpStatus::Success {
+            let mappers = self.viommu.as_ref().map(|v| lock(v).mappers_of(spa, st.page_size.bytes())).unwrap_or_default();
+            for (endpoint, iova, first, write) in mappers {
+                let requester = endpoint as u16;
+                if reported.insert((requester, iova & !0xfff)) {
+                    self.events.emit(json!({
+                        "type": "hazard", "spa": format!("{:#x}", first & !0xfff), "asid": st.asid,
+                        "requester": bdf(requester), "iova": format!("{:#x}", iova & !0xfff),
+                        "size": 0x1000, "write": write, "via": "virtio-iommu",
+                    }));
+                }
+            }
         }
         self.events.emit(json!({
             "type": "rmpupdate", "spa": format!("{spa:#x}"), "gpa": format!("{:#x}", st.gpa), "assigned": st.assigned,

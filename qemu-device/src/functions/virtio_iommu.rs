@@ -540,6 +540,40 @@ mod tests {
         assert_eq!((f["via"].as_str(), f["logged"].as_bool()), (Some("virtio-iommu"), Some(false)));
     }
 
+    /// The daemon owns the domains' tables, so a page turned private while any attached domain
+    /// maps it is a hazard even if no device has used the mapping yet; once UNMAPped it is not.
+    #[test]
+    fn a_mapped_page_turned_private_is_a_hazard_before_any_dma() {
+        use crate::secure::SecureIommu;
+        use rmp_model::ops::RmpState;
+        use rmp_model::PageSize;
+        let mut r = Rig::new();
+        let mut sec = SecureIommu::new(r.events.clone(), Arc::new(Irqs::default()));
+        sec.viommu = Some(r.dev.domains.clone());
+        let mut mem = r.ram.snapshot();
+        sec.enable_snp(&mut mem, RAM >> 12);
+        let events = r.events.clone();
+        let hazards = || lock(&events.0).iter().filter(|e| e["type"] == "hazard").cloned().collect::<Vec<_>>();
+        let (iova, spa) = (0x9000_0000u64, 0x30_0000u64);
+        assert_eq!(r.status(&attach(1, u32::from(EP))), status::OK);
+        // Two pages, read-write, the second at SPA 0x30_1000; nothing walks them.
+        assert_eq!(r.status(&map(1, iova, iova + 0x1fff, spa, 3)), status::OK);
+        let private = |gpa| RmpState::private(gpa, 1, PageSize::Size4K);
+        assert_eq!(sec.rmpupdate(&mut mem, spa + 0x1000, &private(0x1000)), rmp_model::RmpStatus::Success);
+        let h = hazards();
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!((h[0]["iova"].as_str(), h[0]["spa"].as_str(), h[0]["write"].as_bool()), (Some("0x90001000"), Some("0x301000"), Some(true)));
+        assert_eq!((h[0]["requester"].as_str(), h[0]["via"].as_str()), (Some("00:04.0"), Some("virtio-iommu")));
+        // Back to shared is no hazard; a page nobody maps is none either.
+        assert_eq!(sec.rmpupdate(&mut mem, spa + 0x1000, &RmpState::shared(PageSize::Size4K)), rmp_model::RmpStatus::Success);
+        assert_eq!(sec.rmpupdate(&mut mem, 0x3f_0000, &private(0x2000)), rmp_model::RmpStatus::Success);
+        assert_eq!(hazards().len(), 1);
+        // UNMAPped: no longer reachable, no hazard.
+        assert_eq!(r.status(&unmap(1, iova, iova + 0x1fff)), status::OK);
+        assert_eq!(sec.rmpupdate(&mut mem, spa, &private(0x3000)), rmp_model::RmpStatus::Success);
+        assert_eq!(hazards().len(), 1);
+    }
+
     /// A hostile driver: chains that loop, point outside guest RAM, or are absurdly long, and an
     /// available index far ahead of what was offered. Each notification takes at most one
     /// queue's worth, answers what it can, and never panics.

@@ -165,6 +165,26 @@ impl Domains {
         }
     }
 
+    /// Every mapping of a domain with endpoints attached that reaches the physical range
+    /// `[spa, spa + len)`: (endpoint, the first address in range as IOVA and as SPA, writable).
+    /// The daemon owns these tables, so it knows every mapping a device could use, not only those
+    /// walked so far.
+    pub fn mappers_of(&self, spa: u64, len: u64) -> Vec<(u32, u64, u64, bool)> {
+        let mut out = Vec::new();
+        for d in self.domains.values().filter(|d| !d.endpoints.is_empty()) {
+            for (&start, m) in &d.mappings {
+                let phys_end = m.phys.saturating_add(m.end - start);
+                if m.phys >= spa.saturating_add(len) || phys_end < spa {
+                    continue;
+                }
+                let first = spa.max(m.phys);
+                let iova = start + (first - m.phys);
+                out.extend(d.endpoints.iter().map(|&e| (e, iova, first, m.flags & map_flag::WRITE != 0)));
+            }
+        }
+        out
+    }
+
     /// ATTACH (§5.13.6.3).
     pub fn attach(&mut self, domain: u32, endpoint: u32, flags: u32) -> u8 {
         if !(DOMAIN_START..=DOMAIN_END).contains(&domain) {
