@@ -28,6 +28,8 @@ pub(crate) const EP_RING_SIZE: usize = 0x18;
 pub(crate) const EP_TAIL: usize = 0x20;
 pub(crate) const EP_CTRL: usize = 0x2c;
 pub(crate) const EP_STATUS: usize = 0x28;
+/// CTRL.RING_T: the descriptor fetch and write-backs carry the T bit (docs/device-abi.md).
+const EP_CTRL_RING_T: u32 = 1 << 2;
 /// STATUS.HALTED: a descriptor fetch or write-back was refused (docs/device-abi.md).
 pub(crate) const EP_ST_HALTED: u32 = 1 << 1;
 pub(crate) const OP_COPY: u8 = 1;
@@ -508,6 +510,42 @@ fn tdisp_t1(r: &mut Rig) -> R {
     check!(st != ST_OK && r.mem.r64(pa) == 0x8888, "T=1 DMA of a fenced ASID went through (status {st})");
     check!(r.mailbox(TIO_ASID_FENCE_CLEAR, &2u16.to_le_bytes())? == 0, "TIO_ASID_FENCE_CLEAR");
     check!(r.fill(F_T, iova, 64, 0x8888)? == ST_OK, "T=1 after the fence was cleared");
+    private_ring(r, iova, pa)
+}
+
+/// The driver of a TDI in RUN keeps its ring in its guest's private memory: with CTRL.RING_T the
+/// descriptor fetch and the status write-back carry the T bit as well, and a T=1 FILL from that
+/// ring reaches the private page at `iova`. Then back to the rig's own ring.
+fn private_ring(r: &mut Rig, iova: u64, pa: u64) -> R {
+    let (ring_iova, ring_pa) = r.small(11);
+    r.map(ring_iova, ring_pa, 12, Perm::RW)?;
+    let mut d = [0u8; 32];
+    d[0] = OP_FILL;
+    d[1] = F_T;
+    d[4..8].copy_from_slice(&64u32.to_le_bytes());
+    d[16..24].copy_from_slice(&iova.to_le_bytes());
+    d[24..32].copy_from_slice(&0x5151u64.to_le_bytes());
+    // Written while the page is still shared: a host store to a private page would be an RMP #PF.
+    r.mem.wr(ring_pa, &d);
+    check!(r.rmpupdate(ring_pa, ring_iova, true, 2)? == 0, "RMPUPDATE of the ring page for ASID 2");
+    check!(r.pvalidate(ring_pa, ring_iova, 2)? == 0, "PVALIDATE of the ring page");
+    r.ep.w32(EP_CTRL, 1 | EP_CTRL_RING_T);
+    r.ep.w64(EP_RING_BASE, ring_iova);
+    r.ep.w32(EP_RING_SIZE, 1);
+    r.ep.w32(EP_TAIL, 1);
+    let mut st = [0u8; 2];
+    let done = poll(|| {
+        r.mem.rd(ring_pa + 2, &mut st);
+        u16::from_le_bytes(st) != 0
+    });
+    let halted = r.ep.r32(EP_STATUS) & EP_ST_HALTED != 0;
+    r.ep.w32(EP_CTRL, 1);
+    r.ep.w64(EP_RING_BASE, RING_IOVA);
+    r.ep.w32(EP_RING_SIZE, RING_ENTRIES.trailing_zeros());
+    r.tail = 0;
+    check!(done && !halted, "the descriptor in the private ring never completed (halted: {halted})");
+    check!(u16::from_le_bytes(st) == ST_OK, "T=1 FILL from a private ring: status {}", u16::from_le_bytes(st));
+    check!(r.mem.r64(pa) == 0x5151, "the FILL from the private ring did not land");
     Ok(())
 }
 
