@@ -258,6 +258,21 @@ impl SecureIommu {
     }
 }
 
+/// For tests: the device `rid`'s TDI through the TIO flow to RUN, bound to `asid`, its sDTE
+/// written with `vtom`, answered by a TDISP responder registered for it.
+#[cfg(test)]
+pub(crate) fn bind_running_tdi(s: &mut SecureIommu, rid: u16, asid: u16, vtom: u64) {
+    let responder = Arc::new(Mutex::new(TdispResponder::new(u32::from(rid), Vec::new())));
+    s.tdisp.insert(rid, responder.clone());
+    let mut tr = |_: u16, m: &[u8]| Some(responder.lock().unwrap_or_else(|p| p.into_inner()).handle_request(m));
+    s.tio.init();
+    s.tio.dev_create(rid, 0);
+    s.tio.dev_connect(rid, [0; 8], &mut tr);
+    let tdi = s.tio.tdi_create(rid, u32::from(rid)).expect("a TDI for the device");
+    s.tio.tdi_bind(tdi, asid, 0x100, 0, true, &mut tr);
+    s.tio.sdte_write(tdi, vtom);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,15 +307,7 @@ mod tests {
         assert_eq!(rmp.rmpupdate(0x30_0000, &RmpState::private(0x5000, 2, PageSize::Size4K)).status, RmpStatus::Success);
         rmp.pvalidate(GuestCtx { asid: 2, vmpl: 0 }, 0x30_0000, 0x5000, PageSize::Size4K, true);
         s.rmp = Some(rmp);
-        let responder = Arc::new(Mutex::new(TdispResponder::new(u32::from(RID), Vec::new())));
-        s.tdisp.insert(RID, responder.clone());
-        let mut tr = |_: u16, m: &[u8]| Some(responder.lock().unwrap().handle_request(m));
-        s.tio.init();
-        s.tio.dev_create(RID, 0);
-        s.tio.dev_connect(RID, [0; 8], &mut tr);
-        let tdi = s.tio.tdi_create(RID, u32::from(RID)).unwrap();
-        s.tio.tdi_bind(tdi, 2, 0x100, 0, true, &mut tr);
-        s.tio.sdte_write(tdi, 1 << 40);
+        bind_running_tdi(&mut s, RID, 2, 1 << 40);
         (s, mem, events)
     }
 

@@ -738,15 +738,7 @@ mod tests {
         }
         let mut s = lock(&r.secure);
         s.rmp = Some(rmp);
-        let responder = Arc::new(Mutex::new(TdispResponder::new(u32::from(RID), Vec::new())));
-        s.tdisp.insert(RID, responder.clone());
-        let mut tr = |_: u16, m: &[u8]| Some(lock(&responder).handle_request(m));
-        s.tio.init();
-        s.tio.dev_create(RID, 0);
-        s.tio.dev_connect(RID, [0; 8], &mut tr);
-        let tdi = s.tio.tdi_create(RID, u32::from(RID)).unwrap();
-        s.tio.tdi_bind(tdi, 2, 0x100, 0, true, &mut tr);
-        s.tio.sdte_write(tdi, 1 << 40);
+        crate::secure::bind_running_tdi(&mut s, RID, 2, 1 << 40);
     }
 
     #[test]
