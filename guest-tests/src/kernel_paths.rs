@@ -5,7 +5,7 @@
 //! each one takes, and what the daemon reported: docs/kernel-paths.md.
 
 use crate::scenarios::{
-    expect_event, poll, viommu_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS, EP_TAIL, OP_FILL, R, SKIP, SNP_CTL,
+    descriptor, expect_event, poll, viommu_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS, EP_TAIL, OP_FILL, R, SKIP, SNP_CTL,
     ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT,
 };
 use crate::sys::iommufd::Iommufd;
@@ -40,12 +40,7 @@ impl<'a> VfioRing<'a> {
     /// One FILL of FILL_LEN bytes of `pattern` at `iova`; its completion status.
     fn fill(&mut self, iova: u64, pattern: u64) -> Result<u16, String> {
         let slot = (self.next % (1 << RING_LOG2)) as usize;
-        let mut d = [0u8; 32];
-        d[0] = OP_FILL;
-        d[4..8].copy_from_slice(&(FILL_LEN as u32).to_le_bytes());
-        d[16..24].copy_from_slice(&iova.to_le_bytes());
-        d[24..32].copy_from_slice(&pattern.to_le_bytes());
-        self.ring.write(slot * 32, &d);
+        self.ring.write(slot * 32, &descriptor(OP_FILL, 0, FILL_LEN as u32, 0, iova, pattern));
         self.next += 1;
         self.dev.w32(EP_TAIL as u64, self.next % (1 << RING_LOG2))?;
         let status = || {

@@ -21,8 +21,8 @@ const BIG_IOVA: u64 = 0x4000_0000;
 const VTOM: u64 = 1 << 40;
 
 // Endpoint registers and descriptor fields (docs/device-abi.md).
-pub(crate) const EP_ID: usize = 0x00;
-pub(crate) const EP_RID: usize = 0x08;
+const EP_ID: usize = 0x00;
+const EP_RID: usize = 0x08;
 pub(crate) const EP_RING_BASE: usize = 0x10;
 pub(crate) const EP_RING_SIZE: usize = 0x18;
 pub(crate) const EP_TAIL: usize = 0x20;
@@ -31,14 +31,14 @@ pub(crate) const EP_STATUS: usize = 0x28;
 /// CTRL.RING_T: the descriptor fetch and write-backs carry the T bit (docs/device-abi.md).
 const EP_CTRL_RING_T: u32 = 1 << 2;
 /// STATUS.HALTED: a descriptor fetch or write-back was refused (docs/device-abi.md).
-pub(crate) const EP_ST_HALTED: u32 = 1 << 1;
-pub(crate) const OP_COPY: u8 = 1;
+const EP_ST_HALTED: u32 = 1 << 1;
+const OP_COPY: u8 = 1;
 pub(crate) const OP_FILL: u8 = 2;
 const F_T: u8 = 1;
 pub(crate) const ST_OK: u16 = 1;
 pub(crate) const ST_IO_PAGE_FAULT: u16 = 2;
 pub(crate) const ST_RMP_PAGE_FAULT: u16 = 3;
-pub(crate) const ST_T1_REFUSED: u16 = 4;
+const ST_T1_REFUSED: u16 = 4;
 
 // Mailbox (BAR2).
 pub(crate) const SNP_CTL: usize = 0x10;
@@ -181,14 +181,7 @@ impl Rig {
     /// One descriptor through the ring; returns its status (and value field).
     fn dma(&mut self, op: u8, flags: u8, src: u64, dst: u64, len: u32, value: u64) -> Result<(u16, u64), String> {
         let slot = self.hp1 + u64::from(self.tail % RING_ENTRIES) * 32;
-        let mut d = [0u8; 32];
-        d[0] = op;
-        d[1] = flags;
-        d[4..8].copy_from_slice(&len.to_le_bytes());
-        d[8..16].copy_from_slice(&src.to_le_bytes());
-        d[16..24].copy_from_slice(&dst.to_le_bytes());
-        d[24..32].copy_from_slice(&value.to_le_bytes());
-        self.mem.wr(slot, &d);
+        self.mem.wr(slot, &descriptor(op, flags, len, src, dst, value));
         self.tail = (self.tail + 1) % RING_ENTRIES;
         self.ep.w32(EP_TAIL, self.tail);
         let mut st = [0u8; 2];
@@ -256,6 +249,18 @@ impl Rig {
         self.mem.rd(pa, &mut v);
         v
     }
+}
+
+/// A descriptor as the endpoint reads it (docs/device-abi.md, "Descriptor, 32 bytes"); status 0.
+pub(crate) fn descriptor(op: u8, flags: u8, len: u32, src: u64, dst: u64, value: u64) -> [u8; 32] {
+    let mut d = [0u8; 32];
+    d[0] = op;
+    d[1] = flags;
+    d[4..8].copy_from_slice(&len.to_le_bytes());
+    d[8..16].copy_from_slice(&src.to_le_bytes());
+    d[16..24].copy_from_slice(&dst.to_le_bytes());
+    d[24..32].copy_from_slice(&value.to_le_bytes());
+    d
 }
 
 /// Poll for up to 5 s: TCG is slow, and a result that never comes is a failure, not a hang.
@@ -519,14 +524,8 @@ fn tdisp_t1(r: &mut Rig) -> R {
 fn private_ring(r: &mut Rig, iova: u64, pa: u64) -> R {
     let (ring_iova, ring_pa) = r.small(11);
     r.map(ring_iova, ring_pa, 12, Perm::RW)?;
-    let mut d = [0u8; 32];
-    d[0] = OP_FILL;
-    d[1] = F_T;
-    d[4..8].copy_from_slice(&64u32.to_le_bytes());
-    d[16..24].copy_from_slice(&iova.to_le_bytes());
-    d[24..32].copy_from_slice(&0x5151u64.to_le_bytes());
     // Written while the page is still shared: a host store to a private page would be an RMP #PF.
-    r.mem.wr(ring_pa, &d);
+    r.mem.wr(ring_pa, &descriptor(OP_FILL, F_T, 64, 0, iova, 0x5151));
     check!(r.rmpupdate(ring_pa, ring_iova, true, 2)? == 0, "RMPUPDATE of the ring page for ASID 2");
     check!(r.pvalidate(ring_pa, ring_iova, 2)? == 0, "PVALIDATE of the ring page");
     r.ep.w32(EP_CTRL, 1 | EP_CTRL_RING_T);
@@ -672,11 +671,7 @@ fn virtio_iommu_domain_decides_dma(r: &mut Rig) -> R {
     }
     let (iova, _) = r.small(0);
     let slot = r.hp1 + u64::from(r.tail % RING_ENTRIES) * 32;
-    let mut d = [0u8; 32];
-    d[0] = OP_FILL;
-    d[4..8].copy_from_slice(&8u32.to_le_bytes());
-    d[16..24].copy_from_slice(&iova.to_le_bytes());
-    r.mem.wr(slot, &d);
+    r.mem.wr(slot, &descriptor(OP_FILL, 0, 8, 0, iova, 0));
     r.tail = (r.tail + 1) % RING_ENTRIES;
     r.ep.w32(EP_TAIL, r.tail);
     check!(poll(|| r.ep.r32(EP_STATUS) & EP_ST_HALTED != 0), "the engine did not halt: its ring fetch was not refused");
