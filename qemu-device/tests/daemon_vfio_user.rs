@@ -255,10 +255,8 @@ fn sigterm_exits_cleanly_removes_the_sockets_and_keeps_the_event_stream_whole() 
     assert!(d.wait().success(), "exit status 0 on SIGTERM");
     assert!(!d.sock("iommu").exists() && !d.sock("endpoint").exists(), "sockets removed");
     drop(c);
-    let mut events = String::new();
-    std::fs::File::open(d.dir.join("events.jsonl")).unwrap().read_to_string(&mut events).unwrap();
-    let records: Vec<serde_json::Value> = events.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(records.len(), 1, "{events}");
+    let records = records(&d);
+    assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["type"], "snp");
     assert_eq!(records[0]["pages"], 0x200, "pages up to the top of the mapped RAM");
 }
