@@ -31,7 +31,8 @@ pub struct Bar {
     pub size: u64,
 }
 
-/// Interrupts a function raises (MSI-X vectors), implemented by the glue over QEMU's eventfds.
+/// Interrupts a function raises (MSI or MSI-X vectors), implemented by the glue over QEMU's
+/// eventfds.
 pub trait Irq: Send + Sync {
     fn raise(&self, vector: u16);
 }
@@ -49,6 +50,11 @@ pub trait PciFunction: Send {
     fn bars(&self) -> Vec<Bar>;
     /// Number of MSI-X vectors (0: none). The glue places the table and PBA.
     fn msix_vectors(&self) -> u16 {
+        0
+    }
+    /// Number of MSI vectors (0: no MSI capability; else a power of two up to 32). The driver
+    /// enables MSI or MSI-X; `Irq::raise(v)` signals vector v of whichever is enabled.
+    fn msi_vectors(&self) -> u8 {
         0
     }
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);

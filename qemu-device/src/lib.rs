@@ -1,12 +1,14 @@
 //! The tiommu daemon as a library: the vfio-user glue, the PCI functions, the secure DMA path and
 //! the offline tools, so the `tiommu` binary, the tests and the fuzz targets share one build.
 
+pub mod acpi;
 pub mod daemon;
 pub mod dma;
 pub mod events;
 pub mod function;
 pub mod functions;
 pub mod guest_mem;
+pub mod ivrs;
 pub mod pci;
 pub mod rmp_state;
 pub mod secure;

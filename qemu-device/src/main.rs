@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-use qemu_device::{daemon, viot, walk};
+use qemu_device::{daemon, ivrs, viot, walk};
 
 #[derive(Parser)]
 #[command(name = "tiommu", version, about = "A secure IOMMU (AMD SEV-TIO / Intel TDX Connect style) for QEMU")]
@@ -21,6 +21,9 @@ enum Command {
     /// Write the ACPI VIOT table that puts endpoints behind a virtio-pci IOMMU (for QEMU's
     /// -acpitable file=).
     Viot(viot::Args),
+    /// Write the ACPI IVRS table that describes the secure IOMMU function to Linux's amd_iommu
+    /// (for QEMU's -acpitable file=).
+    Ivrs(ivrs::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon::run(args),
         Command::Walk(args) => walk::run(args),
         Command::Viot(args) => viot::run(args),
+        Command::Ivrs(args) => ivrs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

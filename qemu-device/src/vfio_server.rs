@@ -1,7 +1,7 @@
 //! The vfio-user glue: serves one `PciFunction` over one socket with rust-vmm's vfio_user server.
 //! Config space is ours (region 7); BAR accesses go to the function; QEMU's DMA_MAP messages
-//! bring guest RAM (as file descriptors) into `GuestRam`; MSI-X vectors are the eventfds QEMU
-//! passes with SET_IRQS.
+//! bring guest RAM (as file descriptors) into `GuestRam`; MSI and MSI-X vectors are the eventfds
+//! QEMU passes with SET_IRQS.
 
 use crate::function::{Irq, PciFunction};
 use crate::guest_mem::GuestRam;
@@ -14,22 +14,27 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use vfio_bindings::bindings::vfio::{
     vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
 
-/// MSI-X vectors as eventfds.
+/// MSI-X and MSI vectors as eventfds. A driver enables one of the two (QEMU hands over the
+/// eventfds of the enabled one and withdraws the other's), so a vector goes wherever it has one.
 #[derive(Default)]
 pub struct MsixIrq {
     fds: Mutex<Vec<Option<File>>>,
+    msi: Mutex<Vec<Option<File>>>,
 }
 
 impl Irq for MsixIrq {
     fn raise(&self, vector: u16) {
-        let fds = self.fds.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(Some(mut f)) = fds.get(usize::from(vector)).map(|f| f.as_ref()) {
-            let _ = f.write_all(&1u64.to_le_bytes());
+        for set in [&self.fds, &self.msi] {
+            let fds = set.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(Some(mut f)) = fds.get(usize::from(vector)).map(|f| f.as_ref()) {
+                let _ = f.write_all(&1u64.to_le_bytes());
+                return;
+            }
         }
     }
 }
@@ -47,7 +52,7 @@ pub struct FunctionBackend<F: PciFunction> {
 impl<F: PciFunction> FunctionBackend<F> {
     pub fn new(name: &str, function: F, ram: GuestRam, irq: Arc<MsixIrq>) -> Self {
         let bars = function.bars();
-        let mut config = ConfigSpace::new(&function.ids(), &bars, function.msix_vectors());
+        let mut config = ConfigSpace::new(&function.ids(), &bars, function.msix_vectors(), function.msi_vectors());
         config.add_std_caps(&function.std_caps());
         for (off, header) in function.ext_caps() {
             config.add_ext_cap(off, header);
@@ -98,7 +103,11 @@ impl<F: PciFunction> FunctionBackend<F> {
     fn irqs(&self) -> Vec<IrqInfo> {
         (0..VFIO_PCI_NUM_IRQS)
             .map(|index| {
-                let count = if index == VFIO_PCI_MSIX_IRQ_INDEX { u32::from(self.function.msix_vectors()) } else { 0 };
+                let count = match index {
+                    VFIO_PCI_MSIX_IRQ_INDEX => u32::from(self.function.msix_vectors()),
+                    VFIO_PCI_MSI_IRQ_INDEX => u32::from(self.function.msi_vectors()),
+                    _ => 0,
+                };
                 IrqInfo { index, count, flags: if count > 0 { VFIO_IRQ_INFO_EVENTFD } else { 0 } }
             })
             .collect()
@@ -221,11 +230,12 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
     }
 
     fn set_irqs(&mut self, index: u32, flags: u32, start: u32, count: u32, fds: Vec<File>) -> Result<(), std::io::Error> {
-        if index != VFIO_PCI_MSIX_IRQ_INDEX {
-            return Ok(());
-        }
-        let mut v = self.irq.fds.lock().unwrap_or_else(|p| p.into_inner());
-        let n = usize::from(self.function.msix_vectors());
+        let (set, n) = match index {
+            VFIO_PCI_MSIX_IRQ_INDEX => (&self.irq.fds, usize::from(self.function.msix_vectors())),
+            VFIO_PCI_MSI_IRQ_INDEX => (&self.irq.msi, usize::from(self.function.msi_vectors())),
+            _ => return Ok(()),
+        };
+        let mut v = set.lock().unwrap_or_else(|p| p.into_inner());
         v.resize_with(n, || None);
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 && flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0 {
             for (i, fd) in fds.into_iter().enumerate() {

@@ -32,24 +32,13 @@ pub struct Args {
 
 /// The whole table for a virtio-pci IOMMU at `iommu` translating `endpoints` (segment 0).
 pub fn table(iommu: u16, endpoints: &[u16]) -> Vec<u8> {
-    let len = HEADER_LEN + IOMMU_NODE_LEN + PCI_RANGE_LEN * endpoints.len();
-    let mut t = Vec::with_capacity(len);
-    // Standard ACPI header (ACPI 6.4 §5.2.6).
-    t.extend_from_slice(b"VIOT");
-    t.extend_from_slice(&(len as u32).to_le_bytes());
-    t.push(0); // revision
-    t.push(0); // checksum, set below
-    t.extend_from_slice(b"TIOMMU"); // OEM ID
-    t.extend_from_slice(b"TIOMMUVT"); // OEM table ID
-    t.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
-    t.extend_from_slice(b"TIOM"); // creator ID
-    t.extend_from_slice(&1u32.to_le_bytes()); // creator revision
+    let mut t = Vec::with_capacity(HEADER_LEN - crate::acpi::HEADER_LEN + IOMMU_NODE_LEN + PCI_RANGE_LEN * endpoints.len());
     // VIOT: node count, offset of the first node, 8 reserved bytes.
     t.extend_from_slice(&(1 + endpoints.len() as u16).to_le_bytes());
     t.extend_from_slice(&(HEADER_LEN as u16).to_le_bytes());
     t.extend_from_slice(&[0; 8]);
     // virtio-pci IOMMU node: type, reserved, length, segment, BDF, 8 reserved.
-    let iommu_offset = t.len() as u16;
+    let iommu_offset = (crate::acpi::HEADER_LEN + t.len()) as u16;
     t.extend_from_slice(&[NODE_VIRTIO_PCI_IOMMU, 0]);
     t.extend_from_slice(&(IOMMU_NODE_LEN as u16).to_le_bytes());
     t.extend_from_slice(&0u16.to_le_bytes());
@@ -68,9 +57,7 @@ pub fn table(iommu: u16, endpoints: &[u16]) -> Vec<u8> {
         t.extend_from_slice(&iommu_offset.to_le_bytes());
         t.extend_from_slice(&[0; 6]);
     }
-    let sum = t.iter().fold(0u8, |s, &b| s.wrapping_add(b));
-    t[9] = 0u8.wrapping_sub(sum);
-    t
+    crate::acpi::table(b"VIOT", 0, b"TIOMMUVT", &t)
 }
 
 pub fn run(args: Args) -> Result<(), String> {

@@ -17,6 +17,25 @@ use std::sync::{Arc, Mutex};
 pub const VENDOR: u16 = 0x1234;
 pub const DEVICE: u16 = 0x7101;
 
+/// Where the IOMMU capability block sits in config space; the ACPI IVRS names it (cap_ptr) and
+/// Linux's iommu_init_pci reads the header there.
+pub const CAP_PTR: u8 = crate::pci::config::STD_CAPS_START;
+
+/// The IOMMU capability block (spec 48882 §3.2.1: capability header, base address low/high,
+/// range, miscellaneous information 0), 20 bytes. The header: ID 0Fh (secure device), CapType 3,
+/// CapRev 1, EFRSup (bit 27: the EFR register is valid). IotlbSup (24) is clear because the
+/// model has no device IOTLBs (ATS), and NpCache (26) clear because it never caches a
+/// not-present translation, so Linux need not flush after map (amd_iommu_np_cache stays false).
+/// The base address registers read 0: the registers are in BAR0, which the IVRS names.
+/// Miscellaneous information 0: MSI number 0, GVAsize 48 bits (010b), PAsize and VAsize as the
+/// IVRS's IVinfo.
+fn capability() -> Vec<u8> {
+    const EFR_SUP: u32 = 1 << 27;
+    let header = 0x0f | 3 << 16 | 1 << 19 | EFR_SUP;
+    let misc0 = 2 << 5 | crate::ivrs::PA_SIZE << 8 | crate::ivrs::VA_SIZE << 15;
+    [header, 0, 0, 0, misc0].iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 pub mod bar2 {
     pub const RMP_BASE: u64 = 0x000;
     pub const RMP_END: u64 = 0x008;
@@ -234,8 +253,14 @@ impl PciFunction for IommuFunction {
         vec![Bar { index: 0, size: MMIO_SIZE }, Bar { index: 2, size: 0x1000 }]
     }
 
-    fn msix_vectors(&self) -> u16 {
+    /// MSI, as AMD IOMMUs have it (Linux iommu_init_irq: pci_enable_msi unless XT is in use):
+    /// vector 0 carries the event log and COMPLETION_WAIT interrupts.
+    fn msi_vectors(&self) -> u8 {
         1
+    }
+
+    fn std_caps(&self) -> Vec<Vec<u8>> {
+        vec![capability()]
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {

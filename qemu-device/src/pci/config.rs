@@ -1,6 +1,7 @@
 //! Type 0 config space (PCI Local Bus 3.0 §6.1; PCIe 6.x §7.5 for the PCI Express capability;
-//! MSI-X §6.8.2) as a 4 KiB array with a write mask. QEMU's vfio-pci reads the header and
-//! capabilities from here and emulates BAR sizing and the MSI-X table itself.
+//! MSI §6.8.1, MSI-X §6.8.2) as a 4 KiB array with a write mask. QEMU's vfio-pci reads the header
+//! and capabilities from here and emulates BAR sizing, the MSI capability and the MSI-X table
+//! itself, handing the daemon one eventfd per vector.
 
 use crate::function::{Bar, PciIds};
 
@@ -11,6 +12,13 @@ const CAP_PCIE: u8 = 0x40;
 /// zeroes, so the guest saw no MSI-X (measured with QEMU 11.1's vfio_pci_read_config trace).
 const CAP_MSIX: u8 = 0x80;
 const MSIX_CAP_LEN: usize = 12;
+/// MSI, 64-bit address, no per-vector masking (PCI 3.0 §6.8.1: 14 bytes), after MSI-X.
+const CAP_MSI: u8 = CAP_MSIX + MSIX_CAP_LEN as u8;
+const MSI_CAP_LEN: usize = 14;
+/// Where capabilities a function adds (`add_std_caps`) begin, whatever interrupts it has, so
+/// their offsets are fixed (the AMD-Vi function's capability offset is named in the ACPI IVRS).
+pub const STD_CAPS_START: u8 = 0xa0;
+const _: () = assert!(CAP_MSI as usize + MSI_CAP_LEN <= STD_CAPS_START as usize);
 /// The MSI-X table and PBA live in a BAR of their own.
 pub const MSIX_BAR: u8 = 4;
 pub const MSIX_BAR_SIZE: u64 = 0x1000;
@@ -22,7 +30,8 @@ pub struct ConfigSpace {
 }
 
 impl ConfigSpace {
-    pub fn new(ids: &PciIds, bars: &[Bar], msix_vectors: u16) -> ConfigSpace {
+    /// `msi_vectors` is 0 (no MSI capability) or a power of two up to 32.
+    pub fn new(ids: &PciIds, bars: &[Bar], msix_vectors: u16, msi_vectors: u8) -> ConfigSpace {
         let mut c = ConfigSpace { bytes: [0; SIZE], wmask: [0; SIZE] };
         c.put16(0x00, ids.vendor);
         c.put16(0x02, ids.device);
@@ -46,7 +55,7 @@ impl ConfigSpace {
         }
         // PCI Express capability v2, endpoint, 4 KiB extended config space behind it.
         c.bytes[CAP_PCIE as usize] = 0x10;
-        c.bytes[CAP_PCIE as usize + 1] = if msix_vectors > 0 { CAP_MSIX } else { 0 };
+        c.bytes[CAP_PCIE as usize + 1] = 0;
         c.put16(CAP_PCIE as usize + 2, 0x0002);
         c.put32(CAP_PCIE as usize + 4, 0x0000_8000 | 0x1); // devcap: role-based errors, 256 B payload
         c.wmask[CAP_PCIE as usize + 8] = 0xff; // devctl
@@ -58,8 +67,30 @@ impl ConfigSpace {
             c.wmask[m + 3] = 0xc0; // MSI-X enable, function mask
             c.put32(m + 4, u32::from(MSIX_BAR));
             c.put32(m + 8, MSIX_PBA_OFFSET | u32::from(MSIX_BAR));
+            c.chain(CAP_MSIX);
+        }
+        if msi_vectors > 0 {
+            let m = CAP_MSI as usize;
+            c.bytes[m] = 0x05;
+            // Message Control: 64-bit capable (bit 7), Multiple Message Capable in bits 3:1.
+            let mmc = u16::from(msi_vectors.clamp(1, 32).next_power_of_two().trailing_zeros() as u8);
+            c.put16(m + 2, 1 << 7 | mmc << 1);
+            // Enable and Multiple Message Enable; address (dword aligned) and data.
+            c.wmask[m + 2] = 0x71;
+            c.wmask[m + 4..m + 12].copy_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+            c.wmask[m + 12..m + 14].fill(0xff);
+            c.chain(CAP_MSI);
         }
         c
+    }
+
+    /// Link the capability at `at` to the end of the standard list.
+    fn chain(&mut self, at: u8) {
+        let mut last = CAP_PCIE as usize;
+        while self.bytes[last + 1] != 0 {
+            last = usize::from(self.bytes[last + 1]);
+        }
+        self.bytes[last + 1] = at;
     }
 
     fn put16(&mut self, off: usize, v: u16) {
@@ -71,22 +102,17 @@ impl ConfigSpace {
     }
 
     /// Append read-only capabilities (each from its ID byte; the next pointer is filled here)
-    /// at the end of the chain, after MSI-X, e.g. virtio-pci's vendor capabilities. Those that
-    /// do not fit below 0x100 are left out.
+    /// at the end of the chain from `STD_CAPS_START` on, e.g. virtio-pci's vendor capabilities.
+    /// Those that do not fit below 0x100 are left out.
     pub fn add_std_caps(&mut self, caps: &[Vec<u8>]) {
-        let mut last = CAP_PCIE as usize;
-        while self.bytes[last + 1] != 0 {
-            last = usize::from(self.bytes[last + 1]);
-        }
-        let mut at = CAP_MSIX as usize + MSIX_CAP_LEN;
+        let mut at = usize::from(STD_CAPS_START);
         for c in caps {
             if c.len() < 2 || at + c.len() > 0x100 {
                 break;
             }
             self.bytes[at..at + c.len()].copy_from_slice(c);
             self.bytes[at + 1] = 0;
-            self.bytes[last + 1] = at as u8;
-            last = at;
+            self.chain(at as u8);
             at = (at + c.len() + 3) & !3;
         }
     }
@@ -141,7 +167,7 @@ mod tests {
     #[test]
     fn header_capabilities_and_masks() {
         let ids = PciIds { vendor: 0x1234, device: 0x7101, subsystem_vendor: 0x1234, subsystem: 1, class: 0x080600, revision: 1 };
-        let mut c = ConfigSpace::new(&ids, &[Bar { index: 0, size: 0x4000 }], 2);
+        let mut c = ConfigSpace::new(&ids, &[Bar { index: 0, size: 0x4000 }], 2, 0);
         let mut b = [0u8; 4];
         c.read(0, &mut b);
         assert_eq!(u32::from_le_bytes(b), 0x7101_1234);
@@ -160,11 +186,38 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b), 0x2001_002e, "DOE header chained to the next");
         c.add_std_caps(&[vec![0x09, 0xee, 16, 1], vec![0x09, 0, 20, 2]]);
         c.read(0x80, &mut b);
-        assert_eq!(b[1], 0x8c, "MSI-X points at the first added capability");
-        c.read(0x8c, &mut b);
-        assert_eq!(b, [0x09, 0x90, 16, 1], "next filled in, 4-byte aligned");
-        c.read(0x90, &mut b);
+        assert_eq!(b[1], STD_CAPS_START, "MSI-X points at the first added capability");
+        c.read(0xa0, &mut b);
+        assert_eq!(b, [0x09, 0xa4, 16, 1], "next filled in, 4-byte aligned");
+        c.read(0xa4, &mut b);
         assert_eq!(b, [0x09, 0, 20, 2]);
+        let mut far = [0u8; 2];
+        c.read(4095, &mut far);
+        assert_eq!(far[1], 0xff, "past the end reads ones");
+    }
+
+    #[test]
+    fn msi_capability_as_qemu_reads_it() {
+        let ids = PciIds { vendor: 0x1234, device: 0x7101, subsystem_vendor: 0x1234, subsystem: 1, class: 0x080600, revision: 1 };
+        let mut c = ConfigSpace::new(&ids, &[Bar { index: 0, size: 0x4000 }], 0, 1);
+        let mut b = [0u8; 4];
+        c.read(0x40, &mut b);
+        assert_eq!(b[1], CAP_MSI, "PCI Express points at MSI when there is no MSI-X");
+        c.read(u64::from(CAP_MSI), &mut b);
+        assert_eq!(b, [0x05, 0, 0x80, 0], "MSI, last, 64-bit, one vector");
+        // The driver enables it and programs the message; reserved and read-only bits stay.
+        c.write(u64::from(CAP_MSI) + 2, &[0xff, 0xff]);
+        c.read(u64::from(CAP_MSI), &mut b);
+        assert_eq!(u16::from_le_bytes([b[2], b[3]]), 0x80 | 0x71);
+        c.write(u64::from(CAP_MSI) + 4, &0xfee0_0003u32.to_le_bytes());
+        c.read(u64::from(CAP_MSI) + 4, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0xfee0_0000, "address is dword aligned");
+        let c = ConfigSpace::new(&ids, &[], 4, 8);
+        let mut b = [0u8; 4];
+        c.read(0x80, &mut b);
+        assert_eq!(b[1], CAP_MSI, "MSI-X, then MSI");
+        c.read(u64::from(CAP_MSI), &mut b);
+        assert_eq!(b[2] & 0x0e, 3 << 1, "8 vectors: MMC = 3");
         let mut far = [0u8; 2];
         c.read(4095, &mut far);
         assert_eq!(far[1], 0xff, "past the end reads ones");
