@@ -5,7 +5,7 @@
 //! each one takes, and what the daemon reported: docs/kernel-paths.md.
 
 use crate::scenarios::{
-    descriptor, expect_event, poll, viommu_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS, EP_TAIL, OP_FILL, R, SKIP, SNP_CTL,
+    amdvi_mode, descriptor, expect_event, poll, viommu_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS, EP_TAIL, OP_FILL, R, SKIP, SNP_CTL,
     ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT,
 };
 use crate::sys::iommufd::Iommufd;
@@ -81,12 +81,12 @@ fn convert_in_place(r: &mut Rig, ep: &mut VfioRing, mem: &UserMem, off: usize, i
 /// next write there is IO_PAGE_FAULT, written back through the ring, which is still mapped.
 fn unmapped_write_faults(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64, unmap: impl FnOnce() -> R) -> R {
     unmap()?;
-    expect_event("viommu", &format!("req=unmap virt_start={iova:#x} status=OK"));
+    expect_unmap(iova);
     mem.write(off, &[0u8; FILL_LEN]);
     let st = ep.fill(iova, 0xdead_beef_dead_beef)?;
     check!(st == ST_IO_PAGE_FAULT, "FILL after the unmap: status {st}");
     check!(holds(mem, off, 0), "the unmapped page was written");
-    expect_event("translation_fault", &format!("devid=00:04.0 via=virtio-iommu iova={iova:#x}"));
+    expect_event("translation_fault", &format!("devid=00:04.0 via={} iova={iova:#x}", via()));
     Ok(())
 }
 
@@ -99,11 +99,36 @@ fn snp_on(r: &mut Rig) -> R {
     Ok(())
 }
 
-fn need_viommu() -> R {
-    if !viommu_mode() {
-        return Err(format!("{SKIP}no virtio-iommu attached (scripts/run-vm --virtio-iommu)"));
+/// The kernel's own IOMMU driver translates the endpoint: virtio_iommu through the daemon's
+/// virtio-iommu, or amd_iommu through the secure IOMMU's AMD-Vi registers.
+fn need_kernel_iommu() -> R {
+    if !viommu_mode() && !amdvi_mode() {
+        return Err(format!("{SKIP}no kernel IOMMU driver for the endpoint (scripts/run-vm --virtio-iommu or --amd-iommu)"));
     }
     Ok(())
+}
+
+/// Which front the daemon's records name for the endpoint's translations.
+fn via() -> &'static str {
+    if amdvi_mode() {
+        "amd-vi"
+    } else {
+        "virtio-iommu"
+    }
+}
+
+/// The daemon saw the kernel map `iova` (the virtio-iommu's MAP request; Linux's amd_iommu
+/// writes its page tables in guest RAM, which the daemon only sees when a device walks them).
+fn expect_map(iova: u64) {
+    if viommu_mode() {
+        expect_event("viommu", &format!("req=map virt_start={iova:#x} pages=1 status=OK"));
+    }
+}
+
+fn expect_unmap(iova: u64) {
+    if viommu_mode() {
+        expect_event("viommu", &format!("req=unmap virt_start={iova:#x} status=OK"));
+    }
 }
 
 /// The endpoint through iommufd: bound to vfio-pci, its cdev bound to an iommufd and attached
@@ -133,15 +158,15 @@ fn fill_lands(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64, pattern: 
 /// reports the hazard), then VFIO_IOMMU_UNMAP_DMA and the next DMA there refused
 /// (IO_PAGE_FAULT written back through the ring, which is still mapped).
 pub fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
-    need_viommu()?;
+    need_kernel_iommu()?;
     bind_vfio_pci(BDF)?;
     let v = Vfio::open(BDF)?;
     let mem = UserMem::new(0x2000)?;
     v.map(mem.addr(), RING_IOVA, 0x1000)?;
     v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
     // One pinned page each, as the daemon saw the kernel's MAP requests.
-    expect_event("viommu", &format!("req=map virt_start={RING_IOVA:#x} pages=1 status=OK"));
-    expect_event("viommu", &format!("req=map virt_start={DATA_IOVA:#x} pages=1 status=OK"));
+    expect_map(RING_IOVA);
+    expect_map(DATA_IOVA);
     snp_on(r)?;
     let mut ep = VfioRing::start(&v.device, &mem)?;
     fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x1122_3344_5566_7788)?;
@@ -156,12 +181,12 @@ const MEMFD_IOVA: u64 = 0x40_0000;
 /// IOAS, IOMMU_IOAS_MAP of user memory (pinned by the kernel, sent to the daemon as MAPs), the
 /// endpoint's DMA through it, IOMMU_IOAS_UNMAP and the next DMA refused.
 pub fn iommufd_map_decides_dma(_r: &mut Rig) -> R {
-    need_viommu()?;
+    need_kernel_iommu()?;
     let (fd, ioas, dev) = iommufd_endpoint()?;
     let mem = UserMem::new(0x2000)?;
     fd.map(ioas, mem.addr(), RING_IOVA, 0x1000)?;
     fd.map(ioas, mem.addr() + 0x1000, IOMMUFD_DATA_IOVA, 0x1000)?;
-    expect_event("viommu", &format!("req=map virt_start={IOMMUFD_DATA_IOVA:#x} pages=1 status=OK"));
+    expect_map(IOMMUFD_DATA_IOVA);
     let mut ep = VfioRing::start(&dev, &mem)?;
     fill_lands(&mut ep, &mem, 0x1000, IOMMUFD_DATA_IOVA, 0x5566_7788_99aa_bbcc)?;
     unmapped_write_faults(&mut ep, &mem, 0x1000, IOMMUFD_DATA_IOVA, || fd.unmap(ioas, IOMMUFD_DATA_IOVA, 0x1000))
@@ -171,17 +196,17 @@ pub fn iommufd_map_decides_dma(_r: &mut Rig) -> R {
 /// a process's page tables): the endpoint's DMA lands in the file's page, seen through another
 /// mapping of the file.
 pub fn iommufd_map_file_memfd(_r: &mut Rig) -> R {
-    need_viommu()?;
+    need_kernel_iommu()?;
     let (fd, ioas, dev) = iommufd_endpoint()?;
     let ring = UserMem::new(0x1000)?;
     fd.map(ioas, ring.addr(), RING_IOVA, 0x1000)?;
     let file = UserMem::memfd(0x1000)?;
     fd.map_file(ioas, file.fd.as_ref().ok_or("no memfd")?, 0, MEMFD_IOVA, 0x1000)?;
-    expect_event("viommu", &format!("req=map virt_start={MEMFD_IOVA:#x} pages=1 status=OK"));
+    expect_map(MEMFD_IOVA);
     let mut ep = VfioRing::start(&dev, &ring)?;
     fill_lands(&mut ep, &file, 0, MEMFD_IOVA, 0x0123_4567_89ab_cdef)?;
     fd.unmap(ioas, MEMFD_IOVA, 0x1000)?;
-    expect_event("viommu", &format!("req=unmap virt_start={MEMFD_IOVA:#x} status=OK"));
+    expect_unmap(MEMFD_IOVA);
     Ok(())
 }
 
@@ -202,7 +227,7 @@ const SHARED_IOVA: u64 = 0x60_0000;
 ///   private (RMPUPDATE of that page, done here as an SNP host would), is the hazard: the
 ///   daemon reports it and the RMP refuses the device's write.
 pub fn guest_memfd_conversion(r: &mut Rig) -> R {
-    need_viommu()?;
+    need_kernel_iommu()?;
     if !std::path::Path::new("/dev/kvm").exists() {
         return Err(format!("{SKIP}no /dev/kvm: this kernel has no KVM, or the CPU model has no SVM/VMX"));
     }
@@ -225,7 +250,7 @@ pub fn guest_memfd_conversion(r: &mut Rig) -> R {
     }
     let memfd = shared.fd.as_ref().ok_or("no memfd")?;
     fd.map_file(ioas, memfd, 0, SHARED_IOVA, 0x1000)?;
-    expect_event("viommu", &format!("req=map virt_start={SHARED_IOVA:#x} pages=1 status=OK"));
+    expect_map(SHARED_IOVA);
     snp_on(r)?;
     let mut ep = VfioRing::start(&dev, &ring)?;
     fill_lands(&mut ep, &shared, 0, SHARED_IOVA, 0x1111_2222_3333_4444)?;

@@ -74,7 +74,8 @@ macro_rules! check {
 pub(crate) struct Rig {
     ep_cfg: Config,
     doe: Option<u64>,
-    iommu: Bar,
+    /// The AMD-Vi registers, unless the kernel's amd_iommu owns them (`amdvi_mode`).
+    iommu: Option<Bar>,
     pub(crate) ctl: Bar,
     ep: Bar,
     mem: DmaMem,
@@ -105,7 +106,8 @@ impl Rig {
         let iommu_dev = find(IOMMU_ID.0, IOMMU_ID.1).ok_or("no secure IOMMU function (1234:7101)")?;
         let ep_dev = find(ENDPOINT_ID.0, ENDPOINT_ID.1).ok_or("no DMA endpoint function (1234:7102)")?;
         let rid = bdf_to_rid(&ep_dev).ok_or("endpoint address")?;
-        let (iommu, ctl, ep) = (Bar::map(&iommu_dev, 0)?, Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
+        let iommu = if amdvi_mode() { None } else { Some(Bar::map(&iommu_dev, 0)?) };
+        let (ctl, ep) = (Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
         let ep_cfg = Config::open(&ep_dev)?;
         let doe = ep_cfg.ext_cap(0x2e);
         let mut mem = DmaMem::default();
@@ -118,15 +120,16 @@ impl Rig {
             devtab: hp0, cmdbuf: hp0 + 0x1000, evtlog: hp0 + 0x2000, sem: hp0 + 0x3000, mbox: hp0 + 0x4000,
             pt, cmd_tail: 0, evt_head: 0, sem_seq: 0, tail: 0,
         };
+        let Some(regs) = &rig.iommu else { return Ok(rig) };
         let dte = Dte::translated(rig.pt.root, 4, DOMAIN, Perm::RW);
         rig.mem.wr(rig.devtab + u64::from(rid) * 32, &dte.to_bytes());
         // As Linux does: everything off before the bases are (re)written, then on again, so a
         // command processor an earlier driver left stopped restarts.
-        rig.iommu.w64(mmio::CONTROL as usize, 0);
-        rig.iommu.w64(mmio::DEV_TABLE_BASE as usize, rig.devtab);
-        rig.iommu.w64(mmio::CMD_BUF_BASE as usize, rig.cmdbuf | 8 << 56);
-        rig.iommu.w64(mmio::EVENT_LOG_BASE as usize, rig.evtlog | 8 << 56);
-        rig.iommu.w64(mmio::CONTROL as usize, control::IOMMU_EN | control::EVENT_LOG_EN | control::CMD_BUF_EN);
+        regs.w64(mmio::CONTROL as usize, 0);
+        regs.w64(mmio::DEV_TABLE_BASE as usize, rig.devtab);
+        regs.w64(mmio::CMD_BUF_BASE as usize, rig.cmdbuf | 8 << 56);
+        regs.w64(mmio::EVENT_LOG_BASE as usize, rig.evtlog | 8 << 56);
+        regs.w64(mmio::CONTROL as usize, control::IOMMU_EN | control::EVENT_LOG_EN | control::CMD_BUF_EN);
         rig.map(RING_IOVA, hp1, 12, Perm::RW)?;
         // A driver taking over drops whatever an earlier one left cached, and resets the engine.
         rig.submit(&[Command::InvalidateIommuAll]);
@@ -153,7 +156,9 @@ impl Rig {
             self.mem.w64(self.cmdbuf + self.cmd_tail + 8, b);
             self.cmd_tail = (self.cmd_tail + 16) % 4096;
         }
-        self.iommu.w64(mmio::CMD_BUF_TAIL as usize, self.cmd_tail);
+        if let Some(regs) = &self.iommu {
+            regs.w64(mmio::CMD_BUF_TAIL as usize, self.cmd_tail);
+        }
     }
 
     /// COMPLETION_WAIT and poll its store, as Linux's wait_on_sem does.
@@ -166,7 +171,8 @@ impl Rig {
 
     /// New event-log records since the last call.
     fn events(&mut self) -> Vec<Event> {
-        let tail = self.iommu.r64(mmio::EVENT_LOG_TAIL as usize);
+        let Some(regs) = &self.iommu else { return Vec::new() };
+        let tail = regs.r64(mmio::EVENT_LOG_TAIL as usize);
         let mut out = Vec::new();
         while self.evt_head != tail && out.len() < 256 {
             let mut b = [0u8; 16];
@@ -174,7 +180,7 @@ impl Rig {
             out.push(Event::from_bytes(&b));
             self.evt_head = (self.evt_head + 16) % 4096;
         }
-        self.iommu.w64(mmio::EVENT_LOG_HEAD as usize, self.evt_head);
+        regs.w64(mmio::EVENT_LOG_HEAD as usize, self.evt_head);
         out
     }
 
@@ -287,8 +293,8 @@ pub(crate) fn expect_event(kind: &str, kv: &str) {
 /// Figures for docs/performance.md (not tests): BAR read round trip, and 1 MiB copies through
 /// 4 KiB and 2 MiB mappings (the daemon times each copy and a plain memcpy beside it).
 pub fn measure() {
-    // Through the kernel's virtio-iommu domain the endpoint reaches nothing these copies map.
-    if viommu_mode() {
+    // Through the kernel's IOMMU domain the endpoint reaches nothing these copies map.
+    if viommu_mode() || amdvi_mode() {
         return;
     }
     let Ok(mut r) = Rig::new() else { return };
@@ -358,11 +364,16 @@ pub fn run() -> Vec<(&'static str, R)> {
         }
     };
     let id = rig.ep.r32(EP_ID);
-    println!("# endpoint {:#x} requester {:#06x}, IOMMU EFR {:#x}", id, rig.ep.r32(EP_RID), rig.iommu.r64(mmio::EXT_FEATURES as usize));
+    match &rig.iommu {
+        Some(regs) => println!("# endpoint {:#x} requester {:#06x}, IOMMU EFR {:#x}", id, rig.ep.r32(EP_RID), regs.r64(mmio::EXT_FEATURES as usize)),
+        None => println!("# endpoint {:#x} requester {:#06x}, AMD-Vi registers owned by the kernel's amd_iommu", id, rig.ep.r32(EP_RID)),
+    }
     let mut out = Vec::new();
     for (i, (name, f)) in scenarios.iter().enumerate() {
         let r = if viommu_mode() && amdvi_dma.contains(name) {
             Err(format!("{SKIP}00:04.0 is in the kernel's virtio-iommu domain, not behind these AMD-Vi tables"))
+        } else if amdvi_mode() && amdvi_dma.contains(name) {
+            Err(format!("{SKIP}the kernel's amd_iommu owns the AMD-Vi registers; this scenario programs them itself"))
         } else {
             f(&mut rig)
         };
@@ -712,6 +723,11 @@ fn kernel_doe_features(_r: &mut Rig) -> R {
 
 pub(crate) fn viommu_mode() -> bool {
     std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.viommu=1")
+}
+
+/// The kernel's amd_iommu drives the secure IOMMU function (run-vm --amd-iommu, an ACPI IVRS).
+pub(crate) fn amdvi_mode() -> bool {
+    std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.amdvi=1")
 }
 
 /// After the hostile driver: a fresh driver (new tables, reset engine, pages made shared again)

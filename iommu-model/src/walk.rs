@@ -199,3 +199,80 @@ where
         }
     }
 }
+
+/// One leaf found by [`find_leaves`]: the IOVA it starts at and what it maps there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub iova: u64,
+    pub translation: Translation,
+}
+
+/// The reverse search ran out of table reads before it had seen every table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetExhausted;
+
+/// Every leaf of the table at `root` (level `levels`) whose page overlaps the physical range
+/// `[spa, spa + len)`, found by visiting each present table once per path: the question "who
+/// can still reach this page" that a conversion to private asks. Each 4 KiB table read costs one
+/// unit of `budget`; when it runs out the search stops with `BudgetExhausted` and `out` holds what
+/// was found so far. Entries are decoded exactly as [`walk`] decodes them, so a leaf found here is
+/// one a walk of its IOVA reaches (permissions ANDed the same way).
+pub fn find_leaves<F, M>(fmt: &F, mem: &M, root: u64, levels: u8, spa: u64, len: u64, budget: &mut u32, out: &mut Vec<Leaf>) -> Result<(), BudgetExhausted>
+where
+    F: Format + ?Sized,
+    M: PhysMem + ?Sized,
+{
+    if levels == 0 || levels > MAX_LEVELS || len == 0 {
+        return Ok(());
+    }
+    let end = spa.saturating_add(len);
+    search(fmt, mem, root & !0xfff, levels, 0, Perm::RW, (spa, end), budget, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn search<F, M>(fmt: &F, mem: &M, table: u64, level: u8, base: u64, perm: Perm, range: (u64, u64), budget: &mut u32, out: &mut Vec<Leaf>) -> Result<(), BudgetExhausted>
+where
+    F: Format + ?Sized,
+    M: PhysMem + ?Sized,
+{
+    if *budget == 0 {
+        return Err(BudgetExhausted);
+    }
+    *budget -= 1;
+    let mut raw = [0u8; 4096];
+    // A table outside memory maps nothing a device could reach: a walk through it faults.
+    if mem.read(table, &mut raw).is_err() {
+        return Ok(());
+    }
+    for (i, e) in raw.chunks_exact(8).enumerate() {
+        let raw = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+        let iova = base | (i as u64) << shift(level);
+        match fmt.decode(level, raw) {
+            Entry::NotPresent | Entry::Invalid => {}
+            Entry::Page { addr, size_log2, perm: p } => {
+                let min = shift(level);
+                if u32::from(size_log2) < min || u32::from(size_log2) >= min + 9 || size_log2 > 63 {
+                    continue;
+                }
+                let mask = (1u64 << size_log2) - 1;
+                let (start, iova) = (addr & !mask, iova & !mask);
+                // A NextLevel-7 page larger than its slot is replicated over several slots (Linux
+                // PAGE_SIZE_PTE_COUNT): report it once, from its first slot.
+                if out.last().is_some_and(|l| l.iova == iova && l.translation.size_log2 == size_log2) {
+                    continue;
+                }
+                if start < range.1 && start.saturating_add(mask) >= range.0 {
+                    out.push(Leaf { iova, translation: Translation { spa: start, size_log2, perm: perm.and(p), level } });
+                }
+            }
+            Entry::Table { addr, next_level, perm: p } => {
+                // As `walk`: a table must be lower; a skip leaves the skipped IOVA bits zero.
+                if next_level == 0 || next_level >= level {
+                    continue;
+                }
+                search(fmt, mem, addr & !0xfff, next_level, iova, perm.and(p), range, budget, out)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -143,3 +143,49 @@ proptest! {
         prop_assert!(reads <= u32::from(mode), "{reads} reads for a mode {mode} walk");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    /// The reverse search finds exactly the mappings whose page holds the probed physical page:
+    /// every one the builder wrote (and a walk translates there), and nothing else.
+    #[test]
+    fn reverse_search_finds_exactly_the_mappings_of_a_page(mode in 1u8..=4, maps in prop::collection::vec((prop::sample::select(vec![12u8, 13, 16, 21]), 0u64..64, 0u64..16, any::<bool>()), 1..24), pick in any::<prop::sample::Index>()) {
+        use iommu_model::amdvi::reverse::mappings_of;
+        let mut m = ByteMem::new(0, POOL_END as usize);
+        let mut b = V1Builder::new(&mut m, POOL, POOL_END, mode).unwrap();
+        let reach = 12 + 9 * u32::from(mode);
+        let mut done: Vec<(u64, u64, u8, Perm)> = Vec::new();
+        // IOVAs and SPAs from small pools so that pages are often mapped more than once.
+        for (size_log2, iova_slot, spa_slot, ro) in maps {
+            if u32::from(size_log2) >= reach {
+                continue;
+            }
+            let mask = (1u64 << size_log2) - 1;
+            let iova = ((iova_slot << 21) % (1u64 << reach.min(40))) & !mask;
+            let spa = (0x1_0000_0000 + (spa_slot << 13)) & !mask;
+            if done.iter().any(|&(i, _, s, _)| iova <= i + ((1u64 << s) - 1) && i <= iova + mask) {
+                continue;
+            }
+            let perm = Perm::new(true, !ro);
+            if b.map(&mut m, iova, spa, size_log2, perm).is_ok() {
+                done.push((iova, spa, size_log2, perm));
+            }
+        }
+        prop_assume!(!done.is_empty());
+        m.write(DEVTAB + 0x20 * 32, &Dte::translated(b.root, mode, 1, Perm::RW).to_bytes()).unwrap();
+        let &(_, spa, size_log2, _) = pick.get(&done);
+        let page = spa + ((1u64 << size_log2) - 0x1000) / 2 / 0x1000 * 0x1000;
+        let mut budget = 10_000;
+        let found = mappings_of(&m, DevTabBase(DEVTAB), page, 0x1000, &mut budget).unwrap();
+        let mut got: Vec<(u64, u64, u8)> = found.iter().map(|f| (f.iova, f.spa, f.size_log2)).collect();
+        got.sort();
+        let mut want: Vec<(u64, u64, u8)> = done.iter().filter(|&&(_, s, l, _)| s <= page && page < s + (1u64 << l)).map(|&(i, s, l, _)| (i, s, l)).collect();
+        want.sort();
+        prop_assert_eq!(&got, &want);
+        for f in &found {
+            prop_assert_eq!(f.devid, 0x20);
+            let t = translate(&m, DevTabBase(DEVTAB), 0x20, f.iova + (page - f.spa), Access::Read).translation();
+            prop_assert_eq!(t.map(|t| t.spa), Some(page), "a walk of the found IOVA reaches the page");
+        }
+    }
+}

@@ -59,6 +59,11 @@ pub trait PciFunction: Send {
     }
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
+    /// Bus Master Enable hard-wired to 1 (an IOMMU: its own memory writes and MSIs are not
+    /// gated by BME, and Linux's amd_iommu never sets it).
+    fn bus_master_always(&self) -> bool {
+        false
+    }
     /// Further read-only capabilities in the standard config space (each from its capability
     /// ID byte; the glue chains them after PCI Express and MSI-X), such as virtio's.
     fn std_caps(&self) -> Vec<Vec<u8>> {

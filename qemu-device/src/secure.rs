@@ -33,6 +33,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// 4 KiB reads (device table and page tables) one conversion may spend looking for mappings of
+/// its page: 16 MiB, a full 64K-entry device table (512 reads) and thousands of page tables.
+pub const HAZARD_SEARCH_BUDGET: u32 = 4096;
+
 pub fn bdf(devid: u16) -> String {
     format!("{:02x}:{:02x}.{}", devid >> 8, (devid >> 3) & 0x1f, devid & 7)
 }
@@ -76,6 +80,7 @@ impl SecureIommu {
 
     pub fn irq_if_pending(&mut self) {
         if self.amdvi.take_irq() {
+            tracing::debug!("AMD-Vi interrupt");
             self.irq.raise(0);
         }
     }
@@ -140,6 +145,28 @@ impl SecureIommu {
                 "requester": bdf(h.mapping.requester), "iova": format!("{:#x}", h.mapping.iova),
                 "size": h.mapping.size, "write": h.mapping.write,
             }));
+        }
+        // Tables a driver built in guest RAM (Linux's amd_iommu): every enabled DTE's tables are
+        // searched for the page, so a mapping counts whether or not a device has walked it yet.
+        if st.assigned && res.status == RmpStatus::Success && self.amdvi.enabled() {
+            let mut budget = HAZARD_SEARCH_BUDGET;
+            let found = amdvi::reverse::mappings_of(mem, devtab, spa, st.page_size.bytes(), &mut budget);
+            let complete = found.is_ok();
+            for m in found.unwrap_or_else(|partial| partial) {
+                // The first converted 4 KiB page the mapping reaches, and its IOVA there.
+                let hit = (spa & !0xfff).max(m.spa);
+                let iova = m.iova + (hit - m.spa);
+                if reported.insert((m.devid, iova)) {
+                    self.events.emit(json!({
+                        "type": "hazard", "spa": format!("{hit:#x}"), "asid": st.asid,
+                        "requester": bdf(m.devid), "iova": format!("{iova:#x}"), "size": 1u64 << m.size_log2,
+                        "write": m.perm.write, "via": "amd-vi", "domain": m.domain_id,
+                    }));
+                }
+            }
+            if !complete {
+                self.events.emit(json!({"type": "hazard_search_incomplete", "spa": format!("{spa:#x}"), "budget": HAZARD_SEARCH_BUDGET}));
+            }
         }
         // The virtio-iommu's domains are tables the daemon owns: every mapping of the page is
         // known, whether or not a device has used it yet.
@@ -309,6 +336,36 @@ mod tests {
         s.rmp = Some(rmp);
         bind_running_tdi(&mut s, RID, 2, 1 << 40);
         (s, mem, events)
+    }
+
+    /// A page mapped by a driver's tables that no device has used yet is still a live mapping:
+    /// turning it private reports the hazard, found by searching the enabled DTEs' tables.
+    #[test]
+    fn conversion_reports_mappings_no_device_has_walked() {
+        let ram = crate::guest_mem::test_ram(4 << 20);
+        let mut mem = ram.snapshot();
+        let mut pt = V1Builder::new(&mut mem, 0x10_0000, 0x20_0000, 3).unwrap();
+        pt.map(&mut mem, 0x7000, 0x30_0000, 12, Perm::RW).unwrap();
+        pt.map(&mut mem, 0x20_0000, 0x20_0000, 21, Perm::new(true, false)).unwrap();
+        mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 3, 7, Perm::RW).to_bytes()).unwrap();
+        let events = Arc::new(Collect::default());
+        let mut s = SecureIommu::new(events.clone(), Arc::new(NoIrq));
+        s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
+        s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
+        s.enable_snp(&mut mem, 1024);
+        assert_eq!(s.amdvi.walks, 0, "nothing walked");
+        assert_eq!(s.rmpupdate(&mut mem, 0x30_0000, &RmpState::private(0x7000, 2, PageSize::Size4K)), RmpStatus::Success);
+        assert_eq!(s.rmpupdate(&mut mem, 0x20_5000, &RmpState::private(0x5000, 2, PageSize::Size4K)), RmpStatus::Success);
+        let ev = events.0.lock().unwrap();
+        let hazards: Vec<_> = ev.iter().filter(|e| e["type"] == "hazard").collect();
+        // 0x300000 is mapped twice: at IOVA 0x7000, and inside the 2 MiB page at 0x200000.
+        assert_eq!(hazards.len(), 3, "{hazards:?}");
+        assert_eq!((hazards[0]["iova"].as_str(), hazards[0]["spa"].as_str(), hazards[0]["write"].as_bool()), (Some("0x7000"), Some("0x300000"), Some(true)));
+        assert_eq!((hazards[0]["via"].as_str(), hazards[0]["domain"].as_u64(), hazards[0]["requester"].as_str()), (Some("amd-vi"), Some(7), Some("00:04.0")));
+        // Inside the 2 MiB read-only mapping: the IOVA of that 4 KiB page within it.
+        assert_eq!((hazards[1]["iova"].as_str(), hazards[1]["size"].as_u64(), hazards[1]["write"].as_bool()), (Some("0x300000"), Some(1 << 21), Some(false)));
+        assert_eq!((hazards[2]["iova"].as_str(), hazards[2]["spa"].as_str()), (Some("0x205000"), Some("0x205000")));
+        assert!(!ev.iter().any(|e| e["type"] == "hazard_search_incomplete"));
     }
 
     #[test]

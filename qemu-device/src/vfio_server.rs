@@ -54,6 +54,9 @@ impl<F: PciFunction> FunctionBackend<F> {
         let bars = function.bars();
         let mut config = ConfigSpace::new(&function.ids(), &bars, function.msix_vectors(), function.msi_vectors());
         config.add_std_caps(&function.std_caps());
+        if function.bus_master_always() {
+            config.hardwire_bus_master();
+        }
         for (off, header) in function.ext_caps() {
             config.add_ext_cap(off, header);
         }
@@ -235,6 +238,7 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
             VFIO_PCI_MSI_IRQ_INDEX => (&self.irq.msi, usize::from(self.function.msi_vectors())),
             _ => return Ok(()),
         };
+        tracing::debug!("{}: SET_IRQS index {index} flags {flags:#x} start {start} count {count} ({} fds)", self.name, fds.len());
         let mut v = set.lock().unwrap_or_else(|p| p.into_inner());
         v.resize_with(n, || None);
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 && flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0 {

@@ -6,6 +6,7 @@ pub mod command;
 pub mod dte;
 pub mod event;
 pub mod mmio;
+pub mod reverse;
 pub mod translate;
 
 pub use event::Event;

@@ -263,6 +263,13 @@ impl PciFunction for IommuFunction {
         vec![capability()]
     }
 
+    /// The IOMMU's event-log writes, completion-wait stores and MSI are its own, not a
+    /// device's DMA: Linux's amd_iommu enables the function (pci_enable_device) but never sets
+    /// Bus Master Enable, and real AMD IOMMUs interrupt all the same.
+    fn bus_master_always(&self) -> bool {
+        true
+    }
+
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         let v = match bar {
             0 => self.lock().amdvi.mmio_read(offset, data.len()),
@@ -287,6 +294,7 @@ impl PciFunction for IommuFunction {
         let v = le(data);
         match bar {
             0 => {
+                tracing::trace!("AMD-Vi write {offset:#06x} <- {v:#x} ({} bytes)", data.len());
                 let mut mem = self.ram.snapshot();
                 let mut s = self.lock();
                 s.amdvi.mmio_write(&mut mem, offset, data.len(), v);

@@ -84,6 +84,16 @@ impl ConfigSpace {
         c
     }
 
+    /// Bus Master Enable reads 1 and cannot be cleared: for a function whose own memory writes
+    /// (an IOMMU's event log, completion-wait stores, its MSI) are not gated by BME, which Linux
+    /// therefore never sets. QEMU sends a vfio function's MSI through the function's bus-master
+    /// address space (hw/pci/msi.c), so with BME clear the interrupt would be dropped; a driver's
+    /// read-modify-write of Command then carries the 1 into QEMU's copy.
+    pub fn hardwire_bus_master(&mut self) {
+        self.bytes[0x04] |= 0x04;
+        self.wmask[0x04] &= !0x04;
+    }
+
     /// Link the capability at `at` to the end of the standard list.
     fn chain(&mut self, at: u8) {
         let mut last = CAP_PCIE as usize;
@@ -180,6 +190,9 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b), 0x7101_1234, "ids are read-only");
         c.write(4, &[0xff, 0xff]);
         assert_eq!(c.command(), 0x0406);
+        c.hardwire_bus_master();
+        c.write(4, &[0, 0]);
+        assert_eq!(c.command(), 0x0004, "bus master stays on");
         c.add_ext_cap(0x100, 0x0001_002e);
         c.add_ext_cap(0x200, 0x0001_0001);
         c.read(0x100, &mut b);
