@@ -5,7 +5,7 @@
 //! each one takes, and what the daemon reported: docs/kernel-paths.md.
 
 use crate::scenarios::{
-    amdvi_mode, descriptor, expect_event, poll, viommu_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS, EP_TAIL, OP_FILL, R, SKIP, SNP_CTL,
+    amdvi_mode, descriptor, expect_dmesg, expect_event, poll, viommu_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS, EP_TAIL, OP_FILL, R, SKIP, SNP_CTL,
     ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT,
 };
 use crate::sys::iommufd::Iommufd;
@@ -73,6 +73,9 @@ fn convert_in_place(r: &mut Rig, ep: &mut VfioRing, mem: &UserMem, off: usize, i
     let st = ep.fill(iova, 0x0bad_0bad_0bad_0bad)?;
     check!(st == ST_RMP_PAGE_FAULT, "write to the page turned private: status {st}");
     check!(holds(mem, off, last), "the refused write changed the page");
+    if amdvi_mode() {
+        expect_dmesg(&format!(r"0000:00:04\.0: AMD-Vi: Event logged \[RMP_PAGE_FAULT vmg_tag=0x0000, gpa={iova:#x}, flags_rmp=0x0001, flags=0x0020\]"));
+    }
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     Ok(())
 }
@@ -87,6 +90,10 @@ fn unmapped_write_faults(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64
     check!(st == ST_IO_PAGE_FAULT, "FILL after the unmap: status {st}");
     check!(holds(mem, off, 0), "the unmapped page was written");
     expect_event("translation_fault", &format!("devid=00:04.0 via={} iova={iova:#x}", via()));
+    if amdvi_mode() {
+        // Linux read the record from the model's event log (flags 0x20: a write).
+        expect_dmesg(&format!(r"0000:00:04\.0: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={iova:#x} flags=0x0020\]"));
+    }
     Ok(())
 }
 
@@ -265,4 +272,36 @@ pub fn guest_memfd_conversion(r: &mut Rig) -> R {
     vm.set_memory_attributes(VM_GPA, 0x1000, 0)?;
     fd.unmap(ioas, SHARED_IOVA, 0x1000)?;
     Ok(())
+}
+
+const GMEM_MMAP_IOVA: u64 = 0x70_0000;
+
+/// The one guest_memfd pin path Linux 7.3 has: a guest_memfd of an ordinary VM (no private
+/// memory) created with GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED, mmapped by this
+/// process and mapped through VFIO type1 (VFIO_IOMMU_MAP_DMA pins it with long-term GUP). What the
+/// kernel does with it is the result: its folios are pinned and mapped, and the endpoint's DMA
+/// lands in the guest_memfd page (read back through the mmap), until the unmap.
+pub fn guest_memfd_mmap_pinned_for_dma(_r: &mut Rig) -> R {
+    need_kernel_iommu()?;
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Err(format!("{SKIP}no /dev/kvm: this kernel has no KVM, or the CPU model has no SVM/VMX"));
+    }
+    let vm = Vm::create(kvm::X86_DEFAULT_VM)?;
+    let want = kvm::GUEST_MEMFD_FLAG_MMAP | kvm::GUEST_MEMFD_FLAG_INIT_SHARED;
+    let flags = vm.guest_memfd_flags_supported();
+    if flags & want != want {
+        return Err(format!("{SKIP}this kernel's guest_memfd cannot be mmapped (KVM_CAP_GUEST_MEMFD_FLAGS {flags:#x})"));
+    }
+    let gmem = UserMem::map_fd(vm.guest_memfd_flags(0x1000, want)?, 0x1000)?;
+    gmem.write(0, &[0u8; FILL_LEN]);
+    bind_vfio_pci(BDF)?;
+    let v = Vfio::open(BDF)?;
+    let ring = UserMem::new(0x1000)?;
+    v.map(ring.addr(), RING_IOVA, 0x1000)?;
+    v.map(gmem.addr(), GMEM_MMAP_IOVA, 0x1000).map_err(|e| format!("VFIO_IOMMU_MAP_DMA of the mmapped guest_memfd: {e}"))?;
+    println!("# VFIO_IOMMU_MAP_DMA pinned the mmapped guest_memfd page at {:#x} for DMA", gmem.phys(0)?);
+    expect_map(GMEM_MMAP_IOVA);
+    let mut ep = VfioRing::start(&v.device, &ring)?;
+    fill_lands(&mut ep, &gmem, 0, GMEM_MMAP_IOVA, 0x6d6d_6170_6d65_6d67)?;
+    unmapped_write_faults(&mut ep, &gmem, 0, GMEM_MMAP_IOVA, || v.unmap(GMEM_MMAP_IOVA, 0x1000))
 }

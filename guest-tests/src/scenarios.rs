@@ -290,6 +290,12 @@ pub(crate) fn expect_event(kind: &str, kv: &str) {
     println!("# expect-event {kind} {kv}");
 }
 
+/// A line the kernel must log (a regular expression), checked by run-vm against the guest's
+/// dmesg after the scenarios: what Linux's own driver made of what the model did.
+pub(crate) fn expect_dmesg(regex: &str) {
+    println!("# expect-dmesg {regex}");
+}
+
 /// Figures for docs/performance.md (not tests): BAR read round trip, and 1 MiB copies through
 /// 4 KiB and 2 MiB mappings (the daemon times each copy and a plain memcpy beside it).
 pub fn measure() {
@@ -326,7 +332,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [Scenario; 17] = [
+    let scenarios: [Scenario; 19] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
@@ -344,6 +350,8 @@ pub fn run() -> Vec<(&'static str, R)> {
         ("iommufd_ioas_map_and_unmap_decide_endpoint_dma", kernel_paths::iommufd_map_decides_dma),
         ("iommufd_ioas_map_file_of_a_memfd", kernel_paths::iommufd_map_file_memfd),
         ("guest_memfd_gfn_converted_while_its_shared_page_is_mapped", kernel_paths::guest_memfd_conversion),
+        ("guest_memfd_mmap_pinned_for_dma_through_vfio", kernel_paths::guest_memfd_mmap_pinned_for_dma),
+        ("amd_iommu_drives_the_secure_iommu", amd_iommu_owns_the_function),
     ];
     // Scenarios that drive the endpoint through this program's AMD-Vi tables; with the endpoint
     // in the kernel's virtio-iommu domain its DMA no longer takes them.
@@ -638,6 +646,37 @@ fn cpu_write(r: &mut Rig) -> R {
     expect_event("rmp_cpu_violation", &format!("spa={:#x}", pa + 0x18));
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     r.mem.store64(pa + 0x18, 0xbeef); // no report: the page is the host's again
+    Ok(())
+}
+
+/// Linux's amd_iommu found the secure IOMMU from the IVRS and drives it: its ivhd0 sits on
+/// 00:03.0 with the capability header and feature registers the model gives (EFRSup; no device
+/// IOTLB, no not-present cache; EFR with IA and SNP, EFR2 with SEV-TIO, nothing the model does not
+/// do), the endpoint is in one of its IOMMU groups, and the driver logged its features.
+fn amd_iommu_owns_the_function(_r: &mut Rig) -> R {
+    if !amdvi_mode() {
+        return Err(format!("{SKIP}the kernel's amd_iommu does not drive the function (scripts/run-vm --amd-iommu)"));
+    }
+    let ivhd = "/sys/class/iommu/ivhd0";
+    let read = |f: &str| std::fs::read_to_string(format!("{ivhd}/{f}")).map(|s| s.trim().to_string()).map_err(|e| format!("{ivhd}/{f}: {e}"));
+    let parent = std::fs::read_link(format!("{ivhd}/device")).map_err(|e| format!("{ivhd}/device: {e}"))?;
+    check!(parent.ends_with("0000:00:03.0"), "ivhd0 belongs to {parent:?}, not 00:03.0");
+    let cap = u32::from_str_radix(&read("amd-iommu/cap")?, 16).map_err(|e| e.to_string())?;
+    println!("# ivhd0 cap {cap:#x}, features {}", read("amd-iommu/features")?);
+    check!(cap & 0xff == 0x0f && (cap >> 16) & 7 == 3, "capability header {cap:#x} is not a secure device capability of type 3");
+    check!(cap & (1 << 27) != 0, "EFRSup clear in {cap:#x}");
+    check!(cap & (1 << 24 | 1 << 26) == 0, "IotlbSup or NpCache set in {cap:#x}");
+    let features = read("amd-iommu/features")?;
+    let (efr, efr2) = features.split_once(':').ok_or_else(|| format!("features {features:?}"))?;
+    let (efr, efr2) = (u64::from_str_radix(efr, 16).map_err(|e| e.to_string())?, u64::from_str_radix(efr2, 16).map_err(|e| e.to_string())?);
+    check!(efr & (1 << 6) != 0 && efr & (1 << 63) != 0, "EFR {efr:#x} lacks IA or SNP");
+    // PPR, XT, NX, GT, GA, HE, PC: nothing the model does not build.
+    check!(efr & (1 << 1 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 7 | 1 << 8 | 1 << 9) == 0, "EFR {efr:#x} advertises what the model lacks");
+    check!(efr2 & 2 != 0, "EFR2 {efr2:#x} lacks SEV-TIO");
+    let group = std::fs::read_link("/sys/bus/pci/devices/0000:00:04.0/iommu").map_err(|e| format!("00:04.0 has no IOMMU: {e}"))?;
+    check!(group.ends_with("ivhd0"), "00:04.0 is behind {group:?}");
+    expect_dmesg(&format!(r"AMD-Vi: Extended features \({efr:#x}, {efr2:#x}\): IA SNP SEV-TIO"));
+    expect_dmesg(r"AMD-Vi: Using IVHD type 0x11");
     Ok(())
 }
 

@@ -492,6 +492,18 @@ pub mod vfio {
             Ok(UserMem { ptr: p.cast(), len, fd: None })
         }
 
+        /// `len` bytes of `fd` mapped shared and populated (a guest_memfd created mmap-able).
+        pub fn map_fd(fd: OwnedFd, len: usize) -> Result<UserMem, String> {
+            // SAFETY: a fresh shared mapping of a descriptor we own; nothing else refers to it.
+            let p = unsafe {
+                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), 0)
+            };
+            if p == libc::MAP_FAILED {
+                return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+            }
+            Ok(UserMem { ptr: p.cast(), len, fd: Some(fd) })
+        }
+
         /// A memfd (shmem) of `len` bytes, mapped shared and populated.
         pub fn memfd(len: usize) -> Result<UserMem, String> {
             // SAFETY: a NUL-terminated name; the descriptor is owned from here on.
@@ -664,7 +676,12 @@ pub mod kvm {
     const SET_MEMORY_ATTRIBUTES: u64 = iow(0xd2, std::mem::size_of::<Attributes>());
     const CREATE_GUEST_MEMFD: u64 = iowr(0xd4, std::mem::size_of::<CreateGuestMemfd>());
     const CAP_VM_TYPES: u64 = 235;
+    const CAP_GUEST_MEMFD_FLAGS: u64 = 244;
+    pub const X86_DEFAULT_VM: u64 = 0;
     pub const X86_SW_PROTECTED_VM: u64 = 1;
+    /// guest_memfd creation flags (include/uapi/linux/kvm.h GUEST_MEMFD_FLAG_*).
+    pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
+    pub const GUEST_MEMFD_FLAG_INIT_SHARED: u64 = 1 << 1;
     const MEM_GUEST_MEMFD: u32 = 1 << 2;
     pub const ATTRIBUTE_PRIVATE: u64 = 1 << 3;
 
@@ -713,8 +730,18 @@ pub mod kvm {
         }
 
         pub fn guest_memfd(&self, size: u64) -> Result<OwnedFd, String> {
-            let mut c = CreateGuestMemfd { size, flags: 0, reserved: [0; 6] };
+            self.guest_memfd_flags(size, 0)
+        }
+
+        pub fn guest_memfd_flags(&self, size: u64, flags: u64) -> Result<OwnedFd, String> {
+            let mut c = CreateGuestMemfd { size, flags, reserved: [0; 6] };
             ioctl_ptr(&self.fd, CREATE_GUEST_MEMFD, &mut c, "KVM_CREATE_GUEST_MEMFD").map(owned)
+        }
+
+        /// The guest_memfd flags this VM accepts (KVM_CAP_GUEST_MEMFD_FLAGS on the VM; 0 on a
+        /// kernel that does not know the capability).
+        pub fn guest_memfd_flags_supported(&self) -> u64 {
+            ioctl_val(&self.fd, CHECK_EXTENSION, CAP_GUEST_MEMFD_FLAGS, "KVM_CHECK_EXTENSION").map_or(0, |v| v as u64)
         }
 
         /// A memslot whose shared pages are `uaddr` and whose private pages are `gmem`.
