@@ -175,10 +175,26 @@ pub fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
     expect_map(RING_IOVA);
     expect_map(DATA_IOVA);
     snp_on(r)?;
+    unused_mapping_is_a_hazard(r, &v)?;
     let mut ep = VfioRing::start(&v.device, &mem)?;
     fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x1122_3344_5566_7788)?;
     convert_in_place(r, &mut ep, &mem, 0x1000, DATA_IOVA, DATA_IOVA, 0x1122_3344_5566_7788)?;
     unmapped_write_faults(&mut ep, &mem, 0x1000, DATA_IOVA, || v.unmap(DATA_IOVA, 0x1000))
+}
+
+const UNUSED_IOVA: u64 = 0x28_0000;
+
+/// A page the kernel mapped that the device never touched is live all the same: converting it
+/// to private is reported at once (the daemon searches the kernel's tables, or its own
+/// virtio-iommu domains, not only what a device has walked).
+fn unused_mapping_is_a_hazard(r: &mut Rig, v: &Vfio) -> R {
+    let spare = UserMem::new(0x1000)?;
+    v.map(spare.addr(), UNUSED_IOVA, 0x1000)?;
+    let pa = spare.phys(0)?;
+    check!(r.rmpupdate(pa, UNUSED_IOVA, true, 1)? == 0, "RMPUPDATE of the unused mapped page to private");
+    expect_event("hazard", &format!("iova={UNUSED_IOVA:#x} spa={pa:#x} via={}", via()));
+    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
+    v.unmap(UNUSED_IOVA, 0x1000)
 }
 
 const IOMMUFD_DATA_IOVA: u64 = 0x30_0000;
@@ -304,4 +320,31 @@ pub fn guest_memfd_mmap_pinned_for_dma(_r: &mut Rig) -> R {
     let mut ep = VfioRing::start(&v.device, &ring)?;
     fill_lands(&mut ep, &gmem, 0, GMEM_MMAP_IOVA, 0x6d6d_6170_6d65_6d67)?;
     unmapped_write_faults(&mut ep, &gmem, 0, GMEM_MMAP_IOVA, || v.unmap(GMEM_MMAP_IOVA, 0x1000))
+}
+
+/// Figures for docs/performance.md (not a test; `tiommu.perf=1` on the kernel command line): the
+/// time of VFIO_IOMMU_MAP_DMA and VFIO_IOMMU_UNMAP_DMA of one 4 KiB page, 64 of each, through
+/// whichever kernel IOMMU driver translates the endpoint. The daemon's amdvi_commands record
+/// then holds what those cost in commands (compare a run without `tiommu.perf=1`).
+pub fn measure_map_cost() {
+    let on = std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.perf=1");
+    if !on || need_kernel_iommu().is_err() || bind_vfio_pci(BDF).is_err() {
+        return;
+    }
+    let (Ok(v), Ok(mem)) = (Vfio::open(BDF), UserMem::new(64 * 0x1000)) else { return };
+    let base = 0x1000_0000u64;
+    let t = std::time::Instant::now();
+    for i in 0..64u64 {
+        if let Err(e) = v.map(mem.addr() + i * 0x1000, base + i * 0x1000, 0x1000) {
+            println!("# perf: map failed: {e}");
+            return;
+        }
+    }
+    let map = t.elapsed();
+    let t = std::time::Instant::now();
+    for i in 0..64u64 {
+        let _ = v.unmap(base + i * 0x1000, 0x1000);
+    }
+    let unmap = t.elapsed();
+    println!("# perf: {} VFIO_IOMMU_MAP_DMA of 4 KiB: {:.1} us each, UNMAP {:.1} us each (64 of each)", via(), map.as_secs_f64() * 1e6 / 64.0, unmap.as_secs_f64() * 1e6 / 64.0);
 }

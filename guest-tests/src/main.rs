@@ -13,6 +13,7 @@ fn main() {
     let start = std::time::Instant::now();
     let mut results = scenarios::run();
     scenarios::measure();
+    kernel_paths::measure_map_cost();
     // tiommu.hostile=SECONDS on the kernel command line: a hostile driver for that long, then a
     // normal DMA must still work.
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();

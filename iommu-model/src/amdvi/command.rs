@@ -11,6 +11,21 @@ pub const PREFETCH_IOMMU_PAGES: u8 = 0x6;
 pub const COMPLETE_PPR_REQUEST: u8 = 0x7;
 pub const INVALIDATE_IOMMU_ALL: u8 = 0x8;
 
+/// The spec's name of an opcode (for counts and logs).
+pub fn name(op: u8) -> &'static str {
+    match op {
+        COMPLETION_WAIT => "COMPLETION_WAIT",
+        INVALIDATE_DEVTAB_ENTRY => "INVALIDATE_DEVTAB_ENTRY",
+        INVALIDATE_IOMMU_PAGES => "INVALIDATE_IOMMU_PAGES",
+        INVALIDATE_IOTLB_PAGES => "INVALIDATE_IOTLB_PAGES",
+        INVALIDATE_INTERRUPT_TABLE => "INVALIDATE_INTERRUPT_TABLE",
+        PREFETCH_IOMMU_PAGES => "PREFETCH_IOMMU_PAGES",
+        COMPLETE_PPR_REQUEST => "COMPLETE_PPR_REQUEST",
+        INVALIDATE_IOMMU_ALL => "INVALIDATE_IOMMU_ALL",
+        _ => "reserved",
+    }
+}
+
 /// The address Linux uses with S=1 to invalidate every page (CMD_INV_IOMMU_ALL_PAGES_ADDRESS).
 pub const ALL_PAGES_ADDRESS: u64 = 0x7fff_ffff_ffff_f000;
 

@@ -91,6 +91,8 @@ pub struct AmdVi {
     irq_pending: bool,
     /// Table walks done (IOTLB misses), for statistics.
     pub walks: u64,
+    /// Commands executed, by opcode (what a driver's invalidations cost it), for statistics.
+    pub commands: [u64; 16],
 }
 
 impl AmdVi {
@@ -248,6 +250,9 @@ impl AmdVi {
                 self.log_event(mem, &Event::illegal_command(addr));
                 return;
             };
+            if let Some(n) = self.commands.get_mut(usize::from((raw[0] >> 60) as u8)) {
+                *n += 1;
+            }
             if let Err(ev) = self.execute(mem, &cmd) {
                 self.status &= !status::CMD_BUF_RUN;
                 self.log_event(mem, &ev);
