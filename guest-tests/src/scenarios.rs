@@ -675,6 +675,13 @@ fn amd_iommu_owns_the_function(_r: &mut Rig) -> R {
     check!(efr2 & 2 != 0, "EFR2 {efr2:#x} lacks SEV-TIO");
     let group = std::fs::read_link("/sys/bus/pci/devices/0000:00:04.0/iommu").map_err(|e| format!("00:04.0 has no IOMMU: {e}"))?;
     check!(group.ends_with("ivhd0"), "00:04.0 is behind {group:?}");
+    // Nothing the driver sent was refused, and every COMPLETION_WAIT completed.
+    let log = std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| ["Completion-Wait loop timed out", "ILLEGAL_COMMAND_ERROR", "COMMAND_HARDWARE_ERROR", "ILLEGAL_DEV_TABLE_ENTRY", "DEV_TAB_HARDWARE_ERROR"].iter().any(|b| l.contains(b)))
+        .collect();
+    check!(bad.is_empty(), "amd_iommu logged: {bad:?}");
     expect_dmesg(&format!(r"AMD-Vi: Extended features \({efr:#x}, {efr2:#x}\): IA SNP SEV-TIO"));
     expect_dmesg(r"AMD-Vi: Using IVHD type 0x11");
     Ok(())
