@@ -639,6 +639,8 @@ fn cpu_write(r: &mut Rig) -> R {
     if !cmdline.split_whitespace().any(|a| a == "tiommu.plugin=1") {
         return Err(format!("{SKIP}the RMP TCG plugin is not loaded (scripts/run-vm --plugin)"));
     }
+    // SNP on (earlier scenarios turn it on; in --amd-iommu runs they skip).
+    r.ctl.w64(SNP_CTL, 1);
     let (iova, pa) = r.small(10);
     check!(r.rmpupdate(pa, iova, true, 1)? == 0, "RMPUPDATE to private");
     // One CPU store to the guest-assigned page: on SEV-SNP hardware an RMP #PF.
