@@ -129,6 +129,10 @@ impl<T: Clone> DevCache<T> {
     pub fn invalidate_all(&mut self) {
         self.map.clear();
     }
+    /// Keep only the entries `keep` accepts (selective invalidations by domain or device).
+    pub fn retain(&mut self, mut keep: impl FnMut(u16, &T) -> bool) {
+        self.map.retain(|&k, v| keep(k, v));
+    }
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -5,10 +5,19 @@
 //! hw/i386/intel_iommu.c (vtd_dev_to_context_entry, vtd_iova_to_slpte, vtd_qualified_faults).
 //! Scalable mode (RTADDR.TTM = 01: scalable context entries, PASID directory and table) would be
 //! another root/context decoder in this directory feeding the same second-stage walk.
+//!
+//! The functions here are the uncached request path. `unit` is the remapping unit software
+//! programs through its registers (`regs`): caches, invalidation (`inv`), fault recording
+//! (`recording`) and its interrupt messages (`event`).
 
 pub mod context;
+pub mod event;
 pub mod fault;
+pub mod inv;
+pub mod recording;
+pub mod regs;
 pub mod root;
+pub mod unit;
 
 pub use fault::{FaultReason, FaultRecord};
 
@@ -90,21 +99,43 @@ pub fn translate<M: PhysMem + ?Sized>(
     iova: u64,
     access: Access,
 ) -> VtdOutcome {
-    // Nothing here has a context entry yet, so nothing here is suppressible.
-    let fault = |reason| VtdOutcome::Fault { record: FaultRecord::new(sid, iova, access, reason), level: None, recorded: true };
-    let root = match root::fetch(mem, rtaddr, (sid >> 8) as u8) {
-        Ok(r) => r,
-        Err(reason) => return fault(reason),
-    };
+    match fetch_context(mem, caps, rtaddr, sid) {
+        Ok(ctx) => translate_with_context(mem, caps, &ctx, sid, iova, access),
+        // Nothing here has a context entry yet, so nothing here is suppressible.
+        Err(reason) => VtdOutcome::Fault { record: FaultRecord::new(sid, iova, access, reason), level: None, recorded: true },
+    }
+}
+
+/// The root entry for `sid`'s bus and the context entry for its devfn (present or not: FPD counts
+/// either way), or the fault found before a context entry is in hand.
+pub fn fetch_context<M: PhysMem + ?Sized>(mem: &M, caps: &Caps, rtaddr: u64, sid: u16) -> Result<ContextEntry, FaultReason> {
+    let root = root::fetch(mem, rtaddr, (sid >> 8) as u8)?;
     if !root.present() {
-        return fault(FaultReason::RootNotPresent);
+        return Err(FaultReason::RootNotPresent);
     }
     if root.reserved_bits_set(caps.haw) {
-        return fault(FaultReason::RootReserved);
+        return Err(FaultReason::RootReserved);
     }
-    match context::fetch(mem, &root, sid as u8) {
-        Ok(ctx) => translate_with_context(mem, caps, &ctx, sid, iova, access),
-        Err(reason) => fault(reason),
+    context::fetch(mem, &root, sid as u8)
+}
+
+/// The context entry's own checks, in QEMU vtd_dev_to_context_entry's order: P, reserved bits, AW
+/// in SAGAW, TT. An entry that passes them is one hardware may cache.
+pub fn check_context(caps: &Caps, ctx: &ContextEntry) -> Result<(), FaultReason> {
+    if !ctx.present() {
+        return Err(FaultReason::ContextNotPresent);
+    }
+    if ctx.reserved_bits_set(caps.haw) {
+        return Err(FaultReason::ContextReserved);
+    }
+    if !caps.supports_aw(ctx.aw()) {
+        return Err(FaultReason::InvalidContext);
+    }
+    match ctx.translation_type() {
+        TranslationType::Untranslated => Ok(()),
+        TranslationType::DeviceTlb if caps.device_tlb => Ok(()),
+        TranslationType::PassThrough if caps.pass_through => Ok(()),
+        _ => Err(FaultReason::InvalidContext),
     }
 }
 
@@ -122,22 +153,11 @@ pub fn translate_with_context<M: PhysMem + ?Sized>(
         level,
         recorded: !(ctx.fpd() && reason.is_qualified()),
     };
-    if !ctx.present() {
-        return fault(FaultReason::ContextNotPresent, None);
+    if let Err(reason) = check_context(caps, ctx) {
+        return fault(reason, None);
     }
-    if ctx.reserved_bits_set(caps.haw) {
-        return fault(FaultReason::ContextReserved, None);
-    }
-    if !caps.supports_aw(ctx.aw()) {
-        return fault(FaultReason::InvalidContext, None);
-    }
-    match ctx.translation_type() {
-        TranslationType::Untranslated => {}
-        TranslationType::DeviceTlb if caps.device_tlb => {}
-        TranslationType::PassThrough if caps.pass_through => {
-            return VtdOutcome::Ok(Translation { spa: iova, size_log2: 12, perm: Perm::RW, level: 0 });
-        }
-        _ => return fault(FaultReason::InvalidContext, None),
+    if ctx.translation_type() == TranslationType::PassThrough {
+        return VtdOutcome::Ok(Translation { spa: iova, size_log2: 12, perm: Perm::RW, level: 0 });
     }
     let width = ctx.agaw().min(u32::from(caps.mgaw));
     if width < 64 && iova >> width != 0 {
