@@ -36,12 +36,22 @@ pub struct Args {
     /// then connect to all three sockets.
     #[arg(long)]
     virtio_iommu: bool,
+    /// The secure IOMMU's register interface in BAR0: AMD-Vi (Linux's amd_iommu, ACPI IVRS) or
+    /// a VT-d remapping unit in legacy mode (Linux's intel_iommu, ACPI DMAR: `tiommu dmar`).
+    #[arg(long, value_enum, default_value = "amd-vi")]
+    iommu: IommuKind,
     /// Serve QEMU after QEMU on the same sockets: when every function's client has gone, the
     /// model powers off and on (registers, caches, RMP and TDIs start afresh; the last guest's
     /// tables were in its RAM, which went with it) and waits for the next QEMU. Ends on SIGTERM
     /// or SIGINT.
     #[arg(long)]
     persist: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IommuKind {
+    AmdVi,
+    Vtd,
 }
 
 pub fn run(args: Args) -> Result<(), String> {
@@ -102,6 +112,9 @@ fn session(args: &Args, events: &Arc<JsonLines>, listeners: Vec<UnixListener>) -
     let ram = GuestRam::default();
     let iommu_irq = Arc::new(MsixIrq::default());
     let mut sec = SecureIommu::new(events.clone(), iommu_irq.clone());
+    if args.iommu == IommuKind::Vtd {
+        sec.vtd = Some(iommu_model::vtd::unit::VtdUnit::default());
+    }
     if let Some(path) = &args.rmp_state {
         sec.publisher = Some(crate::rmp_state::RmpPublisher::create(path)?);
     }

@@ -9,6 +9,8 @@ use iommu_model::amdvi::event::Event;
 use iommu_model::amdvi::mmio::AmdVi;
 use iommu_model::amdvi::{self, Outcome};
 use iommu_model::mem::PhysMem;
+use iommu_model::vtd::unit::{Interrupt, VtdUnit};
+use iommu_model::vtd::{FaultRecord, VtdOutcome};
 use iommu_model::walk::Access;
 use rmp_model::dma_check::{DmaRefusal, DmaRequest};
 use rmp_model::hazard::LiveMapping;
@@ -27,6 +29,9 @@ pub enum Refusal {
     Translation(Event),
     /// The RMP check refused the access (RMP_PAGE_FAULT).
     Rmp(DmaRefusal),
+    /// The VT-d unit's translation faulted (the record it holds for the fault recording
+    /// registers).
+    Vtd(FaultRecord),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -43,6 +48,8 @@ pub fn bdf(devid: u16) -> String {
 
 pub struct SecureIommu {
     pub amdvi: AmdVi,
+    /// With `--iommu vtd`: the VT-d unit is the IOMMU (BAR0, translation) instead of `amdvi`.
+    pub vtd: Option<VtdUnit>,
     /// Created when SNP is enabled, covering guest RAM.
     pub rmp: Option<Rmp>,
     pub rmp_base: u64,
@@ -65,6 +72,7 @@ impl SecureIommu {
     pub fn new(events: Arc<dyn EventSink>, irq: Arc<dyn Irq>) -> Self {
         SecureIommu {
             amdvi: AmdVi::new(),
+            vtd: None,
             rmp: None,
             rmp_base: 0,
             rmp_end: 0,
@@ -83,6 +91,17 @@ impl SecureIommu {
             tracing::debug!("AMD-Vi interrupt");
             self.irq.raise(0);
         }
+        // The VT-d unit's events are MSIs to the address and data software wrote to FEADDR/FEDATA
+        // (IEADDR/IEDATA); the daemon can only signal the function's own MSI vector, which is
+        // what it does (docs/device-abi.md). The stream says what the message was.
+        for i in self.vtd.as_mut().map(VtdUnit::take_interrupts).unwrap_or_default() {
+            let (event, m) = match i {
+                Interrupt::Fault(m) => ("fault", m),
+                Interrupt::InvalidationComplete(m) => ("invalidation_complete", m),
+            };
+            self.events.emit(json!({"type": "vtd_interrupt", "event": event, "addr": format!("{:#x}", m.addr), "data": format!("{:#x}", m.data)}));
+            self.irq.raise(0);
+        }
     }
 
     /// Turn SNP on: an RMP covering guest RAM, every page hypervisor-owned, mirrored to RMP_BASE.
@@ -91,6 +110,9 @@ impl SecureIommu {
             // Translations cached before now were never checked against an RMP; dropping cached
             // entries is always allowed, and the next walk registers live mappings for hazards.
             self.amdvi.flush_caches();
+            if let Some(v) = &mut self.vtd {
+                v.flush_caches();
+            }
             self.ram_pages = ram_pages;
             self.rmp = Some(Rmp::new(ram_pages));
             self.mirror(mem, 0, ram_pages);
@@ -133,8 +155,12 @@ impl SecureIommu {
         let mut reported = std::collections::BTreeSet::new();
         for h in &res.hazards {
             let through_viommu = self.viommu.as_ref().and_then(|v| lock(v).translate(u32::from(h.mapping.requester), h.mapping.iova, Access::Read));
-            let outcome = through_viommu.unwrap_or_else(|| amdvi::translate(mem, devtab, h.mapping.requester, h.mapping.iova, Access::Read));
-            let live = matches!(outcome, Outcome::Ok(t) if t.spa & !0xfff == h.mapping.spa & !0xfff);
+            let outcome = match (through_viommu, &self.vtd) {
+                (Some(o), _) => o.translation(),
+                (None, Some(v)) => v.lookup(mem, h.mapping.requester, h.mapping.iova, Access::Read).translation(),
+                (None, None) => amdvi::translate(mem, devtab, h.mapping.requester, h.mapping.iova, Access::Read).translation(),
+            };
+            let live = matches!(outcome, Some(t) if t.spa & !0xfff == h.mapping.spa & !0xfff);
             if !live {
                 rmp.hazards.unregister(h.mapping.requester, h.mapping.iova);
                 continue;
@@ -193,11 +219,24 @@ impl SecureIommu {
         res.status
     }
 
+    /// A host page-table fault on a request of a TDI in RUN fences its ASID too (SEV-TIO FW spec
+    /// §2.11: "a host page table fault or an RMP check violation").
+    fn fence_if_running(&mut self, rid: u16, t: bool, iova: u64) {
+        if !t {
+            return;
+        }
+        let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
+        if let Some(b) = self.tio.binding_for(rid, u32::from(rid), state).filter(|b| b.state == rmp_model::tdisp::TdiState::Run) {
+            self.tio.fence(b.asid);
+            self.events.emit(json!({"type": "asid_fence", "asid": b.asid, "devid": bdf(rid), "iova": format!("{iova:#x}")}));
+        }
+    }
+
     /// Translate and check one page-bounded access, logging a refusal (event log record and
     /// event stream) as the IOMMU does; `dma::plan` runs it for every page of a transfer.
     pub fn page<M: PhysMem + ?Sized>(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
         let write = access == Access::Write;
-        let walks = self.amdvi.walks;
+        let walks = (self.amdvi.walks, self.vtd.as_ref().map_or(0, |v| v.walks));
         // An endpoint attached to a virtio-iommu domain is translated by that domain's tables
         // (owned by the daemon, walked uncached: an UNMAP holds from the next access on); its
         // faults are not the AMD-Vi unit's to log.
@@ -208,13 +247,29 @@ impl SecureIommu {
             }
             None => (None, None),
         };
-        let via = if through_viommu.is_some() { "virtio-iommu" } else { "amd-vi" };
+        let via = match (&through_viommu, &self.vtd) {
+            (Some(_), _) => "virtio-iommu",
+            (None, Some(_)) => "vt-d",
+            (None, None) => "amd-vi",
+        };
         let outcome = match through_viommu {
             Some(Outcome::Fault { event, level, .. }) => Outcome::Fault { event, level, logged: false },
             Some(o) => o,
-            None => self.amdvi.translate(mem, rid, iova, access),
+            None => match self.vtd.as_mut().map(|v| v.translate(&*mem, rid, iova, access)) {
+                Some(VtdOutcome::Ok(tr)) => Outcome::Ok(tr),
+                Some(VtdOutcome::Fault { record, level, recorded }) => {
+                    self.events.emit(json!({
+                        "type": "translation_fault", "event": "DMA_REMAP_FAULT", "devid": bdf(rid), "iova": format!("{iova:#x}"),
+                        "access": if write { "write" } else { "read" }, "level": level, "flags": record.reason.code(), "logged": recorded,
+                        "via": via, "reason": format!("{:#04x}", record.reason.code()), "description": record.reason.description(),
+                    }));
+                    self.fence_if_running(rid, t, iova);
+                    return Err(Refusal::Vtd(record));
+                }
+                None => self.amdvi.translate(mem, rid, iova, access),
+            },
         };
-        let walked = via == "virtio-iommu" || self.amdvi.walks != walks;
+        let walked = via == "virtio-iommu" || (self.amdvi.walks, self.vtd.as_ref().map_or(0, |v| v.walks)) != walks;
         let tr = match outcome {
             Outcome::Ok(tr) => tr,
             Outcome::Fault { event, level, logged } => {
@@ -229,15 +284,7 @@ impl SecureIommu {
                     let rw = if write { fault::F_WRITE } else { fault::F_READ };
                     report(Fault { reason: fault::R_MAPPING, flags: rw | fault::F_ADDRESS, endpoint: u32::from(rid), address: iova });
                 }
-                // A host page-table fault on a request of a TDI in RUN fences its ASID too
-                // (SEV-TIO FW spec §2.11: "a host page table fault or an RMP check violation").
-                if t {
-                    let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
-                    if let Some(b) = self.tio.binding_for(rid, u32::from(rid), state).filter(|b| b.state == rmp_model::tdisp::TdiState::Run) {
-                        self.tio.fence(b.asid);
-                        self.events.emit(json!({"type": "asid_fence", "asid": b.asid, "devid": bdf(rid), "iova": format!("{iova:#x}")}));
-                    }
-                }
+                self.fence_if_running(rid, t, iova);
                 return Err(Refusal::Translation(event));
             }
         };
@@ -382,5 +429,67 @@ mod tests {
         // T=0 faults of the same device do not fence.
         assert!(s.page(&mut mem, RID, false, 0x9000, Access::Write).is_err());
         assert_eq!(s.tio.asid_fence_status(2), 0);
+    }
+
+    /// An IOMMU whose BAR0 is a VT-d unit: root table at 0x1000, context for RID in domain 1,
+    /// 4-level tables mapping IOVA 0x5000 to 0x30_0000 read-write; translation on, fault event
+    /// unmasked to 0xfee0_0000 / 0x41.
+    fn vtd() -> (SecureIommu, ByteMem, Arc<Collect>) {
+        use iommu_model::vtd::regs;
+        let mut mem = ByteMem::new(0, 4 << 20);
+        mem.write_u64(0x1000, 0x2000 | 1).unwrap();
+        mem.write_u64(0x2000 + u64::from(RID & 0xff) * 16, 0x10_0000 | 1).unwrap();
+        mem.write_u64(0x2000 + u64::from(RID & 0xff) * 16 + 8, 2 | 1 << 8).unwrap();
+        for l in 0..3u64 {
+            mem.write_u64(0x10_0000 + l * 0x1000, (0x10_1000 + l * 0x1000) | 3).unwrap();
+        }
+        mem.write_u64(0x10_3000 + 5 * 8, 0x30_0000 | 3).unwrap();
+        let events = Arc::new(Collect::default());
+        let mut s = SecureIommu::new(events.clone(), Arc::new(NoIrq));
+        let mut v = VtdUnit::default();
+        v.mmio_write(&mut mem, regs::RTADDR, 8, 0x1000);
+        v.mmio_write(&mut mem, regs::GCMD, 4, u64::from(regs::gcmd::SRTP));
+        v.mmio_write(&mut mem, regs::FEDATA, 4, 0x41);
+        v.mmio_write(&mut mem, regs::FEADDR, 4, 0xfee0_0000);
+        v.mmio_write(&mut mem, regs::FECTL, 4, 0);
+        v.mmio_write(&mut mem, regs::GCMD, 4, u64::from(regs::gcmd::TE));
+        s.vtd = Some(v);
+        (s, mem, events)
+    }
+
+    fn last(events: &Collect, ty: &str) -> serde_json::Value {
+        events.0.lock().unwrap().iter().rev().find(|e| e["type"] == ty).cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn vtd_translates_the_endpoint_and_records_its_faults() {
+        let (mut s, mut mem, events) = vtd();
+        assert_eq!(s.page(&mut mem, RID, false, 0x5010, Access::Write), Ok(0x30_0010));
+        // Not mapped: the unit's fault, recorded in its first fault recording register, on the
+        // stream with the AMD-Vi side's fields, and the fault event's message.
+        let r = s.page(&mut mem, RID, false, 0x9000, Access::Read);
+        assert!(matches!(r, Err(Refusal::Vtd(rec)) if rec.reason == iommu_model::vtd::FaultReason::ReadDenied && rec.fi == 0x9000));
+        let f = last(&events, "translation_fault");
+        assert_eq!((f["via"].as_str(), f["devid"].as_str(), f["iova"].as_str()), (Some("vt-d"), Some("00:04.0"), Some("0x9000")));
+        assert_eq!((f["access"].as_str(), f["level"].as_u64(), f["logged"].as_bool(), f["reason"].as_str()), (Some("read"), Some(1), Some(true), Some("0x06")));
+        let v = s.vtd.as_ref().unwrap();
+        let hi = v.mmio_read(iommu_model::vtd::unit::FRCD_BASE + 8, 8);
+        assert_eq!((hi >> 63, (hi >> 32) & 0xff, hi & 0xffff), (1, 6, u64::from(RID)), "F, FR, SID");
+        s.irq_if_pending();
+        let i = last(&events, "vtd_interrupt");
+        assert_eq!((i["event"].as_str(), i["addr"].as_str(), i["data"].as_str()), (Some("fault"), Some("0xfee00000"), Some("0x41")));
+    }
+
+    #[test]
+    fn vtd_translation_then_the_rmp_check() {
+        let (mut s, mut mem, events) = vtd();
+        let mut rmp = Rmp::new(1024);
+        assert_eq!(rmp.rmpupdate(0x30_0000, &RmpState::private(0x5000, 2, PageSize::Size4K)).status, RmpStatus::Success);
+        s.rmp = Some(rmp);
+        // T=0 to a page assigned to a guest: translated by VT-d, refused by the RMP.
+        assert_eq!(s.page(&mut mem, RID, false, 0x5000, Access::Write), Err(Refusal::Rmp(DmaRefusal::AssignedPage)));
+        let v = last(&events, "rmp_violation");
+        assert_eq!((v["spa"].as_str(), v["logged"].as_bool()), (Some("0x300000"), Some(false)), "no AMD-Vi event log to log it in");
+        assert!(s.page(&mut mem, RID, false, 0x5000, Access::Read).is_ok(), "reads of it are allowed");
     }
 }

@@ -266,3 +266,50 @@ fn sigterm_exits_cleanly_removes_the_sockets_and_keeps_the_event_stream_whole() 
     assert_eq!(records[0]["type"], "snp");
     assert_eq!(records[0]["pages"], 0x200, "pages up to the top of the mapped RAM");
 }
+
+/// `--iommu vtd`: BAR0 is the VT-d register file. Queued invalidation runs from guest RAM (the
+/// wait descriptor's status write lands in the file), and a queue error's fault event reaches
+/// the function's MSI vector, with the message Linux would have got on the event stream.
+#[test]
+fn vtd_bar0_queued_invalidation_and_fault_event_on_msi() {
+    use iommu_model::vtd::regs;
+    use iommu_model::vtd::unit::VtdUnit;
+    let d = Daemon::start_with("vtd", &["--iommu", "vtd"]);
+    let mut c = d.connect("iommu");
+    let model = VtdUnit::default();
+    for r in [regs::CAP, regs::ECAP] {
+        assert_eq!(r64(&mut c, BAR0, r), model.mmio_read(r, 8), "register {r:#x}");
+    }
+    let w32 = |c: &mut Client, off: u64, v: u32| c.region_write(BAR0, off, &v.to_le_bytes()).unwrap();
+    let ram = ram_file(&d.dir, 0x10_0000);
+    c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
+    let (irq_daemon, mut irq) = UnixStream::pair().unwrap();
+    c.set_irqs(VFIO_PCI_MSI_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, &[irq_daemon.as_raw_fd()])
+        .unwrap();
+    drop(irq_daemon);
+    // The queue at GPA 0x10_0000: a wait descriptor writing 2 at 0x10_8000, then a device-TLB
+    // invalidation, which this unit (no ECAP.DT) refuses.
+    let mut q = Vec::new();
+    for v in [2u64 << 32 | 1 << 5 | 5, 0x10_8000, 3, 0] {
+        q.extend_from_slice(&v.to_le_bytes());
+    }
+    ram.write_all_at(&q, 0).unwrap();
+    w64(&mut c, BAR0, regs::IQA, 0x10_0000);
+    w32(&mut c, regs::GCMD, regs::gcmd::QIE);
+    w32(&mut c, regs::FEDATA, 0x41);
+    w32(&mut c, regs::FEADDR, 0xfee0_0000);
+    w32(&mut c, regs::FECTL, 0);
+    w32(&mut c, regs::IQT, 0x20);
+    let mut status = [0u8; 4];
+    ram.read_exact_at(&mut status, 0x8000).unwrap();
+    assert_eq!(u32::from_le_bytes(status), 2);
+    assert_eq!(r64(&mut c, BAR0, regs::IQH), 0x10, "stopped at the bad descriptor");
+    assert_eq!(r32(&mut c, BAR0, regs::FSTS) & regs::fsts::IQE, regs::fsts::IQE);
+    irq.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut count = [0u8; 8];
+    irq.read_exact(&mut count).unwrap();
+    assert_eq!(u64::from_le_bytes(count), 1, "the fault event on MSI vector 0");
+    let r = records(&d);
+    let i = r.iter().find(|e| e["type"] == "vtd_interrupt").expect("a vtd_interrupt record");
+    assert_eq!((i["event"].as_str(), i["addr"].as_str(), i["data"].as_str()), (Some("fault"), Some("0xfee00000"), Some("0x41")));
+}

@@ -161,6 +161,12 @@ impl VtdUnit {
         std::mem::take(&mut self.interrupts)
     }
 
+    /// Drop every cached context entry and translation (hardware may do it at any time).
+    pub fn flush_caches(&mut self) {
+        self.ctx_cache.invalidate_all();
+        self.iotlb.invalidate_all();
+    }
+
     /// Power-on state: registers cleared, caches and fault records empty.
     pub fn reset(&mut self) {
         let ecap_extra = self.ecap & ecap::TDXCS;
@@ -549,6 +555,15 @@ impl VtdUnit {
             }
         }
         outcome
+    }
+
+    /// What the tables in memory say now, bypassing the caches and recording nothing (for tools
+    /// and the daemon's hazard check).
+    pub fn lookup<M: PhysMem + ?Sized>(&self, mem: &M, sid: u16, iova: u64, access: Access) -> VtdOutcome {
+        if !self.enabled() {
+            return VtdOutcome::Ok(Translation { spa: iova, size_log2: 12, perm: Perm::RW, level: 0 });
+        }
+        super::translate(mem, &self.caps, self.root, sid, iova, access)
     }
 
     fn translate_cached<M: PhysMem + ?Sized>(&mut self, mem: &M, sid: u16, iova: u64, access: Access) -> VtdOutcome {

@@ -161,7 +161,7 @@ impl Descriptor {
 fn status_of(e: DmaError) -> u16 {
     match e {
         DmaError::Length => status::BAD_DESCRIPTOR,
-        DmaError::Refused { refusal: Refusal::Translation(_), .. } => status::IO_PAGE_FAULT,
+        DmaError::Refused { refusal: Refusal::Translation(_) | Refusal::Vtd(_), .. } => status::IO_PAGE_FAULT,
         DmaError::Refused { refusal: Refusal::Rmp(DmaRefusal::TdiNotRun), .. } => status::T1_REFUSED,
         DmaError::Refused { refusal: Refusal::Rmp(_), .. } => status::RMP_PAGE_FAULT,
         DmaError::NoMemory { .. } => status::NO_MEMORY,

@@ -1,4 +1,5 @@
-//! The secure IOMMU function: BAR0 is the AMD-Vi register window, BAR2 the RMP registers and a
+//! The secure IOMMU function: BAR0 is the AMD-Vi register window (with `--iommu vtd`, the VT-d
+//! remapping unit's registers instead), BAR2 the RMP registers and a
 //! PSP-style firmware mailbox (command id in CMDRESP bits 26:16, status in bits 15:0 with bit 31
 //! on completion, as Linux drivers/crypto/ccp/psp-dev.c drives the PSP). Layouts:
 //! docs/device-abi.md.
@@ -250,7 +251,8 @@ impl PciFunction for IommuFunction {
     }
 
     fn bars(&self) -> Vec<Bar> {
-        vec![Bar { index: 0, size: MMIO_SIZE }, Bar { index: 2, size: 0x1000 }]
+        let bar0 = if self.lock().vtd.is_some() { iommu_model::vtd::regs::MMIO_SIZE } else { MMIO_SIZE };
+        vec![Bar { index: 0, size: bar0 }, Bar { index: 2, size: 0x1000 }]
     }
 
     /// MSI, as AMD IOMMUs have it (Linux iommu_init_irq: pci_enable_msi unless XT is in use):
@@ -259,7 +261,11 @@ impl PciFunction for IommuFunction {
         1
     }
 
+    /// The AMD IOMMU capability block; a VT-d unit has none (the ACPI DMAR alone describes it).
     fn std_caps(&self) -> Vec<Vec<u8>> {
+        if self.lock().vtd.is_some() {
+            return Vec::new();
+        }
         vec![capability()]
     }
 
@@ -272,7 +278,13 @@ impl PciFunction for IommuFunction {
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         let v = match bar {
-            0 => self.lock().amdvi.mmio_read(offset, data.len()),
+            0 => {
+                let s = self.lock();
+                match &s.vtd {
+                    Some(v) => v.mmio_read(offset, data.len()),
+                    None => s.amdvi.mmio_read(offset, data.len()),
+                }
+            }
             2 => {
                 let s = self.lock();
                 let r = match offset & !7 {
@@ -297,7 +309,10 @@ impl PciFunction for IommuFunction {
                 tracing::trace!("AMD-Vi write {offset:#06x} <- {v:#x} ({} bytes)", data.len());
                 let mut mem = self.ram.snapshot();
                 let mut s = self.lock();
-                s.amdvi.mmio_write(&mut mem, offset, data.len(), v);
+                match &mut s.vtd {
+                    Some(vtd) => vtd.mmio_write(&mut mem, offset, data.len(), v),
+                    None => s.amdvi.mmio_write(&mut mem, offset, data.len(), v),
+                }
                 s.irq_if_pending();
             }
             2 => match offset {
@@ -325,7 +340,12 @@ impl PciFunction for IommuFunction {
     }
 
     fn reset(&mut self) {
-        self.lock().amdvi.reset();
+        let mut s = self.lock();
+        s.amdvi.reset();
+        if let Some(v) = &mut s.vtd {
+            v.reset();
+        }
+        drop(s);
         self.cmdresp = 0;
     }
 }
