@@ -3,6 +3,7 @@
 
 pub mod acpi;
 pub mod daemon;
+pub mod dmar;
 pub mod dma;
 pub mod events;
 pub mod function;

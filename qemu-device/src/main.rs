@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-use qemu_device::{daemon, ivrs, viot, walk};
+use qemu_device::{daemon, dmar, ivrs, viot, walk};
 
 #[derive(Parser)]
 #[command(name = "tiommu", version, about = "A secure IOMMU (AMD SEV-TIO / Intel TDX Connect style) for QEMU")]
@@ -24,6 +24,9 @@ enum Command {
     /// Write the ACPI IVRS table that describes the secure IOMMU function to Linux's amd_iommu
     /// (for QEMU's -acpitable file=).
     Ivrs(ivrs::Args),
+    /// Write the ACPI DMAR table that describes the VT-d unit (`daemon --iommu vtd`) to Linux's
+    /// intel_iommu (for QEMU's -acpitable file=).
+    Dmar(dmar::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Walk(args) => walk::run(args),
         Command::Viot(args) => viot::run(args),
         Command::Ivrs(args) => ivrs::run(args),
+        Command::Dmar(args) => dmar::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
