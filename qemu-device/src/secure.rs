@@ -10,7 +10,7 @@ use iommu_model::amdvi::mmio::AmdVi;
 use iommu_model::amdvi::{self, Outcome};
 use iommu_model::mem::PhysMem;
 use iommu_model::vtd::unit::{Interrupt, VtdUnit};
-use iommu_model::vtd::{FaultRecord, VtdOutcome};
+use iommu_model::vtd::{self, FaultRecord, VtdOutcome};
 use iommu_model::walk::Access;
 use rmp_model::dma_check::{DmaRefusal, DmaRequest};
 use rmp_model::hazard::LiveMapping;
@@ -41,6 +41,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// 4 KiB reads (device table and page tables) one conversion may spend looking for mappings of
 /// its page: 16 MiB, a full 64K-entry device table (512 reads) and thousands of page tables.
 pub const HAZARD_SEARCH_BUDGET: u32 = 4096;
+
+/// A mapping of a converted page found in a driver's tables (AMD-Vi or VT-d).
+struct TableHit {
+    devid: u16,
+    domain: u16,
+    iova: u64,
+    spa: u64,
+    size_log2: u8,
+    write: bool,
+}
 
 pub fn bdf(devid: u16) -> String {
     format!("{:02x}:{:02x}.{}", devid >> 8, (devid >> 3) & 0x1f, devid & 7)
@@ -172,26 +182,44 @@ impl SecureIommu {
                 "size": h.mapping.size, "write": h.mapping.write,
             }));
         }
-        // Tables a driver built in guest RAM (Linux's amd_iommu): every enabled DTE's tables are
-        // searched for the page, so a mapping counts whether or not a device has walked it yet.
-        if st.assigned && res.status == RmpStatus::Success && self.amdvi.enabled() {
+        // Tables a driver built in guest RAM (Linux's amd_iommu, intel_iommu): every translating
+        // device-table or context entry's tables are searched for the page, so a mapping counts
+        // whether or not a device has walked it yet.
+        if st.assigned && res.status == RmpStatus::Success {
             let mut budget = HAZARD_SEARCH_BUDGET;
-            let found = amdvi::reverse::mappings_of(mem, devtab, spa, st.page_size.bytes(), &mut budget);
-            let complete = found.is_ok();
-            for m in found.unwrap_or_else(|partial| partial) {
-                // The first converted 4 KiB page the mapping reaches, and its IOVA there.
-                let hit = (spa & !0xfff).max(m.spa);
-                let iova = m.iova + (hit - m.spa);
-                if reported.insert((m.devid, iova)) {
-                    self.events.emit(json!({
-                        "type": "hazard", "spa": format!("{hit:#x}"), "asid": st.asid,
-                        "requester": bdf(m.devid), "iova": format!("{iova:#x}"), "size": 1u64 << m.size_log2,
-                        "write": m.perm.write, "via": "amd-vi", "domain": m.domain_id,
-                    }));
+            let len = st.page_size.bytes();
+            let found = match &self.vtd {
+                Some(v) if v.enabled() => {
+                    let hits = |ms: Vec<vtd::reverse::Mapping>| {
+                        ms.iter().map(|m| TableHit { devid: m.sid, domain: m.did, iova: m.iova, spa: m.spa, size_log2: m.size_log2, write: m.perm.write }).collect()
+                    };
+                    Some(("vt-d", vtd::reverse::mappings_of(mem, v.caps(), v.root_table(), spa, len, &mut budget).map(hits).map_err(hits)))
                 }
-            }
-            if !complete {
-                self.events.emit(json!({"type": "hazard_search_incomplete", "spa": format!("{spa:#x}"), "budget": HAZARD_SEARCH_BUDGET}));
+                None if self.amdvi.enabled() => {
+                    let hits = |ms: Vec<amdvi::reverse::Mapping>| {
+                        ms.iter().map(|m| TableHit { devid: m.devid, domain: m.domain_id, iova: m.iova, spa: m.spa, size_log2: m.size_log2, write: m.perm.write }).collect()
+                    };
+                    Some(("amd-vi", amdvi::reverse::mappings_of(mem, devtab, spa, len, &mut budget).map(hits).map_err(hits)))
+                }
+                _ => None,
+            };
+            if let Some((via, found)) = found {
+                let complete = found.is_ok();
+                for m in found.unwrap_or_else(|partial: Vec<TableHit>| partial) {
+                    // The first converted 4 KiB page the mapping reaches, and its IOVA there.
+                    let hit = (spa & !0xfff).max(m.spa);
+                    let iova = m.iova + (hit - m.spa);
+                    if reported.insert((m.devid, iova)) {
+                        self.events.emit(json!({
+                            "type": "hazard", "spa": format!("{hit:#x}"), "asid": st.asid,
+                            "requester": bdf(m.devid), "iova": format!("{iova:#x}"), "size": 1u64 << m.size_log2,
+                            "write": m.write, "via": via, "domain": m.domain,
+                        }));
+                    }
+                }
+                if !complete {
+                    self.events.emit(json!({"type": "hazard_search_incomplete", "spa": format!("{spa:#x}"), "budget": HAZARD_SEARCH_BUDGET}));
+                }
             }
         }
         // The virtio-iommu's domains are tables the daemon owns: every mapping of the page is

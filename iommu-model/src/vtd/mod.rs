@@ -16,6 +16,7 @@ pub mod fault;
 pub mod inv;
 pub mod recording;
 pub mod regs;
+pub mod reverse;
 pub mod root;
 pub mod unit;
 
