@@ -5,8 +5,8 @@
 //! each one takes, and what the daemon reported: docs/kernel-paths.md.
 
 use crate::scenarios::{
-    amdvi_mode, descriptor, expect_dmesg, expect_event, poll, viommu_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS, EP_TAIL, OP_FILL, R, SKIP, SNP_CTL,
-    ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT,
+    amdvi_mode, descriptor, expect_dmesg, expect_event, poll, viommu_mode, vtd_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS, EP_TAIL, OP_FILL, R, SKIP,
+    SNP_CTL, ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT,
 };
 use crate::sys::iommufd::Iommufd;
 use crate::sys::kvm::{self, Vm};
@@ -107,10 +107,11 @@ fn snp_on(r: &mut Rig) -> R {
 }
 
 /// The kernel's own IOMMU driver translates the endpoint: virtio_iommu through the daemon's
-/// virtio-iommu, or amd_iommu through the secure IOMMU's AMD-Vi registers.
+/// virtio-iommu, amd_iommu through the secure IOMMU's AMD-Vi registers, or intel_iommu through
+/// its VT-d unit.
 fn need_kernel_iommu() -> R {
-    if !viommu_mode() && !amdvi_mode() {
-        return Err(format!("{SKIP}no kernel IOMMU driver for the endpoint (scripts/run-vm --virtio-iommu or --amd-iommu)"));
+    if !viommu_mode() && !amdvi_mode() && !vtd_mode() {
+        return Err(format!("{SKIP}no kernel IOMMU driver for the endpoint (scripts/run-vm --virtio-iommu, --amd-iommu or --intel-iommu)"));
     }
     Ok(())
 }
@@ -119,13 +120,16 @@ fn need_kernel_iommu() -> R {
 fn via() -> &'static str {
     if amdvi_mode() {
         "amd-vi"
+    } else if vtd_mode() {
+        "vt-d"
     } else {
         "virtio-iommu"
     }
 }
 
-/// The daemon saw the kernel map `iova` (the virtio-iommu's MAP request; Linux's amd_iommu
-/// writes its page tables in guest RAM, which the daemon only sees when a device walks them).
+/// The daemon saw the kernel map `iova` (the virtio-iommu's MAP request; Linux's amd_iommu and
+/// intel_iommu write their page tables in guest RAM, which the daemon only sees when a device
+/// walks them).
 fn expect_map(iova: u64) {
     if viommu_mode() {
         expect_event("viommu", &format!("req=map virt_start={iova:#x} pages=1 status=OK"));

@@ -74,7 +74,8 @@ macro_rules! check {
 pub(crate) struct Rig {
     ep_cfg: Config,
     doe: Option<u64>,
-    /// The AMD-Vi registers, unless the kernel's amd_iommu owns them (`amdvi_mode`).
+    /// The AMD-Vi registers, unless the kernel's amd_iommu owns them (`amdvi_mode`) or BAR0 is a
+    /// VT-d unit the kernel's intel_iommu owns (`vtd_mode`).
     iommu: Option<Bar>,
     pub(crate) ctl: Bar,
     ep: Bar,
@@ -106,7 +107,7 @@ impl Rig {
         let iommu_dev = find(IOMMU_ID.0, IOMMU_ID.1).ok_or("no secure IOMMU function (1234:7101)")?;
         let ep_dev = find(ENDPOINT_ID.0, ENDPOINT_ID.1).ok_or("no DMA endpoint function (1234:7102)")?;
         let rid = bdf_to_rid(&ep_dev).ok_or("endpoint address")?;
-        let iommu = if amdvi_mode() { None } else { Some(Bar::map(&iommu_dev, 0)?) };
+        let iommu = if amdvi_mode() || vtd_mode() { None } else { Some(Bar::map(&iommu_dev, 0)?) };
         let (ctl, ep) = (Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
         let ep_cfg = Config::open(&ep_dev)?;
         let doe = ep_cfg.ext_cap(0x2e);
@@ -300,7 +301,7 @@ pub(crate) fn expect_dmesg(regex: &str) {
 /// 4 KiB and 2 MiB mappings (the daemon times each copy and a plain memcpy beside it).
 pub fn measure() {
     // Through the kernel's IOMMU domain the endpoint reaches nothing these copies map.
-    if viommu_mode() || amdvi_mode() {
+    if viommu_mode() || amdvi_mode() || vtd_mode() {
         return;
     }
     let Ok(mut r) = Rig::new() else { return };
@@ -374,6 +375,7 @@ pub fn run() -> Vec<(&'static str, R)> {
     let id = rig.ep.r32(EP_ID);
     match &rig.iommu {
         Some(regs) => println!("# endpoint {:#x} requester {:#06x}, IOMMU EFR {:#x}", id, rig.ep.r32(EP_RID), regs.r64(mmio::EXT_FEATURES as usize)),
+        None if vtd_mode() => println!("# endpoint {:#x} requester {:#06x}, VT-d registers owned by the kernel's intel_iommu", id, rig.ep.r32(EP_RID)),
         None => println!("# endpoint {:#x} requester {:#06x}, AMD-Vi registers owned by the kernel's amd_iommu", id, rig.ep.r32(EP_RID)),
     }
     let mut out = Vec::new();
@@ -382,6 +384,8 @@ pub fn run() -> Vec<(&'static str, R)> {
             Err(format!("{SKIP}00:04.0 is in the kernel's virtio-iommu domain, not behind these AMD-Vi tables"))
         } else if amdvi_mode() && amdvi_dma.contains(name) {
             Err(format!("{SKIP}the kernel's amd_iommu owns the AMD-Vi registers; this scenario programs them itself"))
+        } else if vtd_mode() && amdvi_dma.contains(name) {
+            Err(format!("{SKIP}the secure IOMMU is a VT-d unit the kernel's intel_iommu owns; this scenario programs AMD-Vi registers itself"))
         } else {
             f(&mut rig)
         };
@@ -776,6 +780,12 @@ pub(crate) fn viommu_mode() -> bool {
 /// The kernel's amd_iommu drives the secure IOMMU function (run-vm --amd-iommu, an ACPI IVRS).
 pub(crate) fn amdvi_mode() -> bool {
     std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.amdvi=1")
+}
+
+/// The kernel's intel_iommu drives the secure IOMMU function's VT-d unit (run-vm --intel-iommu,
+/// an ACPI DMAR).
+pub(crate) fn vtd_mode() -> bool {
+    std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.vtd=1")
 }
 
 /// After the hostile driver: a fresh driver (new tables, reset engine, pages made shared again)
