@@ -9,6 +9,7 @@ use crate::scenarios::{
     SNP_CTL, ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT,
 };
 use crate::sys::iommufd::Iommufd;
+use crate::sys::{Bar, Config, PciDev};
 use crate::sys::kvm::{self, Vm};
 use crate::sys::vfio::{bind_vfio_pci, open_cdev, Device, UserMem, Vfio};
 
@@ -94,6 +95,49 @@ fn unmapped_write_faults(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64
         // Linux read the record from the model's event log (flags 0x20: a write).
         expect_dmesg(&format!(r"0000:00:04\.0: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={iova:#x} flags=0x0020\]"));
     }
+    if vtd_mode() {
+        // Linux's dmar_fault read the record from the unit's fault recording registers.
+        expect_dmesg(&format!(
+            r"DMAR: \[DMA Write NO_PASID\] Request device \[0000:00:04\.0\] fault addr {iova:#x} \[fault reason 0x05\] PTE Write access is not set"
+        ));
+    }
+    Ok(())
+}
+
+/// BAR2's mirror of the VT-d unit's fault event message (FEUADDR:FEADDR, FEDATA).
+const FE_MSG_ADDR: usize = 0x20;
+const FE_MSG_DATA: usize = 0x28;
+
+/// In the VT-d run the function's MSI stands in for the unit's own interrupt write: the fault
+/// event message Linux programmed into FEADDR/FEDATA is copied into 00:03.0's MSI capability and
+/// MSI enabled, so the daemon's MSI vector 0 delivers exactly that message and Linux's dmar_fault
+/// runs. On hardware the unit writes the message itself; over vfio-user the daemon can only
+/// signal the function's own vectors (docs/kernel-paths.md).
+pub(crate) fn wire_vtd_fault_event(dev: &PciDev, ctl: &Bar) -> R {
+    let (addr, data) = (ctl.r64(FE_MSG_ADDR), ctl.r32(FE_MSG_DATA));
+    check!(addr >> 20 == 0xfee, "FEADDR {addr:#x} is no interrupt address: intel_iommu has not set up its fault interrupt");
+    let cfg = Config::open(dev)?;
+    let mut at = u64::from(cfg.r32(0x34) & 0xfc);
+    let mut msi = None;
+    for _ in 0..16 {
+        if at == 0 {
+            break;
+        }
+        let h = cfg.r32(at);
+        if h & 0xff == 0x05 {
+            msi = Some(at);
+            break;
+        }
+        at = u64::from((h >> 8) & 0xfc);
+    }
+    let cap = msi.ok_or("00:03.0 has no MSI capability")?;
+    // PCI 3.0 §6.8.1, 64-bit address: message address, upper address, data.
+    cfg.w32(cap + 4, addr as u32);
+    cfg.w32(cap + 8, (addr >> 32) as u32);
+    cfg.w32(cap + 12, data);
+    cfg.w32(cap, cfg.r32(cap) | 1 << 16);
+    check!(cfg.r32(cap) & 1 << 16 != 0, "MSI enable of 00:03.0 did not stick");
+    println!("# the VT-d fault event ({data:#x} at {addr:#x}) goes out as 00:03.0's MSI");
     Ok(())
 }
 

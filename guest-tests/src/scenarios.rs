@@ -109,6 +109,9 @@ impl Rig {
         let rid = bdf_to_rid(&ep_dev).ok_or("endpoint address")?;
         let iommu = if amdvi_mode() || vtd_mode() { None } else { Some(Bar::map(&iommu_dev, 0)?) };
         let (ctl, ep) = (Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
+        if vtd_mode() {
+            kernel_paths::wire_vtd_fault_event(&iommu_dev, &ctl)?;
+        }
         let ep_cfg = Config::open(&ep_dev)?;
         let doe = ep_cfg.ext_cap(0x2e);
         let mut mem = DmaMem::default();

@@ -41,6 +41,11 @@ pub mod bar2 {
     pub const RMP_BASE: u64 = 0x000;
     pub const RMP_END: u64 = 0x008;
     pub const SNP_CTL: u64 = 0x010;
+    /// With `--iommu vtd`, read-only: the VT-d unit's fault event message (FEUADDR:FEADDR, and
+    /// FEDATA), for whoever wires the unit's interrupt to the function's MSI
+    /// (docs/device-abi.md).
+    pub const FE_MSG_ADDR: u64 = 0x020;
+    pub const FE_MSG_DATA: u64 = 0x028;
     pub const CMDRESP: u64 = 0x100;
     pub const CMDBUF_LO: u64 = 0x108;
     pub const CMDBUF_HI: u64 = 0x10c;
@@ -293,6 +298,8 @@ impl PciFunction for IommuFunction {
                     bar2::SNP_CTL => self.snp_ctl,
                     bar2::CMDRESP => u64::from(self.cmdresp),
                     bar2::CMDBUF_LO => self.cmdbuf,
+                    bar2::FE_MSG_ADDR => s.vtd.as_ref().map_or(0, |v| v.mmio_read(iommu_model::vtd::regs::FEADDR, 8)),
+                    bar2::FE_MSG_DATA => s.vtd.as_ref().map_or(0, |v| v.mmio_read(iommu_model::vtd::regs::FEDATA, 4)),
                     _ => 0,
                 };
                 r >> ((offset & 7) * 8)
