@@ -336,7 +336,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [Scenario; 19] = [
+    let scenarios: [Scenario; 20] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
@@ -356,6 +356,7 @@ pub fn run() -> Vec<(&'static str, R)> {
         ("guest_memfd_gfn_converted_while_its_shared_page_is_mapped", kernel_paths::guest_memfd_conversion),
         ("guest_memfd_mmap_pinned_for_dma_through_vfio", kernel_paths::guest_memfd_mmap_pinned_for_dma),
         ("amd_iommu_drives_the_secure_iommu", amd_iommu_owns_the_function),
+        ("intel_iommu_drives_the_vtd_unit", intel_iommu_owns_the_unit),
     ];
     // Scenarios that drive the endpoint through this program's AMD-Vi tables; with the endpoint
     // in the kernel's virtio-iommu domain its DMA no longer takes them.
@@ -693,6 +694,34 @@ fn amd_iommu_owns_the_function(_r: &mut Rig) -> R {
     check!(bad.is_empty(), "amd_iommu logged: {bad:?}");
     expect_dmesg(&format!(r"AMD-Vi: Extended features \({efr:#x}, {efr2:#x}\): IA SNP SEV-TIO"));
     expect_dmesg(r"AMD-Vi: Using IVHD type 0x11");
+    Ok(())
+}
+
+/// Linux's intel_iommu found the VT-d unit from the DMAR and drives it: dmar0 at the BAR0
+/// address with the unit's own CAP and ECAP (what Linux checked: SAGAW, MGAW, FRO/NFR and IRO
+/// inside the DRHD's page), queued invalidation in use, translation on, and the endpoint behind
+/// it.
+fn intel_iommu_owns_the_unit(_r: &mut Rig) -> R {
+    if !vtd_mode() {
+        return Err(format!("{SKIP}the kernel's intel_iommu does not drive the function (scripts/run-vm --intel-iommu)"));
+    }
+    use iommu_model::vtd::{regs, unit::VtdUnit};
+    let dmar = "/sys/class/iommu/dmar0";
+    let read = |f: &str| std::fs::read_to_string(format!("{dmar}/{f}")).map(|s| s.trim().to_string()).map_err(|e| format!("{dmar}/{f}: {e}"));
+    let hex = |f: &str| read(f).and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).map_err(|e| format!("{f} {v:?}: {e}")));
+    let model = VtdUnit::default();
+    let (cap, ecap) = (hex("intel-iommu/cap")?, hex("intel-iommu/ecap")?);
+    println!("# dmar0 at {}, version {}, cap {cap:#x}, ecap {ecap:#x}", read("intel-iommu/address")?, read("intel-iommu/version")?);
+    check!(cap == model.mmio_read(regs::CAP, 8) && ecap == model.mmio_read(regs::ECAP, 8), "CAP/ECAP are not the unit's");
+    let bar0 = std::fs::read_to_string("/sys/bus/pci/devices/0000:00:03.0/resource").map_err(|e| e.to_string())?;
+    let bar0 = u64::from_str_radix(bar0.split_whitespace().next().unwrap_or("").trim_start_matches("0x"), 16).map_err(|e| e.to_string())?;
+    check!(hex("intel-iommu/address")? == bar0, "dmar0 is not at 00:03.0's BAR0 {bar0:#x}");
+    check!(read("intel-iommu/domains_supported")? == "65536", "domains_supported is not CAP.ND's 65536");
+    let iommu = std::fs::read_link("/sys/bus/pci/devices/0000:00:04.0/iommu").map_err(|e| format!("00:04.0 has no IOMMU: {e}"))?;
+    check!(iommu.ends_with("dmar0"), "00:04.0 is behind {iommu:?}");
+    expect_dmesg(&format!(r"DMAR: dmar0: reg_base_addr {bar0:x} ver 1:0 cap {cap:x} ecap {ecap:x}"));
+    expect_dmesg(r"DMAR: dmar0: Using Queued invalidation");
+    expect_dmesg(r"DMAR: Intel\(R\) Virtualization Technology for Directed I/O");
     Ok(())
 }
 
