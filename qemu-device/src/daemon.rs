@@ -38,8 +38,13 @@ pub struct Args {
     virtio_iommu: bool,
     /// The secure IOMMU's register interface in BAR0: AMD-Vi (Linux's amd_iommu, ACPI IVRS) or
     /// a VT-d remapping unit in legacy mode (Linux's intel_iommu, ACPI DMAR: `tiommu dmar`).
-    #[arg(long, value_enum, default_value = "amd-vi")]
-    iommu: IommuKind,
+    #[arg(long, value_enum)]
+    iommu: Option<IommuKind>,
+    /// The security personality: SEV-TIO (the RMP, the PSP-style firmware mailbox) or TDX
+    /// Connect (a TDX-module stand-in owning the PAMT, the TDs' S-EPTs and the trusted I/O page
+    /// tables; its IOMMU is VT-d, so this implies `--iommu vtd`).
+    #[arg(long, value_enum, default_value = "sev-tio")]
+    personality: Personality,
     /// Serve QEMU after QEMU on the same sockets: when every function's client has gone, the
     /// model powers off and on (registers, caches, RMP and TDIs start afresh; the last guest's
     /// tables were in its RAM, which went with it) and waits for the next QEMU. Ends on SIGTERM
@@ -54,7 +59,16 @@ pub enum IommuKind {
     Vtd,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Personality {
+    SevTio,
+    TdxConnect,
+}
+
 pub fn run(args: Args) -> Result<(), String> {
+    if args.personality == Personality::TdxConnect && args.iommu == Some(IommuKind::AmdVi) {
+        return Err("--personality tdx-connect runs on a VT-d unit; it cannot take --iommu amd-vi".into());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -112,8 +126,15 @@ fn session(args: &Args, events: &Arc<JsonLines>, listeners: Vec<UnixListener>) -
     let ram = GuestRam::default();
     let iommu_irq = Arc::new(MsixIrq::default());
     let mut sec = SecureIommu::new(events.clone(), iommu_irq.clone());
-    if args.iommu == IommuKind::Vtd {
+    if args.iommu == Some(IommuKind::Vtd) || args.personality == Personality::TdxConnect {
         sec.vtd = Some(iommu_model::vtd::unit::VtdUnit::default());
+    }
+    if args.personality == Personality::TdxConnect {
+        // The unit says it takes part in TDX Connect (ECAP.TDXCS, Linux ecap_tdxc).
+        if let Some(v) = &mut sec.vtd {
+            v.set_ecap_bits(iommu_model::vtd::regs::ecap::TDXCS);
+        }
+        sec.tdx = Some(crate::tdx_module::TdxModule::default());
     }
     if let Some(path) = &args.rmp_state {
         sec.publisher = Some(crate::rmp_state::RmpPublisher::create(path)?);

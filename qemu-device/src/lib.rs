@@ -13,6 +13,7 @@ pub mod ivrs;
 pub mod pci;
 pub mod rmp_state;
 pub mod secure;
+pub mod tdx_module;
 pub mod vfio_server;
 pub mod viot;
 pub mod virtio;

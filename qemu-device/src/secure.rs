@@ -32,6 +32,8 @@ pub enum Refusal {
     /// The VT-d unit's translation faulted (the record it holds for the fault recording
     /// registers).
     Vtd(FaultRecord),
+    /// The TDX Connect personality's ownership check refused the access.
+    Tdx(rmp_model::tdx::TdxRefusal),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -60,6 +62,9 @@ pub struct SecureIommu {
     pub amdvi: AmdVi,
     /// With `--iommu vtd`: the VT-d unit is the IOMMU (BAR0, translation) instead of `amdvi`.
     pub vtd: Option<VtdUnit>,
+    /// With `--personality tdx-connect`: the TDX-module stand-in, whose ownership check replaces
+    /// the RMP's and whose trusted table alone translates T=1 requests.
+    pub tdx: Option<crate::tdx_module::TdxModule>,
     /// Created when SNP is enabled, covering guest RAM.
     pub rmp: Option<Rmp>,
     pub rmp_base: u64,
@@ -83,6 +88,7 @@ impl SecureIommu {
         SecureIommu {
             amdvi: AmdVi::new(),
             vtd: None,
+            tdx: None,
             rmp: None,
             rmp_base: 0,
             rmp_end: 0,
@@ -247,6 +253,18 @@ impl SecureIommu {
         res.status
     }
 
+    /// A refusal of the TDX Connect ownership check, on the stream with the fields of an
+    /// `rmp_violation` (there is no IOMMU log record for it: on hardware an untrusted access to
+    /// TD-private memory ends in a machine check, not a fault record).
+    fn tdx_refused(&self, rid: u16, t: bool, iova: u64, spa: Option<u64>, write: bool, f: rmp_model::tdx::TdxRefusal) -> Refusal {
+        self.events.emit(json!({
+            "type": "tdx_violation", "event": "TDX_DMA_REFUSED", "devid": bdf(rid), "t": t,
+            "iova": format!("{iova:#x}"), "spa": spa.map(|a| format!("{a:#x}")), "access": if write { "write" } else { "read" },
+            "reason": f.name(), "logged": false,
+        }));
+        Refusal::Tdx(f)
+    }
+
     /// A host page-table fault on a request of a TDI in RUN fences its ASID too (SEV-TIO FW spec
     /// §2.11: "a host page table fault or an RMP check violation").
     fn fence_if_running(&mut self, rid: u16, t: bool, iova: u64) {
@@ -264,6 +282,15 @@ impl SecureIommu {
     /// event stream) as the IOMMU does; `dma::plan` runs it for every page of a transfer.
     pub fn page<M: PhysMem + ?Sized>(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
         let write = access == Access::Write;
+        // TDX Connect: a T=1 request for a private GPA is translated by the TD's trusted table
+        // alone; the host's tables are never consulted for it.
+        if let Some(m) = self.tdx.as_ref().filter(|m| t && !m.tdx.is_shared_gpa(iova)) {
+            let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
+            return match m.trusted_dma(rid, state, iova) {
+                Ok(spa) => Ok(spa),
+                Err(f) => Err(self.tdx_refused(rid, t, iova, None, write, f)),
+            };
+        }
         let walks = (self.amdvi.walks, self.vtd.as_ref().map_or(0, |v| v.walks));
         // An endpoint attached to a virtio-iommu domain is translated by that domain's tables
         // (owned by the daemon, walked uncached: an UNMAP holds from the next access on); its
@@ -316,6 +343,14 @@ impl SecureIommu {
                 return Err(Refusal::Translation(event));
             }
         };
+        // TDX Connect: T=0 and shared T=1 requests go through the host's tables, then the PAMT.
+        if let Some(m) = &self.tdx {
+            let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
+            return match m.tdx.check_dma(rid, t, state, iova, tr.spa) {
+                Ok(spa) => Ok(spa),
+                Err(f) => Err(self.tdx_refused(rid, t, iova, Some(tr.spa), write, f)),
+            };
+        }
         let Some(rmp) = &mut self.rmp else {
             // Without SNP there is no TIO: T=1 requests have nothing to be checked against.
             if t {
@@ -385,6 +420,8 @@ mod tests {
     use iommu_model::mem::ByteMem;
     use iommu_model::walk::Perm;
     use rmp_model::ops::GuestCtx;
+    use rmp_model::tdisp::TdiState;
+    use rmp_model::tdx::{TdxRefusal, TdxStatus};
     use rmp_model::PageSize;
 
     struct NoIrq;
@@ -519,5 +556,58 @@ mod tests {
         let v = last(&events, "rmp_violation");
         assert_eq!((v["spa"].as_str(), v["logged"].as_bool()), (Some("0x300000"), Some(false)), "no AMD-Vi event log to log it in");
         assert!(s.page(&mut mem, RID, false, 0x5000, Access::Read).is_ok(), "reads of it are allowed");
+    }
+
+    /// TDX Connect: T=1 through the TD's trusted table only, T=0 through the host's VT-d tables
+    /// and the PAMT, removal refused while trusted DMA is attached, all through module calls.
+    #[test]
+    fn tdx_connect_trusted_and_untrusted_dma() {
+        use crate::tdx_module::{cmd, command, TdxModule};
+        let (mut s, mut mem, events) = vtd();
+        s.tdx = Some(TdxModule::default());
+        s.tdisp.insert(RID, Arc::new(Mutex::new(TdispResponder::new(u32::from(RID), Vec::new()))));
+        let call = |s: &mut SecureIommu, id: u32, td: u32, gpa: u64, spa: u64| {
+            let mut b = [0u8; 64];
+            b[0..4].copy_from_slice(&td.to_le_bytes());
+            b[4..6].copy_from_slice(&RID.to_le_bytes());
+            b[8..16].copy_from_slice(&gpa.to_le_bytes());
+            b[16..24].copy_from_slice(&spa.to_le_bytes());
+            command(s, id, &b)
+        };
+        let state = |s: &SecureIommu| s.tdisp[&RID].lock().unwrap().state();
+        const GPA: u64 = 0x4000_0000;
+        assert_eq!(call(&mut s, cmd::TDH_MNG_CREATE, 1, 0, 0), 0);
+        assert_eq!(call(&mut s, cmd::TDH_MEM_PAGE_ADD, 1, GPA, 0x31_0000), 0);
+        assert_eq!(call(&mut s, cmd::TDH_TDI_BIND, 1, 0, 0), 0);
+        assert_eq!(state(&s), TdiState::ConfigLocked);
+        assert_eq!(s.page(&mut mem, RID, true, GPA, Access::Write), Err(Refusal::Tdx(TdxRefusal::NotRun)), "not in RUN");
+        assert_eq!(call(&mut s, cmd::TDG_TDI_START, 2, 0, 0), 2, "another TD cannot start it");
+        assert_eq!(call(&mut s, cmd::TDG_TDI_START, 1, 0, 0), 0);
+        assert_eq!(state(&s), TdiState::Run);
+        assert_eq!(s.page(&mut mem, RID, true, GPA, Access::Write), Err(Refusal::Tdx(TdxRefusal::NotRun)), "trusted DMA not accepted");
+        assert_eq!(call(&mut s, cmd::TDG_DMAR_ACCEPT, 1, 0, 0), 0);
+        // The host's VT-d tables map nothing at GPA: the trusted table alone translates T=1.
+        assert_eq!(s.page(&mut mem, RID, true, GPA + 0x10, Access::Write), Ok(0x31_0010));
+        // The host maps GPA to a page of its own: T=1 is unchanged, T=0 goes there.
+        // GPA 0x4000_0000 is L3 index 1: new L2 and L1 tables under it.
+        mem.write_u64(0x10_1000 + 8, 0x10_5000 | 3).unwrap();
+        mem.write_u64(0x10_5000, 0x10_6000 | 3).unwrap();
+        mem.write_u64(0x10_6000, 0x32_0000 | 3).unwrap();
+        assert_eq!(s.page(&mut mem, RID, true, GPA, Access::Write), Ok(0x31_0000), "host tables do not reach T=1");
+        assert_eq!(s.page(&mut mem, RID, false, GPA, Access::Write), Ok(0x32_0000));
+        // The host points IOVA 0x5000 at the TD's page: T=0 is refused by the PAMT.
+        mem.write_u64(0x10_3000 + 5 * 8, 0x31_0000 | 3).unwrap();
+        s.vtd.as_mut().unwrap().flush_caches();
+        assert_eq!(s.page(&mut mem, RID, false, 0x5000, Access::Read), Err(Refusal::Tdx(TdxRefusal::PrivatePage)));
+        let v = last(&events, "tdx_violation");
+        assert_eq!((v["t"].as_bool(), v["spa"].as_str(), v["devid"].as_str()), (Some(false), Some("0x310000"), Some("00:04.0")));
+        // The page cannot leave the TD while trusted DMA can reach it.
+        assert_eq!(call(&mut s, cmd::TDH_MEM_PAGE_REMOVE, 1, GPA, 0), TdxStatus::PageInUse.code());
+        assert_eq!(call(&mut s, cmd::TDH_TDI_UNBIND, 0, 0, 0), 0);
+        assert_eq!(state(&s), TdiState::ConfigUnlocked);
+        assert_eq!(s.page(&mut mem, RID, true, GPA, Access::Write), Err(Refusal::Tdx(TdxRefusal::NotRun)));
+        assert_eq!(call(&mut s, cmd::TDH_MEM_PAGE_REMOVE, 1, GPA, 0), 0);
+        assert_eq!(s.page(&mut mem, RID, false, 0x5000, Access::Read), Ok(0x31_0000), "the host's page again");
+        assert!(events.0.lock().unwrap().iter().any(|e| e["type"] == "tdx_call" && e["call"] == "TDH.MEM.PAGE.REMOVE" && e["status"] == 3));
     }
 }

@@ -44,6 +44,31 @@ pub enum TdxStatus {
     MappingNotFound,
 }
 
+impl TdxStatus {
+    /// The number the daemon's module mailbox returns (the model's, not the module's ABI).
+    pub fn code(self) -> u32 {
+        match self {
+            TdxStatus::Success => 0,
+            TdxStatus::OperandInvalid => 1,
+            TdxStatus::PageOwnerMismatch => 2,
+            TdxStatus::PageInUse => 3,
+            TdxStatus::MappingExists => 4,
+            TdxStatus::MappingNotFound => 5,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TdxStatus::Success => "SUCCESS",
+            TdxStatus::OperandInvalid => "OPERAND_INVALID",
+            TdxStatus::PageOwnerMismatch => "PAGE_OWNER_MISMATCH",
+            TdxStatus::PageInUse => "PAGE_IN_USE",
+            TdxStatus::MappingExists => "MAPPING_EXISTS",
+            TdxStatus::MappingNotFound => "MAPPING_NOT_FOUND",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TdxRefusal {
     /// T=0 access to a page a TD owns.
@@ -54,6 +79,17 @@ pub enum TdxRefusal {
     NoTrustedMapping,
     /// T=1 shared access (shared bit set) landing on a TD-owned page.
     SharedToPrivate,
+}
+
+impl TdxRefusal {
+    pub fn name(self) -> &'static str {
+        match self {
+            TdxRefusal::PrivatePage => "untrusted access to a TD-private page",
+            TdxRefusal::NotRun => "T=1 without a TDI in RUN whose trusted DMA the TD accepted",
+            TdxRefusal::NoTrustedMapping => "T=1 private access with no trusted mapping",
+            TdxRefusal::SharedToPrivate => "T=1 shared access landing on a TD-private page",
+        }
+    }
 }
 
 /// Pages tracked at most (one entry per private page; hypervisor pages have none).
@@ -141,6 +177,21 @@ impl Tdx {
 
     pub fn unbind(&mut self, requester: u16) {
         self.bound.remove(&requester);
+    }
+
+    /// The TD the requester's trusted DMA is attached to, if any.
+    pub fn bound_td(&self, requester: u16) -> Option<TdId> {
+        self.bound.get(&requester).copied()
+    }
+
+    /// Some requester's trusted DMA is attached to the TD's trusted mappings.
+    pub fn dma_attached(&self, td: TdId) -> bool {
+        self.bound.values().any(|&t| t == td)
+    }
+
+    /// The SPA the TD's trusted mapping of `gpa` points at.
+    pub fn trusted_lookup(&self, td: TdId, gpa: u64) -> Option<u64> {
+        self.trusted.get(&(td, gpa >> 12)).map(|p| p << 12)
     }
 
     /// The same [`DmaRequest`] the SEV-TIO check takes, answered under TDX Connect rules: the

@@ -163,6 +163,8 @@ fn status_of(e: DmaError) -> u16 {
         DmaError::Length => status::BAD_DESCRIPTOR,
         DmaError::Refused { refusal: Refusal::Translation(_) | Refusal::Vtd(_), .. } => status::IO_PAGE_FAULT,
         DmaError::Refused { refusal: Refusal::Rmp(DmaRefusal::TdiNotRun), .. } => status::T1_REFUSED,
+        DmaError::Refused { refusal: Refusal::Tdx(rmp_model::tdx::TdxRefusal::NotRun), .. } => status::T1_REFUSED,
+        DmaError::Refused { refusal: Refusal::Tdx(_), .. } => status::RMP_PAGE_FAULT,
         DmaError::Refused { refusal: Refusal::Rmp(_), .. } => status::RMP_PAGE_FAULT,
         DmaError::NoMemory { .. } => status::NO_MEMORY,
     }

@@ -107,6 +107,10 @@ impl IommuFunction {
             GuestResult::GeneralProtection => GENERAL_PROTECTION,
         };
         let mut s = self.lock();
+        // TDX Connect: the mailbox is the TDX module's, and only its calls exist.
+        if s.tdx.is_some() {
+            return crate::tdx_module::command(&mut s, id, &b);
+        }
         let status = match id {
             cmd::RMPUPDATE => {
                 let st = RmpState { gpa: u64_at(8), assigned: b[16] != 0, page_size: size(b[17]), immutable: b[18] != 0, asid: u32_at(20) as u16 };
@@ -351,6 +355,9 @@ impl PciFunction for IommuFunction {
         s.amdvi.reset();
         if let Some(v) = &mut s.vtd {
             v.reset();
+        }
+        if let Some(m) = &mut s.tdx {
+            m.reset();
         }
         drop(s);
         self.cmdresp = 0;

@@ -1,0 +1,320 @@
+//! The TDX Connect personality's trusted side: a stand-in for the TDX module behind the secure
+//! IOMMU function's mailbox. It owns the PAMT (rmp-model's `Tdx`: which TD owns each page), each
+//! TD's secure EPT, which is also the trusted I/O page table (TDX Connect shares the two, so the
+//! host cannot map a TD's private page for a device), and the TDISP state of each TDI it binds.
+//! The S-EPT is a real VT-d second-stage table (the format the trusted DMA path walks) in module
+//! memory, which no guest or host access reaches. Host calls (SEAMCALL stand-ins) and TD calls
+//! (TDCALL stand-ins) are separate commands; no host call writes a trusted mapping to anything
+//! but a page it hands to the TD. What is modelled and what is not: docs/tdx-vs-sev-tio.md.
+
+use crate::secure::{bdf, SecureIommu};
+use iommu_model::fmt::vtd_ss::{self, VtdSs};
+use iommu_model::mem::{ByteMem, PhysMem};
+use iommu_model::walk::{self, Perm};
+use rmp_model::tdisp::{self, Response, TdiState};
+use rmp_model::tdx::{PageType, TdId, Tdx, TdxRefusal, TdxStatus};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+/// Mailbox command ids (the model's; the module's SEAMCALL/TDCALL leaf numbers are not modelled).
+pub mod cmd {
+    /// Host: create TD `td` (u32 at 0).
+    pub const TDH_MNG_CREATE: u32 = 0x40;
+    /// Host: give page `spa` (u64 at 16) to TD `td`, mapped in its S-EPT at private `gpa` (u64
+    /// at 8).
+    pub const TDH_MEM_PAGE_ADD: u32 = 0x41;
+    /// Host: take the page at `gpa` back from TD `td`.
+    pub const TDH_MEM_PAGE_REMOVE: u32 = 0x42;
+    /// Host: bind the TDI of `requester` (u16 at 4) to TD `td`: LOCK_INTERFACE.
+    pub const TDH_TDI_BIND: u32 = 0x43;
+    /// Host: STOP_INTERFACE, detach the TDI's trusted DMA and forget the binding.
+    pub const TDH_TDI_UNBIND: u32 = 0x44;
+    /// TD: start its bound TDI (START_INTERFACE with the nonce LOCK gave the module).
+    pub const TDG_TDI_START: u32 = 0x50;
+    /// TD: accept trusted DMA for its TDI (attach the TD's trusted I/O page table).
+    pub const TDG_DMAR_ACCEPT: u32 = 0x51;
+    /// TD: release it.
+    pub const TDG_DMAR_RELEASE: u32 = 0x52;
+}
+
+/// Mailbox status beyond `TdxStatus`: the device did not take the TDISP step.
+pub const TDI_STATE_INVALID: u32 = 0x20;
+/// The command id is not a module call.
+pub const INVALID_COMMAND: u32 = 0x11;
+
+/// Where module memory sits: an address range no guest RAM is at (the model never shows it).
+const MODULE_BASE: u64 = 1 << 45;
+/// Module memory for S-EPT pages: 4 MiB, 1024 tables (bounded, as the module's own memory is).
+const MODULE_PAGES: u64 = 1024;
+/// TDs at most.
+const MAX_TDS: usize = 64;
+/// The S-EPT's levels: 4, a 48-bit GPA (the shared bit is bit 47).
+const SEPT_LEVELS: u8 = 4;
+const SHARED_BIT: u8 = 47;
+
+struct Tdi {
+    td: TdId,
+    /// The LOCK_INTERFACE nonce, which START_INTERFACE must echo (kept by the module).
+    nonce: [u8; 32],
+}
+
+pub struct TdxModule {
+    pub tdx: Tdx,
+    /// TD -> the root of its S-EPT in module memory.
+    sept: BTreeMap<TdId, u64>,
+    mem: ByteMem,
+    free: Vec<u64>,
+    /// Requester -> its TDI's binding.
+    tdis: BTreeMap<u16, Tdi>,
+}
+
+impl Default for TdxModule {
+    fn default() -> Self {
+        TdxModule {
+            tdx: Tdx::new(SHARED_BIT),
+            sept: BTreeMap::new(),
+            mem: ByteMem::new(MODULE_BASE, (MODULE_PAGES * 0x1000) as usize),
+            free: (0..MODULE_PAGES).rev().map(|i| MODULE_BASE + i * 0x1000).collect(),
+            tdis: BTreeMap::new(),
+        }
+    }
+}
+
+fn format() -> VtdSs {
+    VtdSs { haw: 52, sp_2m: true, sp_1g: true }
+}
+
+impl TdxModule {
+    fn alloc(&mut self) -> Option<u64> {
+        let p = self.free.pop()?;
+        self.mem.write(p, &[0u8; 4096]).ok()?;
+        Some(p)
+    }
+
+    pub fn create_td(&mut self, td: TdId) -> TdxStatus {
+        if self.sept.contains_key(&td) || self.sept.len() >= MAX_TDS {
+            return TdxStatus::OperandInvalid;
+        }
+        match self.alloc() {
+            Some(root) => {
+                self.sept.insert(td, root);
+                TdxStatus::Success
+            }
+            None => TdxStatus::OperandInvalid,
+        }
+    }
+
+    /// The S-EPT entry slot for `gpa`'s 4 KiB page, making the tables down to it when `make`.
+    fn leaf_slot(&mut self, td: TdId, gpa: u64, make: bool) -> Option<u64> {
+        let mut table = *self.sept.get(&td)?;
+        for level in (2..=SEPT_LEVELS).rev() {
+            let slot = table + ((gpa >> (12 + 9 * (u32::from(level) - 1))) & 0x1ff) * 8;
+            let e = self.mem.read_u64(slot).ok()?;
+            table = if e & (vtd_ss::R | vtd_ss::W) != 0 {
+                e & vtd_ss::ADDR_MASK
+            } else if make {
+                let t = self.alloc()?;
+                self.mem.write_u64(slot, vtd_ss::table(t, Perm::RW)).ok()?;
+                t
+            } else {
+                return None;
+            };
+        }
+        Some(table + ((gpa >> 12) & 0x1ff) * 8)
+    }
+
+    /// TDH.MEM.PAGE.ADD: the page becomes the TD's (PAMT), mapped at the private `gpa` in its
+    /// S-EPT, which trusted DMA walks. The page must be the host's (no TD owns it).
+    pub fn page_add(&mut self, td: TdId, gpa: u64, spa: u64) -> TdxStatus {
+        if !self.sept.contains_key(&td) || gpa >> SHARED_BIT != 0 || gpa & 0xfff != 0 || spa & 0xfff != 0 || spa >> 52 != 0 {
+            return TdxStatus::OperandInvalid;
+        }
+        if self.tdx.trusted_lookup(td, gpa).is_some() {
+            return TdxStatus::MappingExists;
+        }
+        let st = self.tdx.page_add(td, spa, PageType::Regular);
+        if st != TdxStatus::Success {
+            return st;
+        }
+        let Some(slot) = self.leaf_slot(td, gpa, true) else {
+            let _ = self.tdx.page_remove(td, spa);
+            return TdxStatus::OperandInvalid;
+        };
+        let st = self.tdx.trusted_map(td, gpa, spa);
+        if st == TdxStatus::Success {
+            let _ = self.mem.write_u64(slot, vtd_ss::leaf(spa, Perm::RW, false));
+        }
+        st
+    }
+
+    /// TDH.MEM.PAGE.REMOVE: the page at `gpa` leaves the TD, unless a device can still reach it
+    /// through the TD's trusted I/O page table (some TDI's trusted DMA is attached): the module
+    /// orders the teardown, so the page stays.
+    pub fn page_remove(&mut self, td: TdId, gpa: u64) -> TdxStatus {
+        let Some(spa) = self.tdx.trusted_lookup(td, gpa) else { return TdxStatus::MappingNotFound };
+        if self.tdx.dma_attached(td) {
+            return TdxStatus::PageInUse;
+        }
+        if let Some(slot) = self.leaf_slot(td, gpa, false) {
+            let _ = self.mem.write_u64(slot, 0);
+        }
+        let _ = self.tdx.trusted_unmap(td, gpa);
+        self.tdx.page_remove(td, spa)
+    }
+
+    /// The S-EPT walk for a private `gpa` of the TD: the trusted DMA path's translation.
+    pub fn sept_translate(&self, td: TdId, gpa: u64) -> Option<u64> {
+        let root = *self.sept.get(&td)?;
+        walk::walk(&format(), &self.mem, root, SEPT_LEVELS, gpa).ok().map(|t| t.spa)
+    }
+
+    /// A T=1 request for a private GPA: the TDI in RUN with its trusted DMA accepted, and the
+    /// TD's trusted table, which alone translates it (the host's tables are not consulted).
+    pub fn trusted_dma(&self, requester: u16, state: TdiState, gpa: u64) -> Result<u64, TdxRefusal> {
+        let spa = self.tdx.check_dma(requester, true, state, gpa, 0)?;
+        let td = self.tdx.bound_td(requester).ok_or(TdxRefusal::NotRun)?;
+        // The ownership record and the table the module built agree by construction.
+        debug_assert_eq!(self.sept_translate(td, gpa), Some(spa));
+        self.sept_translate(td, gpa).ok_or(TdxRefusal::NoTrustedMapping)
+    }
+
+    /// Power-on state: no TDs, no pages given, no bindings.
+    pub fn reset(&mut self) {
+        *self = TdxModule::default();
+    }
+}
+
+/// One module call from the mailbox (`b` is the 64-byte command buffer); the status.
+pub fn command(s: &mut SecureIommu, id: u32, b: &[u8; 64]) -> u32 {
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
+    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let (td, requester, gpa) = (u32_at(0), u16::from_le_bytes([b[4], b[5]]), u64_at(8));
+    let Some(m) = s.tdx.as_mut() else { return INVALID_COMMAND };
+    let (call, status) = match id {
+        cmd::TDH_MNG_CREATE => ("TDH.MNG.CREATE", m.create_td(td).code()),
+        cmd::TDH_MEM_PAGE_ADD => ("TDH.MEM.PAGE.ADD", m.page_add(td, gpa, u64_at(16)).code()),
+        cmd::TDH_MEM_PAGE_REMOVE => ("TDH.MEM.PAGE.REMOVE", m.page_remove(td, gpa).code()),
+        cmd::TDH_TDI_BIND => ("TDH.TDI.BIND", tdi_bind(s, td, requester)),
+        cmd::TDH_TDI_UNBIND => ("TDH.TDI.UNBIND", tdi_unbind(s, requester)),
+        cmd::TDG_TDI_START => ("TDG.TDI.START", tdi_start(s, td, requester)),
+        cmd::TDG_DMAR_ACCEPT => ("TDG.DMAR.ACCEPT", dmar(s, td, requester, true)),
+        cmd::TDG_DMAR_RELEASE => ("TDG.DMAR.RELEASE", dmar(s, td, requester, false)),
+        _ => return INVALID_COMMAND,
+    };
+    s.events.emit(json!({"type": "tdx_call", "call": call, "td": td, "devid": bdf(requester), "gpa": format!("{gpa:#x}"), "status": status}));
+    status
+}
+
+/// One TDISP request to the requester's device, with the state change on the event stream.
+fn tdisp_send(s: &SecureIommu, requester: u16, m: &[u8]) -> Option<Response> {
+    let r = s.tdisp.get(&requester)?;
+    let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+    let before = r.state();
+    let resp = r.handle_request(m);
+    let after = r.state();
+    if before != after {
+        s.events.emit(json!({"type": "tdisp", "devid": bdf(requester), "from": before.name(), "to": after.name(), "via": "tdx-module"}));
+    }
+    tdisp::parse_response(&resp)
+}
+
+fn tdi_bind(s: &mut SecureIommu, td: TdId, requester: u16) -> u32 {
+    let Some(m) = s.tdx.as_ref() else { return INVALID_COMMAND };
+    if !m.sept.contains_key(&td) {
+        return TdxStatus::OperandInvalid.code();
+    }
+    if m.tdis.contains_key(&requester) {
+        return TdxStatus::MappingExists.code();
+    }
+    let nonce = match tdisp_send(s, requester, &tdisp::lock_interface(u32::from(requester), 0, 0, 0)) {
+        Some(Response::Locked { nonce }) => nonce,
+        _ => return TDI_STATE_INVALID,
+    };
+    if let Some(m) = s.tdx.as_mut() {
+        m.tdis.insert(requester, Tdi { td, nonce });
+    }
+    0
+}
+
+fn tdi_unbind(s: &mut SecureIommu, requester: u16) -> u32 {
+    let Some(m) = s.tdx.as_mut() else { return INVALID_COMMAND };
+    if m.tdis.remove(&requester).is_none() {
+        return TdxStatus::MappingNotFound.code();
+    }
+    // Trusted DMA is detached after STOP and before the binding goes (the order TDX Connect
+    // enforces); STOP's answer does not matter, the binding is gone either way.
+    m.tdx.unbind(requester);
+    let _ = tdisp_send(s, requester, &tdisp::request(tdisp::req::STOP_INTERFACE, u32::from(requester), &[]));
+    0
+}
+
+fn tdi_start(s: &mut SecureIommu, td: TdId, requester: u16) -> u32 {
+    let Some(tdi) = s.tdx.as_ref().and_then(|m| m.tdis.get(&requester)) else { return TdxStatus::MappingNotFound.code() };
+    if tdi.td != td {
+        return TdxStatus::PageOwnerMismatch.code();
+    }
+    let nonce = tdi.nonce;
+    match tdisp_send(s, requester, &tdisp::start_interface(u32::from(requester), &nonce)) {
+        Some(Response::Started) => 0,
+        _ => TDI_STATE_INVALID,
+    }
+}
+
+fn dmar(s: &mut SecureIommu, td: TdId, requester: u16, accept: bool) -> u32 {
+    let Some(m) = s.tdx.as_mut() else { return INVALID_COMMAND };
+    match m.tdis.get(&requester) {
+        Some(t) if t.td == td => {}
+        Some(_) => return TdxStatus::PageOwnerMismatch.code(),
+        None => return TdxStatus::MappingNotFound.code(),
+    }
+    if accept {
+        m.tdx.bind(requester, td);
+    } else {
+        m.tdx.unbind(requester);
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sept_is_the_trusted_table_and_only_module_calls_change_it() {
+        let mut m = TdxModule::default();
+        assert_eq!(m.page_add(1, 0x5000, 0x30_0000), TdxStatus::OperandInvalid, "no TD 1 yet");
+        assert_eq!(m.create_td(1), TdxStatus::Success);
+        assert_eq!(m.create_td(1), TdxStatus::OperandInvalid);
+        assert_eq!(m.page_add(1, 0x5000, 0x30_0000), TdxStatus::Success);
+        assert_eq!(m.page_add(1, 0x6000, 0x30_0000), TdxStatus::PageOwnerMismatch, "the page is the TD's already");
+        assert_eq!(m.page_add(1, 1 << 47 | 0x7000, 0x31_0000), TdxStatus::OperandInvalid, "a shared GPA");
+        assert_eq!(m.sept_translate(1, 0x5123), Some(0x30_0123), "a VT-d second-stage walk of module memory");
+        assert_eq!(m.sept_translate(1, 0x6000), None);
+        m.tdx.bind(0x20, 1);
+        assert_eq!(m.trusted_dma(0x20, TdiState::Run, 0x5010), Ok(0x30_0010));
+        assert_eq!(m.trusted_dma(0x20, TdiState::ConfigLocked, 0x5010), Err(TdxRefusal::NotRun));
+        assert_eq!(m.trusted_dma(0x20, TdiState::Run, 0x6000), Err(TdxRefusal::NoTrustedMapping));
+        assert_eq!(m.page_remove(1, 0x5000), TdxStatus::PageInUse, "trusted DMA attached");
+        m.tdx.unbind(0x20);
+        assert_eq!(m.page_remove(1, 0x5000), TdxStatus::Success);
+        assert_eq!(m.sept_translate(1, 0x5000), None, "gone from the table");
+        assert_eq!(m.tdx.owner(0x30_0000), None, "and from the PAMT");
+        assert_eq!(m.page_remove(1, 0x5000), TdxStatus::MappingNotFound);
+    }
+
+    #[test]
+    fn module_memory_is_bounded() {
+        let mut m = TdxModule::default();
+        m.create_td(1);
+        // Each 1 GiB-apart GPA needs three new tables; the pool runs out and says so.
+        let mut last = TdxStatus::Success;
+        for i in 0..1024u64 {
+            last = m.page_add(1, i << 30, 0x100_0000 + (i << 12));
+            if last != TdxStatus::Success {
+                break;
+            }
+        }
+        assert_eq!(last, TdxStatus::OperandInvalid);
+        assert!(m.free.is_empty());
+    }
+}
