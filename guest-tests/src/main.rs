@@ -8,6 +8,7 @@ mod hostile;
 mod scenarios;
 mod kernel_paths;
 mod sys;
+mod tdx;
 
 fn main() {
     let start = std::time::Instant::now();

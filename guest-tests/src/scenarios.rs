@@ -2,6 +2,7 @@
 //! command buffer, event log and v1 page tables written in huge pages, the endpoint's ring mapped.
 
 use crate::kernel_paths;
+use crate::tdx;
 use crate::sys::{find, Bar, Config, DmaMem, PciDev};
 use iommu_model::amdvi::builder::V1Builder;
 use iommu_model::amdvi::command::{encode, Command};
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 const IOMMU_ID: (u16, u16) = (0x1234, 0x7101);
 const ENDPOINT_ID: (u16, u16) = (0x1234, 0x7102);
 const DOMAIN: u16 = 1;
-const RING_IOVA: u64 = 0x1000_0000;
-const RING_ENTRIES: u32 = 64;
+pub(crate) const RING_IOVA: u64 = 0x1000_0000;
+pub(crate) const RING_ENTRIES: u32 = 64;
 const SMALL_IOVA: u64 = 0x2000_0000;
 const BIG_IOVA: u64 = 0x4000_0000;
 const VTOM: u64 = 1 << 40;
@@ -34,11 +35,11 @@ const EP_CTRL_RING_T: u32 = 1 << 2;
 const EP_ST_HALTED: u32 = 1 << 1;
 const OP_COPY: u8 = 1;
 pub(crate) const OP_FILL: u8 = 2;
-const F_T: u8 = 1;
+pub(crate) const F_T: u8 = 1;
 pub(crate) const ST_OK: u16 = 1;
 pub(crate) const ST_IO_PAGE_FAULT: u16 = 2;
 pub(crate) const ST_RMP_PAGE_FAULT: u16 = 3;
-const ST_T1_REFUSED: u16 = 4;
+pub(crate) const ST_T1_REFUSED: u16 = 4;
 
 // Mailbox (BAR2).
 pub(crate) const SNP_CTL: usize = 0x10;
@@ -78,10 +79,10 @@ pub(crate) struct Rig {
     /// VT-d unit the kernel's intel_iommu owns (`vtd_mode`).
     iommu: Option<Bar>,
     pub(crate) ctl: Bar,
-    ep: Bar,
-    mem: DmaMem,
-    rid: u16,
-    hp1: u64,
+    pub(crate) ep: Bar,
+    pub(crate) mem: DmaMem,
+    pub(crate) rid: u16,
+    pub(crate) hp1: u64,
     devtab: u64,
     cmdbuf: u64,
     evtlog: u64,
@@ -92,6 +93,10 @@ pub(crate) struct Rig {
     evt_head: u64,
     sem_seq: u64,
     tail: u32,
+    /// TDX Connect: the host's VT-d tables (BAR0 is a VT-d unit this program drives as the host).
+    pub(crate) host_vtd: Option<tdx::HostVtd>,
+    /// TDX Connect: the page the host gives the TD (0 until then).
+    pub(crate) td_page: u64,
 }
 
 fn bdf_to_rid(d: &PciDev) -> Option<u16> {
@@ -107,7 +112,7 @@ impl Rig {
         let iommu_dev = find(IOMMU_ID.0, IOMMU_ID.1).ok_or("no secure IOMMU function (1234:7101)")?;
         let ep_dev = find(ENDPOINT_ID.0, ENDPOINT_ID.1).ok_or("no DMA endpoint function (1234:7102)")?;
         let rid = bdf_to_rid(&ep_dev).ok_or("endpoint address")?;
-        let iommu = if amdvi_mode() || vtd_mode() { None } else { Some(Bar::map(&iommu_dev, 0)?) };
+        let iommu = if amdvi_mode() || vtd_mode() || tdx::tdx_mode() { None } else { Some(Bar::map(&iommu_dev, 0)?) };
         let (ctl, ep) = (Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
         if vtd_mode() {
             kernel_paths::wire_vtd_fault_event(&iommu_dev, &ctl)?;
@@ -122,8 +127,13 @@ impl Rig {
             ep_cfg, doe,
             iommu, ctl, ep, mem, rid, hp1,
             devtab: hp0, cmdbuf: hp0 + 0x1000, evtlog: hp0 + 0x2000, sem: hp0 + 0x3000, mbox: hp0 + 0x4000,
-            pt, cmd_tail: 0, evt_head: 0, sem_seq: 0, tail: 0,
+            pt, cmd_tail: 0, evt_head: 0, sem_seq: 0, tail: 0, host_vtd: None, td_page: 0,
         };
+        if tdx::tdx_mode() {
+            let regs = Bar::map(&iommu_dev, 0)?;
+            rig.host_vtd = Some(tdx::HostVtd::up(&mut rig, regs)?);
+            return Ok(rig);
+        }
         let Some(regs) = &rig.iommu else { return Ok(rig) };
         let dte = Dte::translated(rig.pt.root, 4, DOMAIN, Perm::RW);
         rig.mem.wr(rig.devtab + u64::from(rid) * 32, &dte.to_bytes());
@@ -149,7 +159,7 @@ impl Rig {
     }
 
     /// A small buffer page: IOVA SMALL_IOVA + k pages, backed by huge page 1 at (k + 1) pages.
-    fn small(&self, k: u64) -> (u64, u64) {
+    pub(crate) fn small(&self, k: u64) -> (u64, u64) {
         (SMALL_IOVA + k * 0x1000, self.hp1 + (k + 1) * 0x1000)
     }
 
@@ -203,12 +213,12 @@ impl Rig {
         Ok((u16::from_le_bytes(st), self.mem.r64(slot + 24)))
     }
 
-    fn fill(&mut self, flags: u8, iova: u64, len: u32, pattern: u64) -> Result<u16, String> {
+    pub(crate) fn fill(&mut self, flags: u8, iova: u64, len: u32, pattern: u64) -> Result<u16, String> {
         Ok(self.dma(OP_FILL, flags, 0, iova, len, pattern)?.0)
     }
 
     /// A firmware mailbox command with its buffer; returns the status.
-    fn mailbox(&mut self, id: u32, buf: &[u8]) -> Result<u32, String> {
+    pub(crate) fn mailbox(&mut self, id: u32, buf: &[u8]) -> Result<u32, String> {
         let mut b = [0u8; 64];
         b[..buf.len()].copy_from_slice(buf);
         self.mem.wr(self.mbox, &b);
@@ -248,7 +258,7 @@ impl Rig {
     }
 
     /// GET_DEVICE_INTERFACE_STATE through DOE.
-    fn tdi_state(&self) -> Result<u8, String> {
+    pub(crate) fn tdi_state(&self) -> Result<u8, String> {
         let r = self.tdisp(0x85, &[])?;
         check!(r.len() > 16 && r[1] == 0x05, "bad DEVICE_INTERFACE_STATE response {r:02x?}");
         Ok(r[16])
@@ -304,7 +314,7 @@ pub(crate) fn expect_dmesg(regex: &str) {
 /// 4 KiB and 2 MiB mappings (the daemon times each copy and a plain memcpy beside it).
 pub fn measure() {
     // Through the kernel's IOMMU domain the endpoint reaches nothing these copies map.
-    if viommu_mode() || amdvi_mode() || vtd_mode() {
+    if viommu_mode() || amdvi_mode() || vtd_mode() || tdx::tdx_mode() {
         return;
     }
     let Ok(mut r) = Rig::new() else { return };
@@ -336,7 +346,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [Scenario; 20] = [
+    let scenarios: [Scenario; 26] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
@@ -357,6 +367,12 @@ pub fn run() -> Vec<(&'static str, R)> {
         ("guest_memfd_mmap_pinned_for_dma_through_vfio", kernel_paths::guest_memfd_mmap_pinned_for_dma),
         ("amd_iommu_drives_the_secure_iommu", amd_iommu_owns_the_function),
         ("intel_iommu_drives_the_vtd_unit", intel_iommu_owns_the_unit),
+        ("tdx_module_binds_and_runs_a_tdi", tdx::binds_and_runs_a_tdi),
+        ("tdx_trusted_dma_lands_in_the_tds_page", tdx::trusted_dma_lands),
+        ("tdx_host_tables_do_not_reach_t1", tdx::host_tables_do_not_reach_t1),
+        ("tdx_t0_to_a_private_page_refused", tdx::t0_to_a_private_page_refused),
+        ("tdx_page_with_live_trusted_mapping_stays", tdx::page_with_live_trusted_mapping_stays),
+        ("tdx_stop_and_unbind", tdx::stop_and_unbind),
     ];
     // Scenarios that drive the endpoint through this program's AMD-Vi tables; with the endpoint
     // in the kernel's virtio-iommu domain its DMA no longer takes them.
@@ -379,6 +395,7 @@ pub fn run() -> Vec<(&'static str, R)> {
     let id = rig.ep.r32(EP_ID);
     match &rig.iommu {
         Some(regs) => println!("# endpoint {:#x} requester {:#06x}, IOMMU EFR {:#x}", id, rig.ep.r32(EP_RID), regs.r64(mmio::EXT_FEATURES as usize)),
+        None if tdx::tdx_mode() => println!("# endpoint {:#x} requester {:#06x}, TDX Connect: VT-d unit driven by this program as the host", id, rig.ep.r32(EP_RID)),
         None if vtd_mode() => println!("# endpoint {:#x} requester {:#06x}, VT-d registers owned by the kernel's intel_iommu", id, rig.ep.r32(EP_RID)),
         None => println!("# endpoint {:#x} requester {:#06x}, AMD-Vi registers owned by the kernel's amd_iommu", id, rig.ep.r32(EP_RID)),
     }
@@ -388,6 +405,8 @@ pub fn run() -> Vec<(&'static str, R)> {
             Err(format!("{SKIP}00:04.0 is in the kernel's virtio-iommu domain, not behind these AMD-Vi tables"))
         } else if amdvi_mode() && amdvi_dma.contains(name) {
             Err(format!("{SKIP}the kernel's amd_iommu owns the AMD-Vi registers; this scenario programs them itself"))
+        } else if tdx::tdx_mode() && amdvi_dma.contains(name) {
+            Err(format!("{SKIP}TDX Connect runs on a VT-d unit; this scenario programs AMD-Vi registers and SEV-TIO firmware"))
         } else if vtd_mode() && amdvi_dma.contains(name) {
             Err(format!("{SKIP}the secure IOMMU is a VT-d unit the kernel's intel_iommu owns; this scenario programs AMD-Vi registers itself"))
         } else {

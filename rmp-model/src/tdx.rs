@@ -1,9 +1,9 @@
 //! The TDX Connect personality: page ownership (which trust domain owns each page and as what,
 //! the PAMT's job), secure I/O mappings that only the TDX module creates and removes, the shared
 //! bit of TD guest physical addresses, and the DMA check for trusted (T=1) and untrusted (T=0)
-//! requests. Sources: the TDX Connect material in shared/reference/iommu-formats-notes.md §3
-//! (trusted DMA translates through the TD's secure tables, identical to its S-EPT; T=0 DMA must
-//! never reach TD-private memory). Where it differs from SEV-TIO: docs/tdx-vs-sev-tio.md.
+//! requests. Sources: the Linux TDX Connect series and its review (trusted DMA translates through
+//! the TD's secure tables, identical to its S-EPT; T=0 DMA must never reach TD-private memory).
+//! Where it differs from SEV-TIO: docs/tdx-vs-sev-tio.md.
 
 use crate::dma_check::DmaRequest;
 use crate::tdisp::TdiState;
