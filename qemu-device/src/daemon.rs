@@ -176,12 +176,29 @@ fn session(args: &Args, events: &Arc<JsonLines>, listeners: Vec<UnixListener>) -
     }
     let results: Vec<Result<(), String>> =
         threads.into_iter().map(|(name, t)| t.join().map_err(|_| format!("{name} server thread panicked")).and_then(|r| r)).collect();
-    // What the guest's IOMMU driver asked of the AMD-Vi unit this session.
-    let counts: serde_json::Map<String, serde_json::Value> = {
+    // What the guest's IOMMU driver asked of the AMD-Vi (or VT-d) unit this session.
+    let record = {
         let s = secure.lock().unwrap_or_else(|p| p.into_inner());
-        (0u8..16).filter(|&op| s.amdvi.commands[usize::from(op)] > 0).map(|op| (iommu_model::amdvi::command::name(op).to_string(), s.amdvi.commands[usize::from(op)].into())).collect()
+        match &s.vtd {
+            Some(v) => {
+                let counts: serde_json::Map<String, serde_json::Value> = iommu_model::vtd::unit::INVALIDATION_KINDS
+                    .iter()
+                    .zip(v.invalidations)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(k, n)| (k.to_string(), n.into()))
+                    .collect();
+                serde_json::json!({"type": "vtd_invalidations", "counts": counts})
+            }
+            None => {
+                let counts: serde_json::Map<String, serde_json::Value> = (0u8..16)
+                    .filter(|&op| s.amdvi.commands[usize::from(op)] > 0)
+                    .map(|op| (iommu_model::amdvi::command::name(op).to_string(), s.amdvi.commands[usize::from(op)].into()))
+                    .collect();
+                serde_json::json!({"type": "amdvi_commands", "counts": counts})
+            }
+        }
     };
-    crate::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "amdvi_commands", "counts": counts}));
+    crate::function::EventSink::emit(events.as_ref(), record);
     // The endpoint's channel closed with its backend: the worker drains and ends.
     let _ = worker.join();
     results.into_iter().collect()

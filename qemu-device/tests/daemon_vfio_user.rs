@@ -244,7 +244,11 @@ fn persist_serves_the_next_qemu_after_a_power_cycle() {
     assert!(st.success());
     assert!(d.wait().success());
     let types: Vec<String> = records(&d).iter().map(|r| r["type"].as_str().unwrap_or("").to_string()).collect();
-    assert_eq!(types, ["snp", "power_cycle", "snp", "power_cycle"], "one SNP enable and one power cycle per session");
+    assert_eq!(
+        types,
+        ["snp", "amdvi_commands", "power_cycle", "snp", "amdvi_commands", "power_cycle"],
+        "one SNP enable, one command count and one power cycle per session"
+    );
     assert!(records(&d).iter().filter(|r| r["type"] == "power_cycle").all(|r| r["error"].is_null()));
 }
 
@@ -312,4 +316,34 @@ fn vtd_bar0_queued_invalidation_and_fault_event_on_msi() {
     let r = records(&d);
     let i = r.iter().find(|e| e["type"] == "vtd_interrupt").expect("a vtd_interrupt record");
     assert_eq!((i["event"].as_str(), i["addr"].as_str(), i["data"].as_str()), (Some("fault"), Some("0xfee00000"), Some("0x41")));
+}
+
+/// `--personality tdx-connect` runs on VT-d: BAR0 is the VT-d unit with ECAP.TDXCS, the mailbox
+/// is the TDX module's (a SEV command is not one of its calls), and asking for AMD-Vi with it is
+/// refused before any socket is made.
+#[test]
+fn tdx_connect_is_vtd_with_the_module_mailbox() {
+    use iommu_model::vtd::regs;
+    let d = Daemon::start_with("tdx", &["--personality", "tdx-connect"]);
+    let mut c = d.connect("iommu");
+    assert_ne!(r64(&mut c, BAR0, regs::ECAP) & regs::ecap::TDXCS, 0, "ECAP.TDXCS");
+    let ram = ram_file(&d.dir, 0x10_0000);
+    c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
+    // TDH.MNG.CREATE of TD 7 from a buffer at GPA 0x10_0000, then RMPUPDATE (0x01).
+    ram.write_all_at(&7u32.to_le_bytes(), 0).unwrap();
+    c.region_write(2, 0x108, &0x10_0000u32.to_le_bytes()).unwrap();
+    for (id, want) in [(0x40u32, 0u32), (0x40, 1), (0x01, 0x11)] {
+        c.region_write(2, 0x100, &(id << 16).to_le_bytes()).unwrap();
+        let r = r32(&mut c, 2, 0x100);
+        assert_eq!((r >> 31, (r >> 16) & 0x7ff, r & 0xffff), (1, id, want), "command {id:#x}");
+    }
+    assert!(records(&d).iter().any(|e| e["type"] == "tdx_call" && e["call"] == "TDH.MNG.CREATE" && e["td"] == 7));
+    let out = Process::new(env!("CARGO_BIN_EXE_tiommu"))
+        .args(["daemon", "--personality", "tdx-connect", "--iommu", "amd-vi", "--socket-dir"])
+        .arg(d.dir.join("other"))
+        .args(["--events", "-"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VT-d"), "{}", String::from_utf8_lossy(&out.stderr));
 }

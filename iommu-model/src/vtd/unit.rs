@@ -61,7 +61,13 @@ pub struct VtdUnit {
     interrupts: Vec<Interrupt>,
     /// Second-stage walks done (IOTLB misses), for statistics and the hazard check.
     pub walks: u64,
+    /// Invalidation requests software made, by kind (`INVALIDATION_KINDS`), for statistics.
+    pub invalidations: [u64; 5],
 }
+
+/// The kinds `VtdUnit::invalidations` counts: queued context-cache, IOTLB and wait descriptors,
+/// register-based context-cache (CCMD) and IOTLB commands.
+pub const INVALIDATION_KINDS: [&str; 5] = ["qi_context_cache", "qi_iotlb", "qi_wait", "ccmd", "iotlb_register"];
 
 impl Default for VtdUnit {
     fn default() -> Self {
@@ -126,6 +132,7 @@ impl VtdUnit {
             iotlb: Iotlb::new(),
             interrupts: Vec::new(),
             walks: 0,
+            invalidations: [0; 5],
         }
     }
 
@@ -417,6 +424,7 @@ impl VtdUnit {
     /// While queued invalidation is on, register-based invalidation is not available (spec
     /// §6.5.2): nothing is done and CAIG reports 0.
     fn context_command(&mut self) {
+        self.invalidations[3] += 1;
         let cirg = (self.ccmd >> ccmd::CIRG_SHIFT) & 3;
         let caig = if self.gsts & gcmd::QIE != 0 {
             granularity::NONE
@@ -432,6 +440,7 @@ impl VtdUnit {
     /// The IOTLB register with IVT (spec §11.4.8.1; Linux __iommu_flush_iotlb waits for IVT to
     /// clear and reports "Flush IOTLB failed" when IAIG is 0).
     fn iotlb_command(&mut self) {
+        self.invalidations[4] += 1;
         let iirg = (self.iotlb_reg >> iotlb::IIRG_SHIFT) & 3;
         let iaig = if self.gsts & gcmd::QIE != 0 {
             granularity::NONE
@@ -515,6 +524,11 @@ impl VtdUnit {
     }
 
     fn execute<M: PhysMem + ?Sized>(&mut self, mem: &mut M, d: Descriptor) {
+        self.invalidations[match d {
+            Descriptor::ContextCache { .. } => 0,
+            Descriptor::Iotlb { .. } => 1,
+            Descriptor::Wait { .. } => 2,
+        }] += 1;
         match d {
             Descriptor::ContextCache { g, did, sid, fm } => {
                 self.invalidate_context(g, did, sid, fm);
