@@ -519,3 +519,31 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Arbitrary register traffic and requests over arbitrary memory (what the `vtd_unit` fuzz
+    /// target does at length): no panic, caches bounded, at most two messages per access.
+    #[test]
+    fn arbitrary_traffic_is_survived(
+        memory in proptest::collection::vec(any::<u8>(), 0..0x3000),
+        ops in proptest::collection::vec((0u64..0x1000, 0u8..4, any::<u64>(), any::<u16>()), 1..64),
+    ) {
+        let mut mem = ByteMem::from_bytes(0, memory);
+        mem.bytes.resize(0x1_0000, 0);
+        let mut unit = VtdUnit::default();
+        for (off, kind, val, sid) in ops {
+            match kind {
+                0 => unit.mmio_write(&mut mem, off & !7, 8, val),
+                1 => unit.mmio_write(&mut mem, off & !3, 4, val),
+                2 => {
+                    let _ = unit.mmio_read(off, 4);
+                }
+                _ => {
+                    let _ = unit.translate(&mem, sid, val, if val & 1 == 0 { Access::Read } else { Access::Write });
+                }
+            }
+            prop_assert!(unit.iotlb_len() <= iommu_model::iotlb::CAPACITY);
+            prop_assert!(unit.take_interrupts().len() <= 2);
+        }
+    }
+}
