@@ -28,6 +28,7 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
     let iommu_dev = find(0x1234, 0x7101).ok_or("no secure IOMMU function")?;
     let ep_dev = find(0x1234, 0x7102).ok_or("no DMA endpoint")?;
     let (iommu, ctl, ep) = (Bar::map(&iommu_dev, 0)?, Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
+    let vtd = iommu.len() < 0x4000;
     let cfg = Config::open(&ep_dev)?;
     let mut mem = DmaMem::default();
     let pages: Vec<u64> = (0..4).map(|_| mem.page()).collect::<Result<_, _>>()?;
@@ -59,15 +60,31 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
                 mem.w64(at, v);
             }
             // IOMMU registers: bases and the COMPLETION_WAIT/event stores point into our pages;
-            // any other register, head and tail take anything.
+            // any other register, head and tail take anything. BAR0 is 16 KiB of AMD-Vi registers
+            // or a VT-d unit's 4 KiB (root table and queue bases at 0x20 and 0x90).
             3..=4 => {
-                let off = (rng.below(0x4000) & !7) as usize;
-                let v = match off {
-                    0x0 | 0x8 | 0x10 => (ours(&mut rng) & !0xfff) | (rng.next() & 0x0f00_0000_0000_01ff),
-                    _ => rng.next(),
+                let off = (rng.below(iommu.len() as u64) & !7) as usize;
+                let base_regs: &[usize] = if vtd { &[0x20, 0x90] } else { &[0x0, 0x8, 0x10] };
+                let v = if base_regs.contains(&off) {
+                    (ours(&mut rng) & !0xfff) | (rng.next() & 0x0f00_0000_0000_01ff)
+                } else {
+                    rng.next()
                 };
                 if rng.below(2) == 0 { iommu.w64(off, v) } else { iommu.w32(off & !3, v as u32) }
-                let _ = iommu.r32(rng.below(0x1000) as usize * 4);
+                let _ = iommu.r32(rng.below(iommu.len() as u64 / 4) as usize * 4);
+            }
+            // VT-d: queued invalidation descriptors of any type; wait descriptors store only into
+            // our pages.
+            5 if vtd => {
+                let base = iommu.r64(0x90) & 0x000f_ffff_ffff_f000;
+                if pages.iter().any(|&p| base >= p && base + 4096 <= p + HUGE) {
+                    let slot = base + rng.below(256) * 16;
+                    let ty = rng.below(16);
+                    let q1 = if ty == 5 { ours(&mut rng) & !3 } else { rng.next() };
+                    mem.w64(slot, (rng.next() & !0xf) | ty);
+                    mem.w64(slot + 8, q1);
+                }
+                iommu.w32(0x88, (rng.below(256) << 4) as u32);
             }
             // Commands with any opcode; COMPLETION_WAIT stores only into our pages.
             5 => {

@@ -844,14 +844,18 @@ pub(crate) fn vtd_mode() -> bool {
 pub fn after_hostile() -> R {
     let mut r = Rig::new()?;
     let ((src, src_pa), (dst, dst_pa)) = (r.small(0), r.small(1));
-    r.ctl.w64(SNP_CTL, 1);
-    for pa in [r.hp1, src_pa, dst_pa] {
-        check!(r.rmpupdate(pa, 0, false, 0)? == 0, "RMPUPDATE {pa:#x} to shared");
+    // TDX Connect: Rig::new brought the VT-d unit up afresh with the small pages mapped; there
+    // is no RMP.
+    if !tdx::tdx_mode() {
+        r.ctl.w64(SNP_CTL, 1);
+        for pa in [r.hp1, src_pa, dst_pa] {
+            check!(r.rmpupdate(pa, 0, false, 0)? == 0, "RMPUPDATE {pa:#x} to shared");
+        }
+        r.map(src, src_pa, 12, Perm::RW)?;
+        r.map(dst, dst_pa, 12, Perm::RW)?;
+        r.submit(&[Command::InvalidateIommuAll]);
+        r.completion_wait()?;
     }
-    r.map(src, src_pa, 12, Perm::RW)?;
-    r.map(dst, dst_pa, 12, Perm::RW)?;
-    r.submit(&[Command::InvalidateIommuAll]);
-    r.completion_wait()?;
     let data = pattern(3, 4096);
     r.mem.wr(src_pa, &data);
     let (st, _) = r.dma(OP_COPY, 0, src, dst, 4096, 0)?;

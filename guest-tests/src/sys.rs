@@ -48,6 +48,11 @@ impl Bar {
         Ok(Bar { base: p as *mut u8, len })
     }
 
+    /// The BAR's size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     pub fn r32(&self, off: usize) -> u32 {
         assert!(off + 4 <= self.len && off.is_multiple_of(4));
         // SAFETY: in bounds and aligned (asserted); device memory needs volatile access.

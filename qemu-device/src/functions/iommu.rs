@@ -326,6 +326,8 @@ impl PciFunction for IommuFunction {
                 }
                 s.irq_if_pending();
             }
+            // TDX Connect: the RMP registers do not exist; only the module's mailbox does.
+            2 if self.lock().tdx.is_some() && offset < bar2::CMDRESP => {}
             2 => match offset {
                 bar2::RMP_BASE => self.lock().rmp_base = v & !0x1fff,
                 bar2::RMP_END => self.lock().rmp_end = v,
