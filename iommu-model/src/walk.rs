@@ -212,21 +212,20 @@ pub struct Leaf {
 pub struct BudgetExhausted;
 
 /// Every leaf of the table at `root` (level `levels`) whose page overlaps the physical range
-/// `[spa, spa + len)`, found by visiting each present table once per path: the question "who
+/// `spa`, found by visiting each present table once per path: the question "who
 /// can still reach this page" that a conversion to private asks. Each 4 KiB table read costs one
 /// unit of `budget`; when it runs out the search stops with `BudgetExhausted` and `out` holds what
 /// was found so far. Entries are decoded exactly as [`walk`] decodes them, so a leaf found here is
 /// one a walk of its IOVA reaches (permissions ANDed the same way).
-pub fn find_leaves<F, M>(fmt: &F, mem: &M, root: u64, levels: u8, spa: u64, len: u64, budget: &mut u32, out: &mut Vec<Leaf>) -> Result<(), BudgetExhausted>
+pub fn find_leaves<F, M>(fmt: &F, mem: &M, root: u64, levels: u8, spa: std::ops::Range<u64>, budget: &mut u32, out: &mut Vec<Leaf>) -> Result<(), BudgetExhausted>
 where
     F: Format + ?Sized,
     M: PhysMem + ?Sized,
 {
-    if levels == 0 || levels > MAX_LEVELS || len == 0 {
+    if levels == 0 || levels > MAX_LEVELS || spa.is_empty() {
         return Ok(());
     }
-    let end = spa.saturating_add(len);
-    search(fmt, mem, root & !0xfff, levels, 0, Perm::RW, (spa, end), budget, out)
+    search(fmt, mem, root & !0xfff, levels, 0, Perm::RW, (spa.start, spa.end), budget, out)
 }
 
 #[allow(clippy::too_many_arguments)]

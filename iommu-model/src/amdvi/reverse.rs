@@ -51,7 +51,7 @@ pub fn mappings_of<M: PhysMem + ?Sized>(mem: &M, devtab: DevTabBase, spa: u64, l
     let mut out = Vec::new();
     for ((root, mode), devices) in domains {
         let mut leaves: Vec<Leaf> = Vec::new();
-        let r = find_leaves(&AmdV1, mem, root, mode, spa, len, budget, &mut leaves);
+        let r = find_leaves(&AmdV1, mem, root, mode, spa..spa.saturating_add(len), budget, &mut leaves);
         for (devid, d) in &devices {
             for l in &leaves {
                 let perm = l.translation.perm.and(d.perm());

@@ -75,7 +75,7 @@ pub fn mappings_of<M: PhysMem + ?Sized>(mem: &M, caps: &Caps, rtaddr: u64, spa: 
     if !exhausted {
         for ((table, levels), devices) in domains {
             let mut leaves: Vec<Leaf> = Vec::new();
-            let r = find_leaves(&caps.format(), mem, table, levels, spa, len, budget, &mut leaves);
+            let r = find_leaves(&caps.format(), mem, table, levels, spa..spa.saturating_add(len), budget, &mut leaves);
             for &(sid, did) in &devices {
                 for l in &leaves {
                     out.push(Mapping { sid, did, iova: l.iova, spa: l.translation.spa, size_log2: l.translation.size_log2, perm: l.translation.perm });
