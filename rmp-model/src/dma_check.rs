@@ -1,6 +1,6 @@
 //! The SEV-TIO check on every DMA after translation (SEV-TIO whitepaper p. 8 as Kevin Tian
 //! summarised it: the IOMMU walks the I/O page table to the SPA, then checks the RMP; the T=1
-//! rules from the phase-2 patches' sDTE/vTOM semantics, shared/reference/sev-tio-rmp-notes.md §2.4).
+//! rules from the SEV-TIO phase-2 patches' sDTE/vTOM semantics).
 //! A refusal is an RMP_PAGE_FAULT (event type 0xd) whose fields Linux amd_iommu_print_rmp_fault
 //! decodes; nothing is transferred.
 

@@ -1,5 +1,5 @@
 //! The SEV-TIO firmware commands (command ids of Linux drivers/crypto/ccp/sev-dev-tio.h and the
-//! staging/phase-2 trees, shared/reference/sev-tio-rmp-notes.md §2.3) as the firmware's state: device
+//! SEV-TIO phase-2 patch series) as the firmware's state: device
 //! contexts, TDI contexts and their guest bindings, ASID fences. TDISP messages to the device go
 //! through a transport the caller gives (the host carries them over DOE); SPDM and IDE are message
 //! flow only, with no cryptography.

@@ -74,7 +74,7 @@ impl Dte {
     pub fn sa(&self) -> bool {
         self.0[1] & (1 << 34) != 0
     }
-    /// GV: guest (v2/GCR3) translation; out of scope here (DESIGN.md), treated as illegal.
+    /// GV: guest (v2/GCR3) translation; out of scope here (docs/amd-vi.md), treated as illegal.
     pub fn gv(&self) -> bool {
         self.0[0] & (1 << 55) != 0
     }
