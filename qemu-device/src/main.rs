@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use qemu_device::{daemon, dmar, ivrs, viot, walk};
 
 #[derive(Parser)]
-#[command(name = "tiommu", version, about = "A secure IOMMU (AMD SEV-TIO / Intel TDX Connect style) for QEMU")]
+#[command(name = "tiommu", version, about = "A secure IOMMU (AMD SEV-TIO / Intel TDX Connect style) for QEMU", arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,17 +30,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Bad arguments give one line on stderr, so scripts can show it as it is.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        // Bare `tiommu`: the subcommands, as --help lists them.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
-            eprintln!("tiommu: {first}");
+            eprintln!("tiommu: {}", one_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -58,4 +60,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A clap error as one line a script can show as it is: the message with its details (which
+/// arguments are missing, what was expected), then the usage, without the "--help" hint.
+fn one_line(msg: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for l in msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("For more information")) {
+        let l = l.trim_start_matches("error: ");
+        match l.strip_prefix("Usage: ") {
+            Some(u) => parts.push(format!("(usage: {u})")),
+            None => parts.push(l.to_string()),
+        }
+    }
+    parts.join(" ")
 }

@@ -92,3 +92,19 @@ fn bad_arguments_fail_with_one_line() {
     }
     std::fs::remove_file(img).ok();
 }
+
+/// A CLI mistake names what is wrong on one line (which arguments are missing, with the usage),
+/// and a bare `tiommu` lists the subcommands; both exit 2.
+#[test]
+fn argument_errors_say_what_is_missing() {
+    let tiommu = env!("CARGO_BIN_EXE_tiommu");
+    let out = std::process::Command::new(tiommu).arg("daemon").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--socket-dir") && err.contains("--events") && err.contains("usage: tiommu daemon"), "{err}");
+    let out = std::process::Command::new(tiommu).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("daemon") && err.contains("ivrs") && err.contains("walk"), "the subcommands: {err}");
+}
