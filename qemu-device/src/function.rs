@@ -75,6 +75,12 @@ pub trait PciFunction: Send {
         data.fill(0);
     }
     fn ext_config_write(&mut self, _offset: u16, _data: &[u8]) {}
+    /// Whether an extended config access at `offset` is the function's to answer: the bodies of
+    /// its extended capabilities, and device-specific registers it declares (such as IOAT's
+    /// CHANERR_INT). Elsewhere the glue answers from the chained headers.
+    fn ext_config_claims(&self, offset: u16) -> bool {
+        self.ext_caps().iter().any(|&(o, _)| offset > o && offset < o.saturating_add(0x40))
+    }
     /// The extended capabilities the function implements, as (offset, raw capability header) so
     /// the glue can chain them.
     fn ext_caps(&self) -> Vec<(u16, u32)> {

@@ -180,11 +180,8 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), std::io::Error> {
         if region == VFIO_PCI_CONFIG_REGION_INDEX {
             self.config.read(offset, data);
-            if offset >= 0x100 {
-                let ext = self.function.ext_caps();
-                if ext.iter().any(|&(o, _)| offset > u64::from(o) && offset < u64::from(o) + 0x40) {
-                    self.function.ext_config_read(offset as u16, data);
-                }
+            if (0x100..crate::pci::config::SIZE as u64).contains(&offset) && self.function.ext_config_claims(offset as u16) {
+                self.function.ext_config_read(offset as u16, data);
             }
         } else if let Some(bar) = self.bar(region, offset, data.len()) {
             self.function.bar_read(bar, offset, data);
@@ -196,7 +193,7 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
         if region == VFIO_PCI_CONFIG_REGION_INDEX {
-            if offset >= 0x100 && self.function.ext_caps().iter().any(|&(o, _)| offset > u64::from(o) && offset < u64::from(o) + 0x40) {
+            if (0x100..crate::pci::config::SIZE as u64).contains(&offset) && self.function.ext_config_claims(offset as u16) {
                 self.function.ext_config_write(offset as u16, data);
             } else {
                 self.config.write(offset, data);
