@@ -5,6 +5,7 @@
 
 use crate::events::JsonLines;
 use crate::functions::endpoint::{Endpoint, Job};
+use crate::functions::ioat::Ioat;
 use crate::functions::iommu::IommuFunction;
 use crate::functions::virtio_iommu::VirtioIommu;
 use crate::guest_mem::GuestRam;
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 #[derive(clap::Args)]
 pub struct Args {
     /// Directory for the sockets: iommu.sock (secure IOMMU), endpoint.sock (DMA endpoint) and,
-    /// with --virtio-iommu, virtio-iommu.sock.
+    /// with --virtio-iommu, virtio-iommu.sock; with --ioat, ioat.sock.
     #[arg(long)]
     socket_dir: PathBuf,
     /// JSON-lines event stream (translation faults, RMP violations, TDISP transitions, hazards,
@@ -32,8 +33,8 @@ pub struct Args {
     /// Requester ID of the DMA endpoint: the PCI address QEMU places it at (bus:dev.fn).
     #[arg(long, value_parser = parse_bdf, default_value = "00:04.0")]
     endpoint_bdf: u16,
-    /// Also serve a virtio-iommu (virtio-iommu.sock) that translates the DMA endpoint; QEMU must
-    /// then connect to all three sockets.
+    /// Also serve a virtio-iommu (virtio-iommu.sock) that translates the DMA endpoint (and the
+    /// IOAT engine); QEMU must then connect to every socket.
     #[arg(long)]
     virtio_iommu: bool,
     /// The secure IOMMU's register interface in BAR0: AMD-Vi (Linux's amd_iommu, ACPI IVRS) or
@@ -45,6 +46,13 @@ pub struct Args {
     /// tables; its IOMMU is VT-d, so this implies `--iommu vtd`).
     #[arg(long, value_enum, default_value = "sev-tio")]
     personality: Personality,
+    /// Also serve an Intel IOAT DMA engine (ioat.sock, PCI 8086:2021) that Linux's ioatdma drives;
+    /// its DMA takes the same secure path as the endpoint's.
+    #[arg(long)]
+    ioat: bool,
+    /// Requester ID of the IOAT engine: the PCI address QEMU places it at (bus:dev.fn).
+    #[arg(long, value_parser = parse_bdf, default_value = "00:06.0")]
+    ioat_bdf: u16,
     /// Serve QEMU after QEMU on the same sockets: when every function's client has gone, the
     /// model powers off and on (registers, caches, RMP and TDIs start afresh; the last guest's
     /// tables were in its RAM, which went with it) and waits for the next QEMU. Ends on SIGTERM
@@ -84,6 +92,12 @@ pub fn run(args: Args) -> Result<(), String> {
     let mut socks = vec![args.socket_dir.join("iommu.sock"), args.socket_dir.join("endpoint.sock")];
     if args.virtio_iommu {
         socks.push(args.socket_dir.join("virtio-iommu.sock"));
+    }
+    if args.ioat {
+        if args.ioat_bdf == args.endpoint_bdf {
+            return Err("--ioat-bdf and --endpoint-bdf must differ".into());
+        }
+        socks.push(args.socket_dir.join("ioat.sock"));
     }
     let mut listeners = Vec::new();
     for s in &socks {
@@ -153,11 +167,16 @@ fn session(args: &Args, events: &Arc<JsonLines>, listeners: Vec<UnixListener>) -
 
     let iommu = FunctionBackend::new("iommu", IommuFunction::new(secure.clone(), ram.clone()), ram.clone(), iommu_irq);
     let ep_irq = Arc::new(MsixIrq::default());
+    let ioat = args.ioat.then(|| {
+        let irq = Arc::new(MsixIrq::default());
+        FunctionBackend::new("ioat", Ioat::new(args.ioat_bdf, secure.clone(), ram.clone(), irq.clone(), tx.clone()), ram.clone(), irq)
+    });
     let endpoint = Endpoint::new(args.endpoint_bdf, secure.clone(), ram.clone(), ep_irq.clone(), tx);
     let endpoint = FunctionBackend::new("endpoint", endpoint, ram.clone(), ep_irq);
     let viommu = args.virtio_iommu.then(|| {
         let irq = Arc::new(MsixIrq::default());
-        let dev = VirtioIommu::new(&[args.endpoint_bdf], ram.clone(), irq.clone(), events.clone());
+        let translated: Vec<u16> = std::iter::once(args.endpoint_bdf).chain(args.ioat.then_some(args.ioat_bdf)).collect();
+        let dev = VirtioIommu::new(&translated, ram.clone(), irq.clone(), events.clone());
         // The endpoint's DMA takes the virtio-iommu's tables while it is attached to a domain.
         secure.lock().unwrap_or_else(|p| p.into_inner()).viommu = Some(dev.domains.clone());
         FunctionBackend::new("virtio-iommu", dev, ram.clone(), irq)
@@ -171,8 +190,13 @@ fn session(args: &Args, events: &Arc<JsonLines>, listeners: Vec<UnixListener>) -
         ("iommu", spawn("iommu", Box::new(move || iommu.serve(iommu_listener)))?),
         ("endpoint", spawn("endpoint", Box::new(move || endpoint.serve(ep_listener)))?),
     ];
-    if let (Some(v), Some(l)) = (viommu, listeners.next()) {
+    if let Some(v) = viommu {
+        let l = listeners.next().ok_or("no listener")?;
         threads.push(("virtio-iommu", spawn("virtio-iommu", Box::new(move || v.serve(l)))?));
+    }
+    if let Some(d) = ioat {
+        let l = listeners.next().ok_or("no listener")?;
+        threads.push(("ioat", spawn("ioat", Box::new(move || d.serve(l)))?));
     }
     let results: Vec<Result<(), String>> =
         threads.into_iter().map(|(name, t)| t.join().map_err(|_| format!("{name} server thread panicked")).and_then(|r| r)).collect();
@@ -199,7 +223,8 @@ fn session(args: &Args, events: &Arc<JsonLines>, listeners: Vec<UnixListener>) -
         }
     };
     crate::function::EventSink::emit(events.as_ref(), record);
-    // The endpoint's channel closed with its backend: the worker drains and ends.
+    // The job channel closed with the backends (the IOAT's queued jobs find its channels
+    // stopped): the worker drains and ends.
     let _ = worker.join();
     results.into_iter().collect()
 }

@@ -205,6 +205,17 @@ impl Ioat {
     }
 }
 
+/// The client is gone: queued jobs (which hold the job channel open) find every channel stopped,
+/// so the DMA worker drains and the session ends.
+impl Drop for Ioat {
+    fn drop(&mut self) {
+        for c in &mut lock(&self.engine).channels {
+            c.reset();
+            c.state = chansts::HALTED;
+        }
+    }
+}
+
 /// Queue a job running channel `ch` (its `scheduled` flag already set); never blocks the caller.
 /// A full queue leaves the channel unscheduled: the next DMACOUNT write (dma.c's completion timer
 /// issues one when descriptors are pending) queues it again.
