@@ -200,6 +200,11 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
                 if offset < 0x100 {
                     self.function.config_written(offset);
                 }
+                if ConfigSpace::initiates_flr(offset, data) {
+                    tracing::info!("{}: function-level reset", self.name);
+                    self.config.flr();
+                    self.function.reset();
+                }
             }
         } else if let Some(bar) = self.bar(region, offset, data.len()) {
             self.function.bar_write(bar, offset, data);
@@ -225,6 +230,7 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
     }
 
     fn reset(&mut self) -> Result<(), std::io::Error> {
+        self.config.flr();
         self.function.reset();
         Ok(())
     }

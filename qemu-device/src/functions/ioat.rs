@@ -274,8 +274,14 @@ impl PciFunction for Ioat {
         vec![Bar { index: 0, size: BAR0_SIZE }]
     }
 
+    /// One MSI-X vector per channel (init.c, ioat_dma_setup_interrupts: "The number of MSI-X
+    /// vectors should equal the number of channels"), and MSI with one, which ioatdma falls back to.
     fn msix_vectors(&self) -> u16 {
         CHANNELS as u16
+    }
+
+    fn msi_vectors(&self) -> u8 {
+        1
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {

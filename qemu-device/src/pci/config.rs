@@ -24,15 +24,23 @@ pub const MSIX_BAR: u8 = 4;
 pub const MSIX_BAR_SIZE: u64 = 0x1000;
 pub const MSIX_PBA_OFFSET: u32 = 0x800;
 
+/// Device Capabilities: Function Level Reset Capability (PCIe 6.x §7.5.3.3).
+pub const DEVCAP_FLR: u32 = 1 << 28;
+/// Device Control, "Initiate Function Level Reset" (bit 15, PCIe 6.x §7.5.3.4): always reads 0.
+const DEVCTL_HI: usize = CAP_PCIE as usize + 9;
+const DEVCTL_BCR_FLR_HI: u8 = 0x80;
+
 pub struct ConfigSpace {
     bytes: [u8; SIZE],
     wmask: [u8; SIZE],
+    /// The writable bits' power-on values, which a function-level reset restores.
+    power_on: Box<[u8; SIZE]>,
 }
 
 impl ConfigSpace {
     /// `msi_vectors` is 0 (no MSI capability) or a power of two up to 32.
     pub fn new(ids: &PciIds, bars: &[Bar], msix_vectors: u16, msi_vectors: u8) -> ConfigSpace {
-        let mut c = ConfigSpace { bytes: [0; SIZE], wmask: [0; SIZE] };
+        let mut c = ConfigSpace { bytes: [0; SIZE], wmask: [0; SIZE], power_on: Box::new([0; SIZE]) };
         c.put16(0x00, ids.vendor);
         c.put16(0x02, ids.device);
         // Command: memory space, bus master, INTx disable are the driver's to set.
@@ -57,9 +65,10 @@ impl ConfigSpace {
         c.bytes[CAP_PCIE as usize] = 0x10;
         c.bytes[CAP_PCIE as usize + 1] = 0;
         c.put16(CAP_PCIE as usize + 2, 0x0002);
-        c.put32(CAP_PCIE as usize + 4, 0x0000_8000 | 0x1); // devcap: role-based errors, 256 B payload
+        // devcap: role-based errors, 256 B payload, FLR (so VFIO can reset the function).
+        c.put32(CAP_PCIE as usize + 4, 0x0000_8000 | 0x1 | DEVCAP_FLR);
         c.wmask[CAP_PCIE as usize + 8] = 0xff; // devctl
-        c.wmask[CAP_PCIE as usize + 9] = 0xff;
+        c.wmask[DEVCTL_HI] = !DEVCTL_BCR_FLR_HI;
         if msix_vectors > 0 {
             let m = CAP_MSIX as usize;
             c.bytes[m] = 0x11;
@@ -81,6 +90,7 @@ impl ConfigSpace {
             c.wmask[m + 12..m + 14].fill(0xff);
             c.chain(CAP_MSI);
         }
+        c.power_on.copy_from_slice(&c.bytes);
         c
     }
 
@@ -92,6 +102,14 @@ impl ConfigSpace {
     pub fn hardwire_bus_master(&mut self) {
         self.bytes[0x04] |= 0x04;
         self.wmask[0x04] &= !0x04;
+    }
+
+    /// Function-level reset: every writable bit back to its power-on value (command register,
+    /// device control, MSI and MSI-X control); the read-only rest is unchanged.
+    pub fn flr(&mut self) {
+        for ((b, &m), &p) in self.bytes.iter_mut().zip(self.wmask.iter()).zip(self.power_on.iter()) {
+            *b = (*b & !m) | (p & m);
+        }
     }
 
     /// Link the capability at `at` to the end of the standard list.
@@ -164,6 +182,11 @@ impl ConfigSpace {
         }
     }
 
+    /// Whether a write of `data` at `off` sets Device Control's "Initiate Function Level Reset".
+    pub fn initiates_flr(off: u64, data: &[u8]) -> bool {
+        (DEVCTL_HI as u64).checked_sub(off).and_then(|i| data.get(i as usize)).is_some_and(|b| b & DEVCTL_BCR_FLR_HI != 0)
+    }
+
     #[cfg(test)]
     pub fn command(&self) -> u16 {
         u16::from_le_bytes([self.bytes[4], self.bytes[5]])
@@ -207,6 +230,27 @@ mod tests {
         let mut far = [0u8; 2];
         c.read(4095, &mut far);
         assert_eq!(far[1], 0xff, "past the end reads ones");
+    }
+
+    #[test]
+    fn flr_is_advertised_initiated_and_restores_writable_bits() {
+        let ids = PciIds { vendor: 0x1234, device: 0x7102, subsystem_vendor: 0x1234, subsystem: 1, class: 0xff0000, revision: 1 };
+        let mut c = ConfigSpace::new(&ids, &[Bar { index: 0, size: 0x1000 }], 1, 1);
+        let mut b = [0u8; 4];
+        c.read(0x44, &mut b);
+        assert_ne!(u32::from_le_bytes(b) & DEVCAP_FLR, 0, "DevCap: FLR capable");
+        c.write(4, &[0x06, 0x04]);
+        c.write(0x48, &[0x1f, 0x80]);
+        assert!(ConfigSpace::initiates_flr(0x48, &[0x1f, 0x80]) && ConfigSpace::initiates_flr(0x49, &[0x80]));
+        assert!(!ConfigSpace::initiates_flr(0x48, &[0x1f, 0x00]) && !ConfigSpace::initiates_flr(0x48, &[0xff]) && !ConfigSpace::initiates_flr(0x4a, &[0x80]));
+        c.read(0x48, &mut b);
+        assert_eq!(b[1] & 0x80, 0, "Initiate FLR reads 0");
+        c.flr();
+        assert_eq!(c.command(), 0, "memory and bus master off after FLR");
+        c.read(0x48, &mut b);
+        assert_eq!(u16::from_le_bytes([b[0], b[1]]), 0);
+        c.read(0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x7102_1234, "read-only bits unchanged");
     }
 
     #[test]

@@ -192,7 +192,10 @@ impl Engine {
         }
         c.chanctrl &= !chanctrl::INT_REARM;
         c.irq_pending = false;
-        Some(ch as u16)
+        // One vector per channel once the driver enabled them all (INTRCTRL.MSIX_VECTOR_CONTROL,
+        // set by init.c in MSI-X mode only); with MSI the one vector, and the handler reads
+        // ATTNSTATUS (dma.c, ioat_dma_do_interrupt).
+        Some(if self.intrctrl & intrctrl::MSIX_VECTOR_CONTROL != 0 { ch as u16 } else { 0 })
     }
 
     /// After CHANCTRL or INTRCTRL changed: the pending interrupts that may now fire.

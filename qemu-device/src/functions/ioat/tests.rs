@@ -232,7 +232,7 @@ fn channel_starts_as_alloc_chan_resources_checks() {
 #[test]
 fn memcpy_chain_lands_and_completes_in_order() {
     let mut r = rig();
-    r.w(global::INTRCTRL, u64::from(intrctrl::MASTER_INT_EN), 1);
+    r.w(global::INTRCTRL, u64::from(intrctrl::MASTER_INT_EN | intrctrl::MSIX_VECTOR_CONTROL), 1);
     r.reset_hw(1);
     r.alloc(1);
     r.drain();
@@ -392,6 +392,16 @@ fn interrupts_wait_for_the_arm_and_the_master_enable() {
     r.issue(0, 1);
     r.drain();
     assert_eq!(lock(&r.irqs.0).len(), 2);
+    // Single-vector mode (MSI): channel 1 interrupts on vector 0, and ATTNSTATUS names it until
+    // its cleanup re-arms it.
+    r.reset_hw(1);
+    r.alloc(1);
+    r.drain();
+    assert_eq!(*lock(&r.irqs.0), [0, 0, 0]);
+    assert_eq!(r.r(global::ATTNSTATUS, 4), 0b10);
+    assert_eq!(r.r(global::INTRCTRL, 1) as u8, intrctrl::MASTER_INT_EN | intrctrl::INT_STATUS | intrctrl::INT);
+    r.w(base(1) + chan::CHANCTRL, u64::from(chanctrl::RUN), 2);
+    assert_eq!(r.r(global::ATTNSTATUS, 4), 0);
 }
 
 #[test]
