@@ -144,7 +144,7 @@ pub(crate) fn wire_vtd_fault_event(dev: &PciDev, ctl: &Bar) -> R {
 /// SNP on, read back: the first walk of a mapping then registers it as live for the hazard check,
 /// and the read waits for the posted write, which travels over another socket than the
 /// endpoint's doorbell.
-fn snp_on(r: &mut Rig) -> R {
+pub(crate) fn snp_on(r: &mut Rig) -> R {
     r.ctl.w64(SNP_CTL, 1);
     check!(r.ctl.r64(SNP_CTL) & 1 == 1, "SNP did not turn on");
     Ok(())

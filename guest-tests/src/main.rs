@@ -6,6 +6,7 @@
 mod hostile;
 #[macro_use]
 mod scenarios;
+mod ioat;
 mod kernel_paths;
 mod sys;
 mod tdx;

@@ -1,6 +1,7 @@
 //! The scenarios. Each builds on the rig: the two functions found and mapped, a device table,
 //! command buffer, event log and v1 page tables written in huge pages, the endpoint's ring mapped.
 
+use crate::ioat;
 use crate::kernel_paths;
 use crate::tdx;
 use crate::sys::{find, Bar, Config, DmaMem, PciDev};
@@ -346,7 +347,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [Scenario; 26] = [
+    let scenarios: [Scenario; 30] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
@@ -373,6 +374,10 @@ pub fn run() -> Vec<(&'static str, R)> {
         ("tdx_t0_to_a_private_page_refused", tdx::t0_to_a_private_page_refused),
         ("tdx_page_with_live_trusted_mapping_stays", tdx::page_with_live_trusted_mapping_stays),
         ("tdx_stop_and_unbind", tdx::stop_and_unbind),
+        ("ioatdma_binds_and_its_self_test_passes", ioat::ioatdma_bound),
+        ("dmatest_memcpy_on_the_ioat_channels", ioat::dmatest_memcpy),
+        ("ioat_vfio_type1_copy_fault_reset_msix_private_page", ioat::vfio_type1),
+        ("ioat_vfio_iommufd_copy_fault_reset_msix", ioat::vfio_iommufd),
     ];
     // Scenarios that drive the endpoint through this program's AMD-Vi tables; with the endpoint
     // in the kernel's virtio-iommu domain its DMA no longer takes them.

@@ -268,7 +268,10 @@ pub mod vfio {
     const GROUP_GET_STATUS: u64 = io(103);
     const GROUP_SET_CONTAINER: u64 = io(104);
     const GROUP_GET_DEVICE_FD: u64 = io(106);
+    const DEVICE_GET_INFO: u64 = io(107);
     const DEVICE_GET_REGION_INFO: u64 = io(108);
+    const DEVICE_SET_IRQS: u64 = io(110);
+    const DEVICE_RESET: u64 = io(111);
     const IOMMU_MAP_DMA: u64 = io(113);
     const IOMMU_UNMAP_DMA: u64 = io(114);
     const DEVICE_BIND_IOMMUFD: u64 = io(100 + 18);
@@ -277,6 +280,34 @@ pub mod vfio {
     const GROUP_FLAGS_VIABLE: u32 = 1;
     const DMA_MAP_FLAG_READ: u32 = 1;
     const DMA_MAP_FLAG_WRITE: u32 = 2;
+    /// vfio_device_info.flags: the device supports VFIO_DEVICE_RESET.
+    pub const DEVICE_FLAGS_RESET: u32 = 1 << 0;
+    const PCI_MSIX_IRQ_INDEX: u32 = 2;
+    const IRQ_SET_DATA_NONE: u32 = 1 << 0;
+    const IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+    const IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct DeviceInfo {
+        argsz: u32,
+        flags: u32,
+        num_regions: u32,
+        num_irqs: u32,
+        cap_offset: u32,
+        pad: u32,
+    }
+
+    /// vfio_irq_set with room for one eventfd.
+    #[repr(C)]
+    struct IrqSet {
+        argsz: u32,
+        flags: u32,
+        index: u32,
+        start: u32,
+        count: u32,
+        fd: i32,
+    }
 
     #[repr(C)]
     #[derive(Default)]
@@ -366,11 +397,13 @@ pub mod vfio {
         Ok(owned(fd))
     }
 
-    /// Bind `bdf` (e.g. "0000:00:04.0") to vfio-pci.
+    /// Bind `bdf` (e.g. "0000:00:04.0") to vfio-pci, unbinding the driver it has.
     pub fn bind_vfio_pci(bdf: &str) -> Result<(), String> {
         let dev = format!("/sys/bus/pci/devices/{bdf}");
-        if fs::read_link(format!("{dev}/driver")).is_ok_and(|l| l.ends_with("vfio-pci")) {
-            return Ok(());
+        match fs::read_link(format!("{dev}/driver")) {
+            Ok(l) if l.ends_with("vfio-pci") => return Ok(()),
+            Ok(_) => fs::write(format!("{dev}/driver/unbind"), bdf).map_err(|e| format!("unbind: {e}"))?,
+            Err(_) => {}
         }
         fs::write(format!("{dev}/driver_override"), "vfio-pci").map_err(|e| format!("driver_override: {e}"))?;
         fs::write("/sys/bus/pci/drivers_probe", bdf).map_err(|e| format!("drivers_probe: {e}"))?;
@@ -405,12 +438,84 @@ pub mod vfio {
 
         pub fn r32(&self, reg: u64) -> Result<u32, String> {
             let mut b = [0u8; 4];
-            // SAFETY: reads 4 bytes into a live buffer from the device file at the BAR0 region offset.
-            let n = unsafe { libc::pread(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), 4, (self.bar0 + reg) as libc::off_t) };
-            if n != 4 {
+            self.read(reg, &mut b)?;
+            Ok(u32::from_le_bytes(b))
+        }
+
+        /// One BAR0 access of `data.len()` bytes (1, 2, 4 or 8: vfio-pci issues it at that width).
+        pub fn write(&self, reg: u64, data: &[u8]) -> Result<(), String> {
+            // SAFETY: writes from a live buffer of that length to the device file at the BAR0 region offset.
+            let n = unsafe { libc::pwrite(self.fd.as_raw_fd(), data.as_ptr().cast(), data.len(), (self.bar0 + reg) as libc::off_t) };
+            if n != data.len() as isize {
+                return Err(format!("BAR0 write {reg:#x}: {}", std::io::Error::last_os_error()));
+            }
+            Ok(())
+        }
+
+        pub fn read(&self, reg: u64, buf: &mut [u8]) -> Result<(), String> {
+            // SAFETY: reads into a live buffer of that length from the device file at the BAR0 region offset.
+            let n = unsafe { libc::pread(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), (self.bar0 + reg) as libc::off_t) };
+            if n != buf.len() as isize {
                 return Err(format!("BAR0 read {reg:#x}: {}", std::io::Error::last_os_error()));
             }
-            Ok(u32::from_le_bytes(b))
+            Ok(())
+        }
+
+        pub fn r64(&self, reg: u64) -> Result<u64, String> {
+            let mut b = [0u8; 8];
+            self.read(reg, &mut b)?;
+            Ok(u64::from_le_bytes(b))
+        }
+
+        /// VFIO_DEVICE_GET_INFO's flags (DEVICE_FLAGS_RESET: the kernel found a reset method).
+        pub fn flags(&self) -> Result<u32, String> {
+            let mut i = DeviceInfo { argsz: std::mem::size_of::<DeviceInfo>() as u32, ..Default::default() };
+            ioctl_ptr(&self.fd, DEVICE_GET_INFO, &mut i, "VFIO_DEVICE_GET_INFO")?;
+            Ok(i.flags)
+        }
+
+        /// VFIO_DEVICE_RESET: the function-level reset.
+        pub fn reset(&self) -> Result<(), String> {
+            ioctl_val(&self.fd, DEVICE_RESET, 0, "VFIO_DEVICE_RESET").map(drop)
+        }
+
+        /// MSI-X vector `vector` signals a new eventfd (VFIO_DEVICE_SET_IRQS); the kernel enables
+        /// MSI-X on the function for it.
+        pub fn msix_eventfd(&self, vector: u32) -> Result<OwnedFd, String> {
+            // SAFETY: creates a descriptor we own from here on.
+            let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if efd < 0 {
+                return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+            }
+            let efd = owned(efd);
+            let mut set = IrqSet {
+                argsz: std::mem::size_of::<IrqSet>() as u32,
+                flags: IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+                index: PCI_MSIX_IRQ_INDEX,
+                start: vector,
+                count: 1,
+                fd: efd.as_raw_fd(),
+            };
+            ioctl_ptr(&self.fd, DEVICE_SET_IRQS, &mut set, "VFIO_DEVICE_SET_IRQS")?;
+            Ok(efd)
+        }
+
+        /// MSI-X off again (VFIO_DEVICE_SET_IRQS with no vectors).
+        pub fn msix_off(&self) -> Result<(), String> {
+            let mut set = IrqSet { argsz: 20, flags: IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, index: PCI_MSIX_IRQ_INDEX, start: 0, count: 0, fd: -1 };
+            ioctl_ptr(&self.fd, DEVICE_SET_IRQS, &mut set, "VFIO_DEVICE_SET_IRQS").map(drop)
+        }
+    }
+
+    /// How many times an eventfd was signalled since the last call (0 if not).
+    pub fn eventfd_count(fd: &OwnedFd) -> u64 {
+        let mut b = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live buffer from a non-blocking eventfd.
+        let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        if n == 8 {
+            u64::from_le_bytes(b)
+        } else {
+            0
         }
     }
 

@@ -1,0 +1,350 @@
+//! Scenarios with the daemon's IOAT DMA engine (8086:2021 at 00:06.0, scripts/run-vm --ioat):
+//! Linux's ioatdma bound to it (its probe's self-test copied through the secure IOMMU), dmatest
+//! moving data on its channels through the DMA API, then the engine from user space through VFIO
+//! (type1 and iommufd): copies through mapped IOVAs, a refused access halting the channel, a
+//! reset, MSI-X, and a page under a live mapping turned private. The register layout is Linux's
+//! drivers/dma/ioat/registers.h (docs/device-abi.md, "IOAT DMA engine").
+
+use crate::kernel_paths::snp_on;
+use crate::scenarios::{expect_event, poll, viommu_mode, Rig, R, SKIP};
+use crate::sys::iommufd::Iommufd;
+use crate::sys::vfio::{bind_vfio_pci, eventfd_count, open_cdev, Device, UserMem, Vfio, DEVICE_FLAGS_RESET};
+use crate::sys::{find, PciDev};
+use std::fs;
+use std::time::Instant;
+
+const IOAT_ID: (u16, u16) = (0x8086, 0x2021);
+/// Where run-vm places it; its requester ID 0x30 is endpoint 48 for the virtio-iommu.
+const BDF: &str = "0000:00:06.0";
+const DEVID: &str = "00:06.0";
+const CHANNELS: usize = 2;
+
+// Global registers, channel 0's block at 0x80, and their bits (registers.h).
+const INTRCTRL: u64 = 0x03;
+const INTRCTRL_MASTER_INT_EN: u8 = 0x01;
+const INTRCTRL_MSIX_VECTOR_CONTROL: u8 = 0x08;
+const CH: u64 = 0x80;
+const CHANCTRL: u64 = CH;
+const CHANCTRL_RUN: u16 = 0x1d;
+const CHANCMD: u64 = CH + 0x04;
+const CHANCMD_RESET: u8 = 0x20;
+const DMACOUNT: u64 = CH + 0x06;
+const CHANSTS: u64 = CH + 0x08;
+const CHAINADDR: u64 = CH + 0x10;
+const CHANCMP: u64 = CH + 0x18;
+const CHANERR: u64 = CH + 0x28;
+const STS_DONE: u64 = 1;
+const STS_HALTED: u64 = 3;
+const READ_DATA_ERR: u32 = 0x100;
+const WRITE_DATA_ERR: u32 = 0x200;
+// Descriptor control (hw.h): interrupt, completion write.
+const CTL_INT_EN: u32 = 1 << 0;
+const CTL_COMPL_WRITE: u32 = 1 << 3;
+
+/// The user-space driver's IOVAs: one page of descriptors with the completion word at its end,
+/// a source page and a destination page; the page after the destination is never mapped.
+const RING_IOVA: u64 = 0x80_0000;
+const SRC_IOVA: u64 = 0x81_0000;
+const DST_IOVA: u64 = 0x82_0000;
+const UNMAPPED_IOVA: u64 = 0x83_0000;
+const COMPLETION_OFF: usize = 0xfc0;
+
+fn engine() -> Result<PciDev, String> {
+    find(IOAT_ID.0, IOAT_ID.1).ok_or_else(|| format!("{SKIP}no IOAT engine (8086:2021; scripts/run-vm --ioat)"))
+}
+
+fn dmesg() -> String {
+    std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
+fn driver(bdf: &str) -> Option<String> {
+    fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver")).ok().and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// The DMA channels ioatdma registered for the engine (dmaXchanY under the device).
+fn channels(dev: &PciDev) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(format!("{}/dma", dev.path))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains("chan")).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Linux's ioatdma bound to the engine: its probe read the registers, reset and started each
+/// channel (a NULL descriptor), and copied 2000 bytes on channel 0 through the DMA API and the
+/// secure IOMMU, comparing them (init.c, ioat_dma_self_test); a failure would have left the
+/// device without a driver. Both channels are registered with the DMA engine core.
+pub fn ioatdma_bound(_r: &mut Rig) -> R {
+    let dev = engine()?;
+    let log = dmesg();
+    for l in log.lines().filter(|l| l.contains("ioat")) {
+        println!("# dmesg: {}", l.trim());
+    }
+    let drv = driver(&dev.bdf);
+    if drv.is_none() && !std::path::Path::new("/sys/module/ioatdma").exists() {
+        return Err(format!("{SKIP}this kernel has no ioatdma (not built in, module not loaded)"));
+    }
+    check!(drv.as_deref() == Some("ioatdma"), "{} is bound to {drv:?}, not ioatdma", dev.bdf);
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("Self-test") || l.contains("I/OAT DMA Engine init failed")).collect();
+    check!(failed.is_empty(), "ioatdma's probe reported {failed:?}");
+    let ch = channels(&dev);
+    check!(ch.len() == CHANNELS, "ioatdma registered {ch:?}, not {CHANNELS} channels");
+    println!("# ioatdma channels: {}", ch.join(" "));
+    if viommu_mode() {
+        // Behind the virtio-iommu: the kernel attached it to a DMA domain, which its self-test's
+        // buffers were mapped in.
+        expect_event("viommu", "req=attach endpoint=48 status=OK");
+        expect_event("viommu", "req=map status=OK");
+    }
+    Ok(())
+}
+
+/// dmatest (built into the test kernel) on the engine's channels: one thread per channel, each
+/// `ITERATIONS` memcpy transfers of random lengths and offsets in 16 KiB buffers, every result
+/// verified by the CPU; each thread's summary must report 0 failures. Its throughput goes to
+/// docs/performance.md next to a plain copy in the guest.
+pub fn dmatest_memcpy(_r: &mut Rig) -> R {
+    const ITERATIONS: u32 = 200;
+    let dev = engine()?;
+    let params = "/sys/module/dmatest/parameters";
+    if !std::path::Path::new(params).exists() {
+        return Err(format!("{SKIP}this kernel has no dmatest (the distribution's 7.3 does not build it; run-vm --test-kernel)"));
+    }
+    check!(driver(&dev.bdf).as_deref() == Some("ioatdma"), "ioatdma is not bound to {}", dev.bdf);
+    let set = |p: &str, v: &str| fs::write(format!("{params}/{p}"), v).map_err(|e| format!("dmatest {p}={v}: {e}"));
+    let before = dmesg().lines().count();
+    set("timeout", "5000")?;
+    set("iterations", &ITERATIONS.to_string())?;
+    set("threads_per_chan", "1")?;
+    set("max_channels", "0")?;
+    set("test_buf_size", "16384")?;
+    set("noverify", "N")?;
+    set("device", &dev.bdf)?;
+    let t = Instant::now();
+    set("run", "1")?;
+    // Reading `wait` returns when every thread has finished.
+    fs::read_to_string(format!("{params}/wait")).map_err(|e| format!("dmatest wait: {e}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    // Reading `run` once the tests are done releases the channels (dmatest_run_get).
+    let _ = fs::read_to_string(format!("{params}/run"));
+    let log = dmesg();
+    let new: Vec<&str> = log.lines().skip(before).filter(|l| l.contains("dmatest")).collect();
+    for l in &new {
+        // run-vm checks these lines' summaries too.
+        println!("# dmatest: {}", l.split_once("dmatest: ").map_or(*l, |(_, r)| r).trim());
+    }
+    let summaries: Vec<&&str> = new.iter().filter(|l| l.contains("summary")).collect();
+    check!(summaries.len() == CHANNELS, "{} dmatest summaries, not one per channel: {new:?}", summaries.len());
+    for s in &summaries {
+        check!(s.contains(&format!("summary {ITERATIONS} tests, 0 failures")), "dmatest: {s}");
+    }
+    println!("# perf: dmatest {CHANNELS} x {ITERATIONS} memcpy (16 KiB buffers, verified) in {secs:.2} s");
+    plain_copy_speed();
+    Ok(())
+}
+
+/// A plain copy of 1 MiB in the guest (this process, TCG), for docs/performance.md beside
+/// dmatest's rate through the engine.
+fn plain_copy_speed() {
+    let a = vec![0x5au8; 1 << 20];
+    let mut b = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    for i in 0..16 {
+        b.copy_from_slice(&a);
+        b[i] ^= 1;
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!("# perf: plain copy in the guest {:.0} MB/s (16 x 1 MiB, {})", 16.0 * 1.048576 / s, b[0]);
+}
+
+/// The engine's channel 0 driven from user space through a VFIO device file, as a user-space
+/// driver would: descriptors and the completion word in `ring`, data in `src` and `dst`.
+struct Chan<'a> {
+    dev: &'a Device,
+    ring: &'a UserMem,
+    /// Descriptors written since the chain started (DMACOUNT).
+    count: u16,
+}
+
+impl<'a> Chan<'a> {
+    fn w8(&self, reg: u64, v: u8) -> R {
+        self.dev.write(reg, &[v])
+    }
+    fn w16(&self, reg: u64, v: u16) -> R {
+        self.dev.write(reg, &v.to_le_bytes())
+    }
+    fn w64(&self, reg: u64, v: u64) -> R {
+        self.dev.write(reg, &(v as u32).to_le_bytes())?;
+        self.dev.write(reg + 4, &((v >> 32) as u32).to_le_bytes())
+    }
+
+    /// As dma.c's ioat_reset_hw and init.c's ioat_alloc_chan_resources: clear CHANERR, reset,
+    /// interrupts on (one MSI-X vector per channel), CHANCTRL to run, the completion address, a
+    /// new chain at the ring's first descriptor.
+    fn start(dev: &'a Device, ring: &'a UserMem) -> Result<Chan<'a>, String> {
+        let c = Chan { dev, ring, count: 0 };
+        let err = dev.r32(CHANERR)?;
+        dev.w32(CHANERR, err)?;
+        c.w8(CHANCMD, CHANCMD_RESET)?;
+        let reset_done = || {
+            let mut b = [0u8];
+            dev.read(CHANCMD, &mut b).is_ok() && b[0] & CHANCMD_RESET == 0
+        };
+        check!(poll(reset_done), "the channel reset never completed");
+        c.w8(INTRCTRL, INTRCTRL_MASTER_INT_EN | INTRCTRL_MSIX_VECTOR_CONTROL)?;
+        c.w16(CHANCTRL, CHANCTRL_RUN)?;
+        ring.write(0, &[0u8; 0x1000]);
+        c.w64(CHANCMP, RING_IOVA + COMPLETION_OFF as u64)?;
+        c.w64(CHAINADDR, RING_IOVA)?;
+        Ok(c)
+    }
+
+    fn completion(&self) -> u64 {
+        let mut b = [0u8; 8];
+        self.ring.read(COMPLETION_OFF, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    /// One COPY of `len` bytes with completion write and interrupt; waits until the channel is
+    /// idle or halted and returns CHANSTS.
+    fn copy(&mut self, src: u64, dst: u64, len: u32) -> Result<u64, String> {
+        let i = u64::from(self.count) % 32;
+        let mut d = [0u8; 64];
+        d[0..4].copy_from_slice(&len.to_le_bytes());
+        d[4..8].copy_from_slice(&(CTL_INT_EN | CTL_COMPL_WRITE).to_le_bytes());
+        d[8..16].copy_from_slice(&src.to_le_bytes());
+        d[16..24].copy_from_slice(&dst.to_le_bytes());
+        d[24..32].copy_from_slice(&(RING_IOVA + ((i + 1) % 32) * 64).to_le_bytes());
+        self.ring.write(i as usize * 64, &d);
+        self.count = self.count.wrapping_add(1);
+        self.w16(DMACOUNT, self.count)?;
+        let mut sts = 0;
+        check!(
+            poll(|| {
+                sts = self.dev.r64(CHANSTS).unwrap_or(0);
+                sts & 7 == STS_DONE || sts & 7 == STS_HALTED
+            }),
+            "descriptor {i} never completed (CHANSTS {sts:#x})"
+        );
+        Ok(sts)
+    }
+}
+
+fn page(mem: &UserMem, off: usize) -> Vec<u8> {
+    let mut b = vec![0u8; 0x1000];
+    mem.read(off, &mut b);
+    b
+}
+
+/// Copies through mapped IOVAs land; a copy whose destination runs into an unmapped page halts
+/// the channel with a write data error and moves nothing (not even into the mapped part); a
+/// source there, a read data error; the channel reset recovers; the completion interrupt arrives
+/// on the channel's MSI-X vector.
+fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem, via: &str) -> R {
+    check!(dev.flags()? & DEVICE_FLAGS_RESET != 0, "VFIO reports no reset for the engine (no FLR?)");
+    dev.reset()?;
+    let irq = dev.msix_eventfd(0)?;
+    let mut ch = Chan::start(dev, ring)?;
+    let pattern: Vec<u8> = (0..0x1000u32).map(|i| (i * 7 + 3) as u8).collect();
+    data.write(0, &pattern);
+    data.write(0x1000, &[0u8; 0x1000]);
+    let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
+    check!(sts & 7 == STS_DONE, "copy through the mappings: CHANSTS {sts:#x}, CHANERR {:#x}", dev.r32(CHANERR)?);
+    check!(page(data, 0x1000) == pattern, "the destination page did not receive the copy");
+    check!(ch.completion() == RING_IOVA | STS_DONE, "completion write-back {:#x}", ch.completion());
+    check!(poll(|| eventfd_count(&irq) > 0), "no MSI-X interrupt for the completion");
+
+    // The destination's second half is the unmapped page after it: nothing moves.
+    data.write(0x1000, &[0xeeu8; 0x1000]);
+    let sts = ch.copy(SRC_IOVA, DST_IOVA + 0x800, 0x1000)?;
+    let err = dev.r32(CHANERR)?;
+    check!(sts & 7 == STS_HALTED && err == WRITE_DATA_ERR, "copy into an unmapped page: CHANSTS {sts:#x}, CHANERR {err:#x}");
+    check!(page(data, 0x1000) == [0xeeu8; 0x1000], "the refused copy wrote its mapped half");
+    check!(ch.completion() == RING_IOVA | STS_HALTED, "halt not written back: {:#x}", ch.completion());
+    expect_event("translation_fault", &format!("devid={DEVID} iova={UNMAPPED_IOVA:#x} access=write via={via}"));
+    expect_event("ioat_halted", &format!("devid={DEVID} channel=0 chanerr={WRITE_DATA_ERR} iova={UNMAPPED_IOVA:#x}"));
+
+    // Reset (dma.c's ioat_eh does it the same way), and the channel copies again.
+    let mut ch = Chan::start(dev, ring)?;
+    check!(dev.r32(CHANERR)? == 0, "CHANERR not cleared");
+    let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
+    check!(sts & 7 == STS_DONE && page(data, 0x1000) == pattern, "after the reset: CHANSTS {sts:#x}");
+
+    // A source in the unmapped page: read data error.
+    let sts = ch.copy(UNMAPPED_IOVA, DST_IOVA, 64)?;
+    check!(sts & 7 == STS_HALTED && dev.r32(CHANERR)? == READ_DATA_ERR, "copy from an unmapped page: CHANSTS {sts:#x}");
+    expect_event("ioat_halted", &format!("devid={DEVID} channel=0 chanerr={READ_DATA_ERR}"));
+    dev.msix_off()?;
+    Ok(())
+}
+
+/// The page the engine last wrote turned guest-private in place while still mapped (RMPUPDATE
+/// through the IOMMU function's mailbox, as an SNP host would): the daemon reports the hazard,
+/// the RMP refuses the engine's next write to it, the channel halts with a write data error and
+/// the page keeps its bytes. Then shared again, and a reset channel writes it.
+fn private_under_mapping(r: &mut Rig, dev: &Device, ring: &UserMem, data: &UserMem) -> R {
+    snp_on(r)?;
+    let mut ch = Chan::start(dev, ring)?;
+    let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
+    check!(sts & 7 == STS_DONE, "copy before the conversion: CHANSTS {sts:#x}");
+    let before = page(data, 0x1000);
+    let pa = data.phys(0x1000)?;
+    check!(r.rmpupdate(pa, DST_IOVA, true, 1)? == 0, "RMPUPDATE of the mapped page to private");
+    expect_event("hazard", &format!("iova={DST_IOVA:#x} spa={pa:#x}"));
+    data.write(0, &[0x77u8; 0x1000]);
+    let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
+    let err = dev.r32(CHANERR)?;
+    check!(sts & 7 == STS_HALTED && err == WRITE_DATA_ERR, "write to the page turned private: CHANSTS {sts:#x}, CHANERR {err:#x}");
+    check!(page(data, 0x1000) == before, "the refused write changed the private page");
+    expect_event("rmp_violation", &format!("devid={DEVID} iova={DST_IOVA:#x} access=write"));
+    check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
+    let mut ch = Chan::start(dev, ring)?;
+    let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
+    check!(sts & 7 == STS_DONE && page(data, 0x1000) == [0x77u8; 0x1000], "after the page is shared again: CHANSTS {sts:#x}");
+    Ok(())
+}
+
+fn need_viommu() -> R {
+    if !viommu_mode() {
+        return Err(format!("{SKIP}no IOMMU in front of the engine for VFIO (scripts/run-vm --ioat --virtio-iommu)"));
+    }
+    Ok(())
+}
+
+/// The engine through VFIO type1: ioatdma unbound, the function bound to vfio-pci (whose open
+/// resets it by FLR), user memory mapped with VFIO_IOMMU_MAP_DMA (virtio-iommu MAP requests),
+/// then `copy_fault_reset` and `private_under_mapping`.
+pub fn vfio_type1(r: &mut Rig) -> R {
+    engine()?;
+    need_viommu()?;
+    bind_vfio_pci(BDF)?;
+    let v = Vfio::open(BDF)?;
+    let ring = UserMem::new(0x1000)?;
+    let data = UserMem::new(0x2000)?;
+    v.map(ring.addr(), RING_IOVA, 0x1000)?;
+    v.map(data.addr(), SRC_IOVA, 0x1000)?;
+    v.map(data.addr() + 0x1000, DST_IOVA, 0x1000)?;
+    expect_event("viommu", &format!("req=map virt_start={DST_IOVA:#x} pages=1 status=OK"));
+    copy_fault_reset(&v.device, &ring, &data, "virtio-iommu")?;
+    private_under_mapping(r, &v.device, &ring, &data)
+}
+
+/// The same through iommufd: the engine's VFIO cdev bound to an iommufd, attached to an IOAS,
+/// the memory mapped with IOMMU_IOAS_MAP.
+pub fn vfio_iommufd(_r: &mut Rig) -> R {
+    engine()?;
+    need_viommu()?;
+    if !std::path::Path::new("/dev/iommu").exists() {
+        return Err(format!("{SKIP}no /dev/iommu: this kernel has no CONFIG_IOMMUFD (run-vm --test-kernel)"));
+    }
+    let fd = Iommufd::open()?;
+    bind_vfio_pci(BDF)?;
+    let ioas = fd.ioas_alloc()?;
+    let dev = open_cdev(BDF, &fd.fd, ioas)?;
+    let ring = UserMem::new(0x1000)?;
+    let data = UserMem::new(0x2000)?;
+    fd.map(ioas, ring.addr(), RING_IOVA, 0x1000)?;
+    fd.map(ioas, data.addr(), SRC_IOVA, 0x1000)?;
+    fd.map(ioas, data.addr() + 0x1000, DST_IOVA, 0x1000)?;
+    copy_fault_reset(&dev, &ring, &data, "virtio-iommu")
+}
