@@ -46,7 +46,7 @@ const CTL_COMPL_WRITE: u32 = 1 << 3;
 const RING_IOVA: u64 = 0x80_0000;
 const SRC_IOVA: u64 = 0x81_0000;
 const DST_IOVA: u64 = 0x82_0000;
-const UNMAPPED_IOVA: u64 = 0x83_0000;
+const UNMAPPED_IOVA: u64 = DST_IOVA + 0x1000;
 const COMPLETION_OFF: usize = 0xfc0;
 
 fn engine() -> Result<PciDev, String> {
@@ -243,6 +243,9 @@ fn page(mem: &UserMem, off: usize) -> Vec<u8> {
 fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem, via: &str) -> R {
     check!(dev.flags()? & DEVICE_FLAGS_RESET != 0, "VFIO reports no reset for the engine (no FLR?)");
     dev.reset()?;
+    // Bus mastering on, as any user-space driver does: QEMU drops the MSI-X message of a
+    // function that is not a bus master.
+    dev.enable_bus_master()?;
     let irq = dev.msix_eventfd(0)?;
     let mut ch = Chan::start(dev, ring)?;
     let pattern: Vec<u8> = (0..0x1000u32).map(|i| (i * 7 + 3) as u8).collect();
@@ -252,7 +255,14 @@ fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem, via: &str) -> 
     check!(sts & 7 == STS_DONE, "copy through the mappings: CHANSTS {sts:#x}, CHANERR {:#x}", dev.r32(CHANERR)?);
     check!(page(data, 0x1000) == pattern, "the destination page did not receive the copy");
     check!(ch.completion() == RING_IOVA | STS_DONE, "completion write-back {:#x}", ch.completion());
-    check!(poll(|| eventfd_count(&irq) > 0), "no MSI-X interrupt for the completion");
+    if !poll(|| eventfd_count(&irq) > 0) {
+        let irqs = fs::read_to_string("/proc/interrupts").unwrap_or_default();
+        let vfio: Vec<&str> = irqs.lines().filter(|l| l.contains("vfio")).collect();
+        return Err(format!(
+            "no MSI-X interrupt for the completion (INTRCTRL {:#x}, ATTNSTATUS {:#x}, CHANCTRL {:#x}; {vfio:?})",
+            dev.r32(0)? >> 24, dev.r32(0x04)?, dev.r32(CHANCTRL)? & 0xffff
+        ));
+    }
 
     // The destination's second half is the unmapped page after it: nothing moves.
     data.write(0x1000, &[0xeeu8; 0x1000]);

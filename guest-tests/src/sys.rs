@@ -413,17 +413,38 @@ pub mod vfio {
         Ok(())
     }
 
-    /// A VFIO device file and where its BAR0 region sits in it.
+    /// A VFIO device file and where its BAR0 and config space regions sit in it.
     pub struct Device {
         pub fd: OwnedFd,
         bar0: u64,
+        config: u64,
     }
+
+    /// VFIO_PCI_CONFIG_REGION_INDEX.
+    const CONFIG_REGION: u32 = 7;
 
     impl Device {
         fn new(fd: OwnedFd) -> Result<Device, String> {
-            let mut ri = RegionInfo { argsz: std::mem::size_of::<RegionInfo>() as u32, index: 0, ..Default::default() };
-            ioctl_ptr(&fd, DEVICE_GET_REGION_INFO, &mut ri, "VFIO_DEVICE_GET_REGION_INFO")?;
-            Ok(Device { fd, bar0: ri.offset })
+            let offset = |index: u32| {
+                let mut ri = RegionInfo { argsz: std::mem::size_of::<RegionInfo>() as u32, index, ..Default::default() };
+                ioctl_ptr(&fd, DEVICE_GET_REGION_INFO, &mut ri, "VFIO_DEVICE_GET_REGION_INFO").map(|_| ri.offset)
+            };
+            let (bar0, config) = (offset(0)?, offset(CONFIG_REGION)?);
+            Ok(Device { fd, bar0, config })
+        }
+
+        /// Command register: bus master enable (PCI 3.0 §6.2.2), through the config region.
+        pub fn enable_bus_master(&self) -> Result<(), String> {
+            let mut cmd = [0u8; 2];
+            // SAFETY: reads 2 bytes into a live buffer from the device file's config region.
+            let n = unsafe { libc::pread(self.fd.as_raw_fd(), cmd.as_mut_ptr().cast(), 2, (self.config + 4) as libc::off_t) };
+            cmd[0] |= 0x04;
+            // SAFETY: writes 2 bytes from a live buffer to the device file's config region.
+            let m = unsafe { libc::pwrite(self.fd.as_raw_fd(), cmd.as_ptr().cast(), 2, (self.config + 4) as libc::off_t) };
+            if n != 2 || m != 2 {
+                return Err(format!("PCI_COMMAND: {}", std::io::Error::last_os_error()));
+            }
+            Ok(())
         }
 
         pub fn w32(&self, reg: u64, v: u32) -> Result<(), String> {

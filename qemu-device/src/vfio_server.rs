@@ -236,6 +236,7 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
     }
 
     fn set_irqs(&mut self, index: u32, flags: u32, start: u32, count: u32, fds: Vec<File>) -> Result<(), std::io::Error> {
+        tracing::debug!("{}: SET_IRQS index {index} flags {flags:#x} start {start} count {count}, {} fds", self.name, fds.len());
         let (set, n) = match index {
             VFIO_PCI_MSIX_IRQ_INDEX => (&self.irq.fds, usize::from(self.function.msix_vectors())),
             VFIO_PCI_MSI_IRQ_INDEX => (&self.irq.msi, usize::from(self.function.msi_vectors())),
