@@ -55,7 +55,7 @@ impl Ioat {
         let (ev, ir) = (events.clone(), irq.clone());
         let runner: ChannelRunner = Arc::new(move |engine: &Mutex<Engine>, ch: usize| {
             let mut mem = ram.snapshot();
-            run_channel(rid, engine, ch, &*secure, &mut mem, ev.as_ref(), ir.as_ref(), XFERCAP_LOG)
+            run_channel(rid, engine, ch, &*secure, &mut mem, ev.as_ref(), ir.as_ref())
         });
         Self::with_runner(rid, runner, irq, events, jobs)
     }

@@ -5,6 +5,7 @@
 //! engine's requester ID: translated by the secure IOMMU, checked against the RMP, refused
 //! accesses logged by it; a refusal moves nothing and halts the channel.
 
+use super::XFERCAP_LOG;
 use super::regs::{chanctrl, chanerr, chansts, ctl, intrctrl, Descriptor, DESC_SIZE, OP_COPY};
 use crate::dma::{self, DmaError, DmaMem, Request, TranslateCheck};
 use crate::function::{EventSink, Irq};
@@ -238,8 +239,8 @@ fn failing_iova(e: DmaError, base: u64) -> u64 {
 /// a refused or unbacked source is a read data error, a destination a write data error
 /// (the two errors dma.c's ioat_eh recovers from, failing the transfer with
 /// DMA_TRANS_READ_FAILED or DMA_TRANS_WRITE_FAILED).
-pub fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, addr: u64, from_chain: bool, xfercap_log: u32) -> Result<Descriptor, Fault> {
-    if addr % DESC_SIZE != 0 {
+pub fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, addr: u64, from_chain: bool) -> Result<Descriptor, Fault> {
+    if !addr.is_multiple_of(DESC_SIZE) {
         // init.c/dma.c always hand 64-byte aligned descriptors.
         let bit = if from_chain { chanerr::CHAIN_ADDR_VALUE_ERR } else { chanerr::NEXT_DESC_ALIGN_ERR };
         return Err(fault(bit, addr, None));
@@ -254,7 +255,7 @@ pub fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S,
         return Ok(d);
     }
     let len = u64::from(d.size);
-    if len == 0 || len > 1 << xfercap_log {
+    if len == 0 || len > 1 << XFERCAP_LOG {
         return Err(fault(chanerr::LENGTH_ERR, addr, None));
     }
     let from = dma::plan(iommu, mem, Request { rid, t: false, iova: d.src, len, access: Access::Read })
@@ -276,7 +277,6 @@ pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
     mem: &mut M,
     events: &dyn EventSink,
     irq: &dyn Irq,
-    xfercap_log: u32,
 ) -> bool {
     for _ in 0..BUDGET {
         let (addr, epoch, from_chain, chancmp, chanctrl_now) = {
@@ -299,7 +299,7 @@ pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
         };
         let result = {
             let mut s = lock(iommu);
-            execute(&mut *s, mem, rid, addr, from_chain, xfercap_log)
+            execute(&mut *s, mem, rid, addr, from_chain)
         };
         // Commit: unless a reset came meanwhile, the descriptor completed or the channel halted.
         let (sts, write_back, interrupt) = {

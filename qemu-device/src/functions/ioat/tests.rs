@@ -65,7 +65,7 @@ fn rig() -> Rig {
     let runner: ChannelRunner = Arc::new(move |engine: &Mutex<Engine>, ch: usize| {
         let mut g = lock(&sh);
         let g = &mut *g;
-        run_channel(RID, engine, ch, &g.secure, &mut g.mem, ev.as_ref(), ir.as_ref(), XFERCAP_LOG)
+        run_channel(RID, engine, ch, &g.secure, &mut g.mem, ev.as_ref(), ir.as_ref())
     });
     let (tx, rx) = crossbeam_channel::bounded(8);
     let dev = Ioat::with_runner(RID, runner, irqs.clone(), events.clone(), tx);
