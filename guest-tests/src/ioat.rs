@@ -5,8 +5,8 @@
 //! reset, MSI-X, and a page under a live mapping turned private. The register layout is Linux's
 //! drivers/dma/ioat/registers.h (docs/device-abi.md, "IOAT DMA engine").
 
-use crate::kernel_paths::snp_on;
-use crate::scenarios::{expect_event, poll, viommu_mode, Rig, R, SKIP};
+use crate::kernel_paths::{expect_map, need_kernel_iommu, snp_on, via};
+use crate::scenarios::{amdvi_mode, expect_event, poll, viommu_mode, Rig, R, SKIP};
 use crate::sys::iommufd::Iommufd;
 use crate::sys::vfio::{bind_vfio_pci, eventfd_count, open_cdev, Device, UserMem, Vfio, DEVICE_FLAGS_RESET};
 use crate::sys::{find, PciDev};
@@ -95,6 +95,11 @@ pub fn ioatdma_bound(_r: &mut Rig) -> R {
         // buffers were mapped in.
         expect_event("viommu", "req=attach endpoint=48 status=OK");
         expect_event("viommu", "req=map status=OK");
+    }
+    if amdvi_mode() {
+        // Behind Linux's amd_iommu (the IVRS names it): in an IOMMU group of its own.
+        let group = fs::read_link(format!("{}/iommu_group", dev.path)).map_err(|_| format!("{} has no IOMMU group under amd_iommu", dev.bdf))?;
+        println!("# {} in IOMMU group {}", dev.bdf, group.display());
     }
     Ok(())
 }
@@ -248,7 +253,8 @@ fn page(mem: &UserMem, off: usize) -> Vec<u8> {
 /// the channel with a write data error and moves nothing (not even into the mapped part); a
 /// source there, a read data error; the channel reset recovers; the completion interrupt arrives
 /// on the channel's MSI-X vector.
-fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem, via: &str) -> R {
+fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem) -> R {
+    let via = via();
     check!(dev.flags()? & DEVICE_FLAGS_RESET != 0, "VFIO reports no reset for the engine (no FLR?)");
     dev.reset()?;
     // Bus mastering on, as any user-space driver does: QEMU drops the MSI-X message of a
@@ -322,19 +328,12 @@ fn private_under_mapping(r: &mut Rig, dev: &Device, ring: &UserMem, data: &UserM
     Ok(())
 }
 
-fn need_viommu() -> R {
-    if !viommu_mode() {
-        return Err(format!("{SKIP}no IOMMU in front of the engine for VFIO (scripts/run-vm --ioat --virtio-iommu)"));
-    }
-    Ok(())
-}
-
 /// The engine through VFIO type1: ioatdma unbound, the function bound to vfio-pci (whose open
-/// resets it by FLR), user memory mapped with VFIO_IOMMU_MAP_DMA (virtio-iommu MAP requests),
-/// then `copy_fault_reset` and `private_under_mapping`.
+/// resets it by FLR), user memory mapped with VFIO_IOMMU_MAP_DMA (virtio-iommu MAP requests, or
+/// amd_iommu's page tables), then `copy_fault_reset` and `private_under_mapping`.
 pub fn vfio_type1(r: &mut Rig) -> R {
     engine()?;
-    need_viommu()?;
+    need_kernel_iommu()?;
     bind_vfio_pci(BDF)?;
     let v = Vfio::open(BDF)?;
     let ring = UserMem::new(0x1000)?;
@@ -342,8 +341,8 @@ pub fn vfio_type1(r: &mut Rig) -> R {
     v.map(ring.addr(), RING_IOVA, 0x1000)?;
     v.map(data.addr(), SRC_IOVA, 0x1000)?;
     v.map(data.addr() + 0x1000, DST_IOVA, 0x1000)?;
-    expect_event("viommu", &format!("req=map virt_start={DST_IOVA:#x} pages=1 status=OK"));
-    copy_fault_reset(&v.device, &ring, &data, "virtio-iommu")?;
+    expect_map(DST_IOVA);
+    copy_fault_reset(&v.device, &ring, &data)?;
     private_under_mapping(r, &v.device, &ring, &data)
 }
 
@@ -351,7 +350,7 @@ pub fn vfio_type1(r: &mut Rig) -> R {
 /// the memory mapped with IOMMU_IOAS_MAP.
 pub fn vfio_iommufd(_r: &mut Rig) -> R {
     engine()?;
-    need_viommu()?;
+    need_kernel_iommu()?;
     if !std::path::Path::new("/dev/iommu").exists() {
         return Err(format!("{SKIP}no /dev/iommu: this kernel has no CONFIG_IOMMUFD (run-vm --test-kernel)"));
     }
@@ -364,5 +363,5 @@ pub fn vfio_iommufd(_r: &mut Rig) -> R {
     fd.map(ioas, ring.addr(), RING_IOVA, 0x1000)?;
     fd.map(ioas, data.addr(), SRC_IOVA, 0x1000)?;
     fd.map(ioas, data.addr() + 0x1000, DST_IOVA, 0x1000)?;
-    copy_fault_reset(&dev, &ring, &data, "virtio-iommu")
+    copy_fault_reset(&dev, &ring, &data)
 }

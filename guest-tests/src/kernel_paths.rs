@@ -153,7 +153,7 @@ pub(crate) fn snp_on(r: &mut Rig) -> R {
 /// The kernel's own IOMMU driver translates the endpoint: virtio_iommu through the daemon's
 /// virtio-iommu, amd_iommu through the secure IOMMU's AMD-Vi registers, or intel_iommu through
 /// its VT-d unit.
-fn need_kernel_iommu() -> R {
+pub(crate) fn need_kernel_iommu() -> R {
     if !viommu_mode() && !amdvi_mode() && !vtd_mode() {
         return Err(format!("{SKIP}no kernel IOMMU driver for the endpoint (scripts/run-vm --virtio-iommu, --amd-iommu or --intel-iommu)"));
     }
@@ -161,7 +161,7 @@ fn need_kernel_iommu() -> R {
 }
 
 /// Which front the daemon's records name for the endpoint's translations.
-fn via() -> &'static str {
+pub(crate) fn via() -> &'static str {
     if amdvi_mode() {
         "amd-vi"
     } else if vtd_mode() {
@@ -174,7 +174,7 @@ fn via() -> &'static str {
 /// The daemon saw the kernel map `iova` (the virtio-iommu's MAP request; Linux's amd_iommu and
 /// intel_iommu write their page tables in guest RAM, which the daemon only sees when a device
 /// walks them).
-fn expect_map(iova: u64) {
+pub(crate) fn expect_map(iova: u64) {
     if viommu_mode() {
         expect_event("viommu", &format!("req=map virt_start={iova:#x} pages=1 status=OK"));
     }
