@@ -301,14 +301,43 @@ pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
             let mut s = lock(iommu);
             execute(&mut *s, mem, rid, addr, from_chain)
         };
-        // Commit: unless a reset came meanwhile, the descriptor completed or the channel halted.
+        // The completion the descriptor writes back: the CHANSTS it will leave (the descriptor
+        // still in flight, so a reset meanwhile waits for the write).
         let (sts, write_back, interrupt) = {
+            let mut e = lock(engine);
+            let c = &mut e.channels[ch];
+            if c.epoch != epoch {
+                c.in_flight = None;
+                continue;
+            }
+            match &result {
+                Ok(d) => {
+                    let more = c.executed.wrapping_add(1) != c.dmacount && !c.suspend_req;
+                    (addr | if more { chansts::ACTIVE } else { chansts::DONE }, d.ctl & ctl::COMPL_WRITE != 0, d.ctl & ctl::INT_EN != 0)
+                }
+                // CHANCTRL: error completion and error interrupt (dma.c, ioat_cleanup sees the
+                // halt in the completion write-back).
+                Err(_) => (c.completed | chansts::HALTED, chanctrl_now & chanctrl::ERR_COMPLETION_EN != 0, chanctrl_now & chanctrl::ERR_INT_EN != 0),
+            }
+        };
+        // Written before the registers show the completion, so a driver that sees CHANSTS move
+        // finds the same in memory.
+        let wrote = if write_back {
+            let mut s = lock(iommu);
+            dma::write(&mut *s, mem, rid, false, chancmp, &sts.to_le_bytes())
+        } else {
+            Ok(())
+        };
+        // Commit, unless a reset came meanwhile: the descriptor completed or the channel halted.
+        let mut faults = Vec::new();
+        let (halted_now, v) = {
             let mut e = lock(engine);
             let c = &mut e.channels[ch];
             c.in_flight = None;
             if c.epoch != epoch {
                 continue;
             }
+            let mut interrupt = interrupt;
             match result {
                 Ok(d) => {
                     c.executed = c.executed.wrapping_add(1);
@@ -317,61 +346,26 @@ pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
                     if c.state == chansts::ACTIVE && !c.has_work() && !c.suspend_req {
                         c.state = chansts::DONE;
                     }
-                    (c.chansts(), d.ctl & ctl::COMPL_WRITE != 0, d.ctl & ctl::INT_EN != 0)
                 }
-                Err(f) => {
-                    c.chanerr |= f.chanerr;
-                    c.state = chansts::HALTED;
-                    drop(e);
-                    halted(rid, ch, addr, &f, events);
-                    let mut e = lock(engine);
-                    let c = &mut e.channels[ch];
-                    c.scheduled = false;
-                    // CHANCTRL: error completion and error interrupt (dma.c, ioat_cleanup
-                    // sees the halt in the completion write-back).
-                    (c.chansts(), chanctrl_now & chanctrl::ERR_COMPLETION_EN != 0, chanctrl_now & chanctrl::ERR_INT_EN != 0)
-                }
+                Err(f) => faults.push(f),
             }
-        };
-        let halted_now = sts & chansts::STATUS == chansts::HALTED;
-        let mut interrupt = interrupt;
-        if write_back {
-            let wrote = {
-                let mut s = lock(iommu);
-                dma::write(&mut *s, mem, rid, false, chancmp, &sts.to_le_bytes())
-            };
             if let Err(err) = wrote {
-                let f = fault(chanerr::COMPLETION_ADDR_ERR, failing_iova(err, chancmp), Some(err));
-                let mut e = lock(engine);
-                let c = &mut e.channels[ch];
-                if c.epoch == epoch {
-                    c.chanerr |= f.chanerr;
-                    c.state = chansts::HALTED;
-                    c.scheduled = false;
-                    drop(e);
-                    if !halted_now {
-                        halted(rid, ch, addr, &f, events);
-                    }
-                    interrupt = chanctrl_now & chanctrl::ERR_INT_EN != 0;
-                    if let Some(v) = interrupt.then(|| lock(engine).signal(ch)).flatten() {
-                        irq.raise(v);
-                    }
-                    return false;
-                }
+                faults.push(fault(chanerr::COMPLETION_ADDR_ERR, failing_iova(err, chancmp), Some(err)));
+                interrupt = chanctrl_now & chanctrl::ERR_INT_EN != 0;
             }
+            for f in &faults {
+                c.chanerr |= f.chanerr;
+                c.state = chansts::HALTED;
+                c.scheduled = false;
+            }
+            let halted_now = c.state == chansts::HALTED && !faults.is_empty();
+            (halted_now, if interrupt { e.signal(ch) } else { None })
+        };
+        for f in &faults {
+            halted(rid, ch, addr, f, events);
         }
-        if interrupt {
-            let v = {
-                let mut e = lock(engine);
-                if e.channels[ch].epoch != epoch {
-                    None
-                } else {
-                    e.signal(ch)
-                }
-            };
-            if let Some(v) = v {
-                irq.raise(v);
-            }
+        if let Some(v) = v {
+            irq.raise(v);
         }
         if halted_now {
             return false;
