@@ -6,7 +6,7 @@
 //! drivers/dma/ioat/registers.h (docs/device-abi.md, "IOAT DMA engine").
 
 use crate::kernel_paths::{expect_map, need_kernel_iommu, snp_on, via};
-use crate::scenarios::{amdvi_mode, expect_event, poll, viommu_mode, Rig, R, SKIP};
+use crate::scenarios::{amdvi_mode, expect_dmesg, expect_event, poll, viommu_mode, Rig, R, SKIP};
 use crate::sys::iommufd::Iommufd;
 use crate::sys::vfio::{bind_vfio_pci, eventfd_count, open_cdev, Device, UserMem, Vfio, DEVICE_FLAGS_RESET};
 use crate::sys::{find, PciDev};
@@ -287,6 +287,10 @@ fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem) -> R {
     check!(ch.completion() == RING_IOVA | STS_HALTED, "halt not written back: {:#x}", ch.completion());
     expect_event("translation_fault", &format!("devid={DEVID} iova={UNMAPPED_IOVA:#x} access=write via={via}"));
     expect_event("ioat_halted", &format!("devid={DEVID} channel=0 chanerr={WRITE_DATA_ERR} iova={UNMAPPED_IOVA:#x}"));
+    if amdvi_mode() {
+        // Linux's amd_iommu read the record from the model's event log.
+        expect_dmesg(&format!(r"0000:00:06\.0: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={UNMAPPED_IOVA:#x} flags=0x0020\]"));
+    }
 
     // Reset (dma.c's ioat_eh does it the same way), and the channel copies again.
     let mut ch = Chan::start(dev, ring)?;
@@ -321,6 +325,9 @@ fn private_under_mapping(r: &mut Rig, dev: &Device, ring: &UserMem, data: &UserM
     check!(sts & 7 == STS_HALTED && err == WRITE_DATA_ERR, "write to the page turned private: CHANSTS {sts:#x}, CHANERR {err:#x}");
     check!(page(data, 0x1000) == before, "the refused write changed the private page");
     expect_event("rmp_violation", &format!("devid={DEVID} iova={DST_IOVA:#x} access=write"));
+    if amdvi_mode() {
+        expect_dmesg(&format!(r"0000:00:06\.0: AMD-Vi: Event logged \[RMP_PAGE_FAULT vmg_tag=0x0000, gpa={DST_IOVA:#x}, flags_rmp=0x0001, flags=0x0020\]"));
+    }
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     let mut ch = Chan::start(dev, ring)?;
     let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
