@@ -115,12 +115,21 @@ fn dmatest(dev: &PciDev, params: &[(&str, &str)]) -> Result<(Vec<String>, f64), 
     }
     let t = Instant::now();
     set("run", "1")?;
-    // Reading `wait` returns when every thread has finished.
-    fs::read_to_string(format!("{dir}/wait")).map_err(|e| format!("dmatest wait: {e}"))?;
+    // Reading `wait` returns once no thread is running, but a thread not yet scheduled counts
+    // as pending, not running (dmatest.c, is_threaded_test_run), so it can return before the
+    // threads start: wait until every channel's thread has logged its summary.
+    let new = || -> Vec<String> {
+        dmesg().lines().skip(before).filter(|l| l.contains("dmatest")).map(|l| l.split_once("dmatest: ").map_or(l, |(_, r)| r).trim().to_string()).collect()
+    };
+    let mut lines = new();
+    while lines.iter().filter(|l| l.contains("summary")).count() < CHANNELS && t.elapsed().as_secs() < 60 {
+        fs::read_to_string(format!("{dir}/wait")).map_err(|e| format!("dmatest wait: {e}"))?;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        lines = new();
+    }
     let secs = t.elapsed().as_secs_f64();
     // Reading `run` once the tests are done releases the channels (dmatest_run_get).
     let _ = fs::read_to_string(format!("{dir}/run"));
-    let lines = dmesg().lines().skip(before).filter(|l| l.contains("dmatest")).map(|l| l.split_once("dmatest: ").map_or(l, |(_, r)| r).trim().to_string()).collect();
     Ok((lines, secs))
 }
 
