@@ -379,6 +379,8 @@ fn halted(rid: u16, ch: usize, desc: u64, f: &Fault, events: &dyn EventSink) {
     let refusal = match f.cause {
         Some(DmaError::Refused { refusal: Refusal::Translation(ev), .. }) => Some(ev.name().to_string()),
         Some(DmaError::Refused { refusal: Refusal::Rmp(r), .. }) => Some(format!("RMP: {}", r.name())),
+        Some(DmaError::Refused { refusal: Refusal::Vtd(f), .. }) => Some(format!("DMA_REMAP_FAULT: {}", f.reason.description())),
+        Some(DmaError::Refused { refusal: Refusal::Tdx(t), .. }) => Some(format!("TDX: {}", t.name())),
         Some(DmaError::NoMemory { .. }) => Some("no memory".into()),
         _ => None,
     };
