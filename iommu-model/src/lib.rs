@@ -9,6 +9,7 @@
 
 pub mod amdvi;
 pub mod fmt;
+pub mod inject;
 pub mod iotlb;
 pub mod mem;
 pub mod vtd;

@@ -3,6 +3,7 @@
 //! power-cycles and waits for the next QEMU), or until SIGTERM or SIGINT; either way it removes
 //! its sockets and exits with status 0.
 
+use crate::control::{Control, Target};
 use crate::events::JsonLines;
 use crate::functions::endpoint::{Endpoint, Job};
 use crate::functions::ioat::Ioat;
@@ -59,6 +60,10 @@ pub struct Args {
     /// or SIGINT.
     #[arg(long)]
     persist: bool,
+    /// Faults to arm at the start of every session: JSON lines of `tiommu inject` commands
+    /// (docs/fault-injection.md). Faults can also be armed at any time through control.sock.
+    #[arg(long)]
+    inject_plan: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -89,6 +94,10 @@ pub fn run(args: Args) -> Result<(), String> {
         Box::new(std::fs::File::create(&args.events).map_err(|e| format!("cannot create {}: {e}", args.events.display()))?)
     };
     let events = Arc::new(JsonLines::new(out));
+    let control = Arc::new(match &args.inject_plan {
+        Some(p) => Control::with_plan(p)?,
+        None => Control::default(),
+    });
     let mut socks = vec![args.socket_dir.join("iommu.sock"), args.socket_dir.join("endpoint.sock")];
     if args.virtio_iommu {
         socks.push(args.socket_dir.join("virtio-iommu.sock"));
@@ -99,6 +108,8 @@ pub fn run(args: Args) -> Result<(), String> {
         }
         socks.push(args.socket_dir.join("ioat.sock"));
     }
+    // The control channel (fault injection), beside the functions' sockets.
+    socks.push(args.socket_dir.join("control.sock"));
     let mut listeners = Vec::new();
     for s in &socks {
         match listen(s) {
@@ -109,13 +120,19 @@ pub fn run(args: Args) -> Result<(), String> {
             }
         }
     }
+    if let Some(l) = listeners.pop() {
+        if let Err(e) = control.serve(l) {
+            socks.iter().for_each(|s| remove_socket(s));
+            return Err(e);
+        }
+    }
     stop_on_signal(socks.clone(), events.clone())?;
     let mut result;
     let mut sessions = 0u64;
     loop {
         // Each session accepts on its own handle of the same listening sockets.
         let handles: Result<Vec<UnixListener>, String> = listeners.iter().map(|l| l.try_clone().map_err(|e| e.to_string())).collect();
-        result = handles.and_then(|h| session(&args, &events, h));
+        result = handles.and_then(|h| session(&args, &events, &control, h));
         sessions += 1;
         if !args.persist {
             break;
@@ -135,7 +152,7 @@ pub fn run(args: Args) -> Result<(), String> {
 }
 
 /// One QEMU's lifetime: a freshly powered-on model, one client per function, until all are gone.
-fn session(args: &Args, events: &Arc<JsonLines>, listeners: Vec<UnixListener>) -> Result<(), String> {
+fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: Vec<UnixListener>) -> Result<(), String> {
     // Each function gets the guest RAM QEMU sends it; the IOMMU's view is the one the models use.
     let ram = GuestRam::default();
     let iommu_irq = Arc::new(MsixIrq::default());
@@ -154,6 +171,7 @@ fn session(args: &Args, events: &Arc<JsonLines>, listeners: Vec<UnixListener>) -
         sec.publisher = Some(crate::rmp_state::RmpPublisher::create(path)?);
     }
     let secure = Arc::new(Mutex::new(sec));
+    control.attach(Target { secure: secure.clone(), ram: ram.clone() });
 
     let (tx, rx) = crossbeam_channel::bounded::<Job>(64);
     let worker = std::thread::Builder::new()
@@ -200,6 +218,7 @@ fn session(args: &Args, events: &Arc<JsonLines>, listeners: Vec<UnixListener>) -
     }
     let results: Vec<Result<(), String>> =
         threads.into_iter().map(|(name, t)| t.join().map_err(|_| format!("{name} server thread panicked")).and_then(|r| r)).collect();
+    control.detach();
     // What the guest's IOMMU driver asked of the AMD-Vi (or VT-d) unit this session.
     let record = {
         let s = secure.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,6 +2,7 @@
 //! the offline tools, so the `tiommu` binary, the tests and the fuzz targets share one build.
 
 pub mod acpi;
+pub mod control;
 pub mod daemon;
 pub mod dmar;
 pub mod dma;
@@ -9,6 +10,7 @@ pub mod events;
 pub mod function;
 pub mod functions;
 pub mod guest_mem;
+pub mod inject;
 pub mod ivrs;
 pub mod pci;
 pub mod rmp_state;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-use qemu_device::{daemon, dmar, ivrs, viot, walk};
+use qemu_device::{control, daemon, dmar, ivrs, viot, walk};
 
 #[derive(Parser)]
 #[command(name = "tiommu", version, about = "A secure IOMMU (AMD SEV-TIO / Intel TDX Connect style) for QEMU", arg_required_else_help = true)]
@@ -27,6 +27,9 @@ enum Command {
     /// Write the ACPI DMAR table that describes the VT-d unit (`daemon --iommu vtd`) to Linux's
     /// intel_iommu (for QEMU's -acpitable file=).
     Dmar(dmar::Args),
+    /// Make a running daemon's secure IOMMU, RMP, TDI or endpoint fail on purpose (its
+    /// control.sock), or list and clear the faults armed.
+    Inject(control::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Viot(args) => viot::run(args),
         Command::Ivrs(args) => ivrs::run(args),
         Command::Dmar(args) => dmar::run(args),
+        Command::Inject(args) => control::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

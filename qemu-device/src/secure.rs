@@ -34,6 +34,8 @@ pub enum Refusal {
     Vtd(FaultRecord),
     /// The TDX Connect personality's ownership check refused the access.
     Tdx(rmp_model::tdx::TdxRefusal),
+    /// The RMP check could not be made (RMP_HW_ERROR: an injected fault, docs/fault-injection.md).
+    HwError(Event),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -81,6 +83,8 @@ pub struct SecureIommu {
     /// The virtio-iommu's domains: an endpoint attached to one is translated by that domain's
     /// tables instead of the AMD-Vi unit (the second translation source; the RMP check is the same).
     pub viommu: Option<Arc<Mutex<crate::virtio::domains::Domains>>>,
+    /// Faults armed outside the AMD-Vi unit, and the devices that take them (crate::inject).
+    pub inject: crate::inject::State,
 }
 
 impl SecureIommu {
@@ -99,6 +103,7 @@ impl SecureIommu {
             ram_pages: 0,
             publisher: None,
             viommu: None,
+            inject: Default::default(),
         }
     }
 
@@ -281,6 +286,13 @@ impl SecureIommu {
     /// Translate and check one page-bounded access, logging a refusal (event log record and
     /// event stream) as the IOMMU does; `dma::plan` runs it for every page of a transfer.
     pub fn page<M: PhysMem + ?Sized>(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
+        self.before_request(mem, rid, iova);
+        let r = self.check_page(mem, rid, t, iova, access);
+        self.after_request(rid, iova);
+        r
+    }
+
+    fn check_page<M: PhysMem + ?Sized>(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
         let write = access == Access::Write;
         // TDX Connect: a T=1 request for a private GPA is translated by the TD's trusted table
         // alone; the host's tables are never consulted for it.
@@ -324,15 +336,20 @@ impl SecureIommu {
                 None => self.amdvi.translate(mem, rid, iova, access),
             },
         };
+        let injected = self.collect_amdvi();
         let walked = via == "virtio-iommu" || (self.amdvi.walks, self.vtd.as_ref().map_or(0, |v| v.walks)) != walks;
         let tr = match outcome {
             Outcome::Ok(tr) => tr,
             Outcome::Fault { event, level, logged } => {
-                self.events.emit(json!({
+                let mut record = json!({
                     "type": "translation_fault", "event": event.name(), "devid": bdf(rid), "iova": format!("{iova:#x}"),
                     "access": if write { "write" } else { "read" }, "level": level, "flags": event.flags, "logged": logged,
                     "via": via,
-                }));
+                });
+                if injected.iter().any(|f| f.event == Some(event)) {
+                    record["injected"] = true.into();
+                }
+                self.events.emit(record);
                 // The virtio-iommu's driver hears of it on the event queue (no domain lock held).
                 if let (true, Some(report)) = (via == "virtio-iommu", reporter) {
                     use crate::virtio::iommu_proto::{fault, Fault};
@@ -350,6 +367,9 @@ impl SecureIommu {
                 Ok(spa) => Ok(spa),
                 Err(f) => Err(self.tdx_refused(rid, t, iova, Some(tr.spa), write, f)),
             };
+        }
+        if let Some(ev) = self.rmp_read_fails(mem, rid, iova, tr.spa, write) {
+            return Err(Refusal::HwError(ev));
         }
         let Some(rmp) = &mut self.rmp else {
             // Without SNP there is no TIO: T=1 requests have nothing to be checked against.

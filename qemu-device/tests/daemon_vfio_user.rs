@@ -107,7 +107,7 @@ fn ram_file(dir: &Path, size: u64) -> std::fs::File {
 #[test]
 fn sockets_are_owner_only_and_nothing_else_is_left_in_the_directory() {
     let d = Daemon::start("perm");
-    for f in ["iommu", "endpoint"] {
+    for f in ["iommu", "endpoint", "control"] {
         let m = std::fs::metadata(d.sock(f)).unwrap();
         assert!(m.file_type().is_socket());
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}.sock");
@@ -115,7 +115,103 @@ fn sockets_are_owner_only_and_nothing_else_is_left_in_the_directory() {
     let mut names: Vec<String> =
         std::fs::read_dir(&d.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(names, ["endpoint.sock", "events.jsonl", "iommu.sock"]);
+    assert_eq!(names, ["control.sock", "endpoint.sock", "events.jsonl", "iommu.sock"]);
+}
+
+/// `tiommu inject` against the daemon: its answer on stdout, a refusal as a non-zero exit with
+/// the reason.
+fn inject(d: &Daemon, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = Process::new(env!("CARGO_BIN_EXE_tiommu")).args(["inject", "--socket-dir"]).arg(&d.dir).args(args).output().unwrap();
+    let answer = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.success(), answer, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The control channel drives the AMD-Vi unit of a running daemon: a storm of spurious
+/// IO_PAGE_FAULTs lands in the guest's event log, the event stream marks it injected, a command
+/// fault waits for the next command, and status lists what is armed and what fired.
+#[test]
+fn tiommu_inject_arms_faults_in_a_running_daemon() {
+    let d = Daemon::start("inject");
+    let mut c = d.connect("iommu");
+    let ram = ram_file(&d.dir, 0x10_0000);
+    c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
+    let (cmd_buf, evt_log) = (0x18_0000u64, 0x19_0000u64);
+    w64(&mut c, BAR0, mmio::CMD_BUF_BASE, cmd_buf | 8 << 56);
+    w64(&mut c, BAR0, mmio::EVENT_LOG_BASE, evt_log | 8 << 56);
+    w64(&mut c, BAR0, mmio::CONTROL, control::IOMMU_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN);
+
+    let (ok, a, _) = inject(&d, &["io-page-fault", "--device", "00:04.0", "--iova", "0xdead000", "--count", "3"]);
+    assert!(ok, "{a}");
+    assert_eq!((a["ok"].as_bool(), a["id"].as_u64(), a["pending"].as_bool()), (Some(true), Some(1), Some(false)), "{a}");
+    assert_eq!(a["fired"][0]["logged"], 3, "{a}");
+    assert_eq!(r64(&mut c, BAR0, mmio::EVENT_LOG_TAIL), 3 * 16, "three records");
+    let mut rec = [0u8; 16];
+    ram.read_exact_at(&mut rec, evt_log + 32 - 0x10_0000).unwrap();
+    let e = iommu_model::amdvi::Event::from_bytes(&rec);
+    assert_eq!((e.name(), e.devid, e.address), ("IO_PAGE_FAULT", 0x20, 0xdead000));
+
+    // Armed now, fires at the second command.
+    let (ok, a, _) = inject(&d, &["illegal-command", "--when", "after-commands=1"]);
+    assert!(ok && a["pending"] == true, "{a}");
+    let (_, list, _) = inject(&d, &["--list"]);
+    assert_eq!(list["pending"][0]["fault"], "illegal-command", "{list}");
+    assert_eq!(list["pending"][0]["when"]["after_commands"], 1, "{list}");
+    let inv = encode(&Command::InvalidateIommuAll);
+    for i in 0..2u64 {
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&inv[0].to_le_bytes());
+        ram.write_all_at(&raw, cmd_buf + i * 16 - 0x10_0000).unwrap();
+    }
+    w64(&mut c, BAR0, mmio::CMD_BUF_TAIL, 0x20);
+    assert_eq!(r64(&mut c, BAR0, mmio::CMD_BUF_HEAD), 0x10, "stopped on the second command");
+    let (_, list, _) = inject(&d, &["--list"]);
+    assert_eq!(list["pending"].as_array().map(Vec::len), Some(0), "{list}");
+    let fired: Vec<&str> = list["fired"].as_array().unwrap().iter().map(|f| f["fault"].as_str().unwrap()).collect();
+    assert_eq!(fired, ["io-page-fault", "illegal-command"]);
+    let status = u64::from_str_radix(list["amdvi"]["status"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(status & 0x18, 0x8, "EventLogRun set, CmdBufRun cleared ({list})");
+
+    // Refusals: a readable reason, a non-zero exit.
+    let (ok, a, err) = inject(&d, &["io-page-fault", "--device", "00:04.0"]);
+    assert!(!ok && a["ok"] == false && err.contains("needs --iova"), "{a} {err}");
+    let (ok, _, err) = inject(&d, &["--clear", "99"]);
+    assert!(!ok && err.contains("no fault 99"), "{err}");
+    let (ok, a, _) = inject(&d, &["rmp-hw-error", "--device", "00:04.0", "--when", "probability=0.5", "--seed", "3", "--times", "0"]);
+    assert!(ok && a["when"]["probability"] == 0.5, "{a}");
+    let (ok, a, _) = inject(&d, &["--clear"]);
+    assert!(ok && a["cleared"] == serde_json::json!([3]), "{a}");
+
+    let injected: Vec<_> = records(&d).into_iter().filter(|r| r["type"] == "injected").collect();
+    assert_eq!(injected.len(), 2, "{injected:?}");
+    assert_eq!((injected[0]["event"].as_str(), injected[1]["event"].as_str()), (Some("IO_PAGE_FAULT"), Some("ILLEGAL_COMMAND_ERROR")));
+    // No daemon: a readable error.
+    drop(d);
+    let out = Process::new(env!("CARGO_BIN_EXE_tiommu")).args(["inject", "--socket-dir", "/nonexistent", "--list"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
+}
+
+/// A plan given at start is armed in every session; a bad one stops the daemon before it
+/// listens, naming the line.
+#[test]
+fn an_inject_plan_is_checked_and_armed() {
+    let dir = std::env::temp_dir().join(format!("tiommu-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plan = dir.join("plan");
+    std::fs::write(&plan, "# faults for the run\n{\"fault\":\"completion-wait-lost\",\"after_commands\":40}\n\n").unwrap();
+    let d = Daemon::start_with("plan", &["--inject-plan", plan.to_str().unwrap()]);
+    let (_, list, _) = inject(&d, &["--list"]);
+    assert_eq!(list["pending"][0]["fault"], "completion-wait-lost", "{list}");
+    std::fs::write(&plan, "{\"fault\":\"completion-wait-lost\"}\n{\"fault\":\"nope\"}\n").unwrap();
+    let out = Process::new(env!("CARGO_BIN_EXE_tiommu"))
+        .args(["daemon", "--socket-dir"])
+        .arg(dir.join("s"))
+        .args(["--events", "-", "--inject-plan"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plan:2: no fault \"nope\""), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

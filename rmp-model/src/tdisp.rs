@@ -225,6 +225,15 @@ impl TdispResponder {
         }
     }
 
+    /// An error the device detected itself (an internal fault, a failed integrity check):
+    /// TDISP §11.2 moves a TDI in CONFIG_LOCKED or RUN to ERROR, where it stops T=1 DMA and MMIO
+    /// until the host's STOP_INTERFACE takes it to CONFIG_UNLOCKED. False if it was not locked.
+    pub fn fail(&mut self) -> bool {
+        let before = self.state;
+        self.config_changed();
+        self.state != before
+    }
+
     /// The device's interface report (TDISP DEVICE_INTERFACE_REPORT structure): interface_info,
     /// reserved, MSI-X message control, LNR control, TPH control, MMIO range count, the ranges,
     /// and an empty device-specific part.
@@ -438,6 +447,14 @@ mod tests {
         r.handle_request(&request(req::STOP_INTERFACE, 7, &[]));
         r.config_changed();
         assert_eq!(r.state(), TdiState::ConfigUnlocked, "config change while unlocked is fine");
+        assert!(!r.fail(), "an error while unlocked leaves it unlocked");
+        let nonce = lock_and_nonce(&mut r);
+        r.handle_request(&start_interface(7, &nonce));
+        assert!(r.fail());
+        assert_eq!(r.state(), TdiState::Error, "a device error in RUN");
+        assert_eq!(e(r.handle_request(&get_report(7, 0, 16))), err::INVALID_INTERFACE_STATE, "no report in ERROR");
+        assert_eq!(parse_response(&r.handle_request(&request(req::STOP_INTERFACE, 7, &[]))), Some(Response::Stopped));
+        assert_eq!(r.state(), TdiState::ConfigUnlocked, "STOP recovers it");
     }
 
     #[test]

@@ -6,8 +6,10 @@
 use super::command::{self, Command};
 use super::dte::{self, DevTabBase, Dte, DteFetchError};
 use super::event::{flags, Event};
+use super::inject::{Fault, Fired, Site, MAX_FIRED};
 use super::translate::{check_dte, finish_walk, untranslated, DteVerdict, Outcome};
 use crate::fmt::amdv1::AmdV1;
+use crate::inject::{At, Full, Injector, When};
 use crate::iotlb::{DevCache, Iotlb};
 use crate::mem::PhysMem;
 use crate::walk::{self, Access, Perm};
@@ -93,6 +95,10 @@ pub struct AmdVi {
     pub walks: u64,
     /// Commands executed, by opcode (what a driver's invalidations cost it), for statistics.
     pub commands: [u64; 16],
+    /// Faults armed on purpose (docs/fault-injection.md), and what fired ones did until the
+    /// daemon collects it.
+    pub inject: Injector<Fault>,
+    fired: Vec<Fired>,
 }
 
 impl AmdVi {
@@ -244,6 +250,30 @@ impl AmdVi {
                     return;
                 }
             };
+            let op = (raw[0] >> 60) as u8;
+            let injected = self.inject.fire_one(At::Command, |f| {
+                f.site() == Site::Command || (f.site() == Site::CompletionWait && op == command::COMPLETION_WAIT)
+            });
+            if let Some((id, fault)) = injected {
+                let ev = match fault {
+                    Fault::IllegalCommand => Event::illegal_command(addr),
+                    Fault::CommandHardwareError => Event::command_hw_error(flags::TYPE_DATA_ERROR, addr),
+                    // Lost: no store, no interrupt; the processor goes on.
+                    _ => {
+                        self.record(id, fault, None, 0, format!("COMPLETION_WAIT at {addr:#x} completed without its store or interrupt"));
+                        self.commands[usize::from(op)] += 1;
+                        self.cmd_head = (self.cmd_head + 16) % size;
+                        self.inject.count_command();
+                        self.fire_any(mem, At::Command);
+                        continue;
+                    }
+                };
+                // As for a real one: the processor stops with head on the command.
+                self.status &= !status::CMD_BUF_RUN;
+                let logged = self.log_event(mem, &ev);
+                self.record(id, fault, Some(ev), u32::from(logged), format!("{} for the command at {addr:#x}; command processor stopped", ev.name()));
+                return;
+            }
             let Some(cmd) = command::decode(raw) else {
                 // The processor stops at the illegal command; head keeps pointing at it.
                 self.status &= !status::CMD_BUF_RUN;
@@ -259,6 +289,8 @@ impl AmdVi {
                 return;
             }
             self.cmd_head = (self.cmd_head + 16) % size;
+            self.inject.count_command();
+            self.fire_any(mem, At::Command);
         }
     }
 
@@ -297,12 +329,7 @@ impl AmdVi {
         let size = ring_bytes(self.evt_base);
         let next = (self.evt_tail + 16) % size;
         if self.evt_tail >= size || self.evt_head >= size || next == self.evt_head {
-            // The record is dropped and logging stops until software restarts it (EventLogEn
-            // 0 -> 1): Linux amd_iommu_restart_log only restarts a log whose EventLogRun is 0.
-            self.status = (self.status | status::EVENT_OVERFLOW) & !status::EVENT_LOG_RUN;
-            if self.control & control::EVENT_INT_EN != 0 {
-                self.irq_pending = true;
-            }
+            self.overflow();
             return false;
         }
         if mem.write((self.evt_base & BASE_MASK) + self.evt_tail, &ev.to_bytes()).is_err() {
@@ -316,21 +343,48 @@ impl AmdVi {
         true
     }
 
+    /// The record is dropped and logging stops until software restarts it (EventLogEn 0 -> 1):
+    /// Linux amd_iommu_restart_log only restarts a log whose EventLogRun is 0.
+    fn overflow(&mut self) {
+        self.status = (self.status | status::EVENT_OVERFLOW) & !status::EVENT_LOG_RUN;
+        if self.control & control::EVENT_INT_EN != 0 {
+            self.irq_pending = true;
+        }
+    }
+
     /// Translate a DMA request through the caches, walking the tables on a miss; a fault is
     /// logged in the event log unless the DTE suppresses it.
     pub fn translate<M: PhysMem + ?Sized>(&mut self, mem: &mut M, devid: u16, iova: u64, access: Access) -> Outcome {
         if !self.enabled() {
             return Outcome::Ok(untranslated(iova, Perm::RW));
         }
-        let outcome = self.translate_cached(mem, devid, iova, access);
+        let at = At::Dma { devid, iova };
+        self.fire_any(mem, at);
+        let rw = if access == Access::Write { flags::RW } else { 0 };
+        let (outcome, injected) = match self.inject.fire_one(at, |f| f.site() == Site::DevTabRead) {
+            // The DTE is read again (a cached copy may be dropped at any time) and the read fails.
+            Some(hit) => {
+                self.dte_cache.invalidate(devid);
+                let dte_addr = DevTabBase(self.devtab).base() + u64::from(devid) * 32;
+                let event = Event::dev_tab_hw_error(devid, rw | flags::TYPE_DATA_ERROR, dte_addr);
+                (Outcome::Fault { event, level: None, logged: true }, Some(hit))
+            }
+            None => self.translate_cached(mem, devid, iova, access),
+        };
+        self.inject.count_dma(devid, iova);
+        let mut logged = false;
         if let Outcome::Fault { event, logged: true, .. } = &outcome {
             let ev = *event;
-            self.log_event(mem, &ev);
+            logged = self.log_event(mem, &ev);
+        }
+        if let (Some((id, fault)), Outcome::Fault { event, .. }) = (injected, &outcome) {
+            let effect = format!("{} at {:#x} for {devid:#06x}'s request to {iova:#x}; the request was aborted", event.name(), event.address);
+            self.record(id, fault, Some(*event), u32::from(logged), effect);
         }
         outcome
     }
 
-    fn translate_cached<M: PhysMem + ?Sized>(&mut self, mem: &M, devid: u16, iova: u64, access: Access) -> Outcome {
+    fn translate_cached<M: PhysMem + ?Sized>(&mut self, mem: &M, devid: u16, iova: u64, access: Access) -> (Outcome, Option<(u32, Fault)>) {
         let rw = if access == Access::Write { flags::RW } else { 0 };
         let d = match self.dte_cache.get(devid) {
             Some(d) => d,
@@ -340,26 +394,88 @@ impl AmdVi {
                     d
                 }
                 Err(DteFetchError::OutOfTable) => {
-                    return Outcome::Fault { event: Event::illegal_dte(devid, rw, iova), level: None, logged: true }
+                    return (Outcome::Fault { event: Event::illegal_dte(devid, rw, iova), level: None, logged: true }, None)
                 }
                 Err(DteFetchError::Memory { dte_addr, .. }) => {
                     let event = Event::dev_tab_hw_error(devid, rw | flags::TYPE_MASTER_ABORT, dte_addr);
-                    return Outcome::Fault { event, level: None, logged: true };
+                    return (Outcome::Fault { event, level: None, logged: true }, None);
                 }
             },
         };
         match check_dte(&d, devid, iova, access) {
-            DteVerdict::Done(o) => o,
+            DteVerdict::Done(o) => (o, None),
             DteVerdict::Walk { root, levels } => {
+                // An injected table-read failure: the page's cached translation is dropped and
+                // the walk's first read (the top-level entry) fails.
+                if let Some(hit) = self.inject.fire_one(At::Dma { devid, iova }, |f| f.site() == Site::TableWalk) {
+                    self.iotlb.invalidate_range(d.domain_id(), iova & !0xfff, 0x1000);
+                    let entry = root + ((iova >> (12 + 9 * (u32::from(levels) - 1))) & 0x1ff) * 8;
+                    let event = Event::page_tab_hw_error(devid, d.domain_id(), rw | flags::TYPE_DATA_ERROR, entry);
+                    return (Outcome::Fault { event, level: Some(levels), logged: true }, Some(hit));
+                }
                 if let Some(t) = self.iotlb.lookup(d.domain_id(), iova) {
-                    return finish_walk(&d, devid, iova, access, Ok(t));
+                    return (finish_walk(&d, devid, iova, access, Ok(t)), None);
                 }
                 let res = walk::walk(&AmdV1, mem, root, levels, iova);
                 self.walks += 1;
                 if let Ok(t) = &res {
                     self.iotlb.insert(d.domain_id(), iova, t);
                 }
-                finish_walk(&d, devid, iova, access, res)
+                (finish_walk(&d, devid, iova, access, res), None)
+            }
+        }
+    }
+
+    /// Arm a fault (docs/fault-injection.md); one due at once fires before this returns.
+    pub fn arm<M: PhysMem + ?Sized>(&mut self, mem: &mut M, id: u32, fault: Fault, when: When) -> Result<(), Full> {
+        self.inject.arm(id, fault, when)?;
+        self.fire_any(mem, At::Arm);
+        Ok(())
+    }
+
+    /// What fired faults did since the last call.
+    pub fn take_fired(&mut self) -> Vec<Fired> {
+        std::mem::take(&mut self.fired)
+    }
+
+    fn record(&mut self, id: u32, fault: Fault, event: Option<Event>, logged: u32, effect: String) {
+        if self.fired.len() >= MAX_FIRED {
+            self.fired.remove(0);
+        }
+        self.fired.push(Fired { id, fault, event, logged, effect });
+    }
+
+    /// The faults that need no particular request or command, fired if due here.
+    fn fire_any<M: PhysMem + ?Sized>(&mut self, mem: &mut M, at: At) {
+        for (id, fault) in self.inject.fire(at, |f| f.site() == Site::Any) {
+            match fault {
+                Fault::EventLogOverflow => {
+                    if self.status & status::EVENT_LOG_RUN == 0 {
+                        self.record(id, fault, None, 0, "the event log was not running: nothing to overflow".into());
+                    } else {
+                        self.overflow();
+                        self.record(id, fault, None, 0, "event log overflow: EventOverflow set, EventLogRun cleared".into());
+                    }
+                }
+                Fault::IoPageFault { devid, iova, count } => {
+                    // The DomainID the device's DTE gives, read without caching it.
+                    let domain = dte::fetch(mem, DevTabBase(self.devtab), devid).map_or(0, |d| d.domain_id());
+                    let ev = Event::io_page_fault(devid, domain, flags::RW, iova);
+                    let mut logged = 0;
+                    for _ in 0..count {
+                        if !self.log_event(mem, &ev) {
+                            break;
+                        }
+                        logged += 1;
+                    }
+                    let overflowed = self.status & status::EVENT_OVERFLOW != 0 && logged < count;
+                    let effect = format!(
+                        "{logged} of {count} IO_PAGE_FAULT records for {devid:#06x} at {iova:#x} logged{}",
+                        if overflowed { "; the event log overflowed" } else { "" }
+                    );
+                    self.record(id, fault, Some(ev), logged, effect);
+                }
+                _ => {}
             }
         }
     }
@@ -372,7 +488,9 @@ impl AmdVi {
     }
 
     /// Power-on state: registers cleared, caches empty (the tables in memory are untouched).
+    /// Armed faults are the tool's, not the unit's: they stay.
     pub fn reset(&mut self) {
-        *self = AmdVi::new();
+        let (inject, fired) = (std::mem::take(&mut self.inject), std::mem::take(&mut self.fired));
+        *self = AmdVi { inject, fired, ..AmdVi::new() };
     }
 }

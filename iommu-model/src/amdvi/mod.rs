@@ -5,6 +5,7 @@ pub mod builder;
 pub mod command;
 pub mod dte;
 pub mod event;
+pub mod inject;
 pub mod mmio;
 pub mod reverse;
 pub mod translate;

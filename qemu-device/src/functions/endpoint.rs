@@ -7,7 +7,8 @@
 use crate::dma::{self, DmaError, DmaMem, TranslateCheck};
 use crate::function::{Bar, EventSink, Irq, PciFunction, PciIds};
 use crate::guest_mem::GuestRam;
-use crate::pci::doe::{self, Doe, DoeProtocol};
+use crate::inject::{FaultyDevice, RogueDma};
+use crate::pci::doe::{self, Doe, DoeFault, DoeProtocol};
 use crate::secure::{bdf, Refusal, SecureIommu};
 use crossbeam_channel::{Sender, TrySendError};
 use rmp_model::dma_check::DmaRefusal;
@@ -59,6 +60,8 @@ pub mod status {
     pub const BAD_DESCRIPTOR: u16 = 5;
     /// Every page was allowed, but one translates to an address with no guest RAM behind it.
     pub const NO_MEMORY: u16 = 6;
+    /// The IOMMU could not check a page (RMP_HW_ERROR; only an injected fault causes it).
+    pub const HW_ERROR: u16 = 7;
 }
 
 /// STATUS register bits.
@@ -101,6 +104,9 @@ pub struct Engine {
     pub queued: bool,
     /// Counts resets: a job that started before one stops without touching HEAD.
     pub epoch: u32,
+    /// An injected hang (docs/fault-injection.md): nothing is processed and BUSY stays set
+    /// until CTRL.RESET or a function-level reset.
+    pub stalled: bool,
 }
 
 impl Engine {
@@ -166,6 +172,7 @@ fn status_of(e: DmaError) -> u16 {
         DmaError::Refused { refusal: Refusal::Tdx(rmp_model::tdx::TdxRefusal::NotRun), .. } => status::T1_REFUSED,
         DmaError::Refused { refusal: Refusal::Tdx(_), .. } => status::RMP_PAGE_FAULT,
         DmaError::Refused { refusal: Refusal::Rmp(_), .. } => status::RMP_PAGE_FAULT,
+        DmaError::Refused { refusal: Refusal::HwError(_), .. } => status::HW_ERROR,
         DmaError::NoMemory { .. } => status::NO_MEMORY,
     }
 }
@@ -240,6 +247,10 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(rid: u16, engine: &Mut
         if e.status & st::HALTED != 0 {
             return;
         }
+        if e.stalled {
+            e.status |= st::BUSY;
+            return;
+        }
         e.status |= st::BUSY;
         (e.ring_base, n, e.epoch)
     };
@@ -311,6 +322,85 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(rid: u16, engine: &Mut
     }
 }
 
+/// A DMA the device makes on its own (an injected fault: a misbehaving device), through the
+/// same path as its descriptors' DMA; written bytes are 0x5a. Reported as a `dma` record with
+/// `"injected": true` and the status a descriptor would have had.
+pub fn rogue_dma<M: DmaMem + ?Sized, S: TranslateCheck<M>>(d: RogueDma, iommu: &Mutex<S>, mem: &mut M, events: &dyn EventSink) {
+    let mut s = lock(iommu);
+    let r = if d.write {
+        dma::write(&mut *s, mem, d.devid, d.t, d.iova, &vec![0x5a; d.len as usize])
+    } else {
+        dma::read(&mut *s, mem, d.devid, d.t, d.iova, &mut vec![0; d.len as usize])
+    };
+    drop(s);
+    let status = r.map_or_else(status_of, |()| status::OK);
+    events.emit(json!({
+        "type": "dma", "devid": bdf(d.devid), "op": if d.write { "write" } else { "read" }, "t": d.t, "len": d.len,
+        "iova": format!("{:#x}", d.iova), "status": status, "injected": true,
+    }));
+}
+
+/// The endpoint's side of injected faults: a DOE fault waiting for the mailbox's next access,
+/// the engine to stall, and the worker a rogue DMA is queued on (gone with the endpoint).
+struct EndpointFaults {
+    doe: Mutex<Option<DoeFault>>,
+    doe_clear: Mutex<bool>,
+    engine: Arc<Mutex<Engine>>,
+    runner: RingRunner,
+    rogue: Option<Arc<dyn Fn(RogueDma) + Send + Sync>>,
+    jobs: Mutex<Option<Sender<Job>>>,
+}
+
+impl FaultyDevice for EndpointFaults {
+    fn doe(&self, f: DoeFault) {
+        *lock(&self.doe) = Some(f);
+    }
+
+    fn stall_ring(&self) {
+        lock(&self.engine).stalled = true;
+    }
+
+    fn rogue_dma(&self, d: RogueDma) -> bool {
+        let (Some(run), Some(jobs)) = (self.rogue.clone(), lock(&self.jobs).clone()) else { return false };
+        jobs.try_send(Box::new(move || run(d))).is_ok()
+    }
+
+    fn clear(&self) {
+        *lock(&self.doe) = None;
+        *lock(&self.doe_clear) = true;
+        let resume = {
+            let mut e = lock(&self.engine);
+            let was = std::mem::take(&mut e.stalled);
+            e.status &= !st::BUSY;
+            was && e.head != e.tail
+        };
+        if let (true, Some(jobs)) = (resume, lock(&self.jobs).clone()) {
+            queue(&self.engine, &self.runner, &jobs);
+        }
+    }
+}
+
+/// Queue one job running the ring unless one is queued and not yet started (it will see the
+/// current TAIL). Never blocks.
+fn queue(engine: &Arc<Mutex<Engine>>, runner: &RingRunner, jobs: &Sender<Job>) {
+    {
+        let mut e = lock(engine);
+        if e.queued {
+            return;
+        }
+        e.queued = true;
+    }
+    let (e2, runner) = (engine.clone(), runner.clone());
+    let job: Job = Box::new(move || runner(&e2));
+    if let Err(e) = jobs.try_send(job) {
+        lock(engine).queued = false;
+        match e {
+            TrySendError::Full(_) => tracing::warn!("endpoint: DMA worker queue full; doorbell dropped"),
+            TrySendError::Disconnected(_) => tracing::error!("endpoint: DMA worker is gone"),
+        }
+    }
+}
+
 /// TDISP over DOE: a vendor-defined data object (vendor 0x1234, type 0x01) whose payload is one
 /// TDISP message in the clear, zero-padded to whole dwords. The real stack carries TDISP as SPDM
 /// VENDOR_DEFINED_REQUEST inside SPDM secured messages (CMA/SPDM object types 1 and 2); a device
@@ -355,6 +445,7 @@ pub struct Endpoint {
     events: Arc<dyn EventSink>,
     runner: RingRunner,
     jobs: Sender<Job>,
+    faults: Arc<EndpointFaults>,
 }
 
 impl Endpoint {
@@ -362,16 +453,28 @@ impl Endpoint {
     pub fn new(rid: u16, secure: Arc<Mutex<SecureIommu>>, ram: GuestRam, irq: Arc<dyn Irq>, jobs: Sender<Job>) -> Self {
         let (iommu, events) = (secure.clone(), lock(&secure).events.clone());
         let ev = events.clone();
+        let (ev2, ram2, weak) = (events.clone(), ram.clone(), Arc::downgrade(&secure));
         let runner: RingRunner = Arc::new(move |engine: &Mutex<Engine>| {
             let mut mem = ram.snapshot();
             run_ring(rid, engine, &*iommu, &mut mem, ev.as_ref(), irq.as_ref());
         });
-        Self::with_runner(rid, secure, runner, jobs)
+        // Held by the secure IOMMU's injection state: a weak reference, so the two do not keep
+        // each other alive.
+        let rogue: Arc<dyn Fn(RogueDma) + Send + Sync> = Arc::new(move |d| {
+            if let Some(secure) = weak.upgrade() {
+                rogue_dma(d, &*secure, &mut ram2.snapshot(), ev2.as_ref());
+            }
+        });
+        Self::build(rid, secure, runner, Some(rogue), jobs)
     }
 
     /// An endpoint whose doorbell jobs run `runner`; its TDISP responder is registered with
     /// `secure` (the firmware's TIO commands reach the device through it).
     pub fn with_runner(rid: u16, secure: Arc<Mutex<SecureIommu>>, runner: RingRunner, jobs: Sender<Job>) -> Self {
+        Self::build(rid, secure, runner, None, jobs)
+    }
+
+    fn build(rid: u16, secure: Arc<Mutex<SecureIommu>>, runner: RingRunner, rogue: Option<Arc<dyn Fn(RogueDma) + Send + Sync>>, jobs: Sender<Job>) -> Self {
         // The interface report lists BAR0 (range 0) as the TDI's MMIO.
         let ranges = vec![rmp_model::tdisp::MmioRange { first_page: 0, pages: 1, attributes: 0, range_id: 0 }];
         let tdisp = Arc::new(Mutex::new(TdispResponder::new(u32::from(rid), ranges)));
@@ -381,28 +484,41 @@ impl Endpoint {
             s.events.clone()
         };
         let doe = Doe::new(vec![Box::new(TdispOverDoe { rid, responder: tdisp.clone(), events: events.clone() })]);
-        Endpoint { rid, doe, tdisp, engine: Arc::default(), secure, events, runner, jobs }
+        let engine: Arc<Mutex<Engine>> = Arc::default();
+        let faults = Arc::new(EndpointFaults {
+            doe: Mutex::new(None),
+            doe_clear: Mutex::new(false),
+            engine: engine.clone(),
+            runner: runner.clone(),
+            rogue,
+            jobs: Mutex::new(Some(jobs.clone())),
+        });
+        lock(&secure).inject.devices.insert(rid, faults.clone());
+        Endpoint { rid, doe, tdisp, engine, secure, events, runner, jobs, faults }
     }
 
     /// Queue one job unless one is queued and not yet started (it will see this TAIL). Never
     /// blocks the socket thread.
     fn doorbell(&self) {
-        {
-            let mut e = lock(&self.engine);
-            if e.queued {
-                return;
-            }
-            e.queued = true;
+        queue(&self.engine, &self.runner, &self.jobs);
+    }
+
+    /// An injected DOE fault takes effect at the mailbox's next access.
+    fn doe_faults(&mut self) {
+        if let Some(f) = lock(&self.faults.doe).take() {
+            self.doe.inject(f);
         }
-        let (engine, runner) = (self.engine.clone(), self.runner.clone());
-        let job: Job = Box::new(move || runner(&engine));
-        if let Err(e) = self.jobs.try_send(job) {
-            lock(&self.engine).queued = false;
-            match e {
-                TrySendError::Full(_) => tracing::warn!("endpoint {}: DMA worker queue full; doorbell dropped", bdf(self.rid)),
-                TrySendError::Disconnected(_) => tracing::error!("endpoint {}: DMA worker is gone", bdf(self.rid)),
-            }
+        if std::mem::take(&mut *lock(&self.faults.doe_clear)) {
+            self.doe.clear_injected();
         }
+    }
+}
+
+impl Drop for Endpoint {
+    /// The worker's channel closes with the endpoint (the daemon waits for it), so the copy
+    /// the injection state holds goes too.
+    fn drop(&mut self) {
+        lock(&self.faults.jobs).take();
     }
 }
 
@@ -475,6 +591,7 @@ impl PciFunction for Endpoint {
                         e.head = 0;
                         e.tail = 0;
                         e.status = 0;
+                        e.stalled = false;
                         e.epoch = e.epoch.wrapping_add(1);
                     }
                 }
@@ -492,6 +609,7 @@ impl PciFunction for Endpoint {
     }
 
     fn ext_config_read(&mut self, offset: u16, data: &mut [u8]) {
+        self.doe_faults();
         let reg = offset.wrapping_sub(DOE_OFFSET);
         // The mailboxes are dword registers (PCIe 6.x §7.9.24); narrower reads see zeroes.
         let v = if reg.is_multiple_of(4) && data.len() == 4 { self.doe.read(reg) } else { 0 };
@@ -502,6 +620,7 @@ impl PciFunction for Endpoint {
     }
 
     fn ext_config_write(&mut self, offset: u16, data: &[u8]) {
+        self.doe_faults();
         let reg = offset.wrapping_sub(DOE_OFFSET);
         if reg.is_multiple_of(4) && data.len() == 4 {
             self.doe.write(reg, le(data) as u32);
@@ -918,6 +1037,76 @@ mod tests {
         rx.try_recv().unwrap()();
         w32(&mut ep, reg::TAIL, 2);
         assert!(lock(&ep.engine).queued, "the next doorbell queues");
+    }
+
+    /// An injected stall: doorbells are taken, nothing moves, BUSY stays; CTRL.RESET recovers
+    /// (or the tool's clear, which resumes the ring where it was).
+    #[test]
+    fn a_stalled_ring_makes_no_progress_until_reset_or_cleared() {
+        let (mut ep, rx, rig) = endpoint();
+        {
+            let mut g = lock(&rig);
+            g.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
+            for i in 0..4u64 {
+                g.mem.write(RING_SPA + i * 32, &desc(op::FILL, 0, 8, 0, 0x5000_0000 + 8 * i, i + 1).to_bytes()).unwrap();
+            }
+        }
+        ep.bar_write(0, reg::RING_BASE, &RING.to_le_bytes());
+        w32(&mut ep, reg::RING_SIZE, 3);
+        let dev = lock(&ep.secure).inject.devices[&RID].clone();
+        dev.stall_ring();
+        w32(&mut ep, reg::TAIL, 2);
+        rx.try_recv().unwrap()();
+        assert_eq!((r32(&mut ep, reg::HEAD), r32(&mut ep, reg::STATUS)), (0, st::BUSY), "nothing processed, BUSY");
+        assert_eq!(lock(&rig).u64_at(0x30_0000), 0);
+        dev.clear();
+        rx.try_recv().expect("clear resumes the ring")();
+        assert_eq!((r32(&mut ep, reg::HEAD), r32(&mut ep, reg::STATUS)), (2, 0));
+        dev.stall_ring();
+        w32(&mut ep, reg::TAIL, 3);
+        rx.try_recv().unwrap()();
+        assert_eq!(r32(&mut ep, reg::HEAD), 2, "stalled again");
+        // The driver's recovery: reset and start over.
+        w32(&mut ep, reg::CTRL, ctrl::RESET);
+        w32(&mut ep, reg::TAIL, 1);
+        rx.try_recv().unwrap()();
+        assert_eq!((r32(&mut ep, reg::HEAD), r32(&mut ep, reg::STATUS)), (1, 0), "CTRL.RESET ends the stall");
+    }
+
+    #[test]
+    fn an_injected_doe_fault_lands_at_the_mailboxs_next_access() {
+        let (mut ep, _rx, _rig) = endpoint();
+        let rd = |ep: &mut Endpoint, reg: u16| {
+            let mut b = [0u8; 4];
+            ep.ext_config_read(DOE_OFFSET + reg, &mut b);
+            u32::from_le_bytes(b)
+        };
+        let dev = lock(&ep.secure).inject.devices[&RID].clone();
+        dev.doe(DoeFault::Error);
+        assert_eq!(rd(&mut ep, doe::STATUS), doe::STATUS_ERROR);
+        ep.ext_config_write(DOE_OFFSET + doe::CTRL, &doe::CTRL_ABORT.to_le_bytes());
+        dev.doe(DoeFault::Busy { reads: 2 });
+        assert_eq!((rd(&mut ep, doe::STATUS), rd(&mut ep, doe::STATUS), rd(&mut ep, doe::STATUS)), (doe::STATUS_BUSY, doe::STATUS_BUSY, 0));
+        let fid = u32::from(RID);
+        let m = doe_exchange(&mut ep, DOE_VENDOR, DOE_TYPE_TDISP, &tdisp::request(tdisp::req::GET_DEVICE_INTERFACE_STATE, fid, &[]));
+        assert_eq!(tdisp::parse_response(&m), Some(Response::State(TdiState::ConfigUnlocked)), "works after");
+    }
+
+    /// A misbehaving device DMAs where the tool says: through the same checks as any DMA.
+    #[test]
+    fn a_rogue_dma_goes_through_the_iommu_like_any_other() {
+        let mut r = rig();
+        r.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
+        let d = RogueDma { devid: RID, iova: 0x5000_0000, len: 16, write: true, t: false };
+        rogue_dma(d, &r.secure, &mut r.mem, r.events.as_ref());
+        assert_eq!(r.u64_at(0x30_0008), 0x5a5a_5a5a_5a5a_5a5a);
+        rogue_dma(RogueDma { iova: 0x6000_0000, ..d }, &r.secure, &mut r.mem, r.events.as_ref());
+        let dma = r.events_of("dma");
+        assert_eq!((dma[0]["status"].as_u64(), dma[0]["injected"].as_bool()), (Some(u64::from(status::OK)), Some(true)));
+        assert_eq!(dma[1]["status"].as_u64(), Some(u64::from(status::IO_PAGE_FAULT)), "unmapped: refused and logged");
+        assert_eq!(r.events_of("translation_fault")[0]["iova"], "0x60000000");
+        rogue_dma(RogueDma { t: true, ..d }, &r.secure, &mut r.mem, r.events.as_ref());
+        assert_eq!(r.events_of("dma")[2]["status"].as_u64(), Some(u64::from(status::T1_REFUSED)), "T=1 without a TDI");
     }
 
     /// One DOE exchange through the endpoint's extended config space, as Linux's doe.c does it.

@@ -324,6 +324,7 @@ impl PciFunction for IommuFunction {
                     Some(vtd) => vtd.mmio_write(&mut mem, offset, data.len(), v),
                     None => s.amdvi.mmio_write(&mut mem, offset, data.len(), v),
                 }
+                s.after_register_write(&mut mem);
                 s.irq_if_pending();
             }
             // TDX Connect: the RMP registers do not exist; only the module's mailbox does.

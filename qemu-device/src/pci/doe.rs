@@ -2,8 +2,8 @@
 //! Linux include/uapi/linux/pci_regs.h PCI_DOE_* names them and drivers/pci/doe.c drives them).
 //! Objects are exchanged a dword at a time: the requester writes one into the Write Data Mailbox
 //! and sets GO; the response is read from the Read Data Mailbox, each write to it acknowledging
-//! one dword. Requests are answered within the GO write, so Busy never shows, and the mailbox
-//! has no interrupt (Linux polls).
+//! one dword. Requests are answered within the GO write, so Busy never shows unless a fault is
+//! injected (docs/fault-injection.md), and the mailbox has no interrupt (Linux polls).
 
 /// Extended capability id of DOE.
 pub const CAP_ID: u32 = 0x002e;
@@ -18,7 +18,7 @@ pub const READ: u16 = 0x14;
 pub const CTRL_ABORT: u32 = 1 << 0;
 pub const CTRL_INT_EN: u32 = 1 << 1;
 pub const CTRL_GO: u32 = 1 << 31;
-/// Never set here (see above); named for the register layout.
+/// Set only by an injected fault (see above).
 pub const STATUS_BUSY: u32 = 1 << 0;
 pub const STATUS_INT: u32 = 1 << 1;
 pub const STATUS_ERROR: u32 = 1 << 2;
@@ -47,16 +47,52 @@ pub struct Doe {
     request: Vec<u32>,
     response: Vec<u32>,
     read_at: usize,
+    /// Injected: Status reads that still show Busy; meanwhile the mailbox takes no object.
+    busy_reads: u32,
+    /// Injected: objects are taken but never answered until an Abort.
+    hung: bool,
+}
+
+/// A fault injected into the mailbox (docs/fault-injection.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoeFault {
+    /// DOE Busy (§6.30.2: "temporarily unable to receive a new data object") for the next
+    /// `reads` reads of Status; writes to the Write Data Mailbox and GO are dropped meanwhile.
+    Busy { reads: u32 },
+    /// DOE Error (an internal error): what was written or not yet read is dropped, and nothing
+    /// more is exchanged until an Abort clears it.
+    Error,
+    /// The mailbox stops answering: the next objects never get Data Object Ready, until an
+    /// Abort, which the requester must issue after its timeout (Linux: 1 s, then pci_doe_abort).
+    NeedsAbort,
 }
 
 impl Doe {
     pub fn new(protocols: Vec<Box<dyn DoeProtocol>>) -> Doe {
-        Doe { protocols, ctrl: 0, error: false, request: Vec::new(), response: Vec::new(), read_at: 0 }
+        Doe { protocols, ctrl: 0, error: false, request: Vec::new(), response: Vec::new(), read_at: 0, busy_reads: 0, hung: false }
+    }
+
+    pub fn inject(&mut self, f: DoeFault) {
+        match f {
+            DoeFault::Busy { reads } => self.busy_reads = reads,
+            DoeFault::Error => {
+                self.abort();
+                self.error = true;
+            }
+            DoeFault::NeedsAbort => self.hung = true,
+        }
+    }
+
+    /// End an injected Busy or hang (the tool's clear); Error stays until an Abort, as a real one.
+    pub fn clear_injected(&mut self) {
+        self.busy_reads = 0;
+        self.hung = false;
     }
 
     /// DOE Abort (§6.30.2): drop what was written and what was not read, clear Error.
     fn abort(&mut self) {
         self.error = false;
+        self.hung = false;
         self.request.clear();
         self.response.clear();
         self.read_at = 0;
@@ -66,13 +102,19 @@ impl Doe {
         self.read_at < self.response.len()
     }
 
-    pub fn read(&self, reg: u16) -> u32 {
+    pub fn read(&mut self, reg: u16) -> u32 {
+        let busy = if reg == STATUS && self.busy_reads > 0 {
+            self.busy_reads -= 1;
+            STATUS_BUSY
+        } else {
+            0
+        };
         match reg {
             // Interrupt Support 0.
             CAP => 0,
             // Abort and GO read as zero.
             CTRL => self.ctrl & CTRL_INT_EN,
-            STATUS => (if self.error { STATUS_ERROR } else { 0 }) | (if self.ready() { STATUS_DATA_OBJECT_READY } else { 0 }),
+            STATUS => busy | (if self.error { STATUS_ERROR } else { 0 }) | (if self.ready() { STATUS_DATA_OBJECT_READY } else { 0 }),
             // With no object ready the Read Data Mailbox reads zero.
             READ if !self.error => self.response.get(self.read_at).copied().unwrap_or(0),
             _ => 0,
@@ -89,11 +131,15 @@ impl Doe {
                     return;
                 }
                 self.ctrl = v & CTRL_INT_EN;
-                if v & CTRL_GO != 0 && !self.error {
-                    self.go();
+                if v & CTRL_GO != 0 && !self.error && self.busy_reads == 0 {
+                    if self.hung {
+                        self.request.clear();
+                    } else {
+                        self.go();
+                    }
                 }
             }
-            WRITE if !self.error => {
+            WRITE if !self.error && self.busy_reads == 0 => {
                 if self.request.len() >= MAX_DWORDS {
                     self.error = true;
                     self.request.clear();
@@ -333,6 +379,37 @@ mod tests {
         // Acknowledging with nothing ready changes nothing.
         d.write(READ, 0);
         assert_eq!(linux_exchange(&mut d, 0x1234, 1, &[0x0403_0201]).unwrap(), [0x0102_0304]);
+    }
+
+    #[test]
+    fn injected_busy_error_and_hang_as_linux_meets_them() {
+        let mut d = mailbox();
+        // Busy: pci_doe_send_req polls Status while Busy, then sends.
+        d.inject(DoeFault::Busy { reads: 2 });
+        assert_eq!(linux_exchange(&mut d, 1, 0, &[0]), Err("busy"));
+        d.write(WRITE, 0x0000_0001);
+        d.write(CTRL, CTRL_GO);
+        assert_eq!((d.read(STATUS), d.read(STATUS)), (STATUS_BUSY, 0), "Busy for two reads; the object written meanwhile was not taken");
+        assert_eq!(linux_exchange(&mut d, 1, 0, &[0]).unwrap(), [0x0100_0001]);
+        // Error: refused before sending until an Abort.
+        send(&mut d, &[0x0001_1234, 3, 7]);
+        d.inject(DoeFault::Error);
+        assert_eq!((d.read(STATUS), d.read(READ)), (STATUS_ERROR, 0), "the unread response is gone");
+        assert_eq!(linux_exchange(&mut d, 1, 0, &[0]), Err("error before send"));
+        d.write(CTRL, CTRL_ABORT);
+        assert_eq!(linux_exchange(&mut d, 1, 0, &[0]).unwrap(), [0x0100_0001]);
+        // Needs abort: no answer (Linux times out after 1 s and aborts), then normal again.
+        d.inject(DoeFault::NeedsAbort);
+        assert_eq!(linux_exchange(&mut d, 1, 0, &[0]), Err("timeout"));
+        assert_eq!(linux_exchange(&mut d, 1, 0, &[0]), Err("timeout"), "still, until the abort");
+        d.write(CTRL, CTRL_ABORT);
+        assert_eq!(d.read(STATUS) & (STATUS_ERROR | STATUS_BUSY), 0, "pci_doe_abort succeeds");
+        assert_eq!(linux_exchange(&mut d, 0x1234, 1, &[0x0403_0201]).unwrap(), [0x0102_0304]);
+        // The tool's clear ends Busy and a hang, not Error.
+        d.inject(DoeFault::Busy { reads: 100 });
+        d.inject(DoeFault::NeedsAbort);
+        d.clear_injected();
+        assert_eq!(linux_exchange(&mut d, 1, 0, &[0]).unwrap(), [0x0100_0001]);
     }
 
     #[test]

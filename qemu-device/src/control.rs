@@ -1,0 +1,352 @@
+//! The control channel of a running daemon: `control.sock` beside the vfio-user sockets (owner
+//! only, as they are), one JSON command per line in, one JSON answer per line out, served by its
+//! own thread. `tiommu inject` is its client; a guest whose serial port QEMU connects to the
+//! socket (`scripts/run-vm --inject`) can use it too. Commands (docs/fault-injection.md):
+//!
+//! - `{"cmd":"inject","fault":NAME, ...parameters and trigger}`: arm a fault; the answer has its
+//!   id and what it did if it fired at once;
+//! - `{"cmd":"status"}`: armed faults, fired ones (newest 256), the AMD-Vi registers;
+//! - `{"cmd":"clear"}` or `{"cmd":"clear","id":N}`: disarm.
+//!
+//! Answers are `{"ok":true,...}` or `{"ok":false,"error":REASON}`.
+
+use crate::guest_mem::GuestRam;
+use crate::inject::{self, when_json};
+use crate::secure::SecureIommu;
+use iommu_model::amdvi::mmio;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Longest command line taken.
+const MAX_LINE: usize = 64 * 1024;
+/// Connections served at once (the guest's serial port, a few tools).
+const MAX_CLIENTS: usize = 16;
+
+/// What the channel acts on: the running session's secure IOMMU and guest RAM.
+pub struct Target {
+    pub secure: Arc<Mutex<SecureIommu>>,
+    pub ram: GuestRam,
+}
+
+#[derive(Default)]
+pub struct Control {
+    target: Mutex<Option<Target>>,
+    next_id: AtomicU32,
+    clients: AtomicUsize,
+    /// Faults armed at the start of every session (`tiommu daemon --inject-plan`).
+    plan: Vec<Value>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn refuse(e: impl std::fmt::Display) -> Value {
+    json!({"ok": false, "error": e.to_string()})
+}
+
+impl Control {
+    /// A channel with a plan: JSON lines of `inject` commands ("cmd" may be left out), blank
+    /// lines and lines starting with '#' skipped. Each is checked now.
+    pub fn with_plan(path: &Path) -> Result<Control, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut plan = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+            if v.get("cmd").is_some_and(|c| c != "inject") {
+                return Err(format!("{}:{}: a plan holds inject commands only", path.display(), n + 1));
+            }
+            inject::parse(&v).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+            plan.push(v);
+        }
+        Ok(Control { plan, ..Control::default() })
+    }
+
+    /// A session began: commands act on it from now on, and the plan is armed.
+    pub fn attach(&self, target: Target) {
+        *lock(&self.target) = Some(target);
+        for v in &self.plan {
+            let answer = self.inject(v);
+            tracing::info!("inject plan: {answer}");
+        }
+    }
+
+    /// The session ended: nothing to act on until the next.
+    pub fn detach(&self) {
+        lock(&self.target).take();
+    }
+
+    /// One command line to its answer.
+    pub fn handle(&self, line: &str) -> Value {
+        let v: Value = match serde_json::from_str(line) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => return refuse("a command is a JSON object"),
+            Err(e) => return refuse(format!("not JSON: {e}")),
+        };
+        match v.get("cmd").and_then(Value::as_str) {
+            Some("inject") => self.inject(&v),
+            Some("status") => self.with_target(|s, _| {
+                let r = |off| format!("{:#x}", s.amdvi.mmio_read(off, 8));
+                Ok(json!({
+                    "ok": true, "pending": s.pending_faults(), "fired": s.inject.fired,
+                    "amdvi": {
+                        "control": r(mmio::CONTROL), "status": r(mmio::STATUS),
+                        "cmd_head": r(mmio::CMD_BUF_HEAD), "cmd_tail": r(mmio::CMD_BUF_TAIL),
+                        "evt_head": r(mmio::EVENT_LOG_HEAD), "evt_tail": r(mmio::EVENT_LOG_TAIL),
+                    },
+                }))
+            }),
+            Some("clear") => {
+                let id = match v.get("id") {
+                    None | Some(Value::Null) => None,
+                    Some(i) => match i.as_u64().and_then(|i| u32::try_from(i).ok()) {
+                        Some(i) => Some(i),
+                        None => return refuse("id: a fault's number"),
+                    },
+                };
+                self.with_target(|s, ram| {
+                    let gone = s.clear_faults(&mut ram.snapshot(), id);
+                    if let (Some(id), true) = (id, gone.is_empty()) {
+                        return Err(format!("no fault {id} is armed"));
+                    }
+                    s.events.emit(json!({"type": "injected_cleared", "ids": gone}));
+                    Ok(json!({"ok": true, "cleared": gone}))
+                })
+            }
+            Some(other) => refuse(format!("no command {other:?} (inject, status, clear)")),
+            None => refuse("no \"cmd\""),
+        }
+    }
+
+    fn with_target(&self, f: impl FnOnce(&mut SecureIommu, &GuestRam) -> Result<Value, String>) -> Value {
+        let target = lock(&self.target);
+        let Some(t) = target.as_ref() else { return refuse("no session: the daemon is between QEMUs") };
+        let mut s = lock(&t.secure);
+        f(&mut s, &t.ram).unwrap_or_else(refuse)
+    }
+
+    fn inject(&self, v: &Value) -> Value {
+        let (fault, when) = match inject::parse(v) {
+            Ok(x) => x,
+            Err(e) => return refuse(e),
+        };
+        self.with_target(|s, ram| {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            let fired = s.arm(&mut ram.snapshot(), id, fault, when)?;
+            let pending = s.pending_faults().iter().any(|p| p["id"] == id);
+            s.events.emit(json!({"type": "injected_armed", "id": id, "fault": fault.name(), "when": when_json(&when)}));
+            Ok(json!({"ok": true, "id": id, "fault": fault.name(), "when": when_json(&when), "pending": pending, "fired": fired}))
+        })
+    }
+
+    /// Serve the socket on a thread of its own, each connection on another.
+    pub fn serve(self: &Arc<Self>, listener: UnixListener) -> Result<(), String> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    if me.clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                        me.clients.fetch_sub(1, Ordering::AcqRel);
+                        let _ = writeln!(&conn, "{}", refuse("too many connections"));
+                        continue;
+                    }
+                    let me2 = me.clone();
+                    let spawned = std::thread::Builder::new().name("control-client".into()).spawn(move || {
+                        me2.client(conn);
+                        me2.clients.fetch_sub(1, Ordering::AcqRel);
+                    });
+                    if spawned.is_err() {
+                        me.clients.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+            })
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn client(&self, conn: UnixStream) {
+        let Ok(mut out) = conn.try_clone() else { return };
+        let mut input = BufReader::new(conn);
+        loop {
+            let mut line = Vec::new();
+            match input.by_ref().take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line.len() > MAX_LINE {
+                let _ = writeln!(out, "{}", refuse(format!("line longer than {MAX_LINE} bytes")));
+                return;
+            }
+            // A serial port may add carriage returns or send a stray byte before the first line.
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_matches(|c: char| c.is_whitespace() || c.is_control());
+            if text.is_empty() {
+                continue;
+            }
+            let answer = self.handle(text);
+            tracing::debug!("control: {text} -> {answer}");
+            if writeln!(out, "{answer}").and_then(|()| out.flush()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The faults `tiommu inject` takes (docs/fault-injection.md has each one's form).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum FaultName {
+    /// AMD-Vi event log overflow (EventOverflow set, EventLogRun cleared, interrupt)
+    EventLogOverflow,
+    /// ILLEGAL_COMMAND_ERROR for the next command; the command processor stops
+    IllegalCommand,
+    /// COMMAND_HARDWARE_ERROR for the next command; the command processor stops
+    CommandHardwareError,
+    /// The next COMPLETION_WAIT neither stores nor interrupts
+    CompletionWaitLost,
+    /// DEV_TAB_HARDWARE_ERROR at the next DMA request (--device/--iova choose which)
+    DevTabHardwareError,
+    /// PAGE_TAB_HARDWARE_ERROR at the next table walk (--device/--iova choose which)
+    PageTabHardwareError,
+    /// Spurious IO_PAGE_FAULT records for --device at --iova (--count N: a storm)
+    IoPageFault,
+    /// RMP_HW_ERROR at the next DMA request's RMP check; the request is aborted
+    RmpHwError,
+    /// The RMP entry of --spa reads back changed in memory (Assigned flipped)
+    RmpEntryChanged,
+    /// --device moves its TDI to ERROR (T=1 DMA stops until the host STOPs it)
+    TdiError,
+    /// --device's DOE mailbox shows Busy for the next --reads Status reads
+    DoeBusy,
+    /// --device's DOE mailbox sets DOE Error
+    DoeError,
+    /// --device's DOE mailbox answers nothing until an Abort
+    DoeNeedsAbort,
+    /// --device DMAs --len bytes at --iova on its own (writes; --read reads; --t sets T)
+    EndpointDma,
+    /// --device's ring stops making progress until CTRL.RESET
+    RingStall,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Triggers (--when, repeatable): now (the default), after-commands=N, after-dma=N, probability=P (with --seed). \
+--device and --iova are the fault's own parameters where it has them; otherwise they choose the DMA requests that count and where it fires.")]
+pub struct Args {
+    /// The daemon's --socket-dir (its control.sock).
+    #[arg(long)]
+    socket_dir: PathBuf,
+    /// The fault to arm.
+    #[arg(value_enum, required_unless_present_any = ["list", "clear"])]
+    fault: Option<FaultName>,
+    /// When it fires: now, after-commands=N, after-dma=N, probability=P.
+    #[arg(long)]
+    when: Vec<String>,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    iova: Option<String>,
+    #[arg(long)]
+    spa: Option<String>,
+    /// io-page-fault: records to log.
+    #[arg(long)]
+    count: Option<u64>,
+    /// doe-busy: Status reads that show Busy.
+    #[arg(long)]
+    reads: Option<u64>,
+    /// endpoint-dma: bytes.
+    #[arg(long)]
+    len: Option<u64>,
+    /// endpoint-dma: read instead of write.
+    #[arg(long)]
+    read: bool,
+    /// endpoint-dma: with the TDISP T bit.
+    #[arg(long)]
+    t: bool,
+    /// Times it fires before it is retired (0: until cleared).
+    #[arg(long)]
+    times: Option<u64>,
+    /// Seed of the probability's PRNG (reproducible runs).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the armed and fired faults (the status command) instead.
+    #[arg(long, conflicts_with_all = ["fault", "clear"])]
+    list: bool,
+    /// Disarm fault ID, or every fault and the lasting injected conditions.
+    #[arg(long, num_args = 0..=1, default_missing_value = "all", conflicts_with = "fault")]
+    clear: Option<String>,
+}
+
+/// The JSON command the arguments ask for.
+pub fn request(a: &Args) -> Result<Value, String> {
+    if a.list {
+        return Ok(json!({"cmd": "status"}));
+    }
+    if let Some(c) = &a.clear {
+        return Ok(match c.as_str() {
+            "all" => json!({"cmd": "clear"}),
+            id => json!({"cmd": "clear", "id": id.parse::<u32>().map_err(|_| format!("--clear {id}: a fault's number"))?}),
+        });
+    }
+    let fault = a.fault.ok_or("no fault given")?;
+    let name = clap::ValueEnum::to_possible_value(&fault).map(|p| p.get_name().to_string()).unwrap_or_default();
+    let mut v = json!({"cmd": "inject", "fault": name});
+    let mut set = |k: &str, x: Value| v[k] = x;
+    for (k, x) in [("device", &a.device), ("iova", &a.iova), ("spa", &a.spa)] {
+        if let Some(x) = x {
+            set(k, x.clone().into());
+        }
+    }
+    for (k, x) in [("count", a.count), ("reads", a.reads), ("len", a.len), ("times", a.times), ("seed", a.seed)] {
+        if let Some(x) = x {
+            set(k, x.into());
+        }
+    }
+    if a.read {
+        set("read", true.into());
+    }
+    if a.t {
+        set("t", true.into());
+    }
+    for w in &a.when {
+        match w.split_once('=') {
+            None if w == "now" => {}
+            Some(("after-commands", n)) => set("after_commands", n.parse::<u64>().map_err(|_| format!("--when {w}: N is a count"))?.into()),
+            Some(("after-dma", n)) => set("after_dma", n.parse::<u64>().map_err(|_| format!("--when {w}: N is a count"))?.into()),
+            Some(("probability", p)) => set("probability", p.parse::<f64>().map_err(|_| format!("--when {w}: P is a number"))?.into()),
+            _ => return Err(format!("--when {w}: now, after-commands=N, after-dma=N or probability=P")),
+        }
+    }
+    Ok(v)
+}
+
+/// `tiommu inject`: one command to the daemon, its answer on stdout; a refusal is an error.
+pub fn run(a: Args) -> Result<(), String> {
+    let cmd = request(&a)?;
+    let path = a.socket_dir.join("control.sock");
+    let answer = exchange(&path, &cmd)?;
+    println!("{answer}");
+    if answer["ok"] == true {
+        Ok(())
+    } else {
+        Err(format!("refused: {}", answer["error"].as_str().unwrap_or("no reason given")))
+    }
+}
+
+/// Send one command to a daemon's control socket and read its answer.
+pub fn exchange(path: &Path, cmd: &Value) -> Result<Value, String> {
+    let mut s = UnixStream::connect(path).map_err(|e| format!("cannot reach the daemon at {}: {e}", path.display()))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    writeln!(s, "{cmd}").map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).map_err(|e| format!("{}: no answer: {e}", path.display()))?;
+    serde_json::from_str(&line).map_err(|e| format!("{}: bad answer {line:?}: {e}", path.display()))
+}
