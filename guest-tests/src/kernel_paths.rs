@@ -13,23 +13,23 @@ use crate::sys::{Bar, Config, PciDev};
 use crate::sys::kvm::{self, Vm};
 use crate::sys::vfio::{bind_vfio_pci, open_cdev, Device, UserMem, Vfio};
 
-const BDF: &str = "0000:00:04.0";
-const RING_IOVA: u64 = 0x10_0000;
-const DATA_IOVA: u64 = 0x20_0000;
+pub(crate) const BDF: &str = "0000:00:04.0";
+pub(crate) const RING_IOVA: u64 = 0x10_0000;
+pub(crate) const DATA_IOVA: u64 = 0x20_0000;
 /// log2 of the ring's descriptors: 16 of 32 bytes, in the one ring page.
 const RING_LOG2: u32 = 4;
 const FILL_LEN: usize = 64;
 
 /// The endpoint driven through a VFIO device file, its descriptor ring in a page of this
 /// process mapped at RING_IOVA.
-struct VfioRing<'a> {
+pub(crate) struct VfioRing<'a> {
     dev: &'a Device,
     ring: &'a UserMem,
     next: u32,
 }
 
 impl<'a> VfioRing<'a> {
-    fn start(dev: &'a Device, ring: &'a UserMem) -> Result<VfioRing<'a>, String> {
+    pub(crate) fn start(dev: &'a Device, ring: &'a UserMem) -> Result<VfioRing<'a>, String> {
         ring.write(0, &[0u8; 32 << RING_LOG2]);
         dev.w32(EP_CTRL as u64, 1)?;
         dev.w32(EP_RING_BASE as u64, RING_IOVA as u32)?;
@@ -39,7 +39,7 @@ impl<'a> VfioRing<'a> {
     }
 
     /// One FILL of FILL_LEN bytes of `pattern` at `iova`; its completion status.
-    fn fill(&mut self, iova: u64, pattern: u64) -> Result<u16, String> {
+    pub(crate) fn fill(&mut self, iova: u64, pattern: u64) -> Result<u16, String> {
         let slot = (self.next % (1 << RING_LOG2)) as usize;
         self.ring.write(slot * 32, &descriptor(OP_FILL, 0, FILL_LEN as u32, 0, iova, pattern));
         self.next += 1;
@@ -57,7 +57,7 @@ impl<'a> VfioRing<'a> {
 }
 
 /// Whether the FILL_LEN bytes at `off` of `mem` all hold `pattern`.
-fn holds(mem: &UserMem, off: usize, pattern: u64) -> bool {
+pub(crate) fn holds(mem: &UserMem, off: usize, pattern: u64) -> bool {
     let mut data = [0u8; FILL_LEN];
     mem.read(off, &mut data);
     data.chunks(8).all(|c| c == pattern.to_le_bytes())
@@ -200,7 +200,7 @@ fn iommufd_endpoint() -> Result<(Iommufd, u32, Device), String> {
 }
 
 /// A FILL of `pattern` at `iova` completes and lands in the page at `off` of `mem`.
-fn fill_lands(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64, pattern: u64) -> R {
+pub(crate) fn fill_lands(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64, pattern: u64) -> R {
     let st = ep.fill(iova, pattern)?;
     check!(st == ST_OK, "FILL through the mapping at {iova:#x}: status {st}");
     check!(holds(mem, off, pattern), "the page mapped at {iova:#x} did not receive the pattern");

@@ -73,6 +73,8 @@ macro_rules! check {
     };
 }
 
+mod inject;
+
 pub(crate) struct Rig {
     ep_cfg: Config,
     doe: Option<u64>,
@@ -347,7 +349,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let scenarios: [Scenario; 30] = [
+    let base: [Scenario; 30] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
@@ -379,6 +381,9 @@ pub fn run() -> Vec<(&'static str, R)> {
         ("ioat_vfio_type1_copy_fault_reset_msix_private_page", ioat::vfio_type1),
         ("ioat_vfio_iommufd_copy_fault_reset_msix", ioat::vfio_iommufd),
     ];
+    // Faults injected through the daemon's control channel (run-vm --inject), last: they leave
+    // the IOMMU's logs with artificial records.
+    let scenarios: Vec<Scenario> = base.into_iter().chain(inject::SCENARIOS).collect();
     // Scenarios that drive the endpoint through this program's AMD-Vi tables; with the endpoint
     // in the kernel's virtio-iommu domain its DMA no longer takes them.
     let amdvi_dma = [

@@ -1,0 +1,473 @@
+//! Faults injected on purpose, and what the drivers make of them (`scripts/run-vm --inject`;
+//! docs/fault-injection.md). The guest asks the daemon through its third serial port, which QEMU
+//! connects to the daemon's control socket, so each fault fires exactly when the scenario is
+//! ready for it; then the scenario checks what Linux's amd_iommu logged and did, what the model's
+//! registers say, and that DMA works again once the fault is over. With the kernel's amd_iommu
+//! the AMD-Vi faults; otherwise this program's own TDISP flow, DOE requester and ring.
+
+use super::*;
+use crate::kernel_paths::{fill_lands, holds, VfioRing, BDF, DATA_IOVA, RING_IOVA as VFIO_RING_IOVA};
+use crate::sys::vfio::{bind_vfio_pci, UserMem, Vfio};
+use std::io::{Read, Write};
+
+pub(super) const SCENARIOS: [Scenario; 9] = [
+    ("inject_completion_wait_lost_linux_times_out_and_carries_on", completion_wait_lost),
+    ("inject_event_log_overflow_linux_restarts_logging", event_log_overflow),
+    ("inject_io_page_fault_storm_overflows_and_linux_recovers", io_page_fault_storm),
+    ("inject_command_hardware_error_stops_the_command_processor", command_hardware_error),
+    ("inject_tdi_error_mid_t1_dma_then_stop_and_rebind", tdi_error),
+    ("inject_rmp_hw_error_aborts_one_dma", rmp_hw_error),
+    ("inject_rogue_endpoint_dma_is_checked_like_any", rogue_dma),
+    ("inject_ring_stall_until_ctrl_reset", ring_stall),
+    ("inject_doe_busy_error_and_abort_as_linux_requests", doe_faults),
+];
+
+/// Injection scenarios run only when run-vm connected the control channel.
+fn inject_mode() -> R {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if !cmdline.split_whitespace().any(|a| a == "tiommu.inject=1") {
+        return Err(format!("{SKIP}no control channel to the daemon (scripts/run-vm --inject)"));
+    }
+    Ok(())
+}
+
+fn need_amd_iommu() -> R {
+    inject_mode()?;
+    if !amdvi_mode() {
+        return Err(format!("{SKIP}needs the kernel's amd_iommu (scripts/run-vm --amd-iommu --inject)"));
+    }
+    Ok(())
+}
+
+/// This program's own rig: the AMD-Vi tables, SEV-TIO firmware and TDISP it drives itself.
+fn need_own_rig() -> R {
+    inject_mode()?;
+    if amdvi_mode() || viommu_mode() || vtd_mode() || crate::tdx::tdx_mode() {
+        return Err(format!("{SKIP}drives the AMD-Vi tables and SEV-TIO flow itself (scripts/run-vm --inject without a kernel IOMMU)"));
+    }
+    Ok(())
+}
+
+/// The daemon's control channel: one JSON command per line, one answer per line.
+struct Host(std::fs::File);
+
+impl Host {
+    fn open() -> Result<Host, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open("/dev/ttyS2")
+            .map_err(|e| format!("/dev/ttyS2 (the control channel): {e}"))?;
+        let mut h = Host(f);
+        // Whatever an earlier scenario left unread.
+        let mut junk = [0u8; 256];
+        while matches!(h.0.read(&mut junk), Ok(n) if n > 0) {}
+        Ok(h)
+    }
+
+    fn call(&mut self, cmd: &str) -> Result<String, String> {
+        self.0.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| format!("control channel: {e}"))?;
+        let start = Instant::now();
+        let mut line = Vec::new();
+        let mut b = [0u8; 512];
+        while start.elapsed() < Duration::from_secs(10) {
+            match self.0.read(&mut b) {
+                Ok(n) if n > 0 => {
+                    line.extend_from_slice(&b[..n]);
+                    if let Some(end) = line.iter().position(|&c| c == b'\n') {
+                        return Ok(String::from_utf8_lossy(&line[..end]).trim().to_string());
+                    }
+                }
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        Err(format!("no answer from the daemon to {cmd}"))
+    }
+
+    /// Arm a fault (the JSON members after "fault"); the daemon's answer.
+    fn inject(&mut self, fault: &str, rest: &str) -> Result<String, String> {
+        let rest = if rest.is_empty() { String::new() } else { format!(",{rest}") };
+        let a = self.call(&format!(r#"{{"cmd":"inject","fault":"{fault}"{rest}}}"#))?;
+        check!(a.contains(r#""ok":true"#), "the daemon refused {fault}: {a}");
+        println!("# injected {fault}: {a}");
+        Ok(a)
+    }
+
+    /// Armed faults and the AMD-Vi registers (without the history of fired ones).
+    fn status(&mut self) -> Result<String, String> {
+        self.call(r#"{"cmd":"status","fired":false}"#)
+    }
+
+    /// An AMD-Vi register from the status answer.
+    fn reg(&mut self, name: &str) -> Result<u64, String> {
+        let s = self.status()?;
+        field(&s, name).and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()).ok_or_else(|| format!("no {name} in {s}"))
+    }
+}
+
+/// The value of the first `"key":` member of a JSON text (a number or a string's contents).
+fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &json[at..];
+    Some(match rest.strip_prefix('"') {
+        Some(s) => &s[..s.find('"')?],
+        None => &rest[..rest.find([',', '}', ']']).unwrap_or(rest.len())],
+    })
+}
+
+fn dmesg() -> String {
+    std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Poll the kernel log until `needle` appears more than `before` times (up to 10 s: Linux's
+/// COMPLETION_WAIT timeout alone is 100000 udelay(1) calls, slow under TCG).
+fn logged(needle: &str, before: usize) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if count(&dmesg(), needle) > before {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// SEV-TIO firmware command (rmp_model::tio::cmd).
+const TIO_TDI_UNBIND: u32 = 0xdd;
+const TIMED_OUT: &str = "Completion-Wait loop timed out";
+const RESTARTING: &str = "IOMMU Event log restarting";
+/// Status register bits (amd_iommu_types.h MMIO_STATUS_*).
+const EVT_OVERFLOW: u64 = 1 << 0;
+const EVT_RUN: u64 = 1 << 3;
+const CMD_RUN: u64 = 1 << 4;
+
+/// The endpoint through VFIO type1 on Linux's amd_iommu: a ring page at VFIO_RING_IOVA and a data
+/// page at DATA_IOVA, both mapped, and a FILL that landed (its translation is in the IOTLB).
+fn vfio() -> Result<(Vfio, UserMem), String> {
+    bind_vfio_pci(BDF)?;
+    let v = Vfio::open(BDF)?;
+    let mem = UserMem::new(0x2000)?;
+    v.map(mem.addr(), VFIO_RING_IOVA, 0x1000)?;
+    v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
+    Ok((v, mem))
+}
+
+/// The next COMPLETION_WAIT neither stores nor interrupts: Linux's wait_on_sem gives up after
+/// LOOP_TIMEOUT, logs "Completion-Wait loop timed out" and returns -EIO, which the unmap path
+/// ignores. The invalidation before it did run, and the next wait (a higher sequence number)
+/// completes: DMA and unmap behave as before.
+fn completion_wait_lost(_r: &mut Rig) -> R {
+    need_amd_iommu()?;
+    let mut host = Host::open()?;
+    let (v, mem) = vfio()?;
+    let mut ep = VfioRing::start(&v.device, &mem)?;
+    fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x1111)?;
+    let before = count(&dmesg(), TIMED_OUT);
+    host.inject("completion-wait-lost", "")?;
+    let t = Instant::now();
+    v.unmap(DATA_IOVA, 0x1000)?;
+    let waited = t.elapsed().as_secs_f64();
+    check!(logged(TIMED_OUT, before), "Linux logged no \"{TIMED_OUT}\"");
+    println!("# the unmap returned after {waited:.2} s (Linux's COMPLETION_WAIT loop)");
+    expect_dmesg(r"AMD-Vi: IOMMU 0000:00:03\.0: Completion-Wait loop timed out");
+    expect_event("injected", "fault=completion-wait-lost");
+    check!(host.status()?.contains(r#""pending":[]"#), "the fault is still armed");
+    // The INVALIDATE_IOMMU_PAGES before the lost wait ran: the unmapped IOVA faults.
+    let st = ep.fill(DATA_IOVA, 0x2222)?;
+    check!(st == ST_IO_PAGE_FAULT, "FILL after the unmap: status {st}");
+    // Linux carries on: the next map, DMA, unmap and wait work, with no new timeout.
+    v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
+    fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x3333)?;
+    v.unmap(DATA_IOVA, 0x1000)?;
+    check!(ep.fill(DATA_IOVA, 0x4444)? == ST_IO_PAGE_FAULT, "the second unmap did not reach the IOTLB");
+    check!(count(&dmesg(), TIMED_OUT) == before + 1, "more than one timeout");
+    Ok(())
+}
+
+/// Event log overflow: the IOMMU stops logging and interrupts; Linux's handler sees
+/// EventOverflow, finds EventLogRun clear and restarts logging (amd_iommu_restart_event_logging:
+/// "IOMMU Event log restarting"). The next fault is logged and Linux reads it.
+fn event_log_overflow(_r: &mut Rig) -> R {
+    need_amd_iommu()?;
+    let mut host = Host::open()?;
+    let (v, mem) = vfio()?;
+    let mut ep = VfioRing::start(&v.device, &mem)?;
+    let before = count(&dmesg(), RESTARTING);
+    host.inject("event-log-overflow", "")?;
+    check!(logged(RESTARTING, before), "Linux did not restart the event log");
+    expect_dmesg(r"AMD-Vi: IOMMU Event log restarting");
+    expect_event("injected", "fault=event-log-overflow");
+    let st = host.reg("status")?;
+    check!(st & (EVT_RUN | EVT_OVERFLOW) == EVT_RUN, "Status {st:#x} after the restart: EventLogRun should be set, EventOverflow clear");
+    // A real fault after the restart is logged and consumed.
+    let tail = host.reg("evt_tail")?;
+    let unmapped = DATA_IOVA + 0x10_0000;
+    check!(ep.fill(unmapped, 0x5555)? == ST_IO_PAGE_FAULT, "FILL to an unmapped IOVA did not fault");
+    check!(poll(|| host.reg("evt_tail").is_ok_and(|t| t != tail) && host.reg("evt_head") == host.reg("evt_tail")), "the fault was not logged, or Linux did not read it");
+    expect_dmesg(&format!(r"0000:00:04\.0: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={unmapped:#x} flags=0x0020\]"));
+    fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x6666)
+}
+
+/// 600 spurious IO_PAGE_FAULT records at once: the log (Linux allocates 512 entries) fills and
+/// overflows; Linux prints the first few (rate-limited), restarts the log, and DMA goes on.
+fn io_page_fault_storm(_r: &mut Rig) -> R {
+    need_amd_iommu()?;
+    let mut host = Host::open()?;
+    let (v, mem) = vfio()?;
+    let mut ep = VfioRing::start(&v.device, &mem)?;
+    let before = count(&dmesg(), RESTARTING);
+    let storm = 0xdead_0000u64;
+    let a = host.inject("io-page-fault", &format!(r#""device":"00:04.0","iova":"{storm:#x}","count":600"#))?;
+    let written = field(&a, "logged").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    println!("# storm: {written} of 600 records written before the log overflowed");
+    check!((500..600).contains(&written), "{written} records written: the log should have held about 511");
+    check!(logged(RESTARTING, before), "Linux did not restart the event log after the storm");
+    check!(poll(|| host.reg("status").is_ok_and(|st| st & (EVT_RUN | EVT_OVERFLOW) == EVT_RUN) && host.reg("evt_head") == host.reg("evt_tail")), "the log is not running and drained after the storm");
+    let shown = count(&dmesg(), &format!("address={storm:#x}"));
+    println!("# Linux printed {shown} of the {written} IO_PAGE_FAULT records (rate-limited)");
+    expect_dmesg(&format!(r"AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={storm:#x} flags=0x0020\]"));
+    expect_event("injected", "fault=io-page-fault");
+    fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x7777)
+}
+
+/// The next command's fetch fails: COMMAND_HARDWARE_ERROR, and the command processor stops with
+/// head on it. Linux logs the event, its COMPLETION_WAITs time out from then on, and it has no
+/// code that restarts the processor (amd_iommu_reset_cmd_buffer runs only at enable and
+/// resume): the unmap's invalidation never runs, so the device still reaches the unmapped page
+/// through the IOTLB. This program then plays the missing recovery (CmdBufEn 0 -> 1 through
+/// BAR0): the queued commands run, and the unmapped IOVA faults.
+fn command_hardware_error(_r: &mut Rig) -> R {
+    need_amd_iommu()?;
+    let mut host = Host::open()?;
+    let (v, mem) = vfio()?;
+    let mut ep = VfioRing::start(&v.device, &mem)?;
+    fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x8888)?;
+    let log = dmesg();
+    let (timeouts, errors) = (count(&log, TIMED_OUT), count(&log, "COMMAND_HARDWARE_ERROR"));
+    host.inject("command-hardware-error", "")?;
+    v.unmap(DATA_IOVA, 0x1000)?;
+    check!(logged("COMMAND_HARDWARE_ERROR", errors), "Linux logged no COMMAND_HARDWARE_ERROR");
+    check!(logged(TIMED_OUT, timeouts), "Linux's COMPLETION_WAIT did not time out");
+    expect_dmesg(r"AMD-Vi: Event logged \[COMMAND_HARDWARE_ERROR address=0x[0-9a-f]+ flags=0x0600\]");
+    expect_event("injected", "fault=command-hardware-error");
+    check!(host.reg("status")? & CMD_RUN == 0, "CmdBufRun still set");
+    // The stale translation: the invalidation never ran.
+    let st = ep.fill(DATA_IOVA, 0x9999)?;
+    println!("# after the unmap with the command processor stopped: FILL status {st} (1: the IOTLB still maps the page)");
+    check!(st == ST_OK && holds(&mem, 0x1000, 0x9999), "the stale IOTLB entry should still let the FILL land (status {st})");
+    // The recovery Linux 7.3 lacks.
+    let dev = find(IOMMU_ID.0, IOMMU_ID.1).ok_or("no IOMMU function")?;
+    let regs = Bar::map(&dev, 0)?;
+    let ctl = regs.r64(mmio::CONTROL as usize);
+    regs.w64(mmio::CONTROL as usize, ctl & !control::CMD_BUF_EN);
+    regs.w64(mmio::CONTROL as usize, ctl);
+    check!(poll(|| host.reg("status").is_ok_and(|s| s & CMD_RUN != 0) && host.reg("cmd_head") == host.reg("cmd_tail")), "the command processor did not resume and drain");
+    let st = ep.fill(DATA_IOVA, 0xaaaa)?;
+    check!(st == ST_IO_PAGE_FAULT, "after the restart the unmap's invalidation should have run (status {st})");
+    // And Linux's next commands complete.
+    let timeouts = count(&dmesg(), TIMED_OUT);
+    v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
+    fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0xbbbb)?;
+    v.unmap(DATA_IOVA, 0x1000)?;
+    check!(count(&dmesg(), TIMED_OUT) == timeouts, "Linux's COMPLETION_WAIT still times out after the restart");
+    Ok(())
+}
+
+/// The TIO flow from wherever the earlier scenarios left it to a TDI bound to ASID 2 in RUN with
+/// vTOM set; its id.
+fn bind_and_run(r: &mut Rig) -> Result<u32, String> {
+    let rid = r.rid;
+    // Already done by the TDISP scenarios, or not: either answer is fine here.
+    r.mailbox(TIO_INIT, &[])?;
+    r.mailbox(TIO_DEV_CREATE, &rid.to_le_bytes())?;
+    r.mailbox(TIO_DEV_CONNECT, &rid.to_le_bytes())?;
+    let mut b = rid.to_le_bytes().to_vec();
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&u32::from(rid).to_le_bytes());
+    r.mailbox(TIO_TDI_CREATE, &b)?;
+    let tdi = (1..=16u32).find(|t| r.mailbox(TIO_TDI_STATUS, &t.to_le_bytes()).is_ok_and(|s| s == 0)).ok_or("no TDI for the endpoint")?;
+    r.mailbox(TIO_TDI_UNBIND, &[&tdi.to_le_bytes()[..], &[1]].concat())?;
+    let mut b = tdi.to_le_bytes().to_vec();
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&0x0100u16.to_le_bytes());
+    b.extend_from_slice(&[0, 0, 1]); // lock flags, and RUN
+    check!(r.mailbox(TIO_TDI_BIND, &b)? == 0, "TIO_TDI_BIND");
+    let mut req = tdi.to_le_bytes().to_vec();
+    req.extend_from_slice(&MSG_SDTE_WRITE.to_le_bytes());
+    req.extend_from_slice(&VTOM.to_le_bytes());
+    check!(r.mailbox(TIO_GUEST_REQUEST, &req)? == 0, "SDTE_WRITE");
+    r.mailbox(TIO_ASID_FENCE_CLEAR, &2u16.to_le_bytes())?;
+    check!(r.tdi_state()? == 2, "the TDI is not in RUN after the bind");
+    Ok(tdi)
+}
+
+/// The device moves its TDI to ERROR in the middle of a four-page T=1 FILL (after the descriptor
+/// fetch and two pages): the FILL is refused and moves nothing, T=1 DMA stays refused while T=0
+/// goes on, and only the host's STOP_INTERFACE and a fresh bind bring T=1 DMA back.
+fn tdi_error(r: &mut Rig) -> R {
+    need_own_rig()?;
+    let mut host = Host::open()?;
+    r.ctl.w64(SNP_CTL, 1);
+    let (iova, _) = r.small(12);
+    let pages: Vec<u64> = (12..16).map(|k| r.small(k).1).collect();
+    for (i, &pa) in pages.iter().enumerate() {
+        let at = iova + i as u64 * 0x1000;
+        r.map(at, pa, 12, Perm::RW)?;
+        check!(r.rmpupdate(pa, at, true, 2)? == 0 && r.pvalidate(pa, at, 2)? == 0, "page {i} for ASID 2");
+    }
+    let tdi = bind_and_run(r)?;
+    check!(r.fill(F_T, iova, 0x4000, 0x1212)? == ST_OK, "T=1 FILL in RUN");
+    // Counted from now: the descriptor fetch and the first two pages pass.
+    host.inject("tdi-error", r#""device":"00:04.0","after_dma":3"#)?;
+    let st = r.fill(F_T, iova, 0x4000, 0x3434)?;
+    check!(st == ST_T1_REFUSED, "T=1 FILL when the TDI went to ERROR mid-transfer: status {st}");
+    check!(pages.iter().all(|&pa| r.mem.r64(pa) == 0x1212), "the refused FILL moved bytes");
+    check!(r.tdi_state()? == 3, "the device's DOE does not say ERROR");
+    check!(r.mailbox(TIO_TDI_STATUS, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 3, "the firmware does not see ERROR");
+    expect_event("tdisp", "to=ERROR via=injected");
+    expect_event("injected", "fault=tdi-error");
+    check!(r.fill(F_T, iova, 64, 0x5656)? == ST_T1_REFUSED, "T=1 DMA in ERROR");
+    let (shared, shared_pa) = r.small(16);
+    r.map(shared, shared_pa, 12, Perm::RW)?;
+    check!(r.fill(0, shared, 64, 0x7878)? == ST_OK && r.mem.r64(shared_pa) == 0x7878, "T=0 DMA goes on");
+    // The host STOPs the TDI; still no T=1 until it is bound and RUN again.
+    let stop = r.tdisp(0x87, &[])?;
+    check!(stop.len() >= 16 && stop[1] == 0x07 && r.tdi_state()? == 0, "STOP_INTERFACE from ERROR: {stop:02x?}");
+    check!(r.fill(F_T, iova, 64, 0x5656)? == ST_T1_REFUSED, "T=1 DMA after STOP, before a bind");
+    bind_and_run(r)?;
+    check!(r.fill(F_T, iova, 0x4000, 0x9a9a)? == ST_OK, "T=1 FILL after a clean re-bind");
+    check!(pages.iter().all(|&pa| r.mem.r64(pa) == 0x9a9a), "the FILL after the re-bind did not land");
+    Ok(())
+}
+
+/// The RMP check of one chosen request cannot read its RMP entry: RMP_HW_ERROR in the event log
+/// with the page's address, the descriptor fails with HW_ERROR (7), the next one is fine.
+fn rmp_hw_error(r: &mut Rig) -> R {
+    need_own_rig()?;
+    let mut host = Host::open()?;
+    r.ctl.w64(SNP_CTL, 1);
+    let (iova, pa) = r.small(17);
+    r.map(iova, pa, 12, Perm::RW)?;
+    r.events();
+    host.inject("rmp-hw-error", &format!(r#""iova":"{iova:#x}""#))?;
+    let st = r.fill(0, iova, 64, 0x1111)?;
+    check!(st == 7, "FILL with an unreadable RMP entry: status {st}");
+    check!(r.mem.r64(pa) == 0, "bytes moved");
+    let ev = r.events();
+    check!(ev.iter().any(|e| e.code == event::RMP_HW_ERROR && e.address == pa && e.devid == r.rid), "no RMP_HW_ERROR for {pa:#x}: {ev:?}");
+    expect_event("injected", &format!("fault=rmp-hw-error address={pa:#x}"));
+    check!(r.fill(0, iova, 64, 0x2222)? == ST_OK && r.mem.r64(pa) == 0x2222, "the next FILL");
+    Ok(())
+}
+
+/// The device DMAs on its own: to a mapped page the bytes land; to an unmapped IOVA the IOMMU
+/// refuses it and logs IO_PAGE_FAULT, as for any request of the device.
+fn rogue_dma(r: &mut Rig) -> R {
+    need_own_rig()?;
+    let mut host = Host::open()?;
+    let (iova, pa) = r.small(18);
+    r.map(iova, pa, 12, Perm::RW)?;
+    r.events();
+    host.inject("endpoint-dma", &format!(r#""device":"00:04.0","iova":"{iova:#x}","len":64"#))?;
+    check!(poll(|| r.mem.r64(pa + 56) == 0x5a5a_5a5a_5a5a_5a5a), "the rogue write did not land");
+    let bad = 0x3100_0000u64;
+    host.inject("endpoint-dma", &format!(r#""device":"00:04.0","iova":"{bad:#x}""#))?;
+    let mut ev = Vec::new();
+    check!(poll(|| { ev.extend(r.events()); ev.iter().any(|e| e.code == event::IO_PAGE_FAULT && e.address == bad) }), "no IO_PAGE_FAULT for the rogue DMA: {ev:?}");
+    expect_event("dma", &format!("injected=true iova={bad:#x} status={ST_IO_PAGE_FAULT}"));
+    Ok(())
+}
+
+/// The ring stops making progress: the doorbell is taken, HEAD stays, BUSY stays set; the
+/// driver's CTRL.RESET recovers the engine.
+fn ring_stall(r: &mut Rig) -> R {
+    need_own_rig()?;
+    let mut host = Host::open()?;
+    let (iova, pa) = r.small(19);
+    r.map(iova, pa, 12, Perm::RW)?;
+    host.inject("ring-stall", r#""device":"00:04.0""#)?;
+    let slot = r.hp1 + u64::from(r.tail % RING_ENTRIES) * 32;
+    r.mem.wr(slot, &descriptor(OP_FILL, 0, 8, 0, iova, 0x4242));
+    r.ep.w32(EP_TAIL, (r.tail + 1) % RING_ENTRIES);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, written) = (r.ep.r32(EP_STATUS), r.mem.r64(pa));
+    check!(status & 1 != 0 && written == 0 && r.page_bytes(slot + 2, 2) == [0, 0], "a stalled ring made progress (STATUS {status:#x})");
+    // Recovery as a driver would: reset the engine and start the ring over.
+    r.ep.w32(EP_CTRL, 1);
+    r.tail = 0;
+    check!(r.ep.r32(EP_STATUS) == 0, "STATUS after CTRL.RESET");
+    check!(r.fill(0, iova, 8, 0x4343)? == ST_OK && r.mem.r64(pa) == 0x4343, "DMA after the reset");
+    expect_event("injected", "fault=ring-stall");
+    Ok(())
+}
+
+/// A DOE requester as Linux's drivers/pci/doe.c is: Busy and Error checked before sending, Data
+/// Object Ready polled with a timeout (here 2000 reads), the response read dword by dword.
+fn doe_exchange(cfg: &Config, cap: u64, vendor: u16, ty: u8, payload: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let st = cfg.r32(cap + 0x0c);
+    if st & 1 != 0 {
+        return Err("busy");
+    }
+    if st & 4 != 0 {
+        return Err("error");
+    }
+    let words: Vec<u32> = payload.chunks(4).map(|c| c.iter().rev().fold(0, |a, &b| a << 8 | u32::from(b))).collect();
+    cfg.w32(cap + 0x10, u32::from(vendor) | u32::from(ty) << 16);
+    cfg.w32(cap + 0x10, words.len() as u32 + 2);
+    words.iter().for_each(|&w| cfg.w32(cap + 0x10, w));
+    cfg.w32(cap + 0x08, 1 << 31);
+    if !(0..2000).any(|_| cfg.r32(cap + 0x0c) & (1 << 31 | 4) != 0) {
+        return Err("timeout");
+    }
+    let mut out = Vec::new();
+    while cfg.r32(cap + 0x0c) >> 31 == 1 && out.len() < 1024 {
+        out.push(cfg.r32(cap + 0x14));
+        cfg.w32(cap + 0x14, 0);
+    }
+    if cfg.r32(cap + 0x0c) & 4 != 0 || out.len() < 2 {
+        return Err("error");
+    }
+    Ok(out[2..].iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
+/// pci_doe_abort: Abort, then neither Error nor Busy.
+fn doe_abort(cfg: &Config, cap: u64) -> bool {
+    cfg.w32(cap + 0x08, 1);
+    (0..100).any(|_| cfg.r32(cap + 0x0c) & 5 == 0)
+}
+
+/// The mailbox busy, in error, and hung: what Linux's DOE requester meets, and its recovery.
+fn doe_faults(r: &mut Rig) -> R {
+    need_own_rig()?;
+    let mut host = Host::open()?;
+    let cap = r.doe.ok_or("no DOE capability")?;
+    let state = |r: &Rig| {
+        let mut m = vec![0x10, 0x85, 0, 0];
+        m.extend_from_slice(&u32::from(r.rid).to_le_bytes());
+        m.extend_from_slice(&[0; 8]);
+        doe_exchange(&r.ep_cfg, cap, 0x1234, 1, &m)
+    };
+    check!(doe_abort(&r.ep_cfg, cap) && state(r).is_ok(), "the mailbox before any fault");
+    host.inject("doe-busy", r#""device":"00:04.0","reads":3"#)?;
+    check!(state(r) == Err("busy"), "Busy not seen");
+    // Linux polls Busy for up to a second before giving up; the reads run the Busy out.
+    check!(poll(|| r.ep_cfg.r32(cap + 0x0c) & 1 == 0), "Busy never cleared");
+    check!(state(r).is_ok(), "an exchange after Busy cleared");
+    host.inject("doe-error", r#""device":"00:04.0""#)?;
+    check!(state(r) == Err("error"), "DOE Error not seen");
+    check!(doe_abort(&r.ep_cfg, cap) && state(r).is_ok(), "Abort did not clear DOE Error");
+    host.inject("doe-needs-abort", r#""device":"00:04.0""#)?;
+    check!(state(r) == Err("timeout"), "the hung mailbox answered");
+    check!(state(r) == Err("timeout"), "still hung before the abort");
+    check!(doe_abort(&r.ep_cfg, cap), "pci_doe_abort failed");
+    let s = state(r).map_err(|e| format!("after the abort: {e}"))?;
+    check!(s.len() > 16 && s[1] == 0x05, "DEVICE_INTERFACE_STATE after the abort: {s:02x?}");
+    expect_event("injected", "fault=doe-needs-abort");
+    Ok(())
+}
