@@ -10,11 +10,13 @@ use crate::kernel_paths::{fill_lands, holds, VfioRing, BDF, DATA_IOVA, RING_IOVA
 use crate::sys::vfio::{bind_vfio_pci, UserMem, Vfio};
 use std::io::{Read, Write};
 
-pub(super) const SCENARIOS: [Scenario; 9] = [
+pub(super) const SCENARIOS: [Scenario; 10] = [
     ("inject_completion_wait_lost_linux_times_out_and_carries_on", completion_wait_lost),
     ("inject_event_log_overflow_linux_restarts_logging", event_log_overflow),
+    // Before the storm: Linux rate-limits a device's fault messages (10 in 5 s).
+    ("inject_table_and_rmp_hardware_errors_abort_one_request", table_hardware_errors),
     ("inject_io_page_fault_storm_overflows_and_linux_recovers", io_page_fault_storm),
-    ("inject_command_hardware_error_stops_the_command_processor", command_hardware_error),
+    ("inject_command_errors_stop_the_command_processor", command_hardware_error),
     ("inject_tdi_error_mid_t1_dma_then_stop_and_rebind", tdi_error),
     ("inject_rmp_hw_error_aborts_one_dma", rmp_hw_error),
     ("inject_rogue_endpoint_dma_is_checked_like_any", rogue_dma),
@@ -236,54 +238,87 @@ fn io_page_fault_storm(_r: &mut Rig) -> R {
     fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x7777)
 }
 
-/// The next command's fetch fails: COMMAND_HARDWARE_ERROR, and the command processor stops with
-/// head on it. Linux logs the event, its COMPLETION_WAITs time out from then on, and it has no
-/// code that restarts the processor (amd_iommu_reset_cmd_buffer runs only at enable and
-/// resume): the unmap's invalidation never runs, so the device still reaches the unmapped page
-/// through the IOTLB. This program then plays the missing recovery (CmdBufEn 0 -> 1 through
-/// BAR0): the queued commands run, and the unmapped IOVA faults.
+/// The next command's fetch fails (COMMAND_HARDWARE_ERROR), or it is reported illegal
+/// (ILLEGAL_COMMAND_ERROR): either way the command processor stops with head on it. Linux logs
+/// the event, its COMPLETION_WAITs time out from then on, and it has no code that restarts the
+/// processor (amd_iommu_reset_cmd_buffer runs only at enable and resume): the unmap's
+/// invalidation never runs, so the device still reaches the unmapped page through the IOTLB.
+/// This program then plays the missing recovery (CmdBufEn 0 -> 1 through BAR0): the queued
+/// commands run, the unmapped IOVA faults, Linux's next waits complete. Then the same with an
+/// illegal command.
 fn command_hardware_error(_r: &mut Rig) -> R {
     need_amd_iommu()?;
     let mut host = Host::open()?;
     let (v, mem) = vfio()?;
     let mut ep = VfioRing::start(&v.device, &mem)?;
-    fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x8888)?;
-    let log = dmesg();
-    let (timeouts, errors) = (count(&log, TIMED_OUT), count(&log, "COMMAND_HARDWARE_ERROR"));
-    host.inject("command-hardware-error", "")?;
-    v.unmap(DATA_IOVA, 0x1000)?;
-    check!(logged("COMMAND_HARDWARE_ERROR", errors), "Linux logged no COMMAND_HARDWARE_ERROR");
-    check!(logged(TIMED_OUT, timeouts), "Linux's COMPLETION_WAIT did not time out");
-    expect_dmesg(r"AMD-Vi: Event logged \[COMMAND_HARDWARE_ERROR address=0x[0-9a-f]+ flags=0x0600\]");
-    expect_event("injected", "fault=command-hardware-error");
-    check!(host.reg("status")? & CMD_RUN == 0, "CmdBufRun still set");
-    // The stale translation: the invalidation never ran.
-    let st = ep.fill(DATA_IOVA, 0x9999)?;
-    println!("# after the unmap with the command processor stopped: FILL status {st} (1: the IOTLB still maps the page)");
-    check!(st == ST_OK && holds(&mem, 0x1000, 0x9999), "the stale IOTLB entry should still let the FILL land (status {st})");
-    // The recovery Linux 7.3 lacks, through BAR0's sysfs resource file: a kernel built with
-    // CONFIG_IO_STRICT_DEVMEM (the distribution's) refuses to map a range a driver claimed.
-    let dev = find(IOMMU_ID.0, IOMMU_ID.1).ok_or("no IOMMU function")?;
-    let regs = match Bar::map(&dev, 0) {
-        Ok(b) => b,
-        Err(e) if e.contains("Invalid argument") => {
-            println!("# the command processor stays stopped: this kernel will not map amd_iommu's registers for the recovery ({e}; CONFIG_IO_STRICT_DEVMEM); run-vm --test-kernel shows it");
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-    let ctl = regs.r64(mmio::CONTROL as usize);
-    regs.w64(mmio::CONTROL as usize, ctl & !control::CMD_BUF_EN);
-    regs.w64(mmio::CONTROL as usize, ctl);
-    check!(poll(|| host.reg("status").is_ok_and(|s| s & CMD_RUN != 0) && host.reg("cmd_head") == host.reg("cmd_tail")), "the command processor did not resume and drain");
-    let st = ep.fill(DATA_IOVA, 0xaaaa)?;
-    check!(st == ST_IO_PAGE_FAULT, "after the restart the unmap's invalidation should have run (status {st})");
-    // And Linux's next commands complete.
-    let timeouts = count(&dmesg(), TIMED_OUT);
-    v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
-    fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0xbbbb)?;
-    v.unmap(DATA_IOVA, 0x1000)?;
-    check!(count(&dmesg(), TIMED_OUT) == timeouts, "Linux's COMPLETION_WAIT still times out after the restart");
+    for (fault, event, line) in [
+        ("command-hardware-error", "COMMAND_HARDWARE_ERROR", r"AMD-Vi: Event logged \[COMMAND_HARDWARE_ERROR address=0x[0-9a-f]+ flags=0x0600\]"),
+        ("illegal-command", "ILLEGAL_COMMAND_ERROR", r"AMD-Vi: Event logged \[ILLEGAL_COMMAND_ERROR address=0x[0-9a-f]+\]"),
+    ] {
+        fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x8888)?;
+        let log = dmesg();
+        let (timeouts, errors) = (count(&log, TIMED_OUT), count(&log, event));
+        host.inject(fault, "")?;
+        v.unmap(DATA_IOVA, 0x1000)?;
+        check!(logged(event, errors), "Linux logged no {event}");
+        check!(logged(TIMED_OUT, timeouts), "Linux's COMPLETION_WAIT did not time out after {event}");
+        expect_dmesg(line);
+        expect_event("injected", &format!("fault={fault}"));
+        check!(host.reg("status")? & CMD_RUN == 0, "CmdBufRun still set");
+        // The stale translation: the invalidation never ran.
+        let st = ep.fill(DATA_IOVA, 0x9999)?;
+        println!("# {event}: after the unmap with the command processor stopped, FILL status {st} (1: the IOTLB still maps the page)");
+        check!(st == ST_OK && holds(&mem, 0x1000, 0x9999), "the stale IOTLB entry should still let the FILL land (status {st})");
+        // The recovery Linux 7.3 lacks, through BAR0's sysfs resource file: a kernel built with
+        // CONFIG_IO_STRICT_DEVMEM (the distribution's) refuses to map a range a driver claimed.
+        let dev = find(IOMMU_ID.0, IOMMU_ID.1).ok_or("no IOMMU function")?;
+        let regs = match Bar::map(&dev, 0) {
+            Ok(b) => b,
+            Err(e) if e.contains("Invalid argument") => {
+                println!("# the command processor stays stopped: this kernel will not map amd_iommu's registers for the recovery ({e}; CONFIG_IO_STRICT_DEVMEM); run-vm --test-kernel shows it");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let ctl = regs.r64(mmio::CONTROL as usize);
+        regs.w64(mmio::CONTROL as usize, ctl & !control::CMD_BUF_EN);
+        regs.w64(mmio::CONTROL as usize, ctl);
+        check!(poll(|| host.reg("status").is_ok_and(|s| s & CMD_RUN != 0) && host.reg("cmd_head") == host.reg("cmd_tail")), "the command processor did not resume and drain");
+        let st = ep.fill(DATA_IOVA, 0xaaaa)?;
+        check!(st == ST_IO_PAGE_FAULT, "after the restart the unmap's invalidation should have run (status {st})");
+        // And Linux's next commands complete.
+        let timeouts = count(&dmesg(), TIMED_OUT);
+        v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
+        fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0xbbbb)?;
+        v.unmap(DATA_IOVA, 0x1000)?;
+        check!(count(&dmesg(), TIMED_OUT) == timeouts, "Linux's COMPLETION_WAIT still times out after the restart");
+        v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
+    }
+    Ok(())
+}
+
+/// Hardware errors reading the device table, the page tables and the RMP at one request each:
+/// the request is aborted (IO_PAGE_FAULT or HW_ERROR in the descriptor), Linux decodes each
+/// record, and the next request is fine.
+fn table_hardware_errors(r: &mut Rig) -> R {
+    need_amd_iommu()?;
+    let mut host = Host::open()?;
+    let (v, mem) = vfio()?;
+    let mut ep = VfioRing::start(&v.device, &mem)?;
+    r.ctl.w64(SNP_CTL, 1);
+    for (fault, st_want, line) in [
+        ("dev-tab-hardware-error", ST_IO_PAGE_FAULT, r"AMD-Vi: Event logged \[DEV_TAB_HARDWARE_ERROR device=0000:00:04\.0 address=0x[0-9a-f]+ flags=0x0620\]"),
+        ("page-tab-hardware-error", ST_IO_PAGE_FAULT, r"AMD-Vi: Event logged \[PAGE_TAB_HARDWARE_ERROR device=0000:00:04\.0 pasid=0x[0-9a-f]+ address=0x[0-9a-f]+ flags=0x0620\]"),
+        ("rmp-hw-error", 7, r"0000:00:04\.0: AMD-Vi: Event logged \[RMP_HW_ERROR vmg_tag=0x0000, spa=0x[0-9a-f]+, flags=0x0620\]"),
+    ] {
+        // At the FILL's data page, not its descriptor fetch.
+        host.inject(fault, &format!(r#""iova":"{DATA_IOVA:#x}""#))?;
+        let st = ep.fill(DATA_IOVA, 0x1234)?;
+        check!(st == st_want, "{fault}: FILL status {st}");
+        expect_dmesg(line);
+        expect_event("injected", &format!("fault={fault}"));
+        fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x4321)?;
+    }
     Ok(())
 }
 
