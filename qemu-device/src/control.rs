@@ -253,10 +253,13 @@ pub struct Args {
     /// When it fires: now, after-commands=N, after-dma=N, probability=P.
     #[arg(long)]
     when: Vec<String>,
+    /// The fault's device (bus:dev.fn), or the requester whose DMA counts and fails.
     #[arg(long)]
     device: Option<String>,
+    /// The fault's IOVA, or the 4 KiB IOVA page whose DMA counts and fails.
     #[arg(long)]
     iova: Option<String>,
+    /// rmp-entry-changed: the page.
     #[arg(long)]
     spa: Option<String>,
     /// io-page-fault: records to log.
