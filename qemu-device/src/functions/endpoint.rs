@@ -341,12 +341,14 @@ pub fn rogue_dma<M: DmaMem + ?Sized, S: TranslateCheck<M>>(d: RogueDma, iommu: &
 }
 
 /// The endpoint's side of injected faults: a DOE fault waiting for the mailbox's next access,
-/// the engine to stall, and the worker a rogue DMA is queued on (gone with the endpoint).
+/// the engine to stall, and the worker a rogue DMA is queued on (gone with the endpoint). The
+/// secure IOMMU holds this, and the runner holds the secure IOMMU: a weak reference, or neither
+/// would ever be freed.
 struct EndpointFaults {
     doe: Mutex<Option<DoeFault>>,
     doe_clear: Mutex<bool>,
     engine: Arc<Mutex<Engine>>,
-    runner: RingRunner,
+    runner: std::sync::Weak<dyn Fn(&Mutex<Engine>) + Send + Sync>,
     rogue: Option<Arc<dyn Fn(RogueDma) + Send + Sync>>,
     jobs: Mutex<Option<Sender<Job>>>,
 }
@@ -374,8 +376,8 @@ impl FaultyDevice for EndpointFaults {
             e.status &= !st::BUSY;
             was && e.head != e.tail
         };
-        if let (true, Some(jobs)) = (resume, lock(&self.jobs).clone()) {
-            queue(&self.engine, &self.runner, &jobs);
+        if let (true, Some(jobs), Some(runner)) = (resume, lock(&self.jobs).clone(), self.runner.upgrade()) {
+            queue(&self.engine, &runner, &jobs);
         }
     }
 }
@@ -489,7 +491,7 @@ impl Endpoint {
             doe: Mutex::new(None),
             doe_clear: Mutex::new(false),
             engine: engine.clone(),
-            runner: runner.clone(),
+            runner: Arc::downgrade(&runner),
             rogue,
             jobs: Mutex::new(Some(jobs.clone())),
         });
@@ -1071,6 +1073,20 @@ mod tests {
         w32(&mut ep, reg::TAIL, 1);
         rx.try_recv().unwrap()();
         assert_eq!((r32(&mut ep, reg::HEAD), r32(&mut ep, reg::STATUS)), (1, 0), "CTRL.RESET ends the stall");
+    }
+
+    /// The secure IOMMU keeps the endpoint's fault hooks, and the endpoint's closures reach
+    /// the secure IOMMU: once both owners are gone, nothing keeps either alive.
+    #[test]
+    fn the_fault_hooks_make_no_reference_cycle() {
+        let secure = Arc::new(Mutex::new(SecureIommu::new(Arc::new(Collect::default()), Arc::new(Irqs::default()))));
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let ep = Endpoint::new(RID, secure.clone(), GuestRam::default(), Arc::new(Irqs::default()), tx);
+        let weak = Arc::downgrade(&secure);
+        drop(ep);
+        drop(secure);
+        assert!(weak.upgrade().is_none(), "the secure IOMMU outlived its owners");
+        assert!(rx.recv().is_err(), "the worker's channel closed with the endpoint");
     }
 
     #[test]
