@@ -372,6 +372,8 @@ impl SecureIommu {
     pub fn after_register_write<M: PhysMem + ?Sized>(&mut self, mem: &mut M) {
         self.collect_amdvi();
         let executed: u64 = self.amdvi.commands.iter().sum();
+        // A reset of the unit starts its count again.
+        self.inject.commands_seen = self.inject.commands_seen.min(executed);
         // A ring's worth at most per write: the count only catches up on what ran.
         while self.inject.commands_seen < executed {
             self.inject.commands_seen += 1;
