@@ -122,7 +122,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub type Job = Box<dyn FnOnce() + Send>;
 /// What a doorbell's job does with the engine: `run_ring` over the daemon's guest RAM and
 /// secure IOMMU, or over a test's memory.
-pub type RingRunner = Arc<dyn Fn(&Mutex<Engine>) + Send + Sync>;
+pub type RingRunner = Arc<RingFn>;
+pub type RingFn = dyn Fn(&Mutex<Engine>) + Send + Sync;
 
 /// The descriptor, 32 bytes: 0 op, 1 flags, 2..4 status, 4..8 length, 8..16 source IOVA,
 /// 16..24 destination IOVA, 24..32 value (FILL pattern in, READ_HASH result out).
@@ -348,7 +349,7 @@ struct EndpointFaults {
     doe: Mutex<Option<DoeFault>>,
     doe_clear: Mutex<bool>,
     engine: Arc<Mutex<Engine>>,
-    runner: std::sync::Weak<dyn Fn(&Mutex<Engine>) + Send + Sync>,
+    runner: std::sync::Weak<RingFn>,
     rogue: Option<Arc<dyn Fn(RogueDma) + Send + Sync>>,
     jobs: Mutex<Option<Sender<Job>>>,
 }
