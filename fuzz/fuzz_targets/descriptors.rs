@@ -1,62 +1,6 @@
-//! The endpoint's descriptor engine over arbitrary memory: the input is guest RAM (device table,
-//! page tables, the ring and its descriptors all come from it) plus the engine's registers and a
-//! few RMP updates. Whatever it holds, the engine must end, stay inside memory, and keep HEAD
-//! inside the ring.
+//! The endpoint's descriptor engine over arbitrary memory: tiommu_fuzz_harness::descriptors.
+//! The body is shared with `cargo test`, which replays every kept input (fuzz/corpus/descriptors,
+//! fuzz/regressions/descriptors).
 #![no_main]
 
-use iommu_model::amdvi::mmio::{self, control};
-use iommu_model::mem::ByteMem;
-use libfuzzer_sys::fuzz_target;
-use qemu_device::function::{EventSink, Irq};
-use qemu_device::functions::endpoint::{run_ring, Engine};
-use qemu_device::secure::SecureIommu;
-use rmp_model::ops::RmpState;
-use rmp_model::{PageSize, Rmp};
-use std::sync::{Arc, Mutex};
-
-struct Null;
-impl EventSink for Null {
-    fn emit(&self, _: serde_json::Value) {}
-}
-impl Irq for Null {
-    fn raise(&self, _: u16) {}
-}
-
-const RAM: usize = 1 << 20;
-
-fuzz_target!(|data: &[u8]| {
-    if data.len() < 32 {
-        return;
-    }
-    let (regs, image) = data.split_at(32);
-    let word = |i: usize| u64::from_le_bytes(regs[i * 8..i * 8 + 8].try_into().unwrap());
-    let mut mem = ByteMem::from_bytes(0, image.to_vec());
-    mem.bytes.resize(RAM, 0);
-    let mut s = SecureIommu::new(Arc::new(Null), Arc::new(Null));
-    s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, word(0) & 0xf_f1ff);
-    s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
-    if word(1) & 1 == 1 {
-        let mut rmp = Rmp::new((RAM >> 12) as u64);
-        for i in 0..4 {
-            let w = word(1).rotate_left(i * 16);
-            let size = if w & 2 == 0 { PageSize::Size4K } else { PageSize::Size2M };
-            rmp.rmpupdate((w >> 4) & 0xf_f000, &RmpState::private(w & 0xf_f000, (w >> 20) as u16 & 0x3f, size));
-        }
-        s.rmp = Some(rmp);
-    }
-    let w = word(2);
-    let engine = Mutex::new(Engine {
-        ring_base: w & 0xf_ffe0,
-        ring_size_log2: ((w >> 20) & 0xf) as u32,
-        tail: ((w >> 24) & 0x1fff) as u32,
-        head: ((w >> 40) & 0x1fff) as u32,
-        ..Default::default()
-    });
-    let secure = Mutex::new(s);
-    run_ring(0x20, &engine, &secure, &mut mem, &Null, &Null);
-    let e = engine.lock().unwrap();
-    if let Some(n) = (1..=12).contains(&e.ring_size_log2).then(|| 1u32 << e.ring_size_log2) {
-        assert!(e.head < n.max(e.head + 1), "head {} outside a ring of {n}", e.head);
-    }
-    assert_eq!(mem.bytes.len(), RAM);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tiommu_fuzz_harness::descriptors::run(data));

@@ -5,6 +5,12 @@
 //! (`tiommu.viommu=raw`), random virtio-pci registers, queue addresses, descriptor chains and
 //! notifications. Addresses the device could write through are kept inside this program's own
 //! huge pages, so the guest survives to check that the daemon still works.
+//!
+//! The sequence is a function of the seed (printed, and replayed with `run-vm --hostile-seed`);
+//! how far it gets depends on time. Alongside the scenarios (on its own vCPU, `--smp 2` and
+//! more) it runs a subset that cannot change what they rely on: reads of every register and of
+//! config space, writes to its own memory and descriptors, and the raw virtio-iommu without ever
+//! attaching the endpoint to a domain.
 
 use crate::sys::{find, Bar, Config, DmaMem, HUGE};
 use std::time::{Duration, Instant};
@@ -23,8 +29,11 @@ impl Rng {
     }
 }
 
-/// Runs for `secs` seconds; returns the number of actions taken.
-pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
+/// Runs for `secs` seconds, or alongside the scenarios until `alongside` is set; returns the
+/// number of actions taken.
+pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBool>) -> Result<u64, String> {
+    let quiet = alongside.is_some();
+    let done = || alongside.is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed));
     let iommu_dev = find(0x1234, 0x7101).ok_or("no secure IOMMU function")?;
     let ep_dev = find(0x1234, 0x7102).ok_or("no DMA endpoint")?;
     let (iommu, ctl, ep) = (Bar::map(&iommu_dev, 0)?, Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
@@ -46,7 +55,7 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
     let ours = |rng: &mut Rng| pages[rng.below(pages.len() as u64) as usize] + (rng.below(HUGE) & !7);
     let start = Instant::now();
     let mut n = 0u64;
-    while start.elapsed() < Duration::from_secs(secs) {
+    while if quiet { !done() } else { start.elapsed() < Duration::from_secs(secs) } {
         n += 1;
         match rng.below(if vio.is_some() { 14 } else { 12 }) {
             // Memory the IOMMU reads: random entries whose addresses stay in our pages (PDEs
@@ -58,6 +67,10 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
                     v = (v & !0x000f_ffff_ffff_f000) | (ours(&mut rng) & 0x000f_ffff_ffff_f000);
                 }
                 mem.w64(at, v);
+            }
+            3..=4 if quiet => {
+                let _ = iommu.r64(rng.below(iommu.len() as u64 / 8) as usize * 8);
+                let _ = ctl.r32(rng.below(0x400) as usize * 4);
             }
             // IOMMU registers: bases and the COMPLETION_WAIT/event stores point into our pages;
             // any other register, head and tail take anything. BAR0 is 16 KiB of AMD-Vi registers
@@ -72,6 +85,9 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
                 };
                 if rng.below(2) == 0 { iommu.w64(off, v) } else { iommu.w32(off & !3, v as u32) }
                 let _ = iommu.r32(rng.below(iommu.len() as u64 / 4) as usize * 4);
+            }
+            5 | 9 if quiet => {
+                let _ = ctl.r32(0x100);
             }
             // VT-d: queued invalidation descriptors of any type; wait descriptors store only into
             // our pages.
@@ -101,6 +117,9 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
                 iommu.w64(0x2008, rng.next() & 0x7fff0);
             }
             // Endpoint registers: ring base anywhere, sizes and indexes out of range, resets.
+            6..=7 if quiet => {
+                let _ = ep.r32(rng.below(0x400) as usize * 4);
+            }
             6..=7 => {
                 let off = (rng.below(0x40) & !3) as usize;
                 let v = if off == 0x10 { rng.next() } else { rng.below(1 << 14) };
@@ -199,7 +218,8 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
                 if rng.below(2) == 0 {
                     let (req, resp) = (in_vring(&mut rng, base), in_vring(&mut rng, base));
                     let ty = 1 + rng.below(5) as u8;
-                    let endpoint = if rng.below(2) == 0 { 0x20 } else { rng.below(0x100) as u32 };
+                    // Alongside the scenarios the endpoint (0x20) stays out of every domain.
+                    let endpoint = if rng.below(2) == 0 && !quiet { 0x20 } else { 0x21 + rng.below(0xdf) as u32 };
                     let domain = if rng.below(4) == 0 { rng.next() as u32 } else { 1 + rng.below(3) as u32 };
                     let mut body = vec![ty, 0, 0, 0];
                     match ty {
@@ -264,6 +284,9 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
                 bar.w32(0x3000 + 4 * q, q as u32);
                 notifications += 1;
             }
+            _ if quiet => {
+                let _ = cfg.r32(rng.below(0x400) * 4);
+            }
             // Config space, the DOE mailbox included.
             _ => {
                 let off = 0x100 + rng.below(0x40) * 4;
@@ -274,7 +297,9 @@ pub fn run(secs: u64, seed: u64) -> Result<u64, String> {
     }
     // Leave the devices stopped: the next driver starts from a reset (a virtio-iommu reset also
     // forgets its domains, so the endpoint is back behind the AMD-Vi tables).
-    ep.w32(0x2c, 1);
+    if !quiet {
+        ep.w32(0x2c, 1);
+    }
     if let Some(bar) = &vio {
         println!("# hostile driver: virtio-iommu: {bringups} bring-ups, {notifications} notifications, device status {:#x} at the end", bar.r32(0x14) & 0xff);
         bar.w8(0x14, 0);

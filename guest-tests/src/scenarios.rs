@@ -4,7 +4,7 @@
 use crate::ioat;
 use crate::kernel_paths;
 use crate::tdx;
-use crate::sys::{find, Bar, Config, DmaMem, PciDev};
+use crate::sys::{find, online_cpus, pin_to_cpu, Bar, Config, DmaMem, PciDev};
 use iommu_model::amdvi::builder::V1Builder;
 use iommu_model::amdvi::command::{encode, Command};
 use iommu_model::amdvi::dte::Dte;
@@ -21,6 +21,8 @@ pub(crate) const RING_ENTRIES: u32 = 64;
 const SMALL_IOVA: u64 = 0x2000_0000;
 const BIG_IOVA: u64 = 0x4000_0000;
 const VTOM: u64 = 1 << 40;
+/// The pages the multi-vCPU scenario fills.
+const SMP_IOVA: u64 = 0x5000_0000;
 
 // Endpoint registers and descriptor fields (docs/device-abi.md).
 const EP_ID: usize = 0x00;
@@ -167,15 +169,7 @@ impl Rig {
     }
 
     fn submit(&mut self, cmds: &[Command]) {
-        for c in cmds {
-            let [a, b] = encode(c);
-            self.mem.w64(self.cmdbuf + self.cmd_tail, a);
-            self.mem.w64(self.cmdbuf + self.cmd_tail + 8, b);
-            self.cmd_tail = (self.cmd_tail + 16) % 4096;
-        }
-        if let Some(regs) = &self.iommu {
-            regs.w64(mmio::CMD_BUF_TAIL as usize, self.cmd_tail);
-        }
+        submit(self.iommu.as_ref(), &self.mem, self.cmdbuf, &mut self.cmd_tail, cmds);
     }
 
     /// COMPLETION_WAIT and poll its store, as Linux's wait_on_sem does.
@@ -274,6 +268,20 @@ impl Rig {
     }
 }
 
+/// Commands into the 4 KiB command buffer at `cmdbuf` from `tail` on, then the tail register.
+/// (No registers when the kernel's amd_iommu owns the function.)
+fn submit(iommu: Option<&Bar>, mem: &DmaMem, cmdbuf: u64, tail: &mut u64, cmds: &[Command]) {
+    for c in cmds {
+        let [a, b] = encode(c);
+        mem.w64(cmdbuf + *tail, a);
+        mem.w64(cmdbuf + *tail + 8, b);
+        *tail = (*tail + 16) % 4096;
+    }
+    if let Some(regs) = iommu {
+        regs.w64(mmio::CMD_BUF_TAIL as usize, *tail);
+    }
+}
+
 /// A descriptor as the endpoint reads it (docs/device-abi.md, "Descriptor, 32 bytes"); status 0.
 pub(crate) fn descriptor(op: u8, flags: u8, len: u32, src: u64, dst: u64, value: u64) -> [u8; 32] {
     let mut d = [0u8; 32];
@@ -349,7 +357,7 @@ pub fn measure() {
 }
 
 pub fn run() -> Vec<(&'static str, R)> {
-    let base: [Scenario; 30] = [
+    let base: [Scenario; 31] = [
         ("doe_discovery_lists_tdisp", doe_discovery),
         ("dma_through_4k_and_2m_mappings", dma_copies),
         ("unmapped_and_read_only_iova_fault", io_page_faults),
@@ -380,6 +388,7 @@ pub fn run() -> Vec<(&'static str, R)> {
         ("dmatest_memcpy_on_the_ioat_channels", ioat::dmatest_memcpy),
         ("ioat_vfio_type1_copy_fault_reset_msix_private_page", ioat::vfio_type1),
         ("ioat_vfio_iommufd_copy_fault_reset_msix", ioat::vfio_iommufd),
+        ("vcpus_drive_the_endpoint_and_the_command_buffer_at_once", vcpus_at_once),
     ];
     // Faults injected through the daemon's control channel (run-vm --inject), last: they leave
     // the IOMMU's logs with artificial records.
@@ -390,6 +399,7 @@ pub fn run() -> Vec<(&'static str, R)> {
         "dma_through_4k_and_2m_mappings", "unmapped_and_read_only_iova_fault", "changed_pte_stale_until_invalidation",
         "rmp_blocks_t0_write_to_assigned_page", "tdisp_t1_needs_run_and_the_tdis_asid", "vtom_t1_shared_above_vtom",
         "tdisp_stop_via_doe_refuses_t1", "hazard_private_conversion_of_live_mapping",
+        "vcpus_drive_the_endpoint_and_the_command_buffer_at_once",
     ];
     println!("KTAP version 1");
     println!("1..{}", scenarios.len());
@@ -872,4 +882,114 @@ pub fn after_hostile() -> R {
     check!(st == ST_OK, "copy after the hostile driver: status {st}");
     check!(r.page_bytes(dst_pa, 4096) == data, "copy after the hostile driver: wrong bytes");
     Ok(())
+}
+
+/// FILLs of the multi-vCPU scenario: this length marks their records in the event stream.
+const SMP_FILL_LEN: u32 = 4000;
+const SMP_ROUNDS: u64 = 200;
+
+/// Several vCPUs at the daemon's functions at once (run-vm --smp N): vCPU 1 rings the endpoint
+/// (FILLs through 16 mapped pages, each checked), vCPU 0 meanwhile runs the AMD-Vi command buffer
+/// (invalidations of other domains and devices, each COMPLETION_WAIT store checked in order); with
+/// a third vCPU the firmware mailbox (TIO_STATUS) runs too, with a fourth the registers of both
+/// functions are read and checked. No deadlock, no lost completion, no wrong result; the event
+/// stream must hold every FILL.
+fn vcpus_at_once(r: &mut Rig) -> R {
+    let ncpu = online_cpus();
+    if ncpu < 2 {
+        return Err(format!("{SKIP}one vCPU (scripts/run-vm --smp 2)"));
+    }
+    if r.iommu.is_none() {
+        return Err(format!("{SKIP}the kernel's amd_iommu owns the IOMMU function"));
+    }
+    let pa = r.mem.page()?;
+    for k in 0..16 {
+        r.map(SMP_IOVA + k * 0x1000, pa + k * 0x1000, 12, Perm::RW)?;
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ep, iommu, ctl, mem, ring, cmdbuf, sem, mbox) = (&r.ep, r.iommu.as_ref().ok_or("no IOMMU registers")?, &r.ctl, &r.mem, r.hp1, r.cmdbuf, r.sem, r.mbox);
+    let (mut tail, mut cmd_tail, mut seq) = (r.tail, r.cmd_tail, r.sem_seq);
+    let ep_id = ep.r32(EP_ID);
+    let efr = iommu.r64(mmio::EXT_FEATURES as usize);
+    let (mut mailboxes, mut reads) = (0u64, 0u64);
+    let result = std::thread::scope(|s| -> R {
+        let stop = &stop;
+        let endpoint = s.spawn(move || -> Result<u32, String> {
+            pin_to_cpu(Some(1))?;
+            for i in 0..SMP_ROUNDS {
+                let slot = ring + u64::from(tail % RING_ENTRIES) * 32;
+                let (iova, page) = (SMP_IOVA + (i % 16) * 0x1000, pa + (i % 16) * 0x1000);
+                let value = 0x5a5a_0000_0000_0000 | i;
+                mem.wr(slot, &descriptor(OP_FILL, 0, SMP_FILL_LEN, 0, iova, value));
+                tail = (tail + 1) % RING_ENTRIES;
+                ep.w32(EP_TAIL, tail);
+                let mut st = [0u8; 2];
+                check!(poll(|| { mem.rd(slot + 2, &mut st); u16::from_le_bytes(st) != 0 }), "FILL {i} never completed");
+                check!(u16::from_le_bytes(st) == ST_OK, "FILL {i}: status {}", u16::from_le_bytes(st));
+                check!(mem.r64(page) == value && mem.r64(page + u64::from(SMP_FILL_LEN) - 8) == value, "FILL {i} did not land");
+            }
+            Ok(tail)
+        });
+        let mailbox = (ncpu >= 3).then(|| s.spawn(move || -> Result<u64, String> {
+            pin_to_cpu(Some(2))?;
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                ctl.w64(CMDBUF_LO, mbox);
+                ctl.w32(CMDRESP, 0xd0 << 16); // TIO_STATUS
+                let v = ctl.r32(CMDRESP);
+                check!(v >> 31 == 1 && (v >> 16) & 0x7ff == 0xd0 && v & 0xffff == 0, "TIO_STATUS answered {v:#x}");
+                n += 1;
+            }
+            Ok(n)
+        }));
+        let registers = (ncpu >= 4).then(|| s.spawn(move || -> Result<u64, String> {
+            pin_to_cpu(Some(3))?;
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                check!(ep.r32(EP_ID) == ep_id && iommu.r64(mmio::EXT_FEATURES as usize) == efr, "a register read wrong");
+                n += 1;
+            }
+            Ok(n)
+        }));
+        let pinned = pin_to_cpu(Some(0));
+        let commands = pinned.and_then(|()| {
+            for j in 0..SMP_ROUNDS {
+                seq += 1;
+                let data = seq;
+                let cmds = [
+                    Command::InvalidateIommuPages { domain_id: DOMAIN + 1 + (j % 7) as u16, start: 0x7000_0000, len: 0x1000, pde: false },
+                    Command::InvalidateDevtabEntry { devid: 0x99 },
+                    Command::CompletionWait { store: true, interrupt: false, store_addr: sem, data },
+                ];
+                submit(Some(iommu), mem, cmdbuf, &mut cmd_tail, &cmds);
+                check!(poll(|| mem.r64(sem) == data), "COMPLETION_WAIT {j} never stored (got {})", mem.r64(sem));
+            }
+            Ok(())
+        });
+        // Every thread is told to stop before any error is returned (the scope joins them).
+        let ep_result = endpoint.join().map_err(|_| "the endpoint thread panicked".to_string()).and_then(|r| r);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = mailbox {
+            mailboxes = t.join().map_err(|_| "the mailbox thread panicked".to_string())??;
+        }
+        if let Some(t) = registers {
+            reads = t.join().map_err(|_| "the register thread panicked".to_string())??;
+        }
+        pin_to_cpu(None)?;
+        tail = ep_result?;
+        commands?;
+        Ok(())
+    });
+    r.tail = tail;
+    r.cmd_tail = cmd_tail;
+    r.sem_seq = seq;
+    result?;
+    println!("# {ncpu} vCPUs: {SMP_ROUNDS} FILLs and {SMP_ROUNDS} command batches at once, {mailboxes} mailbox commands, {reads} register read pairs");
+    expect_count(SMP_ROUNDS, "dma", &format!("op={OP_FILL} len={SMP_FILL_LEN} status={ST_OK}"));
+    Ok(())
+}
+
+/// At least `n` records of `kind` with these fields must be in the event stream.
+pub(crate) fn expect_count(n: u64, kind: &str, kv: &str) {
+    println!("# expect-count {n} {kind} {kv}");
 }

@@ -85,6 +85,48 @@ impl Bar {
     }
 }
 
+// SAFETY: every access to a BAR is one volatile load or store of device memory, which two vCPUs
+// may issue at once as two CPUs of a real machine do; the mapping lives as long as the Bar.
+unsafe impl Sync for Bar {}
+unsafe impl Send for Bar {}
+// SAFETY: the pages are this process's, mapped for its whole life; every access is volatile, and
+// the threads of the multi-vCPU scenarios touch disjoint addresses.
+unsafe impl Sync for DmaMem {}
+unsafe impl Send for DmaMem {}
+
+/// Pin the calling thread to one CPU (`Some`), so a scenario's threads run on distinct vCPUs, or
+/// let it run on any (`None`).
+pub fn pin_to_cpu(cpu: Option<usize>) -> Result<(), String> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity only touch it.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        match cpu {
+            Some(c) => libc::CPU_SET(c, &mut set),
+            None => (0..online_cpus()).for_each(|c| libc::CPU_SET(c, &mut set)),
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        return Err(format!("sched_setaffinity to cpu {cpu:?}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The number of vCPUs the guest has ("0-3" in /sys/devices/system/cpu/online; whatever this
+/// thread is pinned to).
+pub fn online_cpus() -> usize {
+    let online = fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let n: usize = online
+        .trim()
+        .split(',')
+        .filter_map(|r| match r.split_once('-') {
+            Some((a, b)) => Some(b.parse::<usize>().ok()? + 1 - a.parse::<usize>().ok()?),
+            None => r.parse::<usize>().ok().map(|_| 1),
+        })
+        .sum();
+    n.max(1)
+}
+
 /// One 2 MiB huge page of DMA memory and its physical address.
 pub struct HugePage {
     pub va: *mut u8,

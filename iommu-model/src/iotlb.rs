@@ -83,11 +83,11 @@ impl Iotlb {
             return;
         }
         let first = start >> 12;
-        let last = start.saturating_add(len - 1) >> 12;
+        let last = start.saturating_add(len.saturating_sub(1)) >> 12;
         self.map.retain(|&(d, page), e| {
-            let span = 1u64 << (u32::from(e.size_log2).clamp(12, 63) - 12);
-            let page_first = page & !(span - 1);
-            let page_last = page_first + (span - 1);
+            let span = 1u64 << u32::from(e.size_log2).clamp(12, 63).saturating_sub(12);
+            let page_first = page & !span.wrapping_sub(1);
+            let page_last = page_first.saturating_add(span.wrapping_sub(1));
             d != domain || page_last < first || page_first > last
         });
     }

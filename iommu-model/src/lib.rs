@@ -6,6 +6,9 @@
 //! unsafe. The shape follows Linux's drivers/iommu/generic_pt: [`walk`] is the one walker and each
 //! file under [`fmt`] only describes the entries of one format.
 #![forbid(unsafe_code)]
+// Every table field the walk reads is guest-written: arithmetic on it is checked, wrapping or
+// saturating by choice, never an overflow (a panic in a debug build, a wrap in a release one).
+#![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
 
 pub mod amdvi;
 pub mod fmt;

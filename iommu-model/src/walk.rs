@@ -114,11 +114,12 @@ pub struct Step {
 }
 
 fn shift(level: u8) -> u32 {
-    12 + 9 * (u32::from(level) - 1)
+    // Levels are 1..=MAX_LEVELS here (walk_traced checks them before the first call).
+    12u32.saturating_add(9u32.saturating_mul(u32::from(level).saturating_sub(1)))
 }
 
 fn index(iova: u64, level: u8) -> u64 {
-    (iova >> shift(level)) & 0x1ff
+    iova.checked_shr(shift(level)).unwrap_or(0) & 0x1ff
 }
 
 /// Translate `iova` through the table at `root`, which is at level `levels` (1..=6).
@@ -132,6 +133,10 @@ where
 
 /// As [`walk`], calling `trace` with every entry read. At most `levels` entries are read, because
 /// each step goes strictly down a level: a table that points at itself ends in a fault, not a loop.
+// `levels`, `level` and `next_level` are 1..=MAX_LEVELS (checked on entry and at every table
+// entry), `size_log2` below 64: the level arithmetic is bounded. Guest addresses (`root`, `iova`,
+// the entries' addresses) only meet masks, shifts by those amounts and one wrapping_add.
+#[allow(clippy::arithmetic_side_effects)]
 pub fn walk_traced<F, M>(
     fmt: &F,
     mem: &M,
@@ -237,7 +242,7 @@ where
     if *budget == 0 {
         return Err(BudgetExhausted);
     }
-    *budget -= 1;
+    *budget = budget.saturating_sub(1);
     let mut raw = [0u8; 4096];
     // A table outside memory maps nothing a device could reach: a walk through it faults.
     if mem.read(table, &mut raw).is_err() {
@@ -250,10 +255,10 @@ where
             Entry::NotPresent | Entry::Invalid => {}
             Entry::Page { addr, size_log2, perm: p } => {
                 let min = shift(level);
-                if u32::from(size_log2) < min || u32::from(size_log2) >= min + 9 || size_log2 > 63 {
+                if u32::from(size_log2) < min || u32::from(size_log2) >= min.saturating_add(9) || size_log2 > 63 {
                     continue;
                 }
-                let mask = (1u64 << size_log2) - 1;
+                let mask = (1u64 << size_log2).wrapping_sub(1);
                 let (start, iova) = (addr & !mask, iova & !mask);
                 // A NextLevel-7 page larger than its slot is replicated over several slots (Linux
                 // PAGE_SIZE_PTE_COUNT): report it once, from its first slot.

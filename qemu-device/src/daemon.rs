@@ -2,6 +2,8 @@
 //! and the JSON event stream. Runs until QEMU disconnects from every function (with --persist:
 //! power-cycles and waits for the next QEMU), or until SIGTERM or SIGINT; either way it removes
 //! its sockets and exits with status 0.
+// Set-up and counters of the daemon's own; no guest-written value takes part.
+#![allow(clippy::arithmetic_side_effects)]
 
 use crate::control::{Control, Target};
 use crate::events::JsonLines;
@@ -14,8 +16,12 @@ use crate::secure::SecureIommu;
 use crate::vfio_server::{listen, remove_socket, FunctionBackend, MsixIrq};
 use crate::walk::parse_bdf;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use crate::function::EventSink;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -64,6 +70,25 @@ pub struct Args {
     /// (docs/fault-injection.md). Faults can also be armed at any time through control.sock.
     #[arg(long)]
     inject_plan: Option<PathBuf>,
+    /// Replace the event stream if the --events file already holds one (without it, a non-empty
+    /// file is refused: a second daemon started by mistake never erases the first one's records).
+    #[arg(long)]
+    overwrite_events: bool,
+    /// Size limit of the event stream (bytes; K, M, G suffixes): past it records are counted in
+    /// `events_dropped` records instead of written (a guest flooding refused DMA makes about
+    /// 2.5 MB/s of them). 0 for no limit.
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    events_limit: u64,
+}
+
+/// A byte count with an optional K, M or G (binary) suffix.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.trim().to_ascii_uppercase().strip_suffix(['K', 'M', 'G']) {
+        Some(d) => (d.to_string(), match s.trim().chars().last() { Some('k' | 'K') => 10, Some('m' | 'M') => 20, _ => 30 }),
+        None => (s.trim().to_string(), 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size (e.g. 1048576, 512K, 256M, 1G)"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("'{s}' is too large"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -83,17 +108,25 @@ pub fn run(args: Args) -> Result<(), String> {
         return Err("--personality tdx-connect runs on a VT-d unit; it cannot take --iommu amd-vi".into());
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // By default the log is bounded whatever the guest does: what a guest can repeat at will
+        // (refused DMA, malformed virtio rings) goes to the event stream, counted and limited, and
+        // the virtio-queue crate's per-request errors are off (RUST_LOG=debug shows everything).
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,virtio_queue=off".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     std::fs::create_dir_all(&args.socket_dir).map_err(|e| format!("cannot create {}: {e}", args.socket_dir.display()))?;
+    // Held for the daemon's life: a second daemon on the same directory or event stream stops
+    // here, before it touches any file (a connection to the first one's sockets to see whether
+    // they are live would be taken as its QEMU attaching and leaving).
+    let _dir_lock = lock_socket_dir(&args.socket_dir)?;
     let out: Box<dyn std::io::Write + Send> = if args.events.as_os_str() == "-" {
         Box::new(std::io::stdout())
     } else {
-        Box::new(std::fs::File::create(&args.events).map_err(|e| format!("cannot create {}: {e}", args.events.display()))?)
+        Box::new(open_events(&args.events, args.overwrite_events)?)
     };
-    let events = Arc::new(JsonLines::new(out));
+    let limit = if args.events_limit == 0 { u64::MAX } else { args.events_limit };
+    let events = Arc::new(JsonLines::with_limit(out, limit));
     let control = Arc::new(match &args.inject_plan {
         Some(p) => Control::with_plan(p)?,
         None => Control::default(),
@@ -148,7 +181,41 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     socks.iter().for_each(|s| remove_socket(s));
     crate::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "daemon_exit", "peak_rss_kib": peak_rss_kib()}));
+    events.seal();
     result
+}
+
+/// An exclusive lock on the socket directory (flock on the directory itself: no file is added).
+fn lock_socket_dir(dir: &Path) -> Result<std::fs::File, String> {
+    let f = std::fs::File::open(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!("{} is in use by another tiommu daemon; nothing was changed", dir.display())),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", dir.display())),
+    }
+}
+
+/// The event stream's file, locked for the daemon's life, emptied only with `overwrite`.
+fn open_events(path: &Path, overwrite: bool) -> Result<std::fs::File, String> {
+    let shown = path.display();
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(|e| format!("cannot create {shown}: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() {
+        // A pipe or a terminal: nothing to keep or to lock.
+        return Ok(f);
+    }
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(format!("{shown} is being written by another tiommu daemon; nothing was changed")),
+        Err(std::fs::TryLockError::Error(e)) => return Err(format!("cannot lock {shown}: {e}")),
+    }
+    if meta.len() > 0 {
+        if !overwrite {
+            return Err(format!("{shown} already holds an event stream ({} bytes); not overwriting it (--overwrite-events replaces it)", meta.len()));
+        }
+        f.set_len(0).map_err(|e| format!("cannot empty {shown}: {e}"))?;
+    }
+    Ok(f)
 }
 
 /// One QEMU's lifetime: a freshly powered-on model, one client per function, until all are gone.
@@ -201,23 +268,33 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
     });
     let mut listeners = listeners.into_iter();
     let (iommu_listener, ep_listener) = (listeners.next().ok_or("no listener")?, listeners.next().ok_or("no listener")?);
-    let spawn = |name: &str, f: Box<dyn FnOnce() -> Result<(), String> + Send>| {
-        std::thread::Builder::new().name(format!("vfu-{name}")).spawn(f).map_err(|e| e.to_string())
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
+    let mut functions: Vec<Served> = Vec::new();
+    let mut spawn = |name: &'static str, attached: Arc<AtomicBool>, f: Box<dyn FnOnce() -> Result<(), String> + Send>| -> Result<(), String> {
+        let (i, done) = (functions.len(), done_tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("vfu-{name}"))
+            .spawn(move || {
+                let r = f();
+                let _ = done.send(i);
+                r
+            })
+            .map_err(|e| e.to_string())?;
+        functions.push(Served { name, sock: args.socket_dir.join(format!("{name}.sock")), attached, thread: Some(thread) });
+        Ok(())
     };
-    let mut threads = vec![
-        ("iommu", spawn("iommu", Box::new(move || iommu.serve(iommu_listener)))?),
-        ("endpoint", spawn("endpoint", Box::new(move || endpoint.serve(ep_listener)))?),
-    ];
+    spawn("iommu", iommu.attached(), Box::new(move || iommu.serve(iommu_listener)))?;
+    spawn("endpoint", endpoint.attached(), Box::new(move || endpoint.serve(ep_listener)))?;
     if let Some(v) = viommu {
         let l = listeners.next().ok_or("no listener")?;
-        threads.push(("virtio-iommu", spawn("virtio-iommu", Box::new(move || v.serve(l)))?));
+        spawn("virtio-iommu", v.attached(), Box::new(move || v.serve(l)))?;
     }
     if let Some(d) = ioat {
         let l = listeners.next().ok_or("no listener")?;
-        threads.push(("ioat", spawn("ioat", Box::new(move || d.serve(l)))?));
+        spawn("ioat", d.attached(), Box::new(move || d.serve(l)))?;
     }
-    let results: Vec<Result<(), String>> =
-        threads.into_iter().map(|(name, t)| t.join().map_err(|_| format!("{name} server thread panicked")).and_then(|r| r)).collect();
+    drop(done_tx);
+    let (results, abandoned) = wait_for_functions(&mut functions, &done_rx, events.as_ref(), args.persist);
     control.detach();
     // What the guest's IOMMU driver asked of the AMD-Vi (or VT-d) unit this session.
     let record = {
@@ -248,6 +325,68 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
     results.into_iter().collect()
 }
 
+/// One function's server thread in a session.
+struct Served {
+    name: &'static str,
+    sock: PathBuf,
+    attached: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+/// How long a QEMU may take to attach the rest of the functions after the first before the log
+/// says so.
+const ATTACH_WARNING: Duration = Duration::from_secs(10);
+
+/// Wait until every function's client has gone. A QEMU that attaches only some of the functions
+/// is named in the log (after ATTACH_WARNING) and, once its clients are gone, ends the session:
+/// the functions it never attached are woken from their accept by a connection of the daemon's
+/// own, so the next QEMU is served (with --persist) or finds no socket (without), instead of
+/// timing out against a socket nobody accepts on.
+fn wait_for_functions(functions: &mut [Served], done: &crossbeam_channel::Receiver<usize>, events: &dyn EventSink) -> Vec<Result<(), String>> {
+    let mut results = Vec::new();
+    let mut first_attach: Option<Instant> = None;
+    let mut warned = false;
+    let mut woken = Vec::new();
+    while functions.iter().any(|f| f.thread.is_some()) {
+        let attached = |f: &Served| f.attached.load(Ordering::Relaxed);
+        if first_attach.is_none() && functions.iter().any(attached) {
+            first_attach = Some(Instant::now());
+        }
+        let missing: Vec<&str> = functions.iter().filter(|f| !attached(f)).map(|f| f.name).collect();
+        if !warned && !missing.is_empty() && first_attach.is_some_and(|t| t.elapsed() >= ATTACH_WARNING) {
+            warned = true;
+            let have: Vec<&str> = functions.iter().filter(|f| attached(f)).map(|f| f.name).collect();
+            tracing::warn!(
+                "QEMU attached {} but not {} after {} s: is a -device vfio-user-pci missing for {}?",
+                have.join(", "), missing.join(", "), ATTACH_WARNING.as_secs(), missing.join(", ")
+            );
+        }
+        let Ok(i) = done.recv_timeout(Duration::from_millis(500)) else { continue };
+        let Some(thread) = functions[i].thread.take() else { continue };
+        let name = functions[i].name;
+        results.push(thread.join().map_err(|_| format!("{name} server thread panicked")).and_then(|r| r));
+        if woken.contains(&i) {
+            continue;
+        }
+        // Every attached client is gone and some function never had one: wake those.
+        let live_clients = functions.iter().any(|f| f.thread.is_some() && attached(f));
+        let never: Vec<usize> = (0..functions.len()).filter(|&j| functions[j].thread.is_some() && !attached(&functions[j])).collect();
+        if !live_clients && !never.is_empty() {
+            let names: Vec<&str> = never.iter().map(|&j| functions[j].name).collect();
+            tracing::warn!("{name}: client gone, and QEMU never attached {}: ending the session", names.join(", "));
+            events.emit(json!({"type": "partial_attach", "gone": name, "never_attached": names}));
+            for j in never {
+                woken.push(j);
+                let _ = std::os::unix::net::UnixStream::connect(&functions[j].sock);
+            }
+        } else if live_clients {
+            let still: Vec<&str> = functions.iter().filter(|f| f.thread.is_some() && attached(f)).map(|f| f.name).collect();
+            tracing::info!("{name}: client gone; the session goes on until {} disconnect(s) too", still.join(", "));
+        }
+    }
+    results
+}
+
 /// The process's peak resident set (VmHWM), so runs can show the daemon's memory stays bounded.
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -265,6 +404,7 @@ fn stop_on_signal(socks: Vec<PathBuf>, events: Arc<JsonLines>) -> Result<(), Str
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("signal {sig}: stopping");
                 socks.iter().for_each(|s| remove_socket(s));
+                crate::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "daemon_exit", "signal": sig, "peak_rss_kib": peak_rss_kib()}));
                 events.seal();
                 std::process::exit(0);
             }

@@ -32,13 +32,37 @@ impl<M: PhysMem + ?Sized> TranslateCheck<M> for SecureIommu {
     }
 }
 
+/// The secure IOMMU behind its lock, taken for one page's translation and check at a time, so a
+/// device's long transfer never keeps the IOMMU's registers and command buffer waiting longer
+/// than one page (a 16 MiB descriptor is 4096 of them). The bytes move after the check without
+/// the lock: an RMPUPDATE may land between the check of a page and the move, as a conversion may
+/// land while a DMA is in flight on hardware; the mapping was registered live when it was walked,
+/// so that RMPUPDATE reports the hazard.
+pub struct PerPage<'a, S>(pub &'a std::sync::Mutex<S>);
+
+impl<M: ?Sized, S: TranslateCheck<M>> TranslateCheck<M> for PerPage<'_, S> {
+    fn translate_page(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
+        let r = self.0.lock().unwrap_or_else(|p| p.into_inner()).translate_page(mem, rid, t, iova, access);
+        // A register access is waiting: let it have the lock before the next page (for at most
+        // 2 ms, should it never come).
+        use std::sync::atomic::Ordering;
+        if crate::secure::REGISTER_WAITERS.load(Ordering::SeqCst) > 0 {
+            let since = std::time::Instant::now();
+            while crate::secure::REGISTER_WAITERS.load(Ordering::SeqCst) > 0 && since.elapsed() < std::time::Duration::from_millis(2) {
+                std::thread::yield_now();
+            }
+        }
+        r
+    }
+}
+
 /// Memory the engine moves bytes in: guest RAM, or a `ByteMem` in tests.
 pub trait DmaMem: PhysMem {
     /// Whether every byte of `[spa, spa + len)` is memory. The default probes the first and the
     /// last byte, which is enough for one contiguous array.
     fn backed(&self, spa: u64, len: u64) -> bool {
         let mut probe = [0u8; 1];
-        len > 0 && spa.checked_add(len - 1).is_some_and(|last| self.read(spa, &mut probe).is_ok() && self.read(last, &mut probe).is_ok())
+        len > 0 && spa.checked_add(len.wrapping_sub(1)).is_some_and(|last| self.read(spa, &mut probe).is_ok() && self.read(last, &mut probe).is_ok())
     }
 
     /// Copy `len` bytes from `src` to `dst`, both system physical; all or nothing. The default
@@ -108,14 +132,15 @@ pub fn plan<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, me
     let mut at = req.iova;
     while at < end {
         let page_end = (at | (PAGE - 1)).saturating_add(1).min(end);
-        let n = page_end - at;
+        // at < page_end <= end: no difference or sum here wraps.
+        let n = page_end.wrapping_sub(at);
         match iommu.translate_page(mem, req.rid, req.t, at, req.access) {
             Err(refusal) => match &mut refused {
-                Some(DmaError::Refused { pages, .. }) => *pages += 1,
+                Some(DmaError::Refused { pages, .. }) => *pages = pages.saturating_add(1),
                 _ => refused = Some(DmaError::Refused { iova: at, refusal, pages: 1 }),
             },
             Ok(spa) => match runs.last_mut() {
-                Some((_, s, l)) if s.checked_add(*l) == Some(spa) => *l += n,
+                Some((_, s, l)) if s.checked_add(*l) == Some(spa) => *l = l.wrapping_add(n),
                 _ => runs.push((at, spa, n)),
             },
         }
@@ -127,13 +152,16 @@ pub fn plan<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, me
     for &(iova, spa, len) in &runs {
         if !mem.backed(spa, len) {
             // Name the first page without memory.
-            let mut off = 0;
+            // Runs come from translations of a transfer that does not wrap: spa + len and
+            // iova + len fit.
+            let mut off = 0u64;
             while off < len {
-                let n = (PAGE - ((spa + off) & (PAGE - 1))).min(len - off);
-                if !mem.backed(spa + off, n) {
-                    return Err(DmaError::NoMemory { iova: iova + off, spa: spa + off });
+                let at = spa.wrapping_add(off);
+                let n = PAGE.wrapping_sub(at & (PAGE - 1)).min(len.wrapping_sub(off));
+                if !mem.backed(at, n) {
+                    return Err(DmaError::NoMemory { iova: iova.wrapping_add(off), spa: at });
                 }
-                off += n;
+                off = off.wrapping_add(n);
             }
             return Err(DmaError::NoMemory { iova, spa });
         }
@@ -144,11 +172,14 @@ pub fn plan<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, me
 /// DMA read of `buf.len()` bytes at `iova`.
 pub fn read<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, t: bool, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
     let runs = plan(iommu, mem, Request { rid, t, iova, len: buf.len() as u64, access: Access::Read })?;
-    let mut at = 0usize;
+    // The runs' lengths add up to buf.len() (plan).
+    let total = buf.len();
+    let mut rest = &mut buf[..];
     for (spa, n) in runs {
-        let n = n as usize;
-        mem.read(spa, &mut buf[at..at + n]).map_err(|_| DmaError::NoMemory { iova: iova + at as u64, spa })?;
-        at += n;
+        let done = total.wrapping_sub(rest.len()) as u64;
+        let (chunk, tail) = rest.split_at_mut((n as usize).min(rest.len()));
+        mem.read(spa, chunk).map_err(|_| DmaError::NoMemory { iova: iova.wrapping_add(done), spa })?;
+        rest = tail;
     }
     Ok(())
 }
@@ -156,11 +187,12 @@ pub fn read<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, me
 /// DMA write of `data` at `iova`.
 pub fn write<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, t: bool, iova: u64, data: &[u8]) -> Result<(), DmaError> {
     let runs = plan(iommu, mem, Request { rid, t, iova, len: data.len() as u64, access: Access::Write })?;
-    let mut at = 0usize;
+    let mut rest = data;
     for (spa, n) in runs {
-        let n = n as usize;
-        mem.write(spa, &data[at..at + n]).map_err(|_| DmaError::NoMemory { iova: iova + at as u64, spa })?;
-        at += n;
+        let done = data.len().wrapping_sub(rest.len()) as u64;
+        let (chunk, tail) = rest.split_at((n as usize).min(rest.len()));
+        mem.write(spa, chunk).map_err(|_| DmaError::NoMemory { iova: iova.wrapping_add(done), spa })?;
+        rest = tail;
     }
     Ok(())
 }
@@ -192,32 +224,29 @@ pub fn plan_copy<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut 
 pub fn move_copy<M: DmaMem + ?Sized>(mem: &mut M, p: &CopyPlan) -> Result<(), MemError> {
     if p.overlaps() {
         let mut b = vec![0u8; p.len as usize];
-        let mut at = 0usize;
+        let mut rest = &mut b[..];
         for &(spa, n) in &p.from {
-            mem.read(spa, &mut b[at..at + n as usize])?;
-            at += n as usize;
+            let (chunk, tail) = rest.split_at_mut((n as usize).min(rest.len()));
+            mem.read(spa, chunk)?;
+            rest = tail;
         }
-        at = 0;
+        let mut rest = &b[..];
         for &(spa, n) in &p.to {
-            mem.write(spa, &b[at..at + n as usize])?;
-            at += n as usize;
+            let (chunk, tail) = rest.split_at((n as usize).min(rest.len()));
+            mem.write(spa, chunk)?;
+            rest = tail;
         }
         return Ok(());
     }
-    let (mut i, mut j, mut off_i, mut off_j) = (0, 0, 0u64, 0u64);
-    while i < p.from.len() && j < p.to.len() {
-        let n = (p.from[i].1 - off_i).min(p.to[j].1 - off_j);
-        mem.copy(p.from[i].0 + off_i, p.to[j].0 + off_j, n as usize)?;
-        off_i += n;
-        off_j += n;
-        if off_i == p.from[i].1 {
-            i += 1;
-            off_i = 0;
-        }
-        if off_j == p.to[j].1 {
-            j += 1;
-            off_j = 0;
-        }
+    // Both sides' runs add up to p.len, and each run's SPA + length fits (plan): the offsets
+    // stay inside their runs.
+    let (mut from, mut to) = (p.from.iter().copied(), p.to.iter().copied());
+    let (mut a, mut b) = (from.next(), to.next());
+    while let (Some((sa, na)), Some((sb, nb))) = (a, b) {
+        let n = na.min(nb);
+        mem.copy(sa, sb, n as usize)?;
+        a = if n == na { from.next() } else { Some((sa.wrapping_add(n), na.wrapping_sub(n))) };
+        b = if n == nb { to.next() } else { Some((sb.wrapping_add(n), nb.wrapping_sub(n))) };
     }
     Ok(())
 }

@@ -1,26 +1,90 @@
 //! The machine-readable event stream: one JSON object per line, to a file given on the command
 //! line, for scripts and CI to assert on. Every record has "type" and "ts" (seconds since start).
+//!
+//! Bounded, and off the IOMMU's lock: `emit` only queues the record (a bounded channel) for a
+//! writer thread, which serializes it into a buffered file and flushes whenever the queue runs
+//! dry. Two limits keep a hostile or runaway guest from filling the disk (one doorbell can make
+//! 16.8 M refused-page records):
+//! - the queue holds `QUEUE` records; a record that finds it full is dropped and counted;
+//! - the stream holds `limit` bytes; past that, records are counted, not written.
+//!
+//! What was dropped is said in the stream itself, by `events_dropped` records (`queue_full`,
+//! `limit`) written before the next record that is always kept (the daemon's own `power_cycle`,
+//! `partial_attach` and `daemon_exit`) and when the stream is sealed; the first record refused at
+//! the limit is preceded by one `events_limit` record. The daemon's log gets a summary of the
+//! records by type every `SUMMARY_EVERY` instead of every record (`RUST_LOG=tiommu::event=debug`
+//! shows each one).
 
 use crate::function::EventSink;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Records waiting for the writer. At about 300 bytes a record, 64 MiB at most in memory.
+pub const QUEUE: usize = 1 << 16;
+/// The default size limit of the stream: a normal run writes well under 1 MiB; a guest flooding
+/// refused DMA writes about 2.5 MB/s, so it reaches this in under two minutes.
+pub const DEFAULT_LIMIT: u64 = 256 << 20;
+/// How often the log gets its summary of the records.
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// Records that are written whatever the limit: few (one per session), and what scripts wait on.
+const ALWAYS: &[&str] = &["power_cycle", "partial_attach", "daemon_exit"];
+
+enum Msg {
+    Record(serde_json::Value),
+    /// Write what is pending, flush, write nothing more, then answer.
+    Seal(Sender<()>),
+}
 
 pub struct JsonLines {
-    out: Mutex<Box<dyn Write + Send>>,
+    tx: Sender<Msg>,
     start: Instant,
+    /// Records dropped because the queue was full, not yet reported in the stream.
+    queue_dropped: std::sync::Arc<AtomicU64>,
+    sealed: AtomicBool,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl JsonLines {
+    /// A stream with the default size limit.
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        JsonLines { out: Mutex::new(out), start: Instant::now() }
+        Self::with_limit(out, DEFAULT_LIMIT)
     }
 
-    /// Flush and write nothing more: a process exit after this leaves only whole lines.
+    /// A stream that writes at most about `limit` bytes of records (the records that are always
+    /// kept, and the counts of dropped ones, come on top).
+    pub fn with_limit(out: Box<dyn Write + Send>, limit: u64) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let queue_dropped = std::sync::Arc::new(AtomicU64::new(0));
+        let mut w = Writer { out: std::io::BufWriter::with_capacity(64 << 10, out), limit, written: 0, limit_dropped: 0, limit_said: false, queue_dropped: queue_dropped.clone(), by_type: BTreeMap::new(), exit: None };
+        let writer = std::thread::Builder::new().name("events".into()).spawn(move || w.run(&rx)).ok();
+        JsonLines { tx, start: Instant::now(), queue_dropped, sealed: AtomicBool::new(false), writer: Mutex::new(writer) }
+    }
+
+    /// Write everything queued so far, flush, and write nothing more: a process exit after this
+    /// leaves only whole lines. Waits for the writer for at most 5 s.
     pub fn seal(&self) {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = out.flush();
-        *out = Box::new(std::io::sink());
+        if self.sealed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (ack, done) = crossbeam_channel::bounded(1);
+        if self.tx.send_timeout(Msg::Seal(ack), Duration::from_secs(5)).is_ok() {
+            let _ = done.recv_timeout(Duration::from_secs(5));
+        }
+        if let Some(t) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for JsonLines {
+    fn drop(&mut self) {
+        self.seal();
     }
 }
 
@@ -29,10 +93,146 @@ impl EventSink for JsonLines {
         if let Some(o) = record.as_object_mut() {
             o.insert("ts".into(), serde_json::json!((self.start.elapsed().as_micros() as f64) / 1e6));
         }
-        tracing::info!(target: "tiommu::event", "{record}");
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(out, "{record}");
-        let _ = out.flush();
+        let always = record["type"].as_str().is_some_and(|t| ALWAYS.contains(&t));
+        let msg = Msg::Record(record);
+        let sent = if always {
+            // Wait for room rather than lose a record a script waits on.
+            self.tx.send_timeout(msg, Duration::from_secs(5)).is_ok()
+        } else {
+            match self.tx.try_send(msg) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => false,
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        };
+        if !sent {
+            self.queue_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Writer {
+    out: std::io::BufWriter<Box<dyn Write + Send>>,
+    limit: u64,
+    written: u64,
+    /// Records not written because of the limit, not yet reported.
+    limit_dropped: u64,
+    limit_said: bool,
+    queue_dropped: std::sync::Arc<AtomicU64>,
+    /// Records by type since the last summary in the log.
+    by_type: BTreeMap<String, u64>,
+    /// The daemon_exit record, written last when the stream is sealed (after the counts of
+    /// whatever was dropped up to then).
+    exit: Option<String>,
+}
+
+impl Writer {
+    fn run(&mut self, rx: &Receiver<Msg>) {
+        let mut last_summary = Instant::now();
+        loop {
+            let msg = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    // The queue ran dry: what was written reaches the file now.
+                    let _ = self.out.flush();
+                    match rx.recv_timeout(SUMMARY_EVERY) {
+                        Ok(m) => Some(m),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            self.finish();
+                            return;
+                        }
+                    }
+                }
+            };
+            match msg {
+                Some(Msg::Record(r)) => self.record(r),
+                Some(Msg::Seal(ack)) => {
+                    self.finish();
+                    self.summary();
+                    let _ = ack.send(());
+                    return;
+                }
+                None => {}
+            }
+            if last_summary.elapsed() >= SUMMARY_EVERY {
+                self.summary();
+                last_summary = Instant::now();
+            }
+        }
+    }
+
+    /// The last counts, the daemon_exit record if there is one, and a flush.
+    fn finish(&mut self) {
+        self.report_drops();
+        if let Some(line) = self.exit.take() {
+            self.write_line(&line);
+        }
+        let _ = self.out.flush();
+    }
+
+    fn record(&mut self, r: serde_json::Value) {
+        let ty = r["type"].as_str().unwrap_or("?").to_string();
+        tracing::debug!(target: "tiommu::event", "{r}");
+        if ty == "daemon_exit" {
+            self.exit = Some(r.to_string());
+            return;
+        }
+        let always = ALWAYS.contains(&ty.as_str());
+        if always {
+            self.report_drops();
+        } else if self.queue_dropped.load(Ordering::Relaxed) > 0 && self.written < self.limit {
+            let n = self.queue_dropped.swap(0, Ordering::Relaxed);
+            self.write(&serde_json::json!({"type": "events_dropped", "reason": "queue_full", "count": n}));
+        }
+        let line = r.to_string();
+        if !always && self.written.saturating_add(line.len() as u64).saturating_add(1) > self.limit {
+            if !self.limit_said {
+                self.limit_said = true;
+                tracing::warn!("the event stream reached its limit of {} bytes (--events-limit): further records are counted, not written", self.limit);
+                self.write(&serde_json::json!({"type": "events_limit", "limit_bytes": self.limit}));
+            }
+            self.limit_dropped = self.limit_dropped.saturating_add(1);
+            return;
+        }
+        let n = self.by_type.entry(ty).or_default();
+        *n = n.saturating_add(1);
+        self.write_line(&line);
+    }
+
+    /// The counts of records dropped since the last report, as records of their own.
+    fn report_drops(&mut self) {
+        let q = self.queue_dropped.swap(0, Ordering::Relaxed);
+        if q > 0 {
+            self.write(&serde_json::json!({"type": "events_dropped", "reason": "queue_full", "count": q}));
+        }
+        if self.limit_dropped > 0 {
+            let n = std::mem::take(&mut self.limit_dropped);
+            tracing::warn!("{n} event records not written: the stream is at its limit of {} bytes", self.limit);
+            self.write(&serde_json::json!({"type": "events_dropped", "reason": "limit", "count": n, "limit_bytes": self.limit}));
+        }
+    }
+
+    fn write(&mut self, r: &serde_json::Value) {
+        let line = r.to_string();
+        self.write_line(&line);
+    }
+
+    fn write_line(&mut self, line: &str) {
+        if writeln!(self.out, "{line}").is_ok() {
+            self.written = self.written.saturating_add(line.len() as u64).saturating_add(1);
+        }
+    }
+
+    /// One line in the log: how many records of each type since the last summary.
+    fn summary(&mut self) {
+        if self.by_type.is_empty() {
+            return;
+        }
+        let total = self.by_type.values().fold(0u64, |a, &n| a.saturating_add(n));
+        let types: Vec<String> = self.by_type.iter().map(|(t, n)| format!("{t}={n}")).collect();
+        tracing::info!(target: "tiommu::event", "{total} records ({}), stream at {} bytes", types.join(", "), self.written);
+        self.by_type.clear();
     }
 }
 
@@ -45,5 +245,102 @@ pub struct Collect(pub Mutex<Vec<serde_json::Value>>);
 impl EventSink for Collect {
     fn emit(&self, record: serde_json::Value) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A `Write` whose bytes the test can read.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines(s: &Shared) -> Vec<serde_json::Value> {
+        String::from_utf8(s.0.lock().unwrap().clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_stream_stops_at_its_limit_and_says_how_many_it_dropped() {
+        let out = Shared::default();
+        let ev = JsonLines::with_limit(Box::new(out.clone()), 4096);
+        for i in 0..1000 {
+            ev.emit(serde_json::json!({"type": "rmp_violation", "i": i}));
+        }
+        ev.emit(serde_json::json!({"type": "daemon_exit"}));
+        ev.seal();
+        ev.emit(serde_json::json!({"type": "dma", "after": "seal"}));
+        let got = lines(&out);
+        let bytes = out.0.lock().unwrap().len();
+        let written = got.iter().filter(|r| r["type"] == "rmp_violation").count();
+        assert!(written > 50 && written < 1000, "{written} records written");
+        let limit = got.iter().position(|r| r["type"] == "events_limit").expect("an events_limit record");
+        assert_eq!(limit, written, "right after the last record that fit");
+        let dropped: u64 = got.iter().filter(|r| r["type"] == "events_dropped").map(|r| r["count"].as_u64().unwrap()).sum();
+        assert_eq!(written as u64 + dropped, 1000, "every record written or counted");
+        assert_eq!(got.last().unwrap()["type"], "daemon_exit", "always written, last");
+        assert!(bytes < 4096 + 512, "{bytes} bytes");
+        assert!(!got.iter().any(|r| r["after"] == "seal"), "nothing after seal");
+    }
+
+    #[test]
+    fn records_arrive_in_order_with_a_timestamp_and_reach_the_file_when_the_queue_runs_dry() {
+        let out = Shared::default();
+        let ev = JsonLines::new(Box::new(out.clone()));
+        for i in 0..100 {
+            ev.emit(serde_json::json!({"type": "dma", "i": i}));
+        }
+        // Flushed without a seal once the writer has caught up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lines(&out).len() < 100 {
+            assert!(Instant::now() < deadline, "the records did not reach the output");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = lines(&out);
+        assert!(got.iter().enumerate().all(|(i, r)| r["i"] == i && r["ts"].is_f64()));
+    }
+
+    #[test]
+    fn a_full_queue_drops_records_and_counts_them() {
+        // A writer that blocks until released: the queue fills.
+        struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>, Shared);
+        impl Write for Gate {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let (m, c) = &*self.0;
+                let _g = c.wait_while(m.lock().unwrap(), |open| !*open).unwrap();
+                self.1.write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let out = Shared::default();
+        // A tiny BufWriter would not block; the writer blocks on its first flush (queue dry).
+        let ev = JsonLines::new(Box::new(Gate(gate.clone(), out.clone())));
+        ev.emit(serde_json::json!({"type": "dma", "first": true}));
+        std::thread::sleep(Duration::from_millis(100));
+        let n = QUEUE + 500;
+        for i in 0..n {
+            ev.emit(serde_json::json!({"type": "dma", "i": i}));
+        }
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        ev.seal();
+        let got = lines(&out);
+        let written = got.iter().filter(|r| r["type"] == "dma" && r["i"].is_u64()).count();
+        let dropped: u64 = got.iter().filter(|r| r["type"] == "events_dropped" && r["reason"] == "queue_full").map(|r| r["count"].as_u64().unwrap()).sum();
+        assert!(dropped >= 500, "{dropped} dropped");
+        assert_eq!(written as u64 + dropped, n as u64);
     }
 }

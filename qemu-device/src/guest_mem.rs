@@ -41,8 +41,9 @@ impl GuestRam {
         }
         let mut list = r.list.clone();
         list.retain(|x| {
-            let (s, e) = (x.start_addr().0, x.start_addr().0 + x.len());
-            e <= gpa || s >= gpa + size
+            // Regions were checked not to wrap when they were mapped (gpa + size above).
+            let (s, e) = (x.start_addr().0, x.start_addr().0.saturating_add(x.len()));
+            e <= gpa || s >= gpa.saturating_add(size)
         });
         list.push(Arc::new(region));
         list.sort_by_key(|x| x.start_addr().0);
@@ -67,7 +68,7 @@ impl GuestRam {
 
     /// One past the highest mapped guest physical address.
     pub fn top(&self) -> u64 {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).list.iter().map(|r| r.start_addr().0 + r.len()).max().unwrap_or(0)
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).list.iter().map(|r| r.start_addr().0.saturating_add(r.len())).max().unwrap_or(0)
     }
 
 }

@@ -9,6 +9,8 @@
 //! images), as firmware does so that a kernel picks the highest type it knows. Each block lists
 //! the endpoints with one DEV_SELECT entry per function: never DEV_ALL, so QEMU's own devices
 //! (which nothing translates) stay outside the IOMMU.
+// An offline tool: lengths of a table built from the command line.
+#![allow(clippy::arithmetic_side_effects)]
 
 use crate::functions::iommu;
 use crate::walk::parse_bdf;

@@ -1,6 +1,11 @@
 //! The tiommu daemon as a library: the vfio-user glue, the PCI functions, the secure DMA path and
 //! the offline tools, so the `tiommu` binary, the tests and the fuzz targets share one build.
 
+// The functions, the DMA path and the vfio-user glue take registers, descriptors, mailbox buffers
+// and virtio requests from the guest: arithmetic on them is checked, wrapping or saturating by
+// choice, never an overflow. The offline tools (walk, viot, ivrs, acpi) and the daemon's set-up opt out.
+#![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
+
 pub mod acpi;
 pub mod control;
 pub mod daemon;
@@ -11,6 +16,7 @@ pub mod function;
 pub mod functions;
 pub mod guest_mem;
 pub mod inject;
+pub mod log_limit;
 pub mod ivrs;
 pub mod pci;
 pub mod rmp_state;

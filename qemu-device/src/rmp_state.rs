@@ -27,7 +27,7 @@ impl RmpPublisher {
 
     pub fn publish(&self, pfn: u64, raw: &[u8; 16]) {
         if pfn < PAGES {
-            let _ = self.region.write_slice(raw, MemoryRegionAddress(pfn * 16));
+            let _ = self.region.write_slice(raw, MemoryRegionAddress(pfn.saturating_mul(16)));
         }
     }
 }

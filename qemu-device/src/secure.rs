@@ -56,8 +56,51 @@ struct TableHit {
     write: bool,
 }
 
+/// Register accesses waiting for the secure IOMMU. std's Mutex does not hand a released lock to
+/// a waiter, so a DMA worker that takes it page after page could keep a register access out for
+/// a whole transfer; the worker (`dma::PerPage`) steps aside while this is not 0.
+pub static REGISTER_WAITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The secure IOMMU for a register access from a socket thread (counted in REGISTER_WAITERS while
+/// it waits).
+pub fn lock_for_registers(m: &Mutex<SecureIommu>) -> std::sync::MutexGuard<'_, SecureIommu> {
+    use std::sync::atomic::Ordering;
+    REGISTER_WAITERS.fetch_add(1, Ordering::SeqCst);
+    let g = lock(m);
+    REGISTER_WAITERS.fetch_sub(1, Ordering::SeqCst);
+    g
+}
+
 pub fn bdf(devid: u16) -> String {
     format!("{:02x}:{:02x}.{}", devid >> 8, (devid >> 3) & 0x1f, devid & 7)
+}
+
+/// Bits 51:13 of RMP_BASE and RMP_END hold the address (RMP_ADDR_MASK, Linux
+/// arch/x86/virt/svm/sev.c): the window starts and ends on 8 KiB boundaries below 4 PiB.
+pub const RMP_ADDR_MASK: u64 = ((1 << 52) - 1) & !0x1fff;
+
+/// Whether the mirror window `[base, end]` can hold the RMP of `pages` pages inside guest RAM
+/// (`backed(addr, len)`); `base` 0 is no mirror. The checks Linux makes of the RMP_BASE/RMP_END
+/// MSRs before enabling SNP (snp_probe_rmptable_info: base below end, the table covers all of
+/// RAM), plus one the model needs: every byte of the window is guest RAM the daemon can write.
+pub fn check_rmp_window(base: u64, end: u64, pages: u64, backed: impl Fn(u64, u64) -> bool) -> Result<(), String> {
+    if base == 0 {
+        return Ok(());
+    }
+    if base & !RMP_ADDR_MASK != 0 || end & !RMP_ADDR_MASK != 0x1fff {
+        return Err(format!("RMP_BASE {base:#x} or RMP_END {end:#x} is not on an 8 KiB boundary below 4 PiB"));
+    }
+    let Some(size) = end.checked_sub(base).and_then(|d| d.checked_add(1)) else {
+        return Err(format!("RMP_END {end:#x} is below RMP_BASE {base:#x}"));
+    };
+    let need = Rmp::table_bytes(pages);
+    if size < need {
+        return Err(format!("the RMP window holds {size:#x} bytes; {pages} pages of guest RAM need {need:#x}"));
+    }
+    if !backed(base, size) {
+        return Err(format!("the RMP window {base:#x}..={end:#x} is not all guest RAM"));
+    }
+    Ok(())
 }
 
 pub struct SecureIommu {
@@ -126,19 +169,30 @@ impl SecureIommu {
     }
 
     /// Turn SNP on: an RMP covering guest RAM, every page hypervisor-owned, mirrored to RMP_BASE.
-    pub fn enable_snp(&mut self, mem: &mut GuestMem, ram_pages: u64) {
-        if self.rmp.is_none() {
-            // Translations cached before now were never checked against an RMP; dropping cached
-            // entries is always allowed, and the next walk registers live mappings for hazards.
-            self.amdvi.flush_caches();
-            if let Some(v) = &mut self.vtd {
-                v.flush_caches();
-            }
-            self.ram_pages = ram_pages;
-            self.rmp = Some(Rmp::new(ram_pages));
-            self.mirror(mem, 0, ram_pages);
-            self.events.emit(json!({"type": "snp", "enabled": true, "pages": ram_pages}));
+    /// Refused, SNP staying off, when the mirror window RMP_BASE..=RMP_END is set but cannot hold
+    /// the RMP in guest RAM (`check_rmp_window`); the "snp" record says why.
+    pub fn enable_snp(&mut self, mem: &mut GuestMem, ram_pages: u64) -> Result<(), String> {
+        if self.rmp.is_some() {
+            return Ok(());
         }
+        let ram_pages = ram_pages.min(rmp_model::rmp::MAX_PAGES);
+        if let Err(e) = check_rmp_window(self.rmp_base, self.rmp_end, ram_pages, |a, n| mem.backed(a, n)) {
+            crate::warn_limited!("SNP_CTL.SNP_EN refused: {e}");
+            self.events.emit(json!({"type": "snp", "enabled": false, "error": e,
+                "rmp_base": format!("{:#x}", self.rmp_base), "rmp_end": format!("{:#x}", self.rmp_end)}));
+            return Err(e);
+        }
+        // Translations cached before now were never checked against an RMP; dropping cached
+        // entries is always allowed, and the next walk registers live mappings for hazards.
+        self.amdvi.flush_caches();
+        if let Some(v) = &mut self.vtd {
+            v.flush_caches();
+        }
+        self.ram_pages = ram_pages;
+        self.rmp = Some(Rmp::new(ram_pages));
+        self.mirror(mem, 0, ram_pages);
+        self.events.emit(json!({"type": "snp", "enabled": true, "pages": ram_pages}));
+        Ok(())
     }
 
     /// Write the raw entries of pages `[first, first + n)` where the guest reads the RMP, and to
@@ -156,9 +210,11 @@ impl SecureIommu {
         if self.rmp_base == 0 {
             return;
         }
+        // check_rmp_window made the whole RMP fit below RMP_END when SNP was enabled, and the
+        // window is locked since; checked again so no sum can wrap whatever the registers hold.
         for pfn in range {
-            let at = self.rmp_base + Rmp::entry_offset(pfn);
-            if at + 16 > self.rmp_end.saturating_add(1) {
+            let Some(at) = Rmp::entry_offset(pfn).checked_add(self.rmp_base) else { break };
+            if at.checked_add(rmp_model::rmp::ENTRY_SIZE - 1).is_none_or(|last| last > self.rmp_end) {
                 break;
             }
             if let Some(raw) = rmp.raw(pfn) {
@@ -219,7 +275,8 @@ impl SecureIommu {
                 for m in found.unwrap_or_else(|partial: Vec<TableHit>| partial) {
                     // The first converted 4 KiB page the mapping reaches, and its IOVA there.
                     let hit = (spa & !0xfff).max(m.spa);
-                    let iova = m.iova + (hit - m.spa);
+                    // hit >= m.spa, inside the mapping that starts at m.iova.
+                    let iova = m.iova.wrapping_add(hit.wrapping_sub(m.spa));
                     if reported.insert((m.devid, iova)) {
                         self.events.emit(json!({
                             "type": "hazard", "spa": format!("{hit:#x}"), "asid": st.asid,
@@ -253,7 +310,7 @@ impl SecureIommu {
             "asid": st.asid, "page_size": st.page_size.bytes(), "status": res.status.name(),
         }));
         if res.status == RmpStatus::Success {
-            self.mirror(mem, res.changed.start, res.changed.end - res.changed.start);
+            self.mirror(mem, res.changed.start, res.changed.end.saturating_sub(res.changed.start));
         }
         res.status
     }
@@ -484,7 +541,7 @@ mod tests {
         let mut s = SecureIommu::new(events.clone(), Arc::new(NoIrq));
         s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
         s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
-        s.enable_snp(&mut mem, 1024);
+        s.enable_snp(&mut mem, 1024).unwrap();
         assert_eq!(s.amdvi.walks, 0, "nothing walked");
         assert_eq!(s.rmpupdate(&mut mem, 0x30_0000, &RmpState::private(0x7000, 2, PageSize::Size4K)), RmpStatus::Success);
         assert_eq!(s.rmpupdate(&mut mem, 0x20_5000, &RmpState::private(0x5000, 2, PageSize::Size4K)), RmpStatus::Success);
@@ -498,6 +555,25 @@ mod tests {
         assert_eq!((hazards[1]["iova"].as_str(), hazards[1]["size"].as_u64(), hazards[1]["write"].as_bool()), (Some("0x300000"), Some(1 << 21), Some(false)));
         assert_eq!((hazards[2]["iova"].as_str(), hazards[2]["spa"].as_str()), (Some("0x205000"), Some("0x205000")));
         assert!(!ev.iter().any(|e| e["type"] == "hazard_search_incomplete"));
+    }
+
+    #[test]
+    fn the_rmp_window_must_hold_the_table_inside_guest_ram() {
+        let ram = |a: u64, n: u64| a >= 0x10_0000 && a.checked_add(n).is_some_and(|e| e <= 0x20_0000);
+        let need = Rmp::table_bytes(0x200);
+        assert_eq!(check_rmp_window(0, 0, 0x200, ram), Ok(()), "no mirror");
+        assert_eq!(check_rmp_window(0x10_0000, 0x10_0000 + need - 1, 0x200, ram), Ok(()));
+        for (base, end) in [
+            (0x10_0000, 0x10_0000 + need - 0x2001), // one 8 KiB block short
+            (0x10_2000, 0x10_1fff),                 // end below base
+            (0x1f_e000, 0x20_7fff),                 // runs past the end of RAM
+            (0x10_1000, 0x10_ffff),                 // base not 8 KiB aligned
+            (0x10_0000, 0x10_ffff_fff0),            // end + 1 not 8 KiB aligned
+            (RMP_ADDR_MASK, u64::MAX),              // top of the address space: the sum would wrap
+            (RMP_ADDR_MASK & !0xffff, RMP_ADDR_MASK | 0x1fff),
+        ] {
+            assert!(check_rmp_window(base, end, 0x200, ram).is_err(), "{base:#x}..={end:#x}");
+        }
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct FunctionBackend<F: PciFunction> {
     irq: Arc<MsixIrq>,
     /// Size of each vfio region (BARs, config space); 0 where the function has none.
     sizes: Vec<u64>,
+    /// Set at the client's first region access or DMA_MAP: QEMU has attached this function.
+    attached: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<F: PciFunction> FunctionBackend<F> {
@@ -70,7 +72,16 @@ impl<F: PciFunction> FunctionBackend<F> {
             sizes[usize::from(MSIX_BAR)] = MSIX_BAR_SIZE;
         }
         sizes[VFIO_PCI_CONFIG_REGION_INDEX as usize] = crate::pci::config::SIZE as u64;
-        FunctionBackend { name: name.into(), config, sizes, function, ram, irq }
+        FunctionBackend { name: name.into(), config, sizes, function, ram, irq, attached: Arc::default() }
+    }
+
+    /// Whether a client has used the function yet (shared with the daemon's session).
+    pub fn attached(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.attached.clone()
+    }
+
+    fn seen(&self) {
+        self.attached.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The function's BAR that `len` bytes at `offset` of `region` fall in, if they lie inside it.
@@ -162,6 +173,11 @@ pub fn remove_socket(path: &Path) {
     }
 }
 
+/// Whether a server is listening on the socket at `path` (a connection is accepted into its queue).
+pub fn in_use(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) && UnixStream::connect(path).is_ok()
+}
+
 /// The daemon replaces a socket path only if it is a stale socket (nobody listening).
 fn prepare_socket_path(path: &Path) -> Result<(), String> {
     match std::fs::symlink_metadata(path) {
@@ -178,6 +194,7 @@ fn prepare_socket_path(path: &Path) -> Result<(), String> {
 
 impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), std::io::Error> {
+        self.seen();
         if region == VFIO_PCI_CONFIG_REGION_INDEX {
             self.config.read(offset, data);
             if (0x100..crate::pci::config::SIZE as u64).contains(&offset) && self.function.ext_config_claims(offset as u16) {
@@ -192,6 +209,7 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
     }
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.seen();
         if region == VFIO_PCI_CONFIG_REGION_INDEX {
             if (0x100..crate::pci::config::SIZE as u64).contains(&offset) && self.function.ext_config_claims(offset as u16) {
                 self.function.ext_config_write(offset as u16, data);
@@ -213,6 +231,7 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
     }
 
     fn dma_map(&mut self, _flags: DmaMapFlags, offset: u64, address: u64, size: u64, fd: Option<File>) -> Result<(), std::io::Error> {
+        self.seen();
         // Regions without a file (ROM, VGA) cannot be shared; DMA to them fails as "no memory".
         let Some(fd) = fd else { return Ok(()) };
         tracing::debug!("{}: DMA_MAP {address:#x}+{size:#x}", self.name);
@@ -247,7 +266,7 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
         v.resize_with(n, || None);
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 && flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0 {
             for (i, fd) in fds.into_iter().enumerate() {
-                if let Some(slot) = v.get_mut(start as usize + i) {
+                if let Some(slot) = v.get_mut((start as usize).saturating_add(i)) {
                     *slot = Some(fd);
                 }
             }

@@ -6,6 +6,8 @@
 //! aligned (a register value with its Size bits is refused, not truncated); the image is read
 //! with pread, only where the walk goes, and never written; each IOVA is translated on its own,
 //! uncached, as `amdvi::translate` does.
+// An offline tool over a memory image the user names.
+#![allow(clippy::arithmetic_side_effects)]
 
 use iommu_model::amdvi::dte::DevTabBase;
 use iommu_model::amdvi::{translate, Outcome};

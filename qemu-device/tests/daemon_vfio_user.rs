@@ -7,7 +7,7 @@ use iommu_model::amdvi::command::{encode, Command};
 use iommu_model::amdvi::mmio::{self, control, AmdVi};
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitStatus, Stdio};
@@ -54,8 +54,12 @@ impl Daemon {
         self.dir.join(format!("{f}.sock"))
     }
 
+    /// Attach as QEMU's vfio-user-pci does at realize: connect, then read config space (the daemon
+    /// counts a function as attached from its first access).
     fn connect(&self, f: &str) -> Client {
-        Client::new(&self.sock(f)).unwrap()
+        let mut c = Client::new(&self.sock(f)).unwrap();
+        r32(&mut c, CONFIG, 0);
+        c
     }
 
     fn wait(&mut self) -> ExitStatus {
@@ -223,15 +227,17 @@ fn config_space_ids_and_capability_chain() {
         "iommu" => vec![(0x40, 0x10), (0x8c, 0x05), (qemu_device::functions::iommu::CAP_PTR, 0x0f)],
         _ => vec![(0x40, 0x10), (0x80, 0x11)],
     };
-    for (f, device) in [("iommu", 0x7101u32), ("endpoint", 0x7102)] {
-        let mut c = d.connect(f);
-        assert_eq!(r32(&mut c, CONFIG, 0), device << 16 | 0x1234, "{f}");
+    // Both attached at once, as QEMU does (one that attaches only one function ends the session).
+    let mut clients = [("iommu", 0x7101u32, d.connect("iommu")), ("endpoint", 0x7102, d.connect("endpoint"))];
+    for (f, device, c) in &mut clients {
+        let (f, device) = (*f, *device);
+        assert_eq!(r32(c, CONFIG, 0), device << 16 | 0x1234, "{f}");
         let mut cap = [0u8; 1];
         c.region_read(CONFIG, 0x34, &mut cap).unwrap();
         let mut chain = Vec::new();
         let mut at = cap[0];
         while at != 0 && chain.len() < 8 {
-            let h = r32(&mut c, CONFIG, u64::from(at));
+            let h = r32(c, CONFIG, u64::from(at));
             chain.push((at, h as u8));
             at = (h >> 8) as u8;
         }
@@ -300,8 +306,8 @@ fn completion_wait_stores_into_mapped_guest_ram_and_raises_msi() {
     assert_eq!(stored, [0; 8]);
 
     // QEMU going away ends the daemon cleanly once both functions are disconnected.
-    drop(c);
     let e = d.connect("endpoint");
+    drop(c);
     drop(e);
     assert!(d.wait().success());
     assert!(!d.sock("iommu").exists() && !d.sock("endpoint").exists(), "sockets removed");
@@ -342,7 +348,7 @@ fn persist_serves_the_next_qemu_after_a_power_cycle() {
     let types: Vec<String> = records(&d).iter().map(|r| r["type"].as_str().unwrap_or("").to_string()).collect();
     assert_eq!(
         types,
-        ["snp", "amdvi_commands", "power_cycle", "snp", "amdvi_commands", "power_cycle"],
+        ["snp", "amdvi_commands", "power_cycle", "snp", "amdvi_commands", "power_cycle", "daemon_exit"],
         "one SNP enable, one command count and one power cycle per session"
     );
     assert!(records(&d).iter().filter(|r| r["type"] == "power_cycle").all(|r| r["error"].is_null()));
@@ -362,9 +368,298 @@ fn sigterm_exits_cleanly_removes_the_sockets_and_keeps_the_event_stream_whole() 
     assert!(!d.sock("iommu").exists() && !d.sock("endpoint").exists(), "sockets removed");
     drop(c);
     let records = records(&d);
-    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(records[0]["type"], "snp");
     assert_eq!(records[0]["pages"], 0x200, "pages up to the top of the mapped RAM");
+    assert_eq!((&records[1]["type"], &records[1]["signal"]), (&"daemon_exit".into(), &15.into()), "the exit is recorded with QEMU attached");
+}
+
+/// A second daemon started by mistake on the same socket directory and event stream: it fails
+/// before touching any file, and the first daemon's client and records are as they were.
+#[test]
+fn a_second_daemon_on_the_same_sockets_changes_nothing() {
+    let d = Daemon::start("second");
+    let mut c = d.connect("iommu");
+    let ram = ram_file(&d.dir, 0x10_0000);
+    c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
+    w64(&mut c, BAR2, SNP_CTL, 1);
+    let events = d.dir.join("events.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&events).unwrap().len() == 0 {
+        assert!(Instant::now() < deadline, "no snp record");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = std::fs::read(&events).unwrap();
+    let sockets = |d: &Daemon| (std::fs::metadata(d.sock("iommu")).unwrap().ino(), std::fs::metadata(d.sock("endpoint")).unwrap().ino());
+    let socks_before = sockets(&d);
+    for extra in [&[][..], &["--overwrite-events"][..]] {
+        let out = Process::new(env!("CARGO_BIN_EXE_tiommu"))
+            .args(["daemon", "--socket-dir"])
+            .arg(&d.dir)
+            .arg("--events")
+            .arg(&events)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("in use by another tiommu daemon"), "{err}");
+    }
+    assert_eq!(std::fs::read(&events).unwrap(), before, "the first daemon's records are untouched");
+    assert_eq!(sockets(&d), socks_before, "its sockets too");
+    assert_eq!(r64(&mut c, BAR2, SNP_CTL), 1, "and its client is still served");
+    // Another directory, the same event stream: refused too.
+    let other = d.dir.join("other");
+    let out = Process::new(env!("CARGO_BIN_EXE_tiommu")).args(["daemon", "--socket-dir"]).arg(&other).arg("--events").arg(&events).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("being written by another tiommu daemon"), "{out:?}");
+    assert_eq!(std::fs::read(&events).unwrap(), before);
+}
+
+/// An event stream left by an earlier daemon is kept unless --overwrite-events says otherwise.
+#[test]
+fn an_existing_event_stream_is_only_replaced_when_asked() {
+    let dir = std::env::temp_dir().join(format!("tiommu-daemon-test-keep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    std::fs::write(&events, "{\"type\":\"daemon_exit\"}\n").unwrap();
+    let out = Process::new(env!("CARGO_BIN_EXE_tiommu")).args(["daemon", "--socket-dir"]).arg(&dir).arg("--events").arg(&events).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite-events"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&events).unwrap(), "{\"type\":\"daemon_exit\"}\n");
+    assert!(!dir.join("iommu.sock").exists(), "no socket made");
+    let mut d = Daemon { child: Process::new(env!("CARGO_BIN_EXE_tiommu")).args(["daemon", "--overwrite-events", "--socket-dir"]).arg(&dir).arg("--events").arg(&events).stderr(Stdio::null()).spawn().unwrap(), dir: dir.clone() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.sock("endpoint").exists() {
+        assert!(Instant::now() < deadline, "the daemon made no sockets");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(std::fs::metadata(&events).unwrap().len(), 0, "replaced when asked");
+    let (c, e) = (d.connect("iommu"), d.connect("endpoint"));
+    drop((c, e));
+    assert!(d.wait().success());
+}
+
+/// A QEMU that attaches only the IOMMU function and goes: the session ends (the log and a
+/// partial_attach record say so), and with --persist the next QEMU is served on both sockets
+/// instead of timing out against one nobody accepts on.
+#[test]
+fn a_qemu_that_attaches_one_function_does_not_leave_the_daemon_waiting() {
+    let d = Daemon::start_with("partial", &["--persist"]);
+    let mut c = d.connect("iommu");
+    w64(&mut c, BAR0, mmio::DEV_TABLE_BASE, 0x12_3000 | 1);
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !records(&d).iter().any(|r| r["type"] == "power_cycle") {
+        assert!(Instant::now() < deadline, "the half-attached session did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let partial: Vec<_> = records(&d).into_iter().filter(|r| r["type"] == "partial_attach").collect();
+    assert_eq!(partial.len(), 1);
+    assert_eq!((&partial[0]["gone"], &partial[0]["never_attached"]), (&"iommu".into(), &serde_json::json!(["endpoint"])));
+    // The next QEMU: both functions answer at once, the model powered on afresh.
+    let t = Instant::now();
+    let mut c = d.connect("iommu");
+    let mut e = d.connect("endpoint");
+    assert_eq!(r64(&mut c, BAR0, mmio::DEV_TABLE_BASE), 0);
+    assert_eq!(r32(&mut e, BAR0, 0), 0x414d_4454, "the endpoint's ID register");
+    assert!(t.elapsed() < Duration::from_secs(2), "served at once, not after a timeout");
+}
+
+/// BAR2 of the secure IOMMU function (docs/device-abi.md).
+const BAR2: u32 = 2;
+const RMP_BASE: u64 = 0x00;
+const RMP_END: u64 = 0x08;
+const SNP_CTL: u64 = 0x10;
+const CMDRESP: u64 = 0x100;
+
+/// One mailbox command with its 64-byte buffer at guest physical `buf`; the status.
+fn mailbox(c: &mut Client, ram: &std::fs::File, ram_gpa: u64, buf: u64, id: u32, args: &[u8]) -> u32 {
+    ram.write_all_at(args, buf - ram_gpa).unwrap();
+    c.region_write(BAR2, 0x108, &(buf as u32).to_le_bytes()).unwrap();
+    c.region_write(BAR2, 0x10c, &((buf >> 32) as u32).to_le_bytes()).unwrap();
+    c.region_write(BAR2, CMDRESP, &(id << 16).to_le_bytes()).unwrap();
+    let r = r32(c, BAR2, CMDRESP);
+    assert_eq!(r >> 16, (1 << 15) | id, "done, with the id");
+    r & 0xffff
+}
+
+fn rmpupdate_args(spa: u64, asid: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[0..8].copy_from_slice(&spa.to_le_bytes());
+    b[8..16].copy_from_slice(&spa.to_le_bytes());
+    b[16] = 1;
+    b[20..24].copy_from_slice(&asid.to_le_bytes());
+    b
+}
+
+/// The defect issue 13 found: RMP_BASE = RMP_END = ~0 then SNP_EN made `RMP_BASE + offset`
+/// overflow (a panic on the socket thread in a debug build; in a release build RMP entries
+/// written at low guest addresses). Now the window is checked when SNP is enabled.
+#[test]
+fn an_rmp_window_at_the_top_of_the_address_space_is_refused_and_nothing_wraps() {
+    let d = Daemon::start("rmpwrap");
+    let mut c = d.connect("iommu");
+    let ram = ram_file(&d.dir, 0x10_0000);
+    c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
+    let windows = [(u64::MAX, u64::MAX), (0u64.wrapping_sub(0x4000), u64::MAX), (0u64.wrapping_sub(0x1_0000), u64::MAX), (0x10_4000, 0x10_1fff), (0x10_0000, 0x10_3fff), (0x1f_e000, 0x20_ffff)];
+    for (base, end) in windows {
+        w64(&mut c, BAR2, RMP_BASE, base);
+        w64(&mut c, BAR2, RMP_END, end);
+        w64(&mut c, BAR2, SNP_CTL, 1);
+        assert_eq!(r64(&mut c, BAR2, SNP_CTL), 0, "SNP refused for {base:#x}..={end:#x}");
+    }
+    assert_eq!(r64(&mut c, BAR2, RMP_BASE), 0x1f_e000);
+    assert_eq!(r64(&mut c, BAR2, RMP_END), 0x20_ffff);
+    // Registers keep bits 51:13; the low bits of RMP_END read as ones.
+    w64(&mut c, BAR2, RMP_BASE, u64::MAX);
+    w64(&mut c, BAR2, RMP_END, 0x12_3456);
+    assert_eq!((r64(&mut c, BAR2, RMP_BASE), r64(&mut c, BAR2, RMP_END)), (0xf_ffff_ffff_e000, 0x12_3fff));
+    // A window that holds the 0x200 pages' table (0x4000 + 0x200 × 16 bytes) inside RAM.
+    w64(&mut c, BAR2, RMP_BASE, 0x10_0000);
+    w64(&mut c, BAR2, RMP_END, 0x10_7fff);
+    w64(&mut c, BAR2, SNP_CTL, 1);
+    assert_eq!(r64(&mut c, BAR2, SNP_CTL), 1);
+    // Locked while SNP is on.
+    w64(&mut c, BAR2, RMP_BASE, u64::MAX);
+    assert_eq!(r64(&mut c, BAR2, RMP_BASE), 0x10_0000);
+    assert_eq!(mailbox(&mut c, &ram, 0x10_0000, 0x1f_f000, 0x01, &rmpupdate_args(0x15_0000, 2)), 0, "RMPUPDATE");
+    let mut raw = [0u8; 16];
+    ram.read_exact_at(&mut raw, 0x4000 + 0x150 * 16).unwrap();
+    assert_eq!(raw[0] & 1, 1, "the mirrored entry of page 0x150 is assigned");
+    // Nothing but the mirror (file offsets 0x4000..0x6000) and the command buffer was written.
+    let mut all = vec![0u8; 0x10_0000];
+    ram.read_exact_at(&mut all, 0).unwrap();
+    let stray = all.iter().enumerate().find(|&(i, &b)| b != 0 && !(0x4000..0x6000).contains(&i) && !(0xf_f000..0xf_f040).contains(&i));
+    assert_eq!(stray, None, "a byte written outside the RMP window");
+    let errors: Vec<String> = records(&d).iter().filter(|r| r["type"] == "snp" && r["enabled"] == false).map(|r| r["error"].to_string()).collect();
+    let want = ["need", "need", "not all guest RAM", "below RMP_BASE", "need", "not all guest RAM"];
+    assert_eq!(errors.len(), want.len(), "{errors:?}");
+    for (e, w) in errors.iter().zip(want) {
+        assert!(e.contains(w), "{e} should say {w}");
+    }
+    assert!(records(&d).iter().any(|r| r["type"] == "snp" && r["enabled"] == true));
+}
+
+/// Guest RAM for an endpoint flood: 8 MiB at GPA 0 with a device table (at 1 MiB) whose entry for
+/// the endpoint (00:04.0) translates through v1 tables (pool at 2 MiB) that map only the ring
+/// page (IOVA = GPA 4 MiB); a ring of 128 READ_HASH descriptors of 16 MiB each from an unmapped IOVA, so
+/// every descriptor is 4096 refused pages (each one an IO_PAGE_FAULT record).
+fn flood_ram(dir: &Path) -> std::fs::File {
+    use iommu_model::amdvi::builder::V1Builder;
+    use iommu_model::amdvi::dte::Dte;
+    use iommu_model::mem::{ByteMem, PhysMem};
+    use iommu_model::walk::Perm;
+    use qemu_device::functions::endpoint::{op, Descriptor};
+    let mut mem = ByteMem::new(0, 0x80_0000);
+    let mut pt = V1Builder::new(&mut mem, 0x20_0000, 0x30_0000, 4).unwrap();
+    pt.map(&mut mem, RING, RING, 12, Perm::RW).unwrap();
+    mem.write(0x10_0000 + 0x20 * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
+    for i in 0..128u64 {
+        let d = Descriptor { op: op::READ_HASH, flags: 0, status: 0, len: 16 << 20, src: 0x1000_0000, dst: 0, value: 0 };
+        mem.write(RING + i * 32, &d.to_bytes()).unwrap();
+    }
+    let ram = ram_file(dir, 0x80_0000);
+    ram.write_all_at(&mem.bytes, 0).unwrap();
+    ram
+}
+
+const RING: u64 = 0x40_0000;
+
+/// Start the endpoint's flood: IOMMU on, the ring set up, and a thread that keeps ringing the
+/// doorbell until `stop`; it returns the number of descriptors the endpoint completed.
+fn start_flood(d: &Daemon, ram: &std::fs::File, iommu: &mut Client, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u32> {
+    use qemu_device::functions::endpoint::reg;
+    iommu.dma_map(0, 0, 0x80_0000, ram.as_raw_fd()).unwrap();
+    w64(iommu, BAR0, mmio::DEV_TABLE_BASE, 0x10_0000);
+    w64(iommu, BAR0, mmio::CONTROL, control::IOMMU_EN);
+    let mut ep = d.connect("endpoint");
+    ep.dma_map(0, 0, 0x80_0000, ram.as_raw_fd()).unwrap();
+    w64(&mut ep, BAR0, reg::RING_BASE, RING);
+    ep.region_write(BAR0, reg::RING_SIZE, &7u32.to_le_bytes()).unwrap();
+    std::thread::spawn(move || {
+        let start = r32(&mut ep, BAR0, reg::COMPLETED);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let head = r32(&mut ep, BAR0, reg::HEAD);
+            ep.region_write(BAR0, reg::TAIL, &((head + 127) % 128).to_le_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        r32(&mut ep, BAR0, reg::COMPLETED).wrapping_sub(start)
+    })
+}
+
+/// Issue 13: one AMD-Vi register read waited 57 to 751 ms while the endpoint flooded refused
+/// DMA, because the DMA worker held the secure IOMMU for a whole descriptor (4096 pages). Now it
+/// holds it for one page, and steps aside for a waiting register access: register reads over the
+/// socket are answered promptly throughout. The p99 is printed (`--nocapture`; docs/security.md
+/// has the figures). The bound asserted is loose, for a CI machine whose two cores are shared
+/// with other work (p99 reached 5.6 ms at a load average of 10), yet well below what a
+/// per-descriptor hold gives (p99 169 ms in a debug build, 296 ms in a release build).
+#[test]
+fn iommu_registers_answer_promptly_while_the_endpoint_floods_refused_dma() {
+    let d = Daemon::start("stall");
+    let mut c = d.connect("iommu");
+    let ram = flood_ram(&d.dir);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = start_flood(&d, &ram, &mut c, stop.clone());
+    // Let the flood start, then time register reads for 2 s.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut lat = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        let t0 = Instant::now();
+        let v = r64(&mut c, BAR0, mmio::CONTROL);
+        lat.push(t0.elapsed());
+        assert_eq!(v & control::IOMMU_EN, control::IOMMU_EN);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let completed = flood.join().unwrap();
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    let bytes = std::fs::metadata(d.dir.join("events.jsonl")).unwrap().len();
+    println!(
+        "register reads during the flood: {} reads, p50 {:?}, p99 {:?}, max {:?}; {completed} descriptors ({} refused pages) completed; events.jsonl {:.1} MB",
+        lat.len(), p(0.5), p(0.99), lat[lat.len() - 1], u64::from(completed) * 4096, bytes as f64 / 1e6
+    );
+    assert!(completed >= 2, "the endpoint was flooding ({completed} descriptors)");
+    assert!(p(0.99) < Duration::from_millis(50), "p99 {:?}", p(0.99));
+}
+
+/// Under the same flood the event stream stops at --events-limit, with an events_limit record
+/// where it stopped and the count of what was not written at the end.
+#[test]
+fn the_event_stream_stops_at_its_limit_under_a_flood_and_counts_the_rest() {
+    let mut d = Daemon::start_with("limit", &["--events-limit", "1M"]);
+    let mut c = d.connect("iommu");
+    let ram = flood_ram(&d.dir);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = start_flood(&d, &ram, &mut c, stop.clone());
+    let events = d.dir.join("events.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The limit stops the stream just short of 1 MiB (a record that would cross it is counted).
+    while std::fs::metadata(&events).unwrap().len() < (1 << 20) - 4096 {
+        assert!(Instant::now() < deadline, "the flood did not reach 1 MiB of records");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let at_limit = std::fs::metadata(&events).unwrap().len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(std::fs::metadata(&events).unwrap().len(), at_limit, "no growth past the limit");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(flood.join().unwrap() > 0);
+    let st = Process::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap();
+    assert!(st.success() && d.wait().success());
+    let recs = records(&d);
+    let faults = recs.iter().filter(|r| r["type"] == "translation_fault").count() as u64;
+    let limit = recs.iter().position(|r| r["type"] == "events_limit").expect("events_limit");
+    assert!(recs[limit + 1..].iter().all(|r| r["type"] != "translation_fault"), "nothing but counts after the limit");
+    let dropped: u64 = recs.iter().filter(|r| r["type"] == "events_dropped").map(|r| r["count"].as_u64().unwrap()).sum();
+    assert!(dropped > 0, "the drop is counted");
+    assert_eq!(recs.last().unwrap()["type"], "daemon_exit");
+    let len = std::fs::metadata(&events).unwrap().len();
+    assert!(len < (1 << 20) + 4096, "{len} bytes");
+    println!("at the 1 MiB limit: {faults} translation_fault records written, {dropped} counted in events_dropped");
 }
 
 /// `--iommu vtd`: BAR0 is the VT-d register file. Queued invalidation runs from guest RAM (the
@@ -516,9 +811,9 @@ fn ioat_engine_copies_interrupts_and_resets_over_vfio_user() {
     c.reset().unwrap();
     assert_eq!(r64(&mut c, BAR0, ch + 0x18), 0, "the vfio-user reset too");
     drop(c);
-    for f in ["iommu", "endpoint"] {
-        drop(d.connect(f));
-    }
+    // QEMU attaches every function at once (one attached alone ends the session when it goes).
+    let others = (d.connect("iommu"), d.connect("endpoint"));
+    drop(others);
     assert!(d.wait().success());
     assert_eq!(records(&d).iter().filter(|e| e["type"] == "ioat_reset" && e["channel"] == "all").count(), 2, "FLR and the device reset");
 }

@@ -153,8 +153,8 @@ impl Rmp {
     /// Whether the naturally aligned range of the request's I/O mapping holds an assigned page.
     fn large_range_has_assigned(&self, req: &DmaRequest) -> bool {
         let log2 = req.mapping_size_log2.clamp(12, 63);
-        let first = (req.spa & !((1u64 << log2) - 1)) >> 12;
-        let pages = 1u64 << (log2 - 12);
+        let first = (req.spa & !(1u64 << log2).wrapping_sub(1)) >> 12;
+        let pages = 1u64 << log2.saturating_sub(12);
         let end = first.saturating_add(pages).min(self.pages());
         if pages < PTES_PER_2M {
             return (first..end).any(|p| self.entries[p as usize].assigned);

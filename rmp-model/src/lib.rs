@@ -4,6 +4,9 @@
 //!
 //! A pure library: no I/O, no threads, no unsafe. Its state is plain data that the daemon owns.
 #![forbid(unsafe_code)]
+// Addresses, page numbers and ids arrive from the guest (mailbox buffers, DMA): arithmetic on
+// them is checked, wrapping or saturating by choice, never an overflow.
+#![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
 
 pub mod cpu;
 pub mod dma_check;

@@ -126,7 +126,7 @@ impl Rmp {
         if new.assigned && !self.hazards.is_empty() {
             for m in self.hazards.overlapping(spa, new.page_size.bytes()) {
                 let lo = m.spa.max(spa) >> 12;
-                let hi = (m.spa.saturating_add(m.size)).min(spa + new.page_size.bytes()).div_ceil(0x1000);
+                let hi = (m.spa.saturating_add(m.size)).min(spa.saturating_add(new.page_size.bytes())).div_ceil(0x1000);
                 for p in lo..hi {
                     if !self.entries[p as usize].assigned {
                         hazards.push(Hazard { spa: p << 12, asid: new.asid, mapping: m });
@@ -135,11 +135,11 @@ impl Rmp {
             }
         }
         let head = pfn & !(PTES_PER_2M - 1);
-        let mut changed = head..pfn + n;
+        let mut changed = head..pfn.saturating_add(n);
         // A 4 KiB update inside a hypervisor 2 MiB page splits it first (choice: docs/rmp.md).
         if new.page_size == PageSize::Size4K && self.entries[pfn as usize].page_size == PageSize::Size2M {
-            changed = head..head + PTES_PER_2M;
-            for p in head..head + PTES_PER_2M {
+            changed = head..head.saturating_add(PTES_PER_2M);
+            for p in head..head.saturating_add(PTES_PER_2M) {
                 let e = RmpEntry { page_size: PageSize::Size4K, ..self.entries[p as usize] };
                 self.put(p, e);
             }
@@ -151,12 +151,12 @@ impl Rmp {
                 assigned: new.assigned,
                 page_size: new.page_size,
                 immutable: new.immutable,
-                gpa: if new.assigned { (new.gpa & !0xfff) + (i << 12) } else { 0 },
+                gpa: if new.assigned { (new.gpa & !0xfff).saturating_add(i << 12) } else { 0 },
                 asid: new.asid,
                 vmpl: if new.assigned { [vmpl_perm::ALL, 0, 0, 0] } else { [0; 4] },
                 ..Default::default()
             };
-            self.put(pfn + i, e);
+            self.put(pfn.saturating_add(i), e);
         }
         UpdateResult { status: RmpStatus::Success, hazards, changed }
     }
@@ -164,14 +164,14 @@ impl Rmp {
     fn rmpupdate_checks(&self, spa: u64, new: &RmpState) -> RmpStatus {
         let pfn = spa >> 12;
         let n = new.page_size.pages();
-        if spa & (new.page_size.bytes() - 1) != 0 || pfn.saturating_add(n) > self.pages() {
+        if spa & (new.page_size.bytes().wrapping_sub(1)) != 0 || pfn.saturating_add(n) > self.pages() {
             return RmpStatus::FailInput;
         }
         if new.asid > MAX_ASID || (!new.assigned && (new.asid != 0 || new.immutable)) {
             return RmpStatus::FailInput;
         }
         // GPA bits 51:12 only, aligned to the page size.
-        if new.gpa >> 52 != 0 || (new.assigned && new.gpa & (new.page_size.bytes() - 1) != 0) || new.gpa & 0xfff != 0 {
+        if new.gpa >> 52 != 0 || (new.assigned && new.gpa & (new.page_size.bytes().wrapping_sub(1)) != 0) || new.gpa & 0xfff != 0 {
             return RmpStatus::FailInput;
         }
         let cur = self.entries[pfn as usize];
@@ -181,7 +181,7 @@ impl Rmp {
         } else {
             (pfn, n)
         };
-        let touched = first..first + count;
+        let touched = first..first.saturating_add(count);
         if touched.clone().any(|p| self.entries[p as usize].immutable) {
             return RmpStatus::FailPermission;
         }
@@ -203,7 +203,7 @@ impl Rmp {
     /// consecutive GPAs (hypervisor instruction).
     pub fn psmash(&mut self, spa: u64) -> RmpStatus {
         let pfn = spa >> 12;
-        if spa & (PageSize::Size2M.bytes() - 1) != 0 || pfn.saturating_add(PTES_PER_2M) > self.pages() {
+        if spa & (PageSize::Size2M.bytes().wrapping_sub(1)) != 0 || pfn.saturating_add(PTES_PER_2M) > self.pages() {
             return RmpStatus::FailInput;
         }
         let head = self.entries[pfn as usize];
@@ -214,10 +214,10 @@ impl Rmp {
         if head.immutable {
             return RmpStatus::FailPermission;
         }
-        if (pfn..pfn + PTES_PER_2M).any(|p| self.in_use.contains(&p)) {
+        if (pfn..pfn.saturating_add(PTES_PER_2M)).any(|p| self.in_use.contains(&p)) {
             return RmpStatus::FailInuse;
         }
-        for p in pfn..pfn + PTES_PER_2M {
+        for p in pfn..pfn.saturating_add(PTES_PER_2M) {
             let e = RmpEntry { page_size: PageSize::Size4K, ..self.entries[p as usize] };
             self.put(p, e);
         }
@@ -246,7 +246,7 @@ impl Rmp {
     /// RMPADJUST from a guest: set the permissions of a lower-privileged VMPL (and the VMSA bit)
     /// on the guest's page at `spa`, mapped at `gpa`.
     pub fn rmpadjust(&mut self, caller: GuestCtx, spa: u64, gpa: u64, size: PageSize, attrs: AdjustAttrs) -> GuestResult {
-        let align = size.bytes() - 1;
+        let align = size.bytes().wrapping_sub(1);
         if spa & align != 0 || gpa & align != 0 || attrs.perms & !vmpl_perm::ALL != 0 || attrs.target_vmpl > 3 || caller.vmpl > 3 {
             return GuestResult::Status(RmpStatus::FailInput);
         }
@@ -262,7 +262,7 @@ impl Rmp {
         if attrs.target_vmpl <= caller.vmpl || attrs.perms & !e.vmpl[usize::from(caller.vmpl)] != 0 {
             return GuestResult::Status(RmpStatus::FailPermission);
         }
-        for p in pfn..pfn + size.pages() {
+        for p in pfn..pfn.saturating_add(size.pages()) {
             let mut s = self.entries[p as usize];
             s.vmpl[usize::from(attrs.target_vmpl)] = attrs.perms;
             s.vmsa = attrs.vmsa;
@@ -277,7 +277,7 @@ impl Rmp {
         if caller.vmpl != 0 {
             return GuestResult::GeneralProtection;
         }
-        if spa & (size.bytes() - 1) != 0 || gpa & (size.bytes() - 1) != 0 {
+        if spa & (size.bytes().wrapping_sub(1)) != 0 || gpa & (size.bytes().wrapping_sub(1)) != 0 {
             return GuestResult::Status(RmpStatus::FailInput);
         }
         let (pfn, e) = match self.guest_page(caller, spa, gpa, size) {
@@ -287,7 +287,7 @@ impl Rmp {
         if e.validated == validate {
             return GuestResult::Status(RmpStatus::NoUpdate);
         }
-        for p in pfn..pfn + size.pages() {
+        for p in pfn..pfn.saturating_add(size.pages()) {
             let s = RmpEntry { validated: validate, ..self.entries[p as usize] };
             self.put(p, s);
         }

@@ -241,12 +241,12 @@ impl Rmp {
 
     /// Bytes from RMP_BASE to the end of the last entry (what RMP_END - RMP_BASE + 1 must cover).
     pub fn table_bytes(pages: u64) -> u64 {
-        BOOKKEEPING + pages * ENTRY_SIZE
+        BOOKKEEPING.saturating_add(pages.saturating_mul(ENTRY_SIZE))
     }
 
-    /// Offset of a page's entry from RMP_BASE.
+    /// Offset of a page's entry from RMP_BASE (saturating: no page past 2^60 has an entry).
     pub fn entry_offset(pfn: u64) -> u64 {
-        BOOKKEEPING + pfn * ENTRY_SIZE
+        BOOKKEEPING.saturating_add(pfn.saturating_mul(ENTRY_SIZE))
     }
 
     /// The entry of `pfn`; `None` outside the RMP. Inside a 2 MiB page every entry carries the
@@ -275,8 +275,8 @@ impl Rmp {
                 let c = self.asid_pages[(at / 8) as usize];
                 c.to_le_bytes()[(at % 8) as usize]
             } else {
-                let pfn = (at - BOOKKEEPING) / ENTRY_SIZE;
-                self.raw(pfn).map_or(0, |r| r[((at - BOOKKEEPING) % ENTRY_SIZE) as usize])
+                let rel = at.wrapping_sub(BOOKKEEPING);
+                self.raw(rel / ENTRY_SIZE).map_or(0, |r| r[(rel % ENTRY_SIZE) as usize])
             };
         }
     }
@@ -292,7 +292,7 @@ impl Rmp {
         if head.page_size == PageSize::Size2M && head.assigned {
             return PTES_PER_2M as u16;
         }
-        head.subpage_count + head.assigned as u16
+        head.subpage_count.saturating_add(u16::from(head.assigned))
     }
 
     /// Number of assigned 4 KiB pages in the 1 GiB of system memory holding `pfn`.
@@ -329,11 +329,11 @@ impl Rmp {
             *c = c.saturating_sub(1);
         }
         if let Some(c) = self.asid_pages.get_mut(usize::from(e.asid)).filter(|_| e.assigned) {
-            *c += 1;
+            *c = c.saturating_add(1);
         }
         if old.assigned != e.assigned {
             let c = &mut self.assigned_in_1g[(pfn / PAGES_PER_1G) as usize];
-            *c = if e.assigned { *c + 1 } else { c.saturating_sub(1) };
+            *c = if e.assigned { c.saturating_add(1) } else { c.saturating_sub(1) };
         }
         if pfn == head {
             e.subpage_count = old.subpage_count;
@@ -342,7 +342,7 @@ impl Rmp {
             let was = old.assigned && old.page_size == PageSize::Size4K;
             let is = e.assigned && e.page_size == PageSize::Size4K;
             let hc = &mut self.entries[head as usize].subpage_count;
-            *hc = (*hc + is as u16).saturating_sub(was as u16);
+            *hc = hc.saturating_add(u16::from(is)).saturating_sub(u16::from(was));
         }
         self.entries[i] = e;
     }
@@ -361,14 +361,14 @@ impl Rmp {
     /// with consecutive GPAs. False if the page is outside the RMP or misaligned.
     pub fn firmware_set(&mut self, pfn: u64, e: RmpEntry) -> bool {
         let n = e.page_size.pages();
-        if pfn & (n - 1) != 0 || pfn.saturating_add(n) > self.pages() || usize::from(e.asid) >= ASID_COUNTERS {
+        if pfn & n.wrapping_sub(1) != 0 || pfn.saturating_add(n) > self.pages() || usize::from(e.asid) >= ASID_COUNTERS {
             return false;
         }
         // A 4 KiB entry inside a 2 MiB page splits the page first, as PSMASH would, so every
         // 2 MiB page keeps its 512 entries alike.
         let head = pfn & !(PTES_PER_2M - 1);
         if e.page_size == PageSize::Size4K && self.entries[pfn as usize].page_size == PageSize::Size2M {
-            for p in head..(head + PTES_PER_2M).min(self.pages()) {
+            for p in head..head.saturating_add(PTES_PER_2M).min(self.pages()) {
                 let s = RmpEntry { page_size: PageSize::Size4K, ..self.entries[p as usize] };
                 self.put(p, s);
             }
@@ -378,7 +378,7 @@ impl Rmp {
             if e.assigned {
                 s.gpa = e.gpa.wrapping_add(i << 12) & (GPA_BITS << 12);
             }
-            self.put(pfn + i, s);
+            self.put(pfn.saturating_add(i), s);
         }
         true
     }

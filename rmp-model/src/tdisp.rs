@@ -163,18 +163,18 @@ pub fn parse_response(m: &[u8]) -> Option<Response> {
         return None;
     }
     let body = &m[HEADER_LEN..];
-    let u16_at = |i: usize| body.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |i: usize| body.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u16_at = |i: usize| body.get(i..i.saturating_add(2)).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |i: usize| body.get(i..i.saturating_add(4)).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     Some(match m[1] {
         rsp::TDISP_VERSION => {
             let n = *body.first()? as usize;
-            Response::Version(body.get(1..1 + n)?.to_vec())
+            Response::Version(body.get(1..n.checked_add(1)?)?.to_vec())
         }
         rsp::TDISP_CAPABILITIES => Response::Capabilities(body.to_vec()),
         rsp::LOCK_INTERFACE => Response::Locked { nonce: body.get(..32)?.try_into().ok()? },
         rsp::DEVICE_INTERFACE_REPORT => {
             let portion = u16_at(0)? as usize;
-            Response::Report { portion: body.get(4..4 + portion)?.to_vec(), remainder: u16_at(2)? }
+            Response::Report { portion: body.get(4..portion.checked_add(4)?)?.to_vec(), remainder: u16_at(2)? }
         }
         rsp::DEVICE_INTERFACE_STATE => Response::State(TdiState::from_u8(*body.first()?)?),
         rsp::START_INTERFACE => Response::Started,
@@ -247,7 +247,7 @@ impl TdispResponder {
         r.extend_from_slice(&0u32.to_le_bytes());
         r.extend_from_slice(&(self.ranges.len() as u32).to_le_bytes());
         for m in &self.ranges {
-            r.extend_from_slice(&(m.first_page + (self.mmio_reporting_offset >> 12)).to_le_bytes());
+            r.extend_from_slice(&m.first_page.wrapping_add(self.mmio_reporting_offset >> 12).to_le_bytes());
             r.extend_from_slice(&m.pages.to_le_bytes());
             r.extend_from_slice(&m.attributes.to_le_bytes());
             r.extend_from_slice(&m.range_id.to_le_bytes());
@@ -305,9 +305,8 @@ impl TdispResponder {
                 let mut r = header(rsp::TDISP_CAPABILITIES, fid);
                 r.extend_from_slice(&0u32.to_le_bytes()); // dsm_caps
                 let mut supported = [0u8; 16];
-                for code in 0x81..=0x87u8 {
-                    supported[(code - 0x80) as usize / 8] |= 1 << ((code - 0x80) % 8);
-                }
+                // Request codes 0x81..=0x87: bits 1..=7 of the first byte.
+                supported[0] = 0xfe;
                 r.extend_from_slice(&supported);
                 let flags = lock_flags::NO_FW_UPDATE | lock_flags::LOCK_MSIX;
                 r.extend_from_slice(&flags.to_le_bytes());
@@ -344,8 +343,8 @@ impl TdispResponder {
                 if off > report.len() {
                     return self.error(err::INVALID_REQUEST, 0);
                 }
-                let portion = &report[off..(off + len).min(report.len())];
-                let remainder = report.len() - off - portion.len();
+                let portion = &report[off..off.saturating_add(len).min(report.len())];
+                let remainder = report.len().saturating_sub(off).saturating_sub(portion.len());
                 let mut r = header(rsp::DEVICE_INTERFACE_REPORT, fid);
                 r.extend_from_slice(&(portion.len() as u16).to_le_bytes());
                 r.extend_from_slice(&(remainder as u16).to_le_bytes());

@@ -225,9 +225,19 @@ impl Tio {
         if self.tdis.values().any(|t| t.devid == devid && t.function_id == function_id) {
             return Err(TioStatus::InUse);
         }
-        self.next_tdi += 1;
-        self.tdis.insert(self.next_tdi, TdiCtx { devid, function_id, bind: None });
-        Ok(self.next_tdi)
+        // Ids are handed out in turn and wrap after 2^32 creations (a guest can get there with
+        // TDI_CREATE/TDI_RECLAIM pairs); an id still in use, or 0, is skipped. At most MAX_TDIS
+        // are in use, so the search ends within MAX_TDIS + 2 steps.
+        let mut id = self.next_tdi;
+        loop {
+            id = id.wrapping_add(1);
+            if id != 0 && !self.tdis.contains_key(&id) {
+                break;
+            }
+        }
+        self.next_tdi = id;
+        self.tdis.insert(id, TdiCtx { devid, function_id, bind: None });
+        Ok(id)
     }
 
     pub fn tdi_reclaim(&mut self, tdi: u32) -> TioStatus {
@@ -442,6 +452,34 @@ mod tests {
         assert_eq!(tio.dev_disconnect(0x20, false), TioStatus::Success);
         assert_eq!(tio.dev_reclaim(0x20), TioStatus::Success);
         assert_eq!(tio.dev_reclaim(0x20), TioStatus::InvalidDevCtx);
+    }
+
+    #[test]
+    fn tdi_ids_wrap_without_reusing_one_in_use() {
+        let mut dev = TdispResponder::new(1, vec![]);
+        let mut tr = |_: u16, m: &[u8]| Some(dev.handle_request(m));
+        let mut tio = Tio::default();
+        tio.init();
+        for devid in [1, 2] {
+            tio.dev_create(devid, 0);
+            assert_eq!(tio.dev_connect(devid, [0; 8], &mut tr), TioStatus::Success);
+        }
+        let bound = tio.tdi_create(1, 1).unwrap();
+        assert_eq!(bound, 1);
+        assert_eq!(tio.tdi_bind(bound, 5, 0x100, 0, false, &mut tr), TioStatus::Success);
+        assert_eq!(tio.tdi_run(bound, &mut tr), TioStatus::Success);
+        // As after 2^32 - 2 TDI_CREATE/TDI_RECLAIM pairs of device 2 (8 000 pairs/s over the
+        // socket: six days).
+        tio.next_tdi = u32::MAX - 2;
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let id = tio.tdi_create(2, 2).unwrap();
+            seen.push(id);
+            assert_eq!(tio.tdi_reclaim(id), TioStatus::Success);
+        }
+        assert_eq!(seen, [u32::MAX - 1, u32::MAX, 2, 3], "0 and the bound TDI's id 1 skipped");
+        assert_eq!(tio.tdis[&bound].bind.map(|b| b.asid), Some(5), "the TDI in RUN is untouched");
+        assert_eq!(tio.tdi_status(bound, &mut tr), Ok(TdiState::Run));
     }
 
     #[test]

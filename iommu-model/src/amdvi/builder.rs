@@ -3,6 +3,8 @@
 //! sizes as NextLevel 7 entries replicated over their slots). It never reads entries back through
 //! the walker, so tests can use it as the reference the walker is checked against; the daemon and
 //! tools use it to own tables.
+// Builds tables from the caller's (a test's, a tool's) addresses, never from guest-written values.
+#![allow(clippy::arithmetic_side_effects)]
 
 use crate::fmt::amdv1::{self, next_level};
 use crate::mem::{MemError, PhysMem};

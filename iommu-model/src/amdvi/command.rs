@@ -113,8 +113,9 @@ pub fn decode_range(addr: u64, s: bool) -> (u64, u64) {
     if k >= 51 {
         return (0, u64::MAX);
     }
-    let size = 1u64 << (k + 1);
-    (addr & !(size - 1), size)
+    // k is 12..=50 here.
+    let size = 1u64 << k.saturating_add(1);
+    (addr & !size.wrapping_sub(1), size)
 }
 
 /// Build the raw entries (what a driver writes), for tests and tools.
@@ -142,14 +143,14 @@ pub fn encode_range(start: u64, len: u64) -> (u64, bool) {
     if len <= 0x1000 && start & 0xfff == 0 {
         return (start, false);
     }
-    let end = start.saturating_add(len.max(1) - 1);
-    let msb_diff = 63 - (start ^ end).leading_zeros().min(63);
+    let end = start.saturating_add(len.saturating_sub(1));
+    let msb_diff = 63u32.saturating_sub((start ^ end).leading_zeros().min(63));
     if msb_diff >= 51 {
         return (ALL_PAGES_ADDRESS, true);
     }
     // Ones below the size bit, the size bit itself cleared.
     let size_bit = msb_diff;
-    let addr = (start | ((1u64 << size_bit) - 1)) & !(1u64 << size_bit) & !0xfff;
+    let addr = (start | (1u64 << size_bit).wrapping_sub(1)) & !(1u64 << size_bit) & !0xfff;
     (addr, true)
 }
 

@@ -17,19 +17,20 @@ pub struct Dte(pub [u64; 4]);
 
 /// Bits `hi..=lo` of `q`, shifted down.
 fn bits(q: u64, hi: u32, lo: u32) -> u64 {
-    (q >> lo) & (u64::MAX >> (63 - (hi - lo)))
+    // Callers name fields with constants, 0 <= lo <= hi <= 63.
+    (q >> lo) & (u64::MAX >> 63u32.saturating_sub(hi.saturating_sub(lo)))
 }
 
 impl Dte {
     pub fn from_bytes(b: &[u8; 32]) -> Dte {
-        let q = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let q = |i: usize| u64::from_le_bytes(b.chunks_exact(8).nth(i).and_then(|c| c.try_into().ok()).unwrap_or([0; 8]));
         Dte([q(0), q(1), q(2), q(3)])
     }
 
     pub fn to_bytes(&self) -> [u8; 32] {
         let mut b = [0u8; 32];
-        for (i, q) in self.0.iter().enumerate() {
-            b[i * 8..i * 8 + 8].copy_from_slice(&q.to_le_bytes());
+        for (chunk, q) in b.chunks_exact_mut(8).zip(self.0) {
+            chunk.copy_from_slice(&q.to_le_bytes());
         }
         b
     }
@@ -205,7 +206,8 @@ impl DevTabBase {
     }
     /// Number of entries the table holds.
     pub fn entries(&self) -> u64 {
-        ((self.0 & 0x1ff) + 1) * 4096 / DTE_SIZE
+        // Size is 9 bits: at most 512 pages.
+        (self.0 & 0x1ff).saturating_add(1).saturating_mul(4096) / DTE_SIZE
     }
 }
 
@@ -221,7 +223,8 @@ pub fn fetch<M: PhysMem + ?Sized>(mem: &M, devtab: DevTabBase, devid: u16) -> Re
     if u64::from(devid) >= devtab.entries() {
         return Err(DteFetchError::OutOfTable);
     }
-    let dte_addr = devtab.base() + u64::from(devid) * DTE_SIZE;
+    // base() has bits 51:12 and devid × 32 < 2^21: the sum cannot wrap.
+    let dte_addr = devtab.base().wrapping_add(u64::from(devid).wrapping_mul(DTE_SIZE));
     let mut b = [0u8; 32];
     mem.read(dte_addr, &mut b).map_err(|err| DteFetchError::Memory { dte_addr, err })?;
     Ok(Dte::from_bytes(&b))

@@ -150,7 +150,7 @@ impl AmdVi {
         }
         let v = self.reg(off & !7);
         if size == 4 {
-            (v >> ((off & 4) * 8)) & 0xffff_ffff
+            (v >> ((off & 4) << 3)) & 0xffff_ffff
         } else {
             v
         }
@@ -165,7 +165,7 @@ impl AmdVi {
         let old = self.reg(reg);
         // The bits this access writes; a 4-byte access leaves the other half as it was.
         let (written, val) = if size == 4 {
-            let sh = (off & 4) * 8;
+            let sh = (off & 4) << 3;
             let lane = (val & 0xffff_ffff) << sh;
             (lane, (old & !(0xffff_ffffu64 << sh)) | lane)
         } else {
@@ -231,7 +231,7 @@ impl AmdVi {
         // stops with COMMAND_HARDWARE_ERROR (choice: docs/amd-vi.md).
         if self.cmd_tail >= size || self.cmd_head >= size {
             self.status &= !status::CMD_BUF_RUN;
-            let ev = Event::command_hw_error(flags::TYPE_TARGET_ABORT, base + self.cmd_tail);
+            let ev = Event::command_hw_error(flags::TYPE_TARGET_ABORT, base.wrapping_add(self.cmd_tail));
             self.log_event(mem, &ev);
             return;
         }
@@ -239,8 +239,9 @@ impl AmdVi {
             if self.cmd_head == self.cmd_tail {
                 break;
             }
-            let addr = base + self.cmd_head;
-            let fetched = mem.read_u64(addr).and_then(|a| Ok((a, mem.read_u64(addr + 8)?)));
+            // base has bits 51:12 and head < size <= 512 KiB: no sum here can wrap.
+            let addr = base.wrapping_add(self.cmd_head);
+            let fetched = mem.read_u64(addr).and_then(|a| Ok((a, mem.read_u64(addr.wrapping_add(8))?)));
             let raw = match fetched {
                 Ok((a, b)) => [a, b],
                 Err(_) => {
@@ -281,14 +282,15 @@ impl AmdVi {
                 return;
             };
             if let Some(n) = self.commands.get_mut(usize::from((raw[0] >> 60) as u8)) {
-                *n += 1;
+                *n = n.wrapping_add(1);
             }
             if let Err(ev) = self.execute(mem, &cmd) {
                 self.status &= !status::CMD_BUF_RUN;
                 self.log_event(mem, &ev);
                 return;
             }
-            self.cmd_head = (self.cmd_head + 16) % size;
+            // size is a power of two (ring_bytes).
+            self.cmd_head = self.cmd_head.wrapping_add(16) & size.wrapping_sub(1);
             self.inject.count_command();
             self.fire_any(mem, At::Command);
         }
@@ -327,12 +329,12 @@ impl AmdVi {
             return false;
         }
         let size = ring_bytes(self.evt_base);
-        let next = (self.evt_tail + 16) % size;
+        let next = self.evt_tail.wrapping_add(16) & size.wrapping_sub(1);
         if self.evt_tail >= size || self.evt_head >= size || next == self.evt_head {
             self.overflow();
             return false;
         }
-        if mem.write((self.evt_base & BASE_MASK) + self.evt_tail, &ev.to_bytes()).is_err() {
+        if mem.write((self.evt_base & BASE_MASK).wrapping_add(self.evt_tail), &ev.to_bytes()).is_err() {
             return false;
         }
         self.evt_tail = next;
@@ -417,7 +419,7 @@ impl AmdVi {
                     return (finish_walk(&d, devid, iova, access, Ok(t)), None);
                 }
                 let res = walk::walk(&AmdV1, mem, root, levels, iova);
-                self.walks += 1;
+                self.walks = self.walks.wrapping_add(1);
                 if let Ok(t) = &res {
                     self.iotlb.insert(d.domain_id(), iova, t);
                 }

@@ -35,13 +35,14 @@ pub fn mappings_of<M: PhysMem + ?Sized>(mem: &M, devtab: DevTabBase, spa: u64, l
             exhausted = true;
             break;
         }
-        *budget -= 1;
+        *budget = budget.saturating_sub(1);
         let mut raw = [0u8; 4096];
-        if mem.read(devtab.base() + page * 4096, &mut raw).is_err() {
+        // base() has bits 51:12 and the table is at most 512 pages: the sum cannot wrap.
+        if mem.read(devtab.base().wrapping_add(page.wrapping_mul(4096)), &mut raw).is_err() {
             break;
         }
         for (i, b) in raw.chunks_exact(DTE_SIZE as usize).enumerate() {
-            let Ok(devid) = u16::try_from(page * per_page + i as u64) else { break 'table };
+            let Ok(devid) = u16::try_from(page.saturating_mul(per_page).saturating_add(i as u64)) else { break 'table };
             let d = Dte::from_bytes(b.try_into().unwrap_or(&[0; 32]));
             if d.v() && d.tv() && (1..=6).contains(&d.mode()) && d.perm() != Perm::NONE {
                 domains.entry((d.pt_root(), d.mode())).or_default().push((devid, d));

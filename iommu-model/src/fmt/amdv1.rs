@@ -46,7 +46,8 @@ impl Format for AmdV1 {
                 if raw & PTE_RSVD != 0 {
                     return Entry::Invalid;
                 }
-                let size_log2 = 12 + 9 * (level - 1);
+                // The walker passes levels 1..=6.
+                let size_log2 = 12u8.saturating_add(9u8.saturating_mul(level.saturating_sub(1)));
                 Entry::Page { addr: raw & ADDR_MASK, size_log2, perm: perm(raw) }
             }
             // NextLevel 7: size = 2^(1 + position of the first zero address bit from bit 12)
@@ -59,8 +60,9 @@ impl Format for AmdV1 {
                 if ones >= 52 {
                     return Entry::Invalid;
                 }
-                let size_log2 = (ones + 1) as u8;
-                let addr = raw & ADDR_MASK & !((1u64 << size_log2) - 1);
+                // ones is 12..=51 here.
+                let size_log2 = ones.saturating_add(1) as u8;
+                let addr = raw & ADDR_MASK & !(1u64 << size_log2).wrapping_sub(1);
                 Entry::Page { addr, size_log2, perm: perm(raw) }
             }
             n => {
@@ -86,8 +88,8 @@ pub fn pte(page: u64, perm: Perm) -> u64 {
 /// A NextLevel-7 leaf of `1 << size_log2` bytes (Linux PAGE_SIZE_PTE: the run of ones below the
 /// size bit encodes the size).
 pub fn sized_pte(page: u64, size_log2: u8, perm: Perm) -> u64 {
-    let size = 1u64 << size_log2;
-    let addr = ((page | (size - 1)) & !(size >> 1)) & ADDR_MASK;
+    let size = 1u64.checked_shl(u32::from(size_log2)).unwrap_or(0);
+    let addr = ((page | size.wrapping_sub(1)) & !(size >> 1)) & ADDR_MASK;
     addr | (u64::from(NEXT_LEVEL_SIZED) << NEXT_LEVEL_SHIFT) | PR | perm_bits(perm)
 }
 

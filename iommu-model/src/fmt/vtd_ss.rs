@@ -46,7 +46,7 @@ impl VtdSs {
     /// Address bits below the host address width (QEMU VTD_HAW_MASK & ~0xfff).
     pub fn addr_mask(&self) -> u64 {
         let haw = u32::from(self.haw).clamp(HAW_MIN, 52);
-        ((1u64 << haw) - 1) & ADDR_MASK
+        (1u64 << haw).wrapping_sub(1) & ADDR_MASK
     }
 
     /// Bits that must be zero in every entry, whatever the level: SNP, TM and address bits at or
@@ -78,7 +78,7 @@ impl Format for VtdSs {
             // PS where the level (4, 5) or CAP.SLLPS allows no superpage is a reserved bit
             // (VTD_SPTE_PAGE_L4_RSVD_MASK 0x880), as are misaligned superpage addresses.
             _ if ps => Entry::Invalid,
-            2..=5 => Entry::Table { addr, next_level: level - 1, perm },
+            2..=5 => Entry::Table { addr, next_level: level.saturating_sub(1), perm },
             _ => Entry::Invalid,
         }
     }

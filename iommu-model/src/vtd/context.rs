@@ -69,12 +69,13 @@ impl ContextEntry {
 
     /// Second-stage levels for AW: 3, 4, 5 for AW 1, 2, 3 (QEMU vtd_ce_get_level: 2 + AW).
     pub fn levels(&self) -> u8 {
-        self.aw() + 2
+        self.aw().saturating_add(2)
     }
 
     /// The adjusted guest address width AW selects, 30 + 9 * AW bits (39, 48, 57).
     pub fn agaw(&self) -> u32 {
-        30 + 9 * u32::from(self.aw())
+        // AW is three bits.
+        30u32.saturating_add(9u32.saturating_mul(u32::from(self.aw())))
     }
 
     pub fn did(&self) -> u16 {

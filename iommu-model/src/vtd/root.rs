@@ -41,7 +41,7 @@ impl RootEntry {
 
 /// `(1 << haw) - 1`, QEMU VTD_HAW_MASK, with HAW taken as the second-stage format takes it.
 pub(crate) fn haw_mask(haw: u8) -> u64 {
-    (1u64 << u32::from(haw).clamp(crate::fmt::vtd_ss::HAW_MIN, 52)) - 1
+    (1u64 << u32::from(haw).clamp(crate::fmt::vtd_ss::HAW_MIN, 52)).wrapping_sub(1)
 }
 
 /// Read the root entry for `bus` (RTADDR bits 11:0 are the table type and reserved bits of the

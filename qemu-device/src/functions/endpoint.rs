@@ -140,7 +140,7 @@ pub struct Descriptor {
 
 impl Descriptor {
     pub fn from_bytes(b: &[u8; 32]) -> Descriptor {
-        let u64_at = |i: usize| u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]]);
+        let u64_at = |i: usize| u64::from_le_bytes(b.get(i..).and_then(|s| s.get(..8)).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
         Descriptor {
             op: b[0],
             flags: b[1],
@@ -261,7 +261,8 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(rid: u16, engine: &Mut
             g.status = (g.status & !st::BUSY) | st::HALTED;
         }
         drop(g);
-        tracing::warn!("endpoint {}: {what} of descriptor {index} at {iova:#x} failed ({e:?}); halted", bdf(rid));
+        // A guest can halt the engine at will: the dma_halted record says so, the log only at debug.
+        tracing::debug!("endpoint {}: {what} of descriptor {index} at {iova:#x} failed ({e:?}); halted", bdf(rid));
         events.emit(json!({"type": "dma_halted", "devid": bdf(rid), "index": index, "iova": format!("{iova:#x}"), "what": what, "status": status_of(e)}));
     };
     let mut raise = false;
@@ -274,15 +275,15 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(rid: u16, engine: &Mut
             }
             (e.head, e.ctrl & ctrl::IRQ_EN != 0, e.ctrl & ctrl::RING_T != 0)
         };
-        let at = base.wrapping_add(u64::from(head) * DESC_SIZE);
-        let mut s = lock(iommu);
+        let at = base.wrapping_add(u64::from(head).wrapping_mul(DESC_SIZE));
+        // The IOMMU's lock is taken page by page, never for a whole descriptor.
+        let mut s = dma::PerPage(iommu);
         let mut raw = [0u8; 32];
-        if let Err(e) = dma::read(&mut *s, mem, rid, ring_t, at, &mut raw) {
-            drop(s);
+        if let Err(e) = dma::read(&mut s, mem, rid, ring_t, at, &mut raw) {
             return halt(head, at, "fetch", e);
         }
         let mut d = Descriptor::from_bytes(&raw);
-        let out = execute(&mut *s, mem, rid, &d);
+        let out = execute(&mut s, mem, rid, &d);
         d.status = out.status;
         if let Some(v) = out.value {
             d.value = v;
@@ -290,11 +291,10 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(rid: u16, engine: &Mut
         // Only value and status are the device's to write; the status last, since the driver
         // polls it and then reads the value.
         let wrote = match out.value {
-            Some(v) => dma::write(&mut *s, mem, rid, ring_t, at + 24, &v.to_le_bytes()),
+            Some(v) => dma::write(&mut s, mem, rid, ring_t, at.wrapping_add(24), &v.to_le_bytes()),
             None => Ok(()),
         }
-        .and_then(|()| dma::write(&mut *s, mem, rid, ring_t, at + 2, &d.status.to_le_bytes()));
-        drop(s);
+        .and_then(|()| dma::write(&mut s, mem, rid, ring_t, at.wrapping_add(2), &d.status.to_le_bytes()));
         events.emit(json!({
             "type": "dma", "devid": bdf(rid), "index": head, "op": d.op, "t": d.flags & flag::T != 0,
             "len": d.len, "status": d.status, "status_written": wrote.is_ok(),
@@ -306,7 +306,8 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(rid: u16, engine: &Mut
             if e.epoch != epoch {
                 return;
             }
-            e.head = (head + 1) % entries;
+            // entries is a power of two.
+            e.head = head.wrapping_add(1) & entries.wrapping_sub(1);
             e.completed = e.completed.wrapping_add(1);
         }
         raise |= d.flags & flag::IRQ != 0 && irq_en;
@@ -398,7 +399,7 @@ fn queue(engine: &Arc<Mutex<Engine>>, runner: &RingRunner, jobs: &Sender<Job>) {
     if let Err(e) = jobs.try_send(job) {
         lock(engine).queued = false;
         match e {
-            TrySendError::Full(_) => tracing::warn!("endpoint: DMA worker queue full; doorbell dropped"),
+            TrySendError::Full(_) => crate::warn_limited!("endpoint: DMA worker queue full; doorbell dropped"),
             TrySendError::Disconnected(_) => tracing::error!("endpoint: DMA worker is gone"),
         }
     }
@@ -1229,7 +1230,7 @@ mod tests {
             u16::from_le_bytes(b)
         };
         assert_eq!(run(0, desc(op::FILL, 0, 8, 0, 0x5000_0000, 1)), status::OK);
-        lock(&secure).enable_snp(&mut ram.snapshot(), RAM >> 12);
+        lock(&secure).enable_snp(&mut ram.snapshot(), RAM >> 12).unwrap();
         // Enabling SNP drops the caches, so this DMA walks the tables and the mapping is live.
         assert_eq!(run(1, desc(op::FILL, 0, 8, 0, 0x5000_0000, 2)), status::OK);
         let st = lock(&secure).rmpupdate(&mut ram.snapshot(), 0x30_0000, &RmpState::private(0x5000_0000, 1, rmp_model::PageSize::Size4K));

@@ -6,7 +6,7 @@
 
 use crate::function::{Bar, PciFunction, PciIds};
 use crate::guest_mem::{GuestMem, GuestRam};
-use crate::secure::{bdf, SecureIommu};
+use crate::secure::{bdf, SecureIommu, RMP_ADDR_MASK};
 use iommu_model::amdvi::mmio::MMIO_SIZE;
 use iommu_model::mem::PhysMem;
 use rmp_model::ops::{AdjustAttrs, GuestCtx, GuestResult, RmpState};
@@ -87,19 +87,20 @@ impl IommuFunction {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SecureIommu> {
-        self.secure.lock().unwrap_or_else(|p| p.into_inner())
+        crate::secure::lock_for_registers(&self.secure)
     }
 
     fn run_command(&mut self, id: u32) -> u32 {
         let mut mem = self.ram.snapshot();
         let buf = self.cmdbuf;
         let mut b = [0u8; 64];
+        // Outputs go at buf + 8 or + 16, inside the 64 bytes just read: those sums cannot wrap.
         if mem.read(buf, &mut b).is_err() {
             return INVALID_ADDRESS;
         }
-        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let u64_at = |o: usize| u64::from_le_bytes(field(&b, o));
+        let u32_at = |o: usize| u32::from_le_bytes(field(&b, o));
+        let u16_at = |o: usize| u16::from_le_bytes(field(&b, o));
         let size = |v: u8| if v == 1 { PageSize::Size2M } else { PageSize::Size4K };
         let guest = |r: GuestResult| match r {
             GuestResult::Status(s) => u32::from(s.code()),
@@ -144,7 +145,7 @@ impl IommuFunction {
             }
             cmd::RMPREAD => match s.rmp.as_ref().and_then(|r| r.rmpread(u64_at(0))) {
                 Some(e) => {
-                    if mem.write(buf + 16, &e.to_bytes()).is_err() {
+                    if mem.write(buf.wrapping_add(16), &e.to_bytes()).is_err() {
                         INVALID_ADDRESS
                     } else {
                         0
@@ -162,8 +163,8 @@ impl IommuFunction {
 /// The TIO commands; TDISP messages reach the endpoint's responder directly (the host's DOE
 /// relay collapsed: the model carries the bytes unchanged).
 fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, id: u32, buf: u64, b: &[u8; 64]) -> u32 {
-    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
-    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes(field(b, o));
+    let u16_at = |o: usize| u16::from_le_bytes(field(b, o));
     let responders = s.tdisp.clone();
     let events = s.events.clone();
     let mut transport = |devid: u16, m: &[u8]| -> Option<Vec<u8>> {
@@ -183,7 +184,7 @@ fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, id: u32, buf: u64, b: &[
             let (init, devs, tdis) = s.tio.status();
             let out = [u32::from(init), devs as u32, tdis as u32];
             let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
-            if mem.write(buf + 16, &bytes).is_err() {
+            if mem.write(buf.wrapping_add(16), &bytes).is_err() {
                 return INVALID_ADDRESS;
             }
             0
@@ -198,7 +199,7 @@ fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, id: u32, buf: u64, b: &[
         tio::cmd::TIO_DEV_DISCONNECT => code(s.tio.dev_disconnect(u16_at(0), b[2] != 0)),
         tio::cmd::TIO_TDI_CREATE => match s.tio.tdi_create(u16_at(0), u32_at(4)) {
             Ok(tdi) => {
-                if mem.write(buf + 8, &tdi.to_le_bytes()).is_err() {
+                if mem.write(buf.wrapping_add(8), &tdi.to_le_bytes()).is_err() {
                     return INVALID_ADDRESS;
                 }
                 0
@@ -210,7 +211,7 @@ fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, id: u32, buf: u64, b: &[
         tio::cmd::TIO_TDI_UNBIND => code(s.tio.tdi_unbind(u32_at(0), b[4] != 0, &mut transport)),
         tio::cmd::TIO_TDI_STATUS => match s.tio.tdi_status(u32_at(0), &mut transport) {
             Ok(st) => {
-                if mem.write(buf + 8, &[st as u8]).is_err() {
+                if mem.write(buf.wrapping_add(8), &[st as u8]).is_err() {
                     return INVALID_ADDRESS;
                 }
                 0
@@ -224,7 +225,7 @@ fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, id: u32, buf: u64, b: &[
                 MSG_RUN => code(s.tio.tdi_run(tdi, &mut transport)),
                 _ => return INVALID_COMMAND,
             };
-            if mem.write(buf + 16, &r.to_le_bytes()).is_err() {
+            if mem.write(buf.wrapping_add(16), &r.to_le_bytes()).is_err() {
                 return INVALID_ADDRESS;
             }
             0
@@ -232,13 +233,18 @@ fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, id: u32, buf: u64, b: &[
         tio::cmd::TIO_ASID_FENCE_CLEAR => code(s.tio.asid_fence_clear(u16_at(0))),
         tio::cmd::TIO_ASID_FENCE_STATUS => {
             let st = s.tio.asid_fence_status(u16_at(0));
-            if mem.write(buf + 8, &st.to_le_bytes()).is_err() {
+            if mem.write(buf.wrapping_add(8), &st.to_le_bytes()).is_err() {
                 return INVALID_ADDRESS;
             }
             0
         }
         _ => INVALID_COMMAND,
     }
+}
+
+/// `N` bytes of the command buffer at `o` (zeroes past its end).
+fn field<const N: usize>(b: &[u8], o: usize) -> [u8; N] {
+    b.get(o..).and_then(|s| s.get(..N)).and_then(|s| s.try_into().ok()).unwrap_or([0; N])
 }
 
 fn le(data: &[u8]) -> u64 {
@@ -306,7 +312,7 @@ impl PciFunction for IommuFunction {
                     bar2::FE_MSG_DATA => s.vtd.as_ref().map_or(0, |v| v.mmio_read(iommu_model::vtd::regs::FEDATA, 4)),
                     _ => 0,
                 };
-                r >> ((offset & 7) * 8)
+                r >> ((offset & 7) << 3)
             }
             _ => u64::MAX,
         };
@@ -330,15 +336,27 @@ impl PciFunction for IommuFunction {
             // TDX Connect: the RMP registers do not exist; only the module's mailbox does.
             2 if self.lock().tdx.is_some() && offset < bar2::CMDRESP => {}
             2 => match offset {
-                bar2::RMP_BASE => self.lock().rmp_base = v & !0x1fff,
-                bar2::RMP_END => self.lock().rmp_end = v,
-                bar2::SNP_CTL => {
-                    self.snp_ctl = v & 1;
-                    if v & 1 != 0 {
-                        let pages = (self.ram.top() + 0xfff) >> 12;
-                        let mut mem = self.ram.snapshot();
-                        self.lock().enable_snp(&mut mem, pages);
+                // The window is checked when SNP is enabled and locked from then on, as the
+                // MSRs are once SYSCFG.SNPEn is set (docs/device-abi.md, "RMP_BASE and RMP_END").
+                bar2::RMP_BASE | bar2::RMP_END => {
+                    let mut s = self.lock();
+                    if s.rmp.is_none() {
+                        match offset {
+                            bar2::RMP_BASE => s.rmp_base = v & RMP_ADDR_MASK,
+                            _ => s.rmp_end = (v & RMP_ADDR_MASK) | 0x1fff,
+                        }
                     }
+                }
+                bar2::SNP_CTL => {
+                    // SNP_EN stays set once SNP is on; a refused enable reads back 0.
+                    let on = if v & 1 != 0 {
+                        let pages = self.ram.top().div_ceil(0x1000);
+                        let mut mem = self.ram.snapshot();
+                        self.lock().enable_snp(&mut mem, pages).is_ok()
+                    } else {
+                        self.lock().rmp.is_some()
+                    };
+                    self.snp_ctl = u64::from(on);
                 }
                 bar2::CMDBUF_LO => self.cmdbuf = (self.cmdbuf & !0xffff_ffff) | (v & 0xffff_ffff),
                 bar2::CMDBUF_HI => self.cmdbuf = (self.cmdbuf & 0xffff_ffff) | (v << 32),

@@ -55,7 +55,11 @@ impl VirtioIommu {
 
     fn config_bytes() -> [u8; config::LEN] {
         let mut c = [0u8; config::LEN];
-        let mut put = |off: u64, b: &[u8]| c[off as usize..off as usize + b.len()].copy_from_slice(b);
+        let mut put = |off: u64, b: &[u8]| {
+            if let Some(dst) = c.get_mut(off as usize..).and_then(|c| c.get_mut(..b.len())) {
+                dst.copy_from_slice(b);
+            }
+        };
         put(config::PAGE_SIZE_MASK, &domains::PAGE_SIZE_MASK.to_le_bytes());
         put(config::INPUT_START, &0u64.to_le_bytes());
         put(config::INPUT_END, &domains::INPUT_END.to_le_bytes());
@@ -78,10 +82,10 @@ impl VirtioIommu {
         let mut transport = lock(&self.transport);
         let q = &mut transport.queues[usize::from(REQUEST_QUEUE)];
         if !q.is_valid(mem) {
-            tracing::warn!("virtio-iommu: request queue notified but not valid in guest RAM");
+            crate::warn_limited!("virtio-iommu: request queue notified but not valid in guest RAM");
             return;
         }
-        let mut used = 0;
+        let mut used = 0u32;
         for _ in 0..q.size() {
             let Some(chain) = q.pop_descriptor_chain(mem) else { break };
             let head = chain.head_index();
@@ -89,7 +93,7 @@ impl VirtioIommu {
             if q.add_used(mem, head, len).is_err() {
                 break;
             }
-            used += 1;
+            used = used.saturating_add(1);
         }
         if used > 0 {
             transport.set_isr_queue();
@@ -155,13 +159,14 @@ fn answer(mem: &GuestMemoryMmap, chain: virtio_queue::DescriptorChain<&GuestMemo
                 Request::Map { domain, virt_start, virt_end, phys_start, flags } => d.map(domain, virt_start, virt_end, phys_start, flags),
                 Request::Unmap { domain, virt_start, virt_end } => d.unmap(domain, virt_start, virt_end),
                 Request::Probe { endpoint } => {
-                    let props = rlen - crate::virtio::iommu_proto::TAIL_LEN;
+                    // reply_len keeps rlen >= TAIL_LEN.
+                    let props = rlen.saturating_sub(crate::virtio::iommu_proto::TAIL_LEN);
                     d.probe(endpoint, &mut reply[..props])
                 }
             }
         }
     };
-    reply[rlen - crate::virtio::iommu_proto::TAIL_LEN] = st;
+    reply[rlen.saturating_sub(crate::virtio::iommu_proto::TAIL_LEN)] = st;
     let mut record = match request {
         Ok(Request::Attach { domain, endpoint, .. }) => json!({"req": "attach", "domain": domain, "endpoint": endpoint}),
         Ok(Request::Detach { domain, endpoint }) => json!({"req": "detach", "domain": domain, "endpoint": endpoint}),
@@ -169,7 +174,7 @@ fn answer(mem: &GuestMemoryMmap, chain: virtio_queue::DescriptorChain<&GuestMemo
             "req": "map", "domain": domain, "virt_start": format!("{virt_start:#x}"), "virt_end": format!("{virt_end:#x}"),
             "phys_start": format!("{phys_start:#x}"), "flags": flags,
             // Pages the driver asked for (for VFIO type1: the pages the kernel pinned).
-            "pages": virt_end.checked_sub(virt_start).map(|n| (n >> 12) + 1)}),
+            "pages": virt_end.checked_sub(virt_start).map(|n| (n >> 12).saturating_add(1))}),
         Ok(Request::Unmap { domain, virt_start, virt_end }) => json!({"req": "unmap", "domain": domain, "virt_start": format!("{virt_start:#x}"), "virt_end": format!("{virt_end:#x}")}),
         Ok(Request::Probe { endpoint }) => json!({"req": "probe", "endpoint": endpoint}),
         Err(_) => json!({"req": buf.first().copied().filter(|_| n > 0).map_or("short".to_string(), |t| format!("type {t}"))}),
@@ -214,7 +219,7 @@ impl PciFunction for VirtioIommu {
         if let Some(rel) = offset.checked_sub(layout::DEVICE).filter(|&r| r < layout::DEVICE_LEN) {
             let c = Self::config_bytes();
             for (i, b) in data.iter_mut().enumerate() {
-                *b = c.get(rel as usize + i).copied().unwrap_or(0);
+                *b = c.get((rel as usize).saturating_add(i)).copied().unwrap_or(0);
             }
         }
     }
@@ -510,7 +515,7 @@ mod tests {
         assert_eq!(&b, b"through the domain");
         assert!(dma::write(&mut sec, &mut mem, EP, false, iova + 0xff8, &[0; 16]).is_err(), "the next page is not mapped: nothing moves");
         // SNP on: the mapping is walked (live), then its page turns private.
-        sec.enable_snp(&mut mem, RAM >> 12);
+        sec.enable_snp(&mut mem, RAM >> 12).unwrap();
         assert_eq!(sec.page(&mut mem, EP, false, iova, Access::Write), Ok(spa));
         let st = sec.rmpupdate(&mut mem, spa, &RmpState::private(0x1000, 1, rmp_model::PageSize::Size4K));
         assert_eq!(st, rmp_model::RmpStatus::Success);
@@ -551,7 +556,7 @@ mod tests {
         let mut sec = SecureIommu::new(r.events.clone(), Arc::new(Irqs::default()));
         sec.viommu = Some(r.dev.domains.clone());
         let mut mem = r.ram.snapshot();
-        sec.enable_snp(&mut mem, RAM >> 12);
+        sec.enable_snp(&mut mem, RAM >> 12).unwrap();
         let events = r.events.clone();
         let hazards = || lock(&events.0).iter().filter(|e| e["type"] == "hazard").cloned().collect::<Vec<_>>();
         let (iova, spa) = (0x9000_0000u64, 0x30_0000u64);

@@ -147,7 +147,7 @@ impl Doe {
                     self.request.push(v);
                 }
             }
-            READ if self.ready() => self.read_at += 1,
+            READ if self.ready() => self.read_at = self.read_at.saturating_add(1),
             _ => {}
         }
     }
@@ -179,7 +179,7 @@ impl Doe {
             self.error = true;
             return;
         };
-        let total = 2 + body.len().div_ceil(4);
+        let total = body.len().div_ceil(4).saturating_add(2);
         if total > MAX_DWORDS {
             self.error = true;
             return;
@@ -206,7 +206,7 @@ impl Doe {
             .chain(self.protocols.iter().map(|p| (p.vendor(), p.object_type())))
             .collect();
         let (vendor, ty) = all.get(index).or(all.last()).copied().unwrap_or((VENDOR_PCI_SIG, TYPE_DISCOVERY));
-        let next = if index + 1 < all.len() { index + 1 } else { 0 };
+        let next = index.checked_add(1).filter(|&n| n < all.len()).unwrap_or(0);
         u32::from(vendor) | u32::from(ty) << 16 | (next as u32) << 24
     }
 }

@@ -63,15 +63,16 @@ impl Domain {
     /// (V1Builder keeps emptied tables). The ByteMem grows to what the next tables may need.
     fn map_page(&mut self, iova: u64, phys: u64, size_log2: u8, perm: Perm) -> Result<(), BuildError> {
         // At most MODE - 1 new tables for one page.
-        let want = (self.pt.used() + 0x1000 * u64::from(MODE)).min(TABLE_BUDGET) as usize;
+        let want = self.pt.used().saturating_add(0x1000 * u64::from(MODE)).min(TABLE_BUDGET) as usize;
         if self.mem.bytes.len() < want {
             self.mem.bytes.resize(want, 0);
         }
         match self.pt.map(&mut self.mem, iova, phys, size_log2, perm) {
             Err(BuildError::Overlap) if size_log2 > 12 => {
-                let sub = size_log2 - 9;
+                // A 2 MiB or 1 GiB page inside a mapping MAP checked not to wrap.
+                let sub = size_log2.saturating_sub(9);
                 for i in 0..512u64 {
-                    self.map_page(iova + (i << sub), phys + (i << sub), sub, perm)?;
+                    self.map_page(iova.wrapping_add(i << sub), phys.wrapping_add(i << sub), sub, perm)?;
                 }
                 Ok(())
             }
@@ -94,15 +95,15 @@ impl Domain {
             if let Err(e) = self.map_page(iova, phys, size_log2, perm) {
                 // Nothing of a refused MAP stays mapped.
                 if done > start {
-                    self.unmap_pages(start, &Mapping { end: done - 1, ..m });
+                    self.unmap_pages(start, &Mapping { end: done.wrapping_sub(1), ..m });
                 }
-                tracing::warn!("virtio-iommu: MAP {start:#x}..={:#x} failed at {iova:#x}: {e:?}", m.end);
+                crate::warn_limited!("virtio-iommu: MAP {start:#x}..={:#x} failed at {iova:#x}: {e:?}", m.end);
                 return match e {
                     BuildError::OutOfTables => status::NOMEM,
                     _ => status::DEVERR,
                 };
             }
-            done = iova + (1u64 << size_log2);
+            done = iova.saturating_add(1u64 << size_log2);
         }
         self.mappings.insert(start, m);
         status::OK
@@ -118,10 +119,10 @@ fn pages(start: u64, end: u64, phys: u64) -> impl Iterator<Item = (u64, u64, u8)
         if done || iova > end {
             return None;
         }
-        let off = iova - start;
-        let pa = phys + off;
-        let left = end - iova;
-        let size_log2 = [30u8, 21, 12].into_iter().find(|&s| (iova | pa) & ((1u64 << s) - 1) == 0 && left >= (1u64 << s) - 1).unwrap_or(12);
+        // start <= iova <= end here, and MAP checked phys + (end - start) fits.
+        let pa = phys.wrapping_add(iova.wrapping_sub(start));
+        let left = end.wrapping_sub(iova);
+        let size_log2 = [30u8, 21, 12].into_iter().find(|&s| (iova | pa) & (1u64 << s).wrapping_sub(1) == 0 && left >= (1u64 << s).wrapping_sub(1)).unwrap_or(12);
         let item = (iova, pa, size_log2);
         match iova.checked_add(1 << size_log2) {
             Some(n) => iova = n,
@@ -173,12 +174,12 @@ impl Domains {
         let mut out = Vec::new();
         for d in self.domains.values().filter(|d| !d.endpoints.is_empty()) {
             for (&start, m) in &d.mappings {
-                let phys_end = m.phys.saturating_add(m.end - start);
+                let phys_end = m.phys.saturating_add(m.end.saturating_sub(start));
                 if m.phys >= spa.saturating_add(len) || phys_end < spa {
                     continue;
                 }
                 let first = spa.max(m.phys);
-                let iova = start + (first - m.phys);
+                let iova = start.wrapping_add(first.wrapping_sub(m.phys));
                 out.extend(d.endpoints.iter().map(|&e| (e, iova, first, m.flags & map_flag::WRITE != 0)));
             }
         }
@@ -234,7 +235,7 @@ impl Domains {
         if virt_start > virt_end || virt_start & granule != 0 || phys_start & granule != 0 || virt_end & granule != granule {
             return status::RANGE;
         }
-        let len_m1 = virt_end - virt_start;
+        let len_m1 = virt_end.wrapping_sub(virt_start);
         if virt_end > INPUT_END || phys_start.checked_add(len_m1).is_none_or(|e| e >> 52 != 0) {
             return status::RANGE;
         }
@@ -247,7 +248,8 @@ impl Domains {
         }
         let st = d.map(virt_start, Mapping { end: virt_end, phys: phys_start, flags });
         if st == status::OK {
-            self.mapped_pages += (len_m1 >> 12) + 1;
+            // Counts up to 2^64 - 1 and stays there (2^36 pages per whole-range MAP).
+            self.mapped_pages = self.mapped_pages.saturating_add((len_m1 >> 12).saturating_add(1));
         }
         st
     }
@@ -306,7 +308,7 @@ impl Domains {
 
 /// The answer's length for a writable part of `writable` bytes: the tail at its end.
 pub fn reply_len(writable: usize) -> Option<usize> {
-    (writable >= TAIL_LEN).then_some(writable.min(PROBE_SIZE as usize + TAIL_LEN))
+    (writable >= TAIL_LEN).then_some(writable.min((PROBE_SIZE as usize).saturating_add(TAIL_LEN)))
 }
 
 #[cfg(test)]

@@ -80,8 +80,8 @@ impl Request {
     /// The request in `b`, or the status to answer: UNSUPP for an unknown type, INVAL when the
     /// readable part is shorter than the type's structure.
     pub fn decode(b: &[u8]) -> Result<Request, u8> {
-        let u32_at = |i: usize| b.get(i..i + 4).map(|s| u32::from_le_bytes(s.try_into().unwrap_or_default()));
-        let u64_at = |i: usize| b.get(i..i + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()));
+        let u32_at = |i: usize| b.get(i..i.saturating_add(4)).map(|s| u32::from_le_bytes(s.try_into().unwrap_or_default()));
+        let u64_at = |i: usize| b.get(i..i.saturating_add(8)).map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()));
         // Lengths of the readable part: head (4) + fields + reserved, up to the tail.
         let need = |n: usize| if b.len() >= n { Ok(()) } else { Err(status::INVAL) };
         let ty = *b.first().ok_or(status::INVAL)?;

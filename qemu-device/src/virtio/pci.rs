@@ -80,7 +80,7 @@ fn field(off: u64) -> Option<(u64, u64)> {
         (QUEUE_SELECT, 2), (QUEUE_SIZE, 2), (QUEUE_MSIX_VECTOR, 2), (QUEUE_ENABLE, 2), (QUEUE_NOTIFY_OFF, 2),
         (QUEUE_DESC, 8), (QUEUE_DRIVER, 8), (QUEUE_DEVICE, 8), (QUEUE_NOTIFY_DATA, 2), (QUEUE_RESET, 2),
     ];
-    fields.into_iter().find(|&(s, w)| off >= s && off < s + w)
+    fields.into_iter().find(|&(s, w)| off >= s && off < s.saturating_add(w))
 }
 
 /// What a BAR write asks of the device.
@@ -204,9 +204,10 @@ impl Transport {
         if offset < layout::COMMON + layout::COMMON_LEN {
             let Some((start, width)) = field(offset) else { return true };
             let v = self.common_value(start).to_le_bytes();
-            let skip = (offset - start) as usize;
-            let n = data.len().min(width as usize - skip);
-            data[..n].copy_from_slice(&v[skip..skip + n]);
+            // field() found offset in start..start + width.
+            let skip = offset.saturating_sub(start) as usize;
+            let n = data.len().min((width as usize).saturating_sub(skip));
+            data[..n].copy_from_slice(&v[skip..skip.saturating_add(n)]);
             return true;
         }
         if offset == layout::ISR {
@@ -222,8 +223,8 @@ impl Transport {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Effect {
         use common::*;
         if (layout::NOTIFY..layout::NOTIFY + layout::NOTIFY_LEN).contains(&offset) {
-            let rel = offset - layout::NOTIFY;
-            let q = rel / u64::from(layout::NOTIFY_MULTIPLIER);
+            let rel = offset.saturating_sub(layout::NOTIFY);
+            let q = rel.checked_div(u64::from(layout::NOTIFY_MULTIPLIER)).unwrap_or(u64::MAX);
             if rel.is_multiple_of(u64::from(layout::NOTIFY_MULTIPLIER)) && (q as usize) < self.queues.len() && self.driver_ok() {
                 return Effect::Notify(q as u16);
             }
@@ -239,7 +240,7 @@ impl Transport {
         let v = u64::from_le_bytes(b);
         // Whole fields, or one 32-bit half of a 64-bit one (Linux's vp_iowrite64_twopart).
         let whole = offset == start && data.len() as u64 == width;
-        let half = width == 8 && data.len() == 4 && (offset - start).is_multiple_of(4);
+        let half = width == 8 && data.len() == 4 && offset.saturating_sub(start).is_multiple_of(4);
         if !whole && !half {
             return Effect::None;
         }
