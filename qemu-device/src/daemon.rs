@@ -319,6 +319,11 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
         }
     };
     crate::function::EventSink::emit(events.as_ref(), record);
+    if abandoned {
+        // Functions still waiting for a client hold the job channel open: the daemon ends
+        // without waiting for the worker.
+        return results.into_iter().collect();
+    }
     // The job channel closed with the backends (the IOAT's queued jobs find its channels
     // stopped): the worker drains and ends.
     let _ = worker.join();
@@ -338,11 +343,20 @@ struct Served {
 const ATTACH_WARNING: Duration = Duration::from_secs(10);
 
 /// Wait until every function's client has gone. A QEMU that attaches only some of the functions
-/// is named in the log (after ATTACH_WARNING) and, once its clients are gone, ends the session:
-/// the functions it never attached are woken from their accept by a connection of the daemon's
-/// own, so the next QEMU is served (with --persist) or finds no socket (without), instead of
-/// timing out against a socket nobody accepts on.
-fn wait_for_functions(functions: &mut [Served], done: &crossbeam_channel::Receiver<usize>, events: &dyn EventSink) -> Vec<Result<(), String>> {
+/// is named in the log (after ATTACH_WARNING) and, once its clients are gone, ends the session,
+/// so the next QEMU is served or refused at once instead of timing out against a socket nobody
+/// accepts on. Without `persist` the session is abandoned (true): the daemon exits, and a client
+/// that connects meanwhile is disconnected. With `persist` the functions that never had a client
+/// are woken from their accept by a connection of the daemon's own; should a new QEMU's
+/// connection reach one of them first, that one is served in this session and the daemon's
+/// connection waits in the queue for the next session, which takes it as a client that came and
+/// went at once.
+fn wait_for_functions(
+    functions: &mut [Served],
+    done: &crossbeam_channel::Receiver<usize>,
+    events: &dyn EventSink,
+    persist: bool,
+) -> (Vec<Result<(), String>>, bool) {
     let mut results = Vec::new();
     let mut first_attach: Option<Instant> = None;
     let mut warned = false;
@@ -375,6 +389,9 @@ fn wait_for_functions(functions: &mut [Served], done: &crossbeam_channel::Receiv
             let names: Vec<&str> = never.iter().map(|&j| functions[j].name).collect();
             tracing::warn!("{name}: client gone, and QEMU never attached {}: ending the session", names.join(", "));
             events.emit(json!({"type": "partial_attach", "gone": name, "never_attached": names}));
+            if !persist {
+                return (results, true);
+            }
             for j in never {
                 woken.push(j);
                 let _ = std::os::unix::net::UnixStream::connect(&functions[j].sock);
@@ -384,7 +401,7 @@ fn wait_for_functions(functions: &mut [Served], done: &crossbeam_channel::Receiv
             tracing::info!("{name}: client gone; the session goes on until {} disconnect(s) too", still.join(", "));
         }
     }
-    results
+    (results, false)
 }
 
 /// The process's peak resident set (VmHWM), so runs can show the daemon's memory stays bounded.

@@ -218,8 +218,13 @@ impl Writer {
         self.write_line(&line);
     }
 
+    /// One whole line in one write: the buffer is flushed only between lines, so a reader of the
+    /// file never sees half a record.
     fn write_line(&mut self, line: &str) {
-        if writeln!(self.out, "{line}").is_ok() {
+        let mut l = String::with_capacity(line.len().saturating_add(1));
+        l.push_str(line);
+        l.push('\n');
+        if self.out.write_all(l.as_bytes()).is_ok() {
             self.written = self.written.saturating_add(line.len() as u64).saturating_add(1);
         }
     }

@@ -74,7 +74,7 @@ impl Default for TdxModule {
             tdx: Tdx::new(SHARED_BIT),
             sept: BTreeMap::new(),
             mem: ByteMem::new(MODULE_BASE, (MODULE_PAGES * 0x1000) as usize),
-            free: (0..MODULE_PAGES).rev().map(|i| MODULE_BASE + i * 0x1000).collect(),
+            free: (0..MODULE_PAGES).rev().map(|i| MODULE_BASE.wrapping_add(i << 12)).collect(),
             tdis: BTreeMap::new(),
         }
     }
@@ -108,7 +108,9 @@ impl TdxModule {
     fn leaf_slot(&mut self, td: TdId, gpa: u64, make: bool) -> Option<u64> {
         let mut table = *self.sept.get(&td)?;
         for level in (2..=SEPT_LEVELS).rev() {
-            let slot = table + ((gpa >> (12 + 9 * (u32::from(level) - 1))) & 0x1ff) * 8;
+            // Levels 2..=SEPT_LEVELS; tables are the module's own pages: no sum here wraps.
+            let shift = 9u32.saturating_mul(u32::from(level).saturating_sub(1)).saturating_add(12);
+            let slot = table.wrapping_add(((gpa >> shift) & 0x1ff) << 3);
             let e = self.mem.read_u64(slot).ok()?;
             table = if e & (vtd_ss::R | vtd_ss::W) != 0 {
                 e & vtd_ss::ADDR_MASK
@@ -120,7 +122,7 @@ impl TdxModule {
                 return None;
             };
         }
-        Some(table + ((gpa >> 12) & 0x1ff) * 8)
+        Some(table.wrapping_add(((gpa >> 12) & 0x1ff) << 3))
     }
 
     /// TDH.MEM.PAGE.ADD: the page becomes the TD's (PAMT), mapped at the private `gpa` in its
@@ -186,8 +188,8 @@ impl TdxModule {
 
 /// One module call from the mailbox (`b` is the 64-byte command buffer); the status.
 pub fn command(s: &mut SecureIommu, id: u32, b: &[u8; 64]) -> u32 {
-    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
-    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let u32_at = |o: usize| u32::from_le_bytes(b.get(o..).and_then(|s| s.get(..4)).and_then(|s| s.try_into().ok()).unwrap_or([0; 4]));
+    let u64_at = |o: usize| u64::from_le_bytes(b.get(o..).and_then(|s| s.get(..8)).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
     let (td, requester, gpa) = (u32_at(0), u16::from_le_bytes([b[4], b[5]]), u64_at(8));
     let Some(m) = s.tdx.as_mut() else { return INVALID_COMMAND };
     let (call, status) = match id {

@@ -313,6 +313,19 @@ fn completion_wait_stores_into_mapped_guest_ram_and_raises_msi() {
     assert!(!d.sock("iommu").exists() && !d.sock("endpoint").exists(), "sockets removed");
 }
 
+/// The first record that `pred` accepts, waiting for it up to 10 s: the daemon writes its
+/// records from a thread of its own, a moment after the access that made them.
+fn record(d: &Daemon, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(r) = records(d).into_iter().find(|r| pred(r)) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no such record in {:?}", records(d));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn records(d: &Daemon) -> Vec<serde_json::Value> {
     let mut events = String::new();
     std::fs::File::open(d.dir.join("events.jsonl")).unwrap().read_to_string(&mut events).unwrap();
@@ -532,13 +545,13 @@ fn an_rmp_window_at_the_top_of_the_address_space_is_refused_and_nothing_wraps() 
     ram.read_exact_at(&mut all, 0).unwrap();
     let stray = all.iter().enumerate().find(|&(i, &b)| b != 0 && !(0x4000..0x6000).contains(&i) && !(0xf_f000..0xf_f040).contains(&i));
     assert_eq!(stray, None, "a byte written outside the RMP window");
+    record(&d, |r| r["type"] == "snp" && r["enabled"] == true);
     let errors: Vec<String> = records(&d).iter().filter(|r| r["type"] == "snp" && r["enabled"] == false).map(|r| r["error"].to_string()).collect();
     let want = ["need", "need", "not all guest RAM", "below RMP_BASE", "need", "not all guest RAM"];
     assert_eq!(errors.len(), want.len(), "{errors:?}");
     for (e, w) in errors.iter().zip(want) {
         assert!(e.contains(w), "{e} should say {w}");
     }
-    assert!(records(&d).iter().any(|r| r["type"] == "snp" && r["enabled"] == true));
 }
 
 /// Guest RAM for an endpoint flood: 8 MiB at GPA 0 with a device table (at 1 MiB) whose entry for
@@ -704,8 +717,7 @@ fn vtd_bar0_queued_invalidation_and_fault_event_on_msi() {
     let mut count = [0u8; 8];
     irq.read_exact(&mut count).unwrap();
     assert_eq!(u64::from_le_bytes(count), 1, "the fault event on MSI vector 0");
-    let r = records(&d);
-    let i = r.iter().find(|e| e["type"] == "vtd_interrupt").expect("a vtd_interrupt record");
+    let i = record(&d, |e| e["type"] == "vtd_interrupt");
     assert_eq!((i["event"].as_str(), i["addr"].as_str(), i["data"].as_str()), (Some("fault"), Some("0xfee00000"), Some("0x41")));
 }
 
@@ -728,7 +740,7 @@ fn tdx_connect_is_vtd_with_the_module_mailbox() {
         let r = r32(&mut c, 2, 0x100);
         assert_eq!((r >> 31, (r >> 16) & 0x7ff, r & 0xffff), (1, id, want), "command {id:#x}");
     }
-    assert!(records(&d).iter().any(|e| e["type"] == "tdx_call" && e["call"] == "TDH.MNG.CREATE" && e["td"] == 7));
+    record(&d, |e| e["type"] == "tdx_call" && e["call"] == "TDH.MNG.CREATE" && e["td"] == 7);
     let out = Process::new(env!("CARGO_BIN_EXE_tiommu"))
         .args(["daemon", "--personality", "tdx-connect", "--iommu", "amd-vi", "--socket-dir"])
         .arg(d.dir.join("other"))
@@ -753,6 +765,8 @@ fn ioat_engine_copies_interrupts_and_resets_over_vfio_user() {
         assert!(Instant::now() < deadline, "no ioat.sock");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // QEMU attaches every function at realize (one attached alone ends the session when it goes).
+    let others = (d.connect("iommu"), d.connect("endpoint"));
     let mut c = d.connect("ioat");
     // The daemon offers the device reset (VFIO_DEVICE_FLAGS_RESET); vfio_user 0.1.7's client
     // reads that flag inverted (`resettable()` is false exactly when the server offers it).
@@ -811,9 +825,22 @@ fn ioat_engine_copies_interrupts_and_resets_over_vfio_user() {
     c.reset().unwrap();
     assert_eq!(r64(&mut c, BAR0, ch + 0x18), 0, "the vfio-user reset too");
     drop(c);
-    // QEMU attaches every function at once (one attached alone ends the session when it goes).
-    let others = (d.connect("iommu"), d.connect("endpoint"));
     drop(others);
     assert!(d.wait().success());
     assert_eq!(records(&d).iter().filter(|e| e["type"] == "ioat_reset" && e["channel"] == "all").count(), 2, "FLR and the device reset");
+}
+
+/// Without --persist, a QEMU that attached only the endpoint and went ends the daemon: it exits 0
+/// with its sockets removed, so the next QEMU is refused at once.
+#[test]
+fn without_persist_a_half_attached_qemu_ends_the_daemon() {
+    let mut d = Daemon::start("partial-exit");
+    let mut e = d.connect("endpoint");
+    assert_eq!(r32(&mut e, BAR0, 0), 0x414d_4454);
+    drop(e);
+    assert!(d.wait().success());
+    assert!(!d.sock("iommu").exists() && !d.sock("endpoint").exists());
+    let r = records(&d);
+    assert!(r.iter().any(|e| e["type"] == "partial_attach" && e["gone"] == "endpoint" && e["never_attached"] == serde_json::json!(["iommu"])));
+    assert_eq!(r.last().unwrap()["type"], "daemon_exit");
 }

@@ -74,7 +74,7 @@ impl Recording {
         }
         self.records[i] = Some(rec);
         self.pending[i] = true;
-        self.next = (i + 1) % self.records.len();
+        self.next = i.wrapping_add(1).checked_rem(self.records.len()).unwrap_or(0);
         if !was_pending {
             self.fri = i;
         }

@@ -78,7 +78,7 @@ pub mod cap {
     pub const PSI: u64 = 1 << 39;
     /// NFR, 47:40: number of fault recording registers minus one.
     pub const fn nfr(count: u64) -> u64 {
-        ((count - 1) & 0xff) << 40
+        (count.wrapping_sub(1) & 0xff) << 40
     }
     /// MAMV, 53:48: the largest address mask a page-selective invalidation takes.
     pub const fn mamv(v: u64) -> u64 {

@@ -35,13 +35,15 @@ pub fn mappings_of<M: PhysMem + ?Sized>(mem: &M, caps: &Caps, rtaddr: u64, spa: 
         if *budget == 0 {
             return None;
         }
-        *budget -= 1;
+        *budget = budget.saturating_sub(1);
         let mut page = [0u8; 4096];
         Some(mem.read(at & !0xfff, &mut page).ok().map(|()| page))
     };
     let entry = |page: &[u8; 4096], i: usize| {
-        let q = |o: usize| u64::from_le_bytes(page[o..o + 8].try_into().unwrap_or([0; 8]));
-        (q(i * 16), q(i * 16 + 8))
+        // Entry i (below 256) of a 4 KiB table of 16-byte entries.
+        let e = page.chunks_exact(16).nth(i).unwrap_or(&[0; 16]);
+        let q = |o: usize| u64::from_le_bytes(e.get(o..).and_then(|s| s.get(..8)).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
+        (q(0), q(8))
     };
     'search: {
         let Some(roots) = read(rtaddr, budget) else {

@@ -229,7 +229,7 @@ impl VtdUnit {
         }
         let v = self.slot(off & !7);
         if size == 4 {
-            (v >> ((off & 4) * 8)) & 0xffff_ffff
+            (v >> ((off & 4) << 3)) & 0xffff_ffff
         } else {
             v
         }
@@ -424,7 +424,7 @@ impl VtdUnit {
     /// While queued invalidation is on, register-based invalidation is not available (spec
     /// §6.5.2): nothing is done and CAIG reports 0.
     fn context_command(&mut self) {
-        self.invalidations[3] += 1;
+        self.invalidations[3] = self.invalidations[3].wrapping_add(1);
         let cirg = (self.ccmd >> ccmd::CIRG_SHIFT) & 3;
         let caig = if self.gsts & gcmd::QIE != 0 {
             granularity::NONE
@@ -440,7 +440,7 @@ impl VtdUnit {
     /// The IOTLB register with IVT (spec §11.4.8.1; Linux __iommu_flush_iotlb waits for IVT to
     /// clear and reports "Flush IOTLB failed" when IAIG is 0).
     fn iotlb_command(&mut self) {
-        self.invalidations[4] += 1;
+        self.invalidations[4] = self.invalidations[4].wrapping_add(1);
         let iirg = (self.iotlb_reg >> iotlb::IIRG_SHIFT) & 3;
         let iaig = if self.gsts & gcmd::QIE != 0 {
             granularity::NONE
@@ -480,7 +480,7 @@ impl VtdUnit {
             }
             granularity::DEVICE_OR_PAGE => {
                 let len = 1u64 << (12 + u32::from(am));
-                self.iotlb.invalidate_range(did, addr & !(len - 1), len);
+                self.iotlb.invalidate_range(did, addr & !len.wrapping_sub(1), len);
             }
             _ => return granularity::NONE,
         }
@@ -512,7 +512,7 @@ impl VtdUnit {
                 Ok(d) => self.execute(mem, d),
                 Err(code) => return self.queue_error(code),
             }
-            self.iqh = (self.iqh + 16) % size;
+            self.iqh = self.iqh.wrapping_add(16).checked_rem(size).unwrap_or(0);
         }
     }
 
@@ -524,11 +524,12 @@ impl VtdUnit {
     }
 
     fn execute<M: PhysMem + ?Sized>(&mut self, mem: &mut M, d: Descriptor) {
-        self.invalidations[match d {
+        let n = &mut self.invalidations[match d {
             Descriptor::ContextCache { .. } => 0,
             Descriptor::Iotlb { .. } => 1,
             Descriptor::Wait { .. } => 2,
-        }] += 1;
+        }];
+        *n = n.wrapping_add(1);
         match d {
             Descriptor::ContextCache { g, did, sid, fm } => {
                 self.invalidate_context(g, did, sid, fm);
@@ -602,7 +603,7 @@ impl VtdUnit {
             if let Some(t) = self.iotlb.lookup(ctx.did(), iova).filter(|t| t.perm.allows(access)) {
                 return VtdOutcome::Ok(t);
             }
-            self.walks += 1;
+            self.walks = self.walks.wrapping_add(1);
         }
         let outcome = translate_with_context(mem, &self.caps, &ctx, sid, iova, access);
         if let (true, VtdOutcome::Ok(t)) = (walks, &outcome) {

@@ -246,7 +246,7 @@ fn job(engine: Arc<Mutex<Engine>>, runner: ChannelRunner, jobs: Sender<Job>, ch:
 fn read_regs(regs: &[(u64, u64, u64)], offset: u64, data: &mut [u8]) {
     for (i, b) in data.iter_mut().enumerate() {
         let at = offset.saturating_add(i as u64);
-        *b = regs.iter().find(|&&(o, w, _)| at >= o && at < o + w).map_or(0, |&(o, _, v)| (v >> (8 * (at - o))) as u8);
+        *b = regs.iter().find(|&&(o, w, _)| at >= o && at < o.saturating_add(w)).map_or(0, |&(o, _, v)| v.checked_shr(8u32.saturating_mul(at.wrapping_sub(o) as u32)).unwrap_or(0) as u8);
     }
 }
 
@@ -256,8 +256,9 @@ fn merge(old: u64, reg: u64, width: u64, offset: u64, data: &[u8]) -> Option<(u6
     let (mut v, mut m) = (old, 0u64);
     for (i, &b) in data.iter().enumerate() {
         let at = offset.saturating_add(i as u64);
-        if at >= reg && at < reg + width {
-            let sh = 8 * (at - reg);
+        if at >= reg && at < reg.saturating_add(width) {
+            // A byte of a register of at most 8.
+            let sh = at.wrapping_sub(reg).wrapping_mul(8) & 63;
             v = (v & !(0xff << sh)) | u64::from(b) << sh;
             m |= 0xff << sh;
         }
@@ -291,7 +292,7 @@ impl PciFunction for Ioat {
         }
         match offset / CHANNEL_MMIO_SIZE {
             0 => self.global_read(offset, data),
-            n if (n as usize) <= CHANNELS => self.channel_read(n as usize - 1, offset % CHANNEL_MMIO_SIZE, data),
+            n if (n as usize) <= CHANNELS => self.channel_read((n as usize).wrapping_sub(1), offset % CHANNEL_MMIO_SIZE, data),
             _ => {}
         }
     }
@@ -304,7 +305,7 @@ impl PciFunction for Ioat {
         // splits what the guest issues at its natural alignment.
         match offset / CHANNEL_MMIO_SIZE {
             0 => self.global_write(offset, data),
-            n if (n as usize) <= CHANNELS => self.channel_write(n as usize - 1, offset % CHANNEL_MMIO_SIZE, data),
+            n if (n as usize) <= CHANNELS => self.channel_write((n as usize).wrapping_sub(1), offset % CHANNEL_MMIO_SIZE, data),
             _ => {}
         }
     }

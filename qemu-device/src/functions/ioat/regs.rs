@@ -217,8 +217,8 @@ pub const OP_COPY: u8 = 0x00;
 
 impl Descriptor {
     pub fn from_bytes(b: &[u8; 64]) -> Descriptor {
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let u64_at = |i: usize| u64::from(u32_at(i)) | u64::from(u32_at(i + 4)) << 32;
+        let u32_at = |i: usize| u32::from_le_bytes(b.get(i..).and_then(|s| s.get(..4)).and_then(|s| s.try_into().ok()).unwrap_or([0; 4]));
+        let u64_at = |i: usize| u64::from(u32_at(i)) | u64::from(u32_at(i.saturating_add(4))) << 32;
         Descriptor { size: u32_at(0), ctl: u32_at(4), src: u64_at(8), dst: u64_at(16), next: u64_at(24) }
     }
 

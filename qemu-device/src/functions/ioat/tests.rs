@@ -543,7 +543,7 @@ fn rmp_refuses_a_write_to_a_page_turned_private() {
     let copy = Descriptor { size: 8, ctl: ctl::COMPL_WRITE, src: SRC, dst: DST, ..Default::default() };
     go(&mut dev, 0, copy);
     assert_eq!(ram.snapshot().read_u64(DST_SPA).unwrap(), 0x0707_0707_0707_0707);
-    lock(&secure).enable_snp(&mut ram.snapshot(), RAM >> 12);
+    lock(&secure).enable_snp(&mut ram.snapshot(), RAM >> 12).unwrap();
     // SNP drops the caches: this copy walks the tables and the mapping becomes live.
     mem.write(SRC_SPA, &[8; 8]).unwrap();
     go(&mut dev, 1, copy);
