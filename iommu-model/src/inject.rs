@@ -159,7 +159,7 @@ impl<F: Clone> Injector<F> {
             if !here || !accept(&a.fault) || !a.due() || !a.roll() {
                 continue;
             }
-            a.fired += 1;
+            a.fired = a.fired.saturating_add(1);
             a.commands = 0;
             a.dma = 0;
             out.push((a.id, a.fault.clone()));

@@ -61,11 +61,11 @@ impl Control {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let v: Value = serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+            let v: Value = serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), n.saturating_add(1)))?;
             if v.get("cmd").is_some_and(|c| c != "inject") {
-                return Err(format!("{}:{}: a plan holds inject commands only", path.display(), n + 1));
+                return Err(format!("{}:{}: a plan holds inject commands only", path.display(), n.saturating_add(1)));
             }
-            inject::parse(&v).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+            inject::parse(&v).map_err(|e| format!("{}:{}: {e}", path.display(), n.saturating_add(1)))?;
             plan.push(v);
         }
         Ok(Control { plan, ..Control::default() })
@@ -142,7 +142,7 @@ impl Control {
             Err(e) => return refuse(e),
         };
         self.with_target(|s, ram| {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
             let fired = s.arm(&mut ram.snapshot(), id, fault, when)?;
             let pending = s.pending_faults().iter().any(|p| p["id"] == id);
             s.events.emit(json!({"type": "injected_armed", "id": id, "fault": fault.name(), "when": when_json(&when)}));
@@ -182,7 +182,7 @@ impl Control {
         let mut input = BufReader::new(conn);
         loop {
             let mut line = Vec::new();
-            match input.by_ref().take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line) {
+            match input.by_ref().take((MAX_LINE as u64).saturating_add(1)).read_until(b'\n', &mut line) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }

@@ -376,7 +376,7 @@ impl SecureIommu {
         self.inject.commands_seen = self.inject.commands_seen.min(executed);
         // A ring's worth at most per write: the count only catches up on what ran.
         while self.inject.commands_seen < executed {
-            self.inject.commands_seen += 1;
+            self.inject.commands_seen = self.inject.commands_seen.saturating_add(1);
             self.inject.injector.count_command();
             if !self.inject.injector.is_empty() {
                 self.fire_platform(mem, At::Command);
@@ -427,7 +427,8 @@ impl SecureIommu {
                 }
                 let mut changed = raw;
                 changed[0] ^= 1;
-                if mem.write(self.rmp_base + Rmp::entry_offset(pfn), &changed).is_err() {
+                // RMP_BASE is checked at SNP_EN (check_rmp_window); the sum is checked still.
+                if Rmp::entry_offset(pfn).checked_add(self.rmp_base).is_none_or(|at| mem.write(at, &changed).is_err()) {
                     return format!("nothing: the entry of {spa:#x} is not in guest RAM");
                 }
                 self.inject.changed_rmp.insert(pfn);
@@ -477,7 +478,9 @@ impl SecureIommu {
     /// Rewrite one page's RMP entry in memory from the model's state.
     fn mirror_entry<M: PhysMem + ?Sized>(&self, mem: &mut M, pfn: u64) {
         if let (Some(raw), true) = (self.rmp.as_ref().and_then(|r| r.raw(pfn)), self.rmp_base != 0) {
-            let _ = mem.write(self.rmp_base + Rmp::entry_offset(pfn), &raw);
+            if let Some(at) = Rmp::entry_offset(pfn).checked_add(self.rmp_base) {
+                let _ = mem.write(at, &raw);
+            }
         }
     }
 
@@ -502,7 +505,7 @@ impl SecureIommu {
         }
         let want = self.rmp.as_ref().and_then(|r| r.raw(pfn))?;
         let mut have = [0u8; 16];
-        if self.rmp_base == 0 || mem.read(self.rmp_base + Rmp::entry_offset(pfn), &mut have).is_err() || have == want {
+        if self.rmp_base == 0 || Rmp::entry_offset(pfn).checked_add(self.rmp_base).is_none_or(|at| mem.read(at, &mut have).is_err()) || have == want {
             // Written back (by the model or anyone): nothing disagrees any more.
             self.inject.changed_rmp.remove(&pfn);
             return None;

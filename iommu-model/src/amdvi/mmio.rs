@@ -262,8 +262,9 @@ impl AmdVi {
                     // Lost: no store, no interrupt; the processor goes on.
                     _ => {
                         self.record(id, fault, None, 0, format!("COMPLETION_WAIT at {addr:#x} completed without its store or interrupt"));
-                        self.commands[usize::from(op)] += 1;
-                        self.cmd_head = (self.cmd_head + 16) % size;
+                        self.commands[usize::from(op)] = self.commands[usize::from(op)].wrapping_add(1);
+                        // size is a power of two (ring_bytes).
+                        self.cmd_head = self.cmd_head.wrapping_add(16) & size.wrapping_sub(1);
                         self.inject.count_command();
                         self.fire_any(mem, At::Command);
                         continue;
@@ -367,7 +368,8 @@ impl AmdVi {
             // The DTE is read again (a cached copy may be dropped at any time) and the read fails.
             Some(hit) => {
                 self.dte_cache.invalidate(devid);
-                let dte_addr = DevTabBase(self.devtab).base() + u64::from(devid) * 32;
+                // base() has bits 51:12 and devid × 32 < 2^21: the sum cannot wrap.
+                let dte_addr = DevTabBase(self.devtab).base().wrapping_add(u64::from(devid) << 5);
                 let event = Event::dev_tab_hw_error(devid, rw | flags::TYPE_DATA_ERROR, dte_addr);
                 (Outcome::Fault { event, level: None, logged: true }, Some(hit))
             }
@@ -411,7 +413,9 @@ impl AmdVi {
                 // the walk's first read (the top-level entry) fails.
                 if let Some(hit) = self.inject.fire_one(At::Dma { devid, iova }, |f| f.site() == Site::TableWalk) {
                     self.iotlb.invalidate_range(d.domain_id(), iova & !0xfff, 0x1000);
-                    let entry = root + ((iova >> (12 + 9 * (u32::from(levels) - 1))) & 0x1ff) * 8;
+                    // levels is 1..=6 here (check_dte); the entry's address wraps as the walker's does.
+                    let shift = 9u32.saturating_mul(u32::from(levels).saturating_sub(1)).saturating_add(12);
+                    let entry = root.wrapping_add((iova.checked_shr(shift).unwrap_or(0) & 0x1ff) << 3);
                     let event = Event::page_tab_hw_error(devid, d.domain_id(), rw | flags::TYPE_DATA_ERROR, entry);
                     return (Outcome::Fault { event, level: Some(levels), logged: true }, Some(hit));
                 }
@@ -463,12 +467,12 @@ impl AmdVi {
                     // The DomainID the device's DTE gives, read without caching it.
                     let domain = dte::fetch(mem, DevTabBase(self.devtab), devid).map_or(0, |d| d.domain_id());
                     let ev = Event::io_page_fault(devid, domain, flags::RW, iova);
-                    let mut logged = 0;
+                    let mut logged = 0u32;
                     for _ in 0..count {
                         if !self.log_event(mem, &ev) {
                             break;
                         }
-                        logged += 1;
+                        logged = logged.saturating_add(1);
                     }
                     let overflowed = self.status & status::EVENT_OVERFLOW != 0 && logged < count;
                     let effect = format!(

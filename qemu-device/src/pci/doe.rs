@@ -104,7 +104,7 @@ impl Doe {
 
     pub fn read(&mut self, reg: u16) -> u32 {
         let busy = if reg == STATUS && self.busy_reads > 0 {
-            self.busy_reads -= 1;
+            self.busy_reads = self.busy_reads.saturating_sub(1);
             STATUS_BUSY
         } else {
             0
