@@ -29,9 +29,11 @@ pub fn run(data: &[u8]) {
 
     let secure = Arc::new(Mutex::new(SecureIommu::new(Arc::new(Null), Arc::new(MsixIrq::default()))));
     let (tx, rx) = crossbeam_channel::bounded(64);
-    let mut iommu = FunctionBackend::new("iommu", IommuFunction::new(secure.clone(), ram.clone()), ram.clone(), Arc::new(MsixIrq::default()));
+    let mut iommu =
+        FunctionBackend::new("iommu", IommuFunction::new(secure.clone(), ram.clone()), ram.clone(), Arc::new(MsixIrq::default()));
     let ep_irq = Arc::new(MsixIrq::default());
-    let mut ep = FunctionBackend::new("endpoint", Endpoint::new(0x20, secure.clone(), ram.clone(), ep_irq.clone(), tx), ram.clone(), ep_irq);
+    let mut ep =
+        FunctionBackend::new("endpoint", Endpoint::new(0x20, secure.clone(), ram.clone(), ep_irq.clone(), tx), ram.clone(), ep_irq);
     for op in ops.chunks_exact(16) {
         let region = u32::from(op[0] % 10);
         let offset = u64::from(u32::from_le_bytes([op[2], op[3], op[4], op[5]])) % 0x5000;

@@ -23,7 +23,8 @@ use vfio_user::ServerBackend;
 /// 1 MiB of guest RAM at GPA 0 (256 pages: the RMP window needs 0x5000 bytes).
 pub const RAM: u64 = 1 << 20;
 /// Mailbox ids: the page operations, then the TIO commands (rmp_model::tio::cmd).
-const MAILBOX: &[u32] = &[0x01, 0x02, 0x03, 0x04, 0x05, 0xd0, 0xd1, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xda, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xe0, 0xe1, 0xe2];
+const MAILBOX: &[u32] =
+    &[0x01, 0x02, 0x03, 0x04, 0x05, 0xd0, 0xd1, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xda, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xe0, 0xe1, 0xe2];
 
 /// The input, read front to back; past its end every read is 0.
 struct Input<'a>(&'a [u8]);
@@ -142,8 +143,18 @@ pub fn run(data: &[u8]) {
                 let n = u64::from(input.u8() % 16);
                 for i in 0..n {
                     let raw = match input.u8() % 4 {
-                        0 => encode(&Command::CompletionWait { store: true, interrupt: input.u8() & 1 != 0, store_addr: input.addr(), data: input.u64() }),
-                        1 => encode(&Command::InvalidateIommuPages { domain_id: input.u16(), start: input.addr(), len: input.u64(), pde: false }),
+                        0 => encode(&Command::CompletionWait {
+                            store: true,
+                            interrupt: input.u8() & 1 != 0,
+                            store_addr: input.addr(),
+                            data: input.u64(),
+                        }),
+                        1 => encode(&Command::InvalidateIommuPages {
+                            domain_id: input.u16(),
+                            start: input.addr(),
+                            len: input.u64(),
+                            pde: false,
+                        }),
                         2 => encode(&Command::InvalidateDevtabEntry { devid: input.u16() }),
                         _ => [input.u64(), input.u64()],
                     };

@@ -32,7 +32,12 @@ fuzz_target!(|data: &[u8]| {
         let mut s = secure.lock().unwrap();
         s.amdvi.mmio_write(&mut mem, mmio::CMD_BUF_BASE, 8, 0x1_0000 | 8 << 56);
         s.amdvi.mmio_write(&mut mem, mmio::EVENT_LOG_BASE, 8, 0x2_0000 | 8 << 56);
-        s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN | control::EVENT_INT_EN);
+        s.amdvi.mmio_write(
+            &mut mem,
+            mmio::CONTROL,
+            8,
+            control::IOMMU_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN | control::EVENT_INT_EN,
+        );
     }
     let channel = Control::default();
     channel.attach(Target { secure: secure.clone(), ram: GuestRam::default() });

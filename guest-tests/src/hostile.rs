@@ -78,12 +78,13 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
             3..=4 => {
                 let off = (rng.below(iommu.len() as u64) & !7) as usize;
                 let base_regs: &[usize] = if vtd { &[0x20, 0x90] } else { &[0x0, 0x8, 0x10] };
-                let v = if base_regs.contains(&off) {
-                    (ours(&mut rng) & !0xfff) | (rng.next() & 0x0f00_0000_0000_01ff)
+                let v =
+                    if base_regs.contains(&off) { (ours(&mut rng) & !0xfff) | (rng.next() & 0x0f00_0000_0000_01ff) } else { rng.next() };
+                if rng.below(2) == 0 {
+                    iommu.w64(off, v)
                 } else {
-                    rng.next()
-                };
-                if rng.below(2) == 0 { iommu.w64(off, v) } else { iommu.w32(off & !3, v as u32) }
+                    iommu.w32(off & !3, v as u32)
+                }
                 let _ = iommu.r32(rng.below(iommu.len() as u64 / 4) as usize * 4);
             }
             5 | 9 if quiet => {
@@ -109,7 +110,11 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
                     let slot = base + (rng.below(256) * 16);
                     if slot + 16 <= base + HUGE.min(4096) {
                         let op = rng.below(16) << 60;
-                        let q0 = if op == 1 << 60 { op | (ours(&mut rng) & 0x000f_ffff_ffff_fff8) | rng.below(4) } else { op | (rng.next() >> 4) };
+                        let q0 = if op == 1 << 60 {
+                            op | (ours(&mut rng) & 0x000f_ffff_ffff_fff8) | rng.below(4)
+                        } else {
+                            op | (rng.next() >> 4)
+                        };
                         mem.w64(slot, q0);
                         mem.w64(slot + 8, rng.next());
                     }
@@ -301,7 +306,10 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
         ep.w32(0x2c, 1);
     }
     if let Some(bar) = &vio {
-        println!("# hostile driver: virtio-iommu: {bringups} bring-ups, {notifications} notifications, device status {:#x} at the end", bar.r32(0x14) & 0xff);
+        println!(
+            "# hostile driver: virtio-iommu: {bringups} bring-ups, {notifications} notifications, device status {:#x} at the end",
+            bar.r32(0x14) & 0xff
+        );
         bar.w8(0x14, 0);
     }
     Ok(n)

@@ -98,7 +98,8 @@ pub fn ioatdma_bound(_r: &mut Rig) -> R {
     }
     if amdvi_mode() {
         // Behind Linux's amd_iommu (the IVRS names it): in an IOMMU group of its own.
-        let group = fs::read_link(format!("{}/iommu_group", dev.path)).map_err(|_| format!("{} has no IOMMU group under amd_iommu", dev.bdf))?;
+        let group =
+            fs::read_link(format!("{}/iommu_group", dev.path)).map_err(|_| format!("{} has no IOMMU group under amd_iommu", dev.bdf))?;
         println!("# {} in IOMMU group {}", dev.bdf, group.display());
     }
     Ok(())
@@ -110,7 +111,8 @@ fn dmatest(dev: &PciDev, params: &[(&str, &str)]) -> Result<(Vec<String>, f64), 
     let dir = "/sys/module/dmatest/parameters";
     let set = |p: &str, v: &str| fs::write(format!("{dir}/{p}"), v).map_err(|e| format!("dmatest {p}={v}: {e}"));
     let before = dmesg().lines().count();
-    for (p, v) in [("timeout", "5000"), ("threads_per_chan", "1"), ("max_channels", "0"), ("device", dev.bdf.as_str())].iter().chain(params) {
+    for (p, v) in [("timeout", "5000"), ("threads_per_chan", "1"), ("max_channels", "0"), ("device", dev.bdf.as_str())].iter().chain(params)
+    {
         set(p, v)?;
     }
     let t = Instant::now();
@@ -119,7 +121,12 @@ fn dmatest(dev: &PciDev, params: &[(&str, &str)]) -> Result<(Vec<String>, f64), 
     // as pending, not running (dmatest.c, is_threaded_test_run), so it can return before the
     // threads start: wait until every channel's thread has logged its summary.
     let new = || -> Vec<String> {
-        dmesg().lines().skip(before).filter(|l| l.contains("dmatest")).map(|l| l.split_once("dmatest: ").map_or(l, |(_, r)| r).trim().to_string()).collect()
+        dmesg()
+            .lines()
+            .skip(before)
+            .filter(|l| l.contains("dmatest"))
+            .map(|l| l.split_once("dmatest: ").map_or(l, |(_, r)| r).trim().to_string())
+            .collect()
     };
     let mut lines = new();
     while lines.iter().filter(|l| l.contains("summary")).count() < CHANNELS && t.elapsed().as_secs() < 60 {
@@ -283,7 +290,9 @@ fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem) -> R {
         let vfio: Vec<&str> = irqs.lines().filter(|l| l.contains("vfio")).collect();
         return Err(format!(
             "no MSI-X interrupt for the completion (INTRCTRL {:#x}, ATTNSTATUS {:#x}, CHANCTRL {:#x}; {vfio:?})",
-            dev.r32(0)? >> 24, dev.r32(0x04)?, dev.r32(CHANCTRL)? & 0xffff
+            dev.r32(0)? >> 24,
+            dev.r32(0x04)?,
+            dev.r32(CHANCTRL)? & 0xffff
         ));
     }
 
@@ -298,7 +307,9 @@ fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem) -> R {
     expect_event("ioat_halted", &format!("devid={DEVID} channel=0 chanerr={WRITE_DATA_ERR} iova={UNMAPPED_IOVA:#x}"));
     if amdvi_mode() {
         // Linux's amd_iommu read the record from the model's event log.
-        expect_dmesg(&format!(r"0000:00:06\.0: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={UNMAPPED_IOVA:#x} flags=0x0020\]"));
+        expect_dmesg(&format!(
+            r"0000:00:06\.0: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={UNMAPPED_IOVA:#x} flags=0x0020\]"
+        ));
     }
 
     // Reset (dma.c's ioat_eh does it the same way), and the channel copies again.
@@ -335,7 +346,9 @@ fn private_under_mapping(r: &mut Rig, dev: &Device, ring: &UserMem, data: &UserM
     check!(page(data, 0x1000) == before, "the refused write changed the private page");
     expect_event("rmp_violation", &format!("devid={DEVID} iova={DST_IOVA:#x} access=write"));
     if amdvi_mode() {
-        expect_dmesg(&format!(r"0000:00:06\.0: AMD-Vi: Event logged \[RMP_PAGE_FAULT vmg_tag=0x0000, gpa={DST_IOVA:#x}, flags_rmp=0x0001, flags=0x0020\]"));
+        expect_dmesg(&format!(
+            r"0000:00:06\.0: AMD-Vi: Event logged \[RMP_PAGE_FAULT vmg_tag=0x0000, gpa={DST_IOVA:#x}, flags_rmp=0x0001, flags=0x0020\]"
+        ));
     }
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     let mut ch = Chan::start(dev, ring)?;

@@ -5,13 +5,13 @@
 //! each one takes, and what the daemon reported: docs/kernel-paths.md.
 
 use crate::scenarios::{
-    amdvi_mode, descriptor, expect_dmesg, expect_event, poll, viommu_mode, vtd_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS, EP_TAIL, OP_FILL, R, SKIP,
-    SNP_CTL, ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT,
+    amdvi_mode, descriptor, expect_dmesg, expect_event, poll, viommu_mode, vtd_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS,
+    EP_TAIL, OP_FILL, R, SKIP, SNP_CTL, ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT,
 };
 use crate::sys::iommufd::Iommufd;
-use crate::sys::{Bar, Config, PciDev};
 use crate::sys::kvm::{self, Vm};
 use crate::sys::vfio::{bind_vfio_pci, open_cdev, Device, UserMem, Vfio};
+use crate::sys::{Bar, Config, PciDev};
 
 pub(crate) const BDF: &str = "0000:00:04.0";
 pub(crate) const RING_IOVA: u64 = 0x10_0000;
@@ -75,7 +75,9 @@ fn convert_in_place(r: &mut Rig, ep: &mut VfioRing, mem: &UserMem, off: usize, i
     check!(st == ST_RMP_PAGE_FAULT, "write to the page turned private: status {st}");
     check!(holds(mem, off, last), "the refused write changed the page");
     if amdvi_mode() {
-        expect_dmesg(&format!(r"0000:00:04\.0: AMD-Vi: Event logged \[RMP_PAGE_FAULT vmg_tag=0x0000, gpa={iova:#x}, flags_rmp=0x0001, flags=0x0020\]"));
+        expect_dmesg(&format!(
+            r"0000:00:04\.0: AMD-Vi: Event logged \[RMP_PAGE_FAULT vmg_tag=0x0000, gpa={iova:#x}, flags_rmp=0x0001, flags=0x0020\]"
+        ));
     }
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     Ok(())
@@ -317,7 +319,9 @@ pub fn guest_memfd_conversion(r: &mut Rig) -> R {
     match fd.map_file(ioas, &gmem, 0, GMEM_IOVA, 0x1000) {
         Err(e) if e.contains("Invalid argument") => println!("# IOMMU_IOAS_MAP_FILE of the guest_memfd refused: {e}"),
         Err(e) => return Err(format!("IOMMU_IOAS_MAP_FILE of the guest_memfd: {e}, not EINVAL")),
-        Ok(()) => return Err("IOMMU_IOAS_MAP_FILE mapped a guest_memfd: this kernel maps private memory for DMA; extend this scenario".into()),
+        Ok(()) => {
+            return Err("IOMMU_IOAS_MAP_FILE mapped a guest_memfd: this kernel maps private memory for DMA; extend this scenario".into())
+        }
     }
     let memfd = shared.fd.as_ref().ok_or("no memfd")?;
     fd.map_file(ioas, memfd, 0, SHARED_IOVA, 0x1000)?;
@@ -328,7 +332,9 @@ pub fn guest_memfd_conversion(r: &mut Rig) -> R {
 
     vm.set_memory_attributes(VM_GPA, 0x1000, kvm::ATTRIBUTE_PRIVATE)
         .map_err(|e| format!("converting the gfn to private while its shared page is mapped: {e}"))?;
-    println!("# KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) of gpa {VM_GPA:#x} accepted while its shared page is pinned and mapped at {SHARED_IOVA:#x}");
+    println!(
+        "# KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) of gpa {VM_GPA:#x} accepted while its shared page is pinned and mapped at {SHARED_IOVA:#x}"
+    );
     // The shared page is unchanged for the IOMMU: the write still lands.
     fill_lands(&mut ep, &shared, 0, SHARED_IOVA, 0x5555_6666_7777_8888)?;
 
@@ -394,5 +400,10 @@ pub fn measure_map_cost() {
         let _ = v.unmap(base + i * 0x1000, 0x1000);
     }
     let unmap = t.elapsed();
-    println!("# perf: {} VFIO_IOMMU_MAP_DMA of 4 KiB: {:.1} us each, UNMAP {:.1} us each (64 of each)", via(), map.as_secs_f64() * 1e6 / 64.0, unmap.as_secs_f64() * 1e6 / 64.0);
+    println!(
+        "# perf: {} VFIO_IOMMU_MAP_DMA of 4 KiB: {:.1} us each, UNMAP {:.1} us each (64 of each)",
+        via(),
+        map.as_secs_f64() * 1e6 / 64.0,
+        unmap.as_secs_f64() * 1e6 / 64.0
+    );
 }

@@ -3,8 +3,8 @@
 
 use crate::ioat;
 use crate::kernel_paths;
-use crate::tdx;
 use crate::sys::{find, online_cpus, pin_to_cpu, Bar, Config, DmaMem, PciDev};
+use crate::tdx;
 use iommu_model::amdvi::builder::V1Builder;
 use iommu_model::amdvi::command::{encode, Command};
 use iommu_model::amdvi::dte::Dte;
@@ -129,10 +129,26 @@ impl Rig {
         let hp1 = mem.page()?;
         let pt = V1Builder::new(&mut mem, hp0 + 0x10_0000, hp0 + 0x20_0000, 4).map_err(|e| format!("{e:?}"))?;
         let mut rig = Rig {
-            ep_cfg, doe,
-            iommu, ctl, ep, mem, rid, hp1,
-            devtab: hp0, cmdbuf: hp0 + 0x1000, evtlog: hp0 + 0x2000, sem: hp0 + 0x3000, mbox: hp0 + 0x4000,
-            pt, cmd_tail: 0, evt_head: 0, sem_seq: 0, tail: 0, host_vtd: None, td_page: 0,
+            ep_cfg,
+            doe,
+            iommu,
+            ctl,
+            ep,
+            mem,
+            rid,
+            hp1,
+            devtab: hp0,
+            cmdbuf: hp0 + 0x1000,
+            evtlog: hp0 + 0x2000,
+            sem: hp0 + 0x3000,
+            mbox: hp0 + 0x4000,
+            pt,
+            cmd_tail: 0,
+            evt_head: 0,
+            sem_seq: 0,
+            tail: 0,
+            host_vtd: None,
+            td_page: 0,
         };
         if tdx::tdx_mode() {
             let regs = Bar::map(&iommu_dev, 0)?;
@@ -222,7 +238,13 @@ impl Rig {
         self.ctl.w64(CMDBUF_LO, self.mbox);
         self.ctl.w32(CMDRESP, id << 16);
         let mut r = 0;
-        check!(poll(|| { r = self.ctl.r32(CMDRESP); r >> 31 == 1 }), "mailbox command {id:#x} never completed");
+        check!(
+            poll(|| {
+                r = self.ctl.r32(CMDRESP);
+                r >> 31 == 1
+            }),
+            "mailbox command {id:#x} never completed"
+        );
         Ok(r & 0xffff)
     }
 
@@ -308,7 +330,14 @@ pub(crate) fn poll(mut f: impl FnMut() -> bool) -> bool {
 
 fn pattern(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed | 1;
-    (0..n).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect()
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 pub(crate) fn expect_event(kind: &str, kv: &str) {
@@ -396,9 +425,14 @@ pub fn run() -> Vec<(&'static str, R)> {
     // Scenarios that drive the endpoint through this program's AMD-Vi tables; with the endpoint
     // in the kernel's virtio-iommu domain its DMA no longer takes them.
     let amdvi_dma = [
-        "dma_through_4k_and_2m_mappings", "unmapped_and_read_only_iova_fault", "changed_pte_stale_until_invalidation",
-        "rmp_blocks_t0_write_to_assigned_page", "tdisp_t1_needs_run_and_the_tdis_asid", "vtom_t1_shared_above_vtom",
-        "tdisp_stop_via_doe_refuses_t1", "hazard_private_conversion_of_live_mapping",
+        "dma_through_4k_and_2m_mappings",
+        "unmapped_and_read_only_iova_fault",
+        "changed_pte_stale_until_invalidation",
+        "rmp_blocks_t0_write_to_assigned_page",
+        "tdisp_t1_needs_run_and_the_tdis_asid",
+        "vtom_t1_shared_above_vtom",
+        "tdisp_stop_via_doe_refuses_t1",
+        "hazard_private_conversion_of_live_mapping",
         "vcpus_drive_the_endpoint_and_the_command_buffer_at_once",
     ];
     println!("KTAP version 1");
@@ -414,9 +448,17 @@ pub fn run() -> Vec<(&'static str, R)> {
     };
     let id = rig.ep.r32(EP_ID);
     match &rig.iommu {
-        Some(regs) => println!("# endpoint {:#x} requester {:#06x}, IOMMU EFR {:#x}", id, rig.ep.r32(EP_RID), regs.r64(mmio::EXT_FEATURES as usize)),
-        None if tdx::tdx_mode() => println!("# endpoint {:#x} requester {:#06x}, TDX Connect: VT-d unit driven by this program as the host", id, rig.ep.r32(EP_RID)),
-        None if vtd_mode() => println!("# endpoint {:#x} requester {:#06x}, VT-d registers owned by the kernel's intel_iommu", id, rig.ep.r32(EP_RID)),
+        Some(regs) => {
+            println!("# endpoint {:#x} requester {:#06x}, IOMMU EFR {:#x}", id, rig.ep.r32(EP_RID), regs.r64(mmio::EXT_FEATURES as usize))
+        }
+        None if tdx::tdx_mode() => println!(
+            "# endpoint {:#x} requester {:#06x}, TDX Connect: VT-d unit driven by this program as the host",
+            id,
+            rig.ep.r32(EP_RID)
+        ),
+        None if vtd_mode() => {
+            println!("# endpoint {:#x} requester {:#06x}, VT-d registers owned by the kernel's intel_iommu", id, rig.ep.r32(EP_RID))
+        }
         None => println!("# endpoint {:#x} requester {:#06x}, AMD-Vi registers owned by the kernel's amd_iommu", id, rig.ep.r32(EP_RID)),
     }
     let mut out = Vec::new();
@@ -428,7 +470,9 @@ pub fn run() -> Vec<(&'static str, R)> {
         } else if tdx::tdx_mode() && amdvi_dma.contains(name) {
             Err(format!("{SKIP}TDX Connect runs on a VT-d unit; this scenario programs AMD-Vi registers and SEV-TIO firmware"))
         } else if vtd_mode() && amdvi_dma.contains(name) {
-            Err(format!("{SKIP}the secure IOMMU is a VT-d unit the kernel's intel_iommu owns; this scenario programs AMD-Vi registers itself"))
+            Err(format!(
+                "{SKIP}the secure IOMMU is a VT-d unit the kernel's intel_iommu owns; this scenario programs AMD-Vi registers itself"
+            ))
         } else {
             f(&mut rig)
         };
@@ -467,7 +511,11 @@ fn dma_copies(r: &mut Rig) -> R {
     r.mem.rd(a + 0x1000, &mut v);
     r.mem.wr(b + 0x3000, &v);
     let local = t.elapsed().as_secs_f64();
-    println!("# 1 MiB through 2 MiB mappings: device {:.1} MB/s (doorbell to status), guest volatile copy {:.1} MB/s", 1.0 / secs, 1.0 / local);
+    println!(
+        "# 1 MiB through 2 MiB mappings: device {:.1} MB/s (doorbell to status), guest volatile copy {:.1} MB/s",
+        1.0 / secs,
+        1.0 / local
+    );
     Ok(())
 }
 
@@ -477,8 +525,14 @@ fn io_page_faults(r: &mut Rig) -> R {
     let st = r.fill(0, unmapped, 64, 0x1111)?;
     check!(st == ST_IO_PAGE_FAULT, "unmapped IOVA: status {st}");
     let ev = r.events();
-    check!(ev.iter().any(|e| e.code == event::IO_PAGE_FAULT && e.address == unmapped && e.devid == r.rid && e.flags & flags::RW != 0 && e.flags & flags::PR == 0),
-        "no IO_PAGE_FAULT for {unmapped:#x} in the event log: {ev:?}");
+    check!(
+        ev.iter().any(|e| e.code == event::IO_PAGE_FAULT
+            && e.address == unmapped
+            && e.devid == r.rid
+            && e.flags & flags::RW != 0
+            && e.flags & flags::PR == 0),
+        "no IO_PAGE_FAULT for {unmapped:#x} in the event log: {ev:?}"
+    );
     expect_event("translation_fault", &format!("event=IO_PAGE_FAULT iova={unmapped:#x}"));
     let (ro, ro_pa) = r.small(2);
     r.map(ro, ro_pa, 12, Perm::new(true, false))?;
@@ -486,8 +540,10 @@ fn io_page_faults(r: &mut Rig) -> R {
     check!(st == ST_IO_PAGE_FAULT, "write through an IR-only mapping: status {st}");
     check!(r.page_bytes(ro_pa, 64).iter().all(|&b| b == 0), "the read-only page was written");
     let ev = r.events();
-    check!(ev.iter().any(|e| e.address == ro && e.flags & (flags::PR | flags::PE | flags::RW) == flags::PR | flags::PE | flags::RW),
-        "no permission IO_PAGE_FAULT for {ro:#x}: {ev:?}");
+    check!(
+        ev.iter().any(|e| e.address == ro && e.flags & (flags::PR | flags::PE | flags::RW) == flags::PR | flags::PE | flags::RW),
+        "no permission IO_PAGE_FAULT for {ro:#x}: {ev:?}"
+    );
     expect_event("translation_fault", &format!("iova={ro:#x} access=write"));
     Ok(())
 }
@@ -519,7 +575,10 @@ fn rmp_blocks_t0(r: &mut Rig) -> R {
     check!(st == ST_RMP_PAGE_FAULT, "T=0 write to an assigned page: status {st}");
     check!(r.page_bytes(pa, 4096).iter().all(|&b| b == 0), "bytes of the assigned page changed");
     let ev = r.events();
-    check!(ev.iter().any(|e| e.code == event::RMP_PAGE_FAULT && e.address == iova && e.devid == r.rid), "no RMP_PAGE_FAULT in the event log: {ev:?}");
+    check!(
+        ev.iter().any(|e| e.code == event::RMP_PAGE_FAULT && e.address == iova && e.devid == r.rid),
+        "no RMP_PAGE_FAULT in the event log: {ev:?}"
+    );
     expect_event("rmp_violation", &format!("iova={iova:#x} t=false access=write"));
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "RMPUPDATE to shared");
     check!(r.fill(0, iova, 4096, 0x5555)? == ST_OK, "write after the page is shared again");
@@ -707,7 +766,8 @@ fn amd_iommu_owns_the_function(_r: &mut Rig) -> R {
         return Err(format!("{SKIP}the kernel's amd_iommu does not drive the function (scripts/run-vm --amd-iommu)"));
     }
     let ivhd = "/sys/class/iommu/ivhd0";
-    let read = |f: &str| std::fs::read_to_string(format!("{ivhd}/{f}")).map(|s| s.trim().to_string()).map_err(|e| format!("{ivhd}/{f}: {e}"));
+    let read =
+        |f: &str| std::fs::read_to_string(format!("{ivhd}/{f}")).map(|s| s.trim().to_string()).map_err(|e| format!("{ivhd}/{f}: {e}"));
     let parent = std::fs::read_link(format!("{ivhd}/device")).map_err(|e| format!("{ivhd}/device: {e}"))?;
     check!(parent.ends_with("0000:00:03.0"), "ivhd0 belongs to {parent:?}, not 00:03.0");
     let cap = u32::from_str_radix(&read("amd-iommu/cap")?, 16).map_err(|e| e.to_string())?;
@@ -728,7 +788,17 @@ fn amd_iommu_owns_the_function(_r: &mut Rig) -> R {
     let log = std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     let bad: Vec<&str> = log
         .lines()
-        .filter(|l| ["Completion-Wait loop timed out", "ILLEGAL_COMMAND_ERROR", "COMMAND_HARDWARE_ERROR", "ILLEGAL_DEV_TABLE_ENTRY", "DEV_TAB_HARDWARE_ERROR"].iter().any(|b| l.contains(b)))
+        .filter(|l| {
+            [
+                "Completion-Wait loop timed out",
+                "ILLEGAL_COMMAND_ERROR",
+                "COMMAND_HARDWARE_ERROR",
+                "ILLEGAL_DEV_TABLE_ENTRY",
+                "DEV_TAB_HARDWARE_ERROR",
+            ]
+            .iter()
+            .any(|b| l.contains(b))
+        })
         .collect();
     check!(bad.is_empty(), "amd_iommu logged: {bad:?}");
     expect_dmesg(&format!(r"AMD-Vi: Extended features \({efr:#x}, {efr2:#x}\): IA SNP SEV-TIO"));
@@ -746,7 +816,8 @@ fn intel_iommu_owns_the_unit(_r: &mut Rig) -> R {
     }
     use iommu_model::vtd::{regs, unit::VtdUnit};
     let dmar = "/sys/class/iommu/dmar0";
-    let read = |f: &str| std::fs::read_to_string(format!("{dmar}/{f}")).map(|s| s.trim().to_string()).map_err(|e| format!("{dmar}/{f}: {e}"));
+    let read =
+        |f: &str| std::fs::read_to_string(format!("{dmar}/{f}")).map(|s| s.trim().to_string()).map_err(|e| format!("{dmar}/{f}: {e}"));
     let hex = |f: &str| read(f).and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).map_err(|e| format!("{f} {v:?}: {e}")));
     let model = VtdUnit::default();
     let (cap, ecap) = (hex("intel-iommu/cap")?, hex("intel-iommu/ecap")?);
@@ -907,7 +978,8 @@ fn vcpus_at_once(r: &mut Rig) -> R {
         r.map(SMP_IOVA + k * 0x1000, pa + k * 0x1000, 12, Perm::RW)?;
     }
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (ep, iommu, ctl, mem, ring, cmdbuf, sem, mbox) = (&r.ep, r.iommu.as_ref().ok_or("no IOMMU registers")?, &r.ctl, &r.mem, r.hp1, r.cmdbuf, r.sem, r.mbox);
+    let (ep, iommu, ctl, mem, ring, cmdbuf, sem, mbox) =
+        (&r.ep, r.iommu.as_ref().ok_or("no IOMMU registers")?, &r.ctl, &r.mem, r.hp1, r.cmdbuf, r.sem, r.mbox);
     let (mut tail, mut cmd_tail, mut seq) = (r.tail, r.cmd_tail, r.sem_seq);
     let ep_id = ep.r32(EP_ID);
     let efr = iommu.r64(mmio::EXT_FEATURES as usize);
@@ -924,33 +996,43 @@ fn vcpus_at_once(r: &mut Rig) -> R {
                 tail = (tail + 1) % RING_ENTRIES;
                 ep.w32(EP_TAIL, tail);
                 let mut st = [0u8; 2];
-                check!(poll(|| { mem.rd(slot + 2, &mut st); u16::from_le_bytes(st) != 0 }), "FILL {i} never completed");
+                check!(
+                    poll(|| {
+                        mem.rd(slot + 2, &mut st);
+                        u16::from_le_bytes(st) != 0
+                    }),
+                    "FILL {i} never completed"
+                );
                 check!(u16::from_le_bytes(st) == ST_OK, "FILL {i}: status {}", u16::from_le_bytes(st));
                 check!(mem.r64(page) == value && mem.r64(page + u64::from(SMP_FILL_LEN) - 8) == value, "FILL {i} did not land");
             }
             Ok(tail)
         });
-        let mailbox = (ncpu >= 3).then(|| s.spawn(move || -> Result<u64, String> {
-            pin_to_cpu(Some(2))?;
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                ctl.w64(CMDBUF_LO, mbox);
-                ctl.w32(CMDRESP, 0xd0 << 16); // TIO_STATUS
-                let v = ctl.r32(CMDRESP);
-                check!(v >> 31 == 1 && (v >> 16) & 0x7ff == 0xd0 && v & 0xffff == 0, "TIO_STATUS answered {v:#x}");
-                n += 1;
-            }
-            Ok(n)
-        }));
-        let registers = (ncpu >= 4).then(|| s.spawn(move || -> Result<u64, String> {
-            pin_to_cpu(Some(3))?;
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                check!(ep.r32(EP_ID) == ep_id && iommu.r64(mmio::EXT_FEATURES as usize) == efr, "a register read wrong");
-                n += 1;
-            }
-            Ok(n)
-        }));
+        let mailbox = (ncpu >= 3).then(|| {
+            s.spawn(move || -> Result<u64, String> {
+                pin_to_cpu(Some(2))?;
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    ctl.w64(CMDBUF_LO, mbox);
+                    ctl.w32(CMDRESP, 0xd0 << 16); // TIO_STATUS
+                    let v = ctl.r32(CMDRESP);
+                    check!(v >> 31 == 1 && (v >> 16) & 0x7ff == 0xd0 && v & 0xffff == 0, "TIO_STATUS answered {v:#x}");
+                    n += 1;
+                }
+                Ok(n)
+            })
+        });
+        let registers = (ncpu >= 4).then(|| {
+            s.spawn(move || -> Result<u64, String> {
+                pin_to_cpu(Some(3))?;
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    check!(ep.r32(EP_ID) == ep_id && iommu.r64(mmio::EXT_FEATURES as usize) == efr, "a register read wrong");
+                    n += 1;
+                }
+                Ok(n)
+            })
+        });
         let pinned = pin_to_cpu(Some(0));
         let commands = pinned.and_then(|()| {
             for j in 0..SMP_ROUNDS {

@@ -18,7 +18,8 @@ pub fn find(vendor: u16, device: u16) -> Option<PciDev> {
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
-        let read = |f: &str| fs::read_to_string(p.join(f)).ok().and_then(|s| u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok());
+        let read =
+            |f: &str| fs::read_to_string(p.join(f)).ok().and_then(|s| u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok());
         if read("vendor") == Some(vendor) && read("device") == Some(device) {
             let _ = fs::write(p.join("enable"), "1");
             return Some(PciDev { path: p.display().to_string(), bdf: e.file_name().to_string_lossy().into_owned() });
@@ -139,8 +140,14 @@ impl HugePage {
     pub fn alloc() -> Result<HugePage, String> {
         // SAFETY: an anonymous private mapping; nothing else refers to it.
         let p = unsafe {
-            libc::mmap(ptr::null_mut(), HUGE as usize, libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_POPULATE | libc::MAP_LOCKED, -1, 0)
+            libc::mmap(
+                ptr::null_mut(),
+                HUGE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_POPULATE | libc::MAP_LOCKED,
+                -1,
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(format!("huge page: {}", std::io::Error::last_os_error()));
@@ -260,7 +267,14 @@ impl Config {
 
     /// One DOE exchange (PCIe §6.30): write the object, GO, read the response dwords.
     pub fn doe(&self, cap: u64, vendor: u16, ty: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let words: Vec<u32> = payload.chunks(4).map(|c| { let mut b = [0u8; 4]; b[..c.len()].copy_from_slice(c); u32::from_le_bytes(b) }).collect();
+        let words: Vec<u32> = payload
+            .chunks(4)
+            .map(|c| {
+                let mut b = [0u8; 4];
+                b[..c.len()].copy_from_slice(c);
+                u32::from_le_bytes(b)
+            })
+            .collect();
         self.w32(cap + 0x08, 1); // abort: start clean
         self.w32(cap + 0x10, u32::from(vendor) | u32::from(ty) << 16);
         self.w32(cap + 0x10, words.len() as u32 + 2);
@@ -565,7 +579,14 @@ pub mod vfio {
 
         /// MSI-X off again (VFIO_DEVICE_SET_IRQS with no vectors).
         pub fn msix_off(&self) -> Result<(), String> {
-            let mut set = IrqSet { argsz: 20, flags: IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, index: PCI_MSIX_IRQ_INDEX, start: 0, count: 0, fd: -1 };
+            let mut set = IrqSet {
+                argsz: 20,
+                flags: IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER,
+                index: PCI_MSIX_IRQ_INDEX,
+                start: 0,
+                count: 0,
+                fd: -1,
+            };
             ioctl_ptr(&self.fd, DEVICE_SET_IRQS, &mut set, "VFIO_DEVICE_SET_IRQS").map(drop)
         }
     }
@@ -617,7 +638,13 @@ pub mod vfio {
 
         /// VFIO_IOMMU_MAP_DMA: `len` bytes of this process's memory at `vaddr` to `iova`, read-write.
         pub fn map(&self, vaddr: u64, iova: u64, len: u64) -> Result<(), String> {
-            let mut m = DmaMap { argsz: std::mem::size_of::<DmaMap>() as u32, flags: DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE, vaddr, iova, size: len };
+            let mut m = DmaMap {
+                argsz: std::mem::size_of::<DmaMap>() as u32,
+                flags: DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
+                vaddr,
+                iova,
+                size: len,
+            };
             ioctl_ptr(&self.container, IOMMU_MAP_DMA, &mut m, "VFIO_IOMMU_MAP_DMA").map(drop)
         }
 
@@ -638,7 +665,13 @@ pub mod vfio {
             .find(|n| n.starts_with("vfio"))
             .ok_or_else(|| format!("no vfioN under {dir}"))?;
         let fd = open(&format!("/dev/vfio/devices/{name}"))?;
-        let mut b = BindIommufd { argsz: std::mem::size_of::<BindIommufd>() as u32, flags: 0, iommufd: iommufd.as_raw_fd(), out_devid: 0, token_uuid_ptr: 0 };
+        let mut b = BindIommufd {
+            argsz: std::mem::size_of::<BindIommufd>() as u32,
+            flags: 0,
+            iommufd: iommufd.as_raw_fd(),
+            out_devid: 0,
+            token_uuid_ptr: 0,
+        };
         ioctl_ptr(&fd, DEVICE_BIND_IOMMUFD, &mut b, "VFIO_DEVICE_BIND_IOMMUFD")?;
         let mut a = AttachIommufdPt { argsz: std::mem::size_of::<AttachIommufdPt>() as u32, flags: 0, pt_id: ioas, pasid: 0 };
         ioctl_ptr(&fd, DEVICE_ATTACH_IOMMUFD_PT, &mut a, "VFIO_DEVICE_ATTACH_IOMMUFD_PT")?;
@@ -657,7 +690,14 @@ pub mod vfio {
         pub fn new(len: usize) -> Result<UserMem, String> {
             // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
             let p = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE, -1, 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                    -1,
+                    0,
+                )
             };
             if p == libc::MAP_FAILED {
                 return Err(format!("mmap: {}", std::io::Error::last_os_error()));
@@ -669,7 +709,14 @@ pub mod vfio {
         pub fn map_fd(fd: OwnedFd, len: usize) -> Result<UserMem, String> {
             // SAFETY: a fresh shared mapping of a descriptor we own; nothing else refers to it.
             let p = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    fd.as_raw_fd(),
+                    0,
+                )
             };
             if p == libc::MAP_FAILED {
                 return Err(format!("mmap: {}", std::io::Error::last_os_error()));
@@ -691,7 +738,14 @@ pub mod vfio {
             }
             // SAFETY: a fresh shared mapping of our own memfd; nothing else refers to it.
             let p = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    fd.as_raw_fd(),
+                    0,
+                )
             };
             if p == libc::MAP_FAILED {
                 return Err(format!("mmap memfd: {}", std::io::Error::last_os_error()));
@@ -809,13 +863,29 @@ pub mod iommufd {
 
         /// IOMMU_IOAS_MAP of `len` bytes of this process's memory at `va` to `iova`, read-write.
         pub fn map(&self, ioas: u32, va: u64, iova: u64, len: u64) -> Result<(), String> {
-            let mut m = IoasMap { size: std::mem::size_of::<IoasMap>() as u32, flags: RW_FIXED, ioas_id: ioas, reserved: 0, user_va: va, length: len, iova };
+            let mut m = IoasMap {
+                size: std::mem::size_of::<IoasMap>() as u32,
+                flags: RW_FIXED,
+                ioas_id: ioas,
+                reserved: 0,
+                user_va: va,
+                length: len,
+                iova,
+            };
             ioctl_ptr(&self.fd, IOAS_MAP, &mut m, "IOMMU_IOAS_MAP").map(drop)
         }
 
         /// IOMMU_IOAS_MAP_FILE of `len` bytes of `file` from `start` to `iova`, read-write.
         pub fn map_file(&self, ioas: u32, file: &OwnedFd, start: u64, iova: u64, len: u64) -> Result<(), String> {
-            let mut m = IoasMapFile { size: std::mem::size_of::<IoasMapFile>() as u32, flags: RW_FIXED, ioas_id: ioas, fd: file.as_raw_fd(), start, length: len, iova };
+            let mut m = IoasMapFile {
+                size: std::mem::size_of::<IoasMapFile>() as u32,
+                flags: RW_FIXED,
+                ioas_id: ioas,
+                fd: file.as_raw_fd(),
+                start,
+                length: len,
+                iova,
+            };
             ioctl_ptr(&self.fd, IOAS_MAP_FILE, &mut m, "IOMMU_IOAS_MAP_FILE").map(drop)
         }
 

@@ -6,13 +6,16 @@
 //! host's own tables do not reach T=1, T=0 to a private page is refused, a page with a live
 //! trusted mapping cannot leave the TD, STOP and unbind. docs/tdx-vs-sev-tio.md.
 
-use crate::scenarios::{expect_event, poll, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, F_T, R, RING_ENTRIES, RING_IOVA, SKIP, ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT, ST_T1_REFUSED};
+use crate::scenarios::{
+    expect_event, poll, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, F_T, R, RING_ENTRIES, RING_IOVA, SKIP, ST_IO_PAGE_FAULT, ST_OK,
+    ST_RMP_PAGE_FAULT, ST_T1_REFUSED,
+};
 use crate::sys::Bar;
+use iommu_model::fmt::vtd_ss;
 use iommu_model::vtd::context::ContextEntry;
 use iommu_model::vtd::regs::{self, gcmd};
 use iommu_model::vtd::root::RootEntry;
 use iommu_model::vtd::unit::IOTLB_REG;
-use iommu_model::fmt::vtd_ss;
 use iommu_model::walk::Perm;
 
 /// Module calls (docs/device-abi.md, "TDX Connect personality").

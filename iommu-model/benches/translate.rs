@@ -54,9 +54,7 @@ fn benches(c: &mut Criterion) {
     // Every benchmark measures successful translations; a setup mistake would time faults.
     assert!(translate(&m, DevTabBase(DEVTAB | 1), DEVID, 0x1_000f_f123, Access::Write).translation().is_some());
     assert!(vi.translate(&mut m, DEVID, 0x1_0000_0000, Access::Read).translation().is_some());
-    c.bench_function("iotlb_hit", |b| {
-        b.iter(|| vi.translate(&mut m, black_box(DEVID), black_box(0x1_0000_0123), Access::Read))
-    });
+    c.bench_function("iotlb_hit", |b| b.iter(|| vi.translate(&mut m, black_box(DEVID), black_box(0x1_0000_0123), Access::Read)));
     c.bench_function("cold_walk_4_level", |b| {
         b.iter(|| translate(&m, DevTabBase(DEVTAB | 1), black_box(DEVID), black_box(0x1_0000_0123), Access::Read))
     });

@@ -137,14 +137,7 @@ where
 // entry), `size_log2` below 64: the level arithmetic is bounded. Guest addresses (`root`, `iova`,
 // the entries' addresses) only meet masks, shifts by those amounts and one wrapping_add.
 #[allow(clippy::arithmetic_side_effects)]
-pub fn walk_traced<F, M>(
-    fmt: &F,
-    mem: &M,
-    root: u64,
-    levels: u8,
-    iova: u64,
-    mut trace: impl FnMut(&Step),
-) -> Result<Translation, WalkFault>
+pub fn walk_traced<F, M>(fmt: &F, mem: &M, root: u64, levels: u8, iova: u64, mut trace: impl FnMut(&Step)) -> Result<Translation, WalkFault>
 where
     F: Format + ?Sized,
     M: PhysMem + ?Sized,
@@ -179,12 +172,7 @@ where
                     return fault(FaultKind::Invalid, level, Some(entry_addr), perm);
                 }
                 let mask = (1u64 << size_log2) - 1;
-                return Ok(Translation {
-                    spa: (addr & !mask) | (iova & mask),
-                    size_log2,
-                    perm: perm.and(p),
-                    level,
-                });
+                return Ok(Translation { spa: (addr & !mask) | (iova & mask), size_log2, perm: perm.and(p), level });
             }
             Entry::Table { addr, next_level, perm: p } => {
                 if next_level == 0 || next_level >= level {
@@ -222,7 +210,15 @@ pub struct BudgetExhausted;
 /// unit of `budget`; when it runs out the search stops with `BudgetExhausted` and `out` holds what
 /// was found so far. Entries are decoded exactly as [`walk`] decodes them, so a leaf found here is
 /// one a walk of its IOVA reaches (permissions ANDed the same way).
-pub fn find_leaves<F, M>(fmt: &F, mem: &M, root: u64, levels: u8, spa: std::ops::Range<u64>, budget: &mut u32, out: &mut Vec<Leaf>) -> Result<(), BudgetExhausted>
+pub fn find_leaves<F, M>(
+    fmt: &F,
+    mem: &M,
+    root: u64,
+    levels: u8,
+    spa: std::ops::Range<u64>,
+    budget: &mut u32,
+    out: &mut Vec<Leaf>,
+) -> Result<(), BudgetExhausted>
 where
     F: Format + ?Sized,
     M: PhysMem + ?Sized,
@@ -234,7 +230,17 @@ where
 }
 
 #[allow(clippy::too_many_arguments)]
-fn search<F, M>(fmt: &F, mem: &M, table: u64, level: u8, base: u64, perm: Perm, range: (u64, u64), budget: &mut u32, out: &mut Vec<Leaf>) -> Result<(), BudgetExhausted>
+fn search<F, M>(
+    fmt: &F,
+    mem: &M,
+    table: u64,
+    level: u8,
+    base: u64,
+    perm: Perm,
+    range: (u64, u64),
+    budget: &mut u32,
+    out: &mut Vec<Leaf>,
+) -> Result<(), BudgetExhausted>
 where
     F: Format + ?Sized,
     M: PhysMem + ?Sized,

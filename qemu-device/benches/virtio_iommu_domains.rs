@@ -43,5 +43,8 @@ fn main() {
         assert!(matches!(d.translate(EP, iova, Access::Write), Some(Outcome::Ok(_))));
     }
     let walk = t.elapsed().as_nanos() as f64 / n as f64;
-    println!("virtio-iommu domain: MAP+UNMAP 4 KiB {map_unmap:.0} ns, MAP+UNMAP 1 GiB as 2 MiB pages {:.1} us, translate {walk:.0} ns", big / 1e3);
+    println!(
+        "virtio-iommu domain: MAP+UNMAP 4 KiB {map_unmap:.0} ns, MAP+UNMAP 1 GiB as 2 MiB pages {:.1} us, translate {walk:.0} ns",
+        big / 1e3
+    );
 }

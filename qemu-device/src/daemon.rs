@@ -7,6 +7,7 @@
 
 use crate::control::{Control, Target};
 use crate::events::JsonLines;
+use crate::function::EventSink;
 use crate::functions::endpoint::{Endpoint, Job};
 use crate::functions::ioat::Ioat;
 use crate::functions::iommu::IommuFunction;
@@ -15,10 +16,9 @@ use crate::guest_mem::GuestRam;
 use crate::secure::SecureIommu;
 use crate::vfio_server::{listen, remove_socket, FunctionBackend, MsixIrq};
 use crate::walk::parse_bdf;
+use serde_json::json;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use crate::function::EventSink;
-use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,7 +84,14 @@ pub struct Args {
 /// A byte count with an optional K, M or G (binary) suffix.
 fn parse_size(s: &str) -> Result<u64, String> {
     let (digits, shift) = match s.trim().to_ascii_uppercase().strip_suffix(['K', 'M', 'G']) {
-        Some(d) => (d.to_string(), match s.trim().chars().last() { Some('k' | 'K') => 10, Some('m' | 'M') => 20, _ => 30 }),
+        Some(d) => (
+            d.to_string(),
+            match s.trim().chars().last() {
+                Some('k' | 'K') => 10,
+                Some('m' | 'M') => 20,
+                _ => 30,
+            },
+        ),
         None => (s.trim().to_string(), 0),
     };
     let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size (e.g. 1048576, 512K, 256M, 1G)"))?;
@@ -198,7 +205,12 @@ fn lock_socket_dir(dir: &Path) -> Result<std::fs::File, String> {
 /// The event stream's file, locked for the daemon's life, emptied only with `overwrite`.
 fn open_events(path: &Path, overwrite: bool) -> Result<std::fs::File, String> {
     let shown = path.display();
-    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(|e| format!("cannot create {shown}: {e}"))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("cannot create {shown}: {e}"))?;
     let meta = f.metadata().map_err(|e| format!("{shown}: {e}"))?;
     if !meta.is_file() {
         // A pipe or a terminal: nothing to keep or to lock.
@@ -206,12 +218,17 @@ fn open_events(path: &Path, overwrite: bool) -> Result<std::fs::File, String> {
     }
     match f.try_lock() {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(format!("{shown} is being written by another tiommu daemon; nothing was changed")),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(format!("{shown} is being written by another tiommu daemon; nothing was changed"))
+        }
         Err(std::fs::TryLockError::Error(e)) => return Err(format!("cannot lock {shown}: {e}")),
     }
     if meta.len() > 0 {
         if !overwrite {
-            return Err(format!("{shown} already holds an event stream ({} bytes); not overwriting it (--overwrite-events replaces it)", meta.len()));
+            return Err(format!(
+                "{shown} already holds an event stream ({} bytes); not overwriting it (--overwrite-events replaces it)",
+                meta.len()
+            ));
         }
         f.set_len(0).map_err(|e| format!("cannot empty {shown}: {e}"))?;
     }
@@ -270,19 +287,20 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
     let (iommu_listener, ep_listener) = (listeners.next().ok_or("no listener")?, listeners.next().ok_or("no listener")?);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
     let mut functions: Vec<Served> = Vec::new();
-    let mut spawn = |name: &'static str, attached: Arc<AtomicBool>, f: Box<dyn FnOnce() -> Result<(), String> + Send>| -> Result<(), String> {
-        let (i, done) = (functions.len(), done_tx.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("vfu-{name}"))
-            .spawn(move || {
-                let r = f();
-                let _ = done.send(i);
-                r
-            })
-            .map_err(|e| e.to_string())?;
-        functions.push(Served { name, sock: args.socket_dir.join(format!("{name}.sock")), attached, thread: Some(thread) });
-        Ok(())
-    };
+    let mut spawn =
+        |name: &'static str, attached: Arc<AtomicBool>, f: Box<dyn FnOnce() -> Result<(), String> + Send>| -> Result<(), String> {
+            let (i, done) = (functions.len(), done_tx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("vfu-{name}"))
+                .spawn(move || {
+                    let r = f();
+                    let _ = done.send(i);
+                    r
+                })
+                .map_err(|e| e.to_string())?;
+            functions.push(Served { name, sock: args.socket_dir.join(format!("{name}.sock")), attached, thread: Some(thread) });
+            Ok(())
+        };
     spawn("iommu", iommu.attached(), Box::new(move || iommu.serve(iommu_listener)))?;
     spawn("endpoint", endpoint.attached(), Box::new(move || endpoint.serve(ep_listener)))?;
     if let Some(v) = viommu {
@@ -372,7 +390,10 @@ fn wait_for_functions(
             let have: Vec<&str> = functions.iter().filter(|f| attached(f)).map(|f| f.name).collect();
             tracing::warn!(
                 "QEMU attached {} but not {} after {} s: is a -device vfio-user-pci missing for {}?",
-                have.join(", "), missing.join(", "), ATTACH_WARNING.as_secs(), missing.join(", ")
+                have.join(", "),
+                missing.join(", "),
+                ATTACH_WARNING.as_secs(),
+                missing.join(", ")
             );
         }
         let Ok(i) = done.recv_timeout(Duration::from_millis(500)) else { continue };
@@ -421,7 +442,10 @@ fn stop_on_signal(socks: Vec<PathBuf>, events: Arc<JsonLines>) -> Result<(), Str
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("signal {sig}: stopping");
                 socks.iter().for_each(|s| remove_socket(s));
-                crate::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "daemon_exit", "signal": sig, "peak_rss_kib": peak_rss_kib()}));
+                crate::function::EventSink::emit(
+                    events.as_ref(),
+                    serde_json::json!({"type": "daemon_exit", "signal": sig, "peak_rss_kib": peak_rss_kib()}),
+                );
                 events.seal();
                 std::process::exit(0);
             }

@@ -62,7 +62,10 @@ pub trait DmaMem: PhysMem {
     /// last byte, which is enough for one contiguous array.
     fn backed(&self, spa: u64, len: u64) -> bool {
         let mut probe = [0u8; 1];
-        len > 0 && spa.checked_add(len.wrapping_sub(1)).is_some_and(|last| self.read(spa, &mut probe).is_ok() && self.read(last, &mut probe).is_ok())
+        len > 0
+            && spa
+                .checked_add(len.wrapping_sub(1))
+                .is_some_and(|last| self.read(spa, &mut probe).is_ok() && self.read(last, &mut probe).is_ok())
     }
 
     /// Copy `len` bytes from `src` to `dst`, both system physical; all or nothing. The default
@@ -170,7 +173,14 @@ pub fn plan<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, me
 }
 
 /// DMA read of `buf.len()` bytes at `iova`.
-pub fn read<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, t: bool, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+pub fn read<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(
+    iommu: &mut S,
+    mem: &mut M,
+    rid: u16,
+    t: bool,
+    iova: u64,
+    buf: &mut [u8],
+) -> Result<(), DmaError> {
     let runs = plan(iommu, mem, Request { rid, t, iova, len: buf.len() as u64, access: Access::Read })?;
     // The runs' lengths add up to buf.len() (plan).
     let total = buf.len();
@@ -185,7 +195,14 @@ pub fn read<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, me
 }
 
 /// DMA write of `data` at `iova`.
-pub fn write<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, t: bool, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+pub fn write<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(
+    iommu: &mut S,
+    mem: &mut M,
+    rid: u16,
+    t: bool,
+    iova: u64,
+    data: &[u8],
+) -> Result<(), DmaError> {
     let runs = plan(iommu, mem, Request { rid, t, iova, len: data.len() as u64, access: Access::Write })?;
     let mut rest = data;
     for (spa, n) in runs {
@@ -213,7 +230,15 @@ impl CopyPlan {
 
 /// Plan a copy: the source is read first, so a refused source ends it before any destination
 /// page is asked for (a device does not issue writes for data it could not read).
-pub fn plan_copy<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, t: bool, src: u64, dst: u64, len: u64) -> Result<CopyPlan, DmaError> {
+pub fn plan_copy<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(
+    iommu: &mut S,
+    mem: &mut M,
+    rid: u16,
+    t: bool,
+    src: u64,
+    dst: u64,
+    len: u64,
+) -> Result<CopyPlan, DmaError> {
     let from = plan(iommu, mem, Request { rid, t, iova: src, len, access: Access::Read })?;
     let to = plan(iommu, mem, Request { rid, t, iova: dst, len, access: Access::Write })?;
     Ok(CopyPlan { from, to, len })

@@ -59,7 +59,16 @@ impl JsonLines {
     pub fn with_limit(out: Box<dyn Write + Send>, limit: u64) -> Self {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let queue_dropped = std::sync::Arc::new(AtomicU64::new(0));
-        let mut w = Writer { out: std::io::BufWriter::with_capacity(64 << 10, out), limit, written: 0, limit_dropped: 0, limit_said: false, queue_dropped: queue_dropped.clone(), by_type: BTreeMap::new(), exit: None };
+        let mut w = Writer {
+            out: std::io::BufWriter::with_capacity(64 << 10, out),
+            limit,
+            written: 0,
+            limit_dropped: 0,
+            limit_said: false,
+            queue_dropped: queue_dropped.clone(),
+            by_type: BTreeMap::new(),
+            exit: None,
+        };
         let writer = std::thread::Builder::new().name("events".into()).spawn(move || w.run(&rx)).ok();
         JsonLines { tx, start: Instant::now(), queue_dropped, sealed: AtomicBool::new(false), writer: Mutex::new(writer) }
     }
@@ -189,7 +198,10 @@ impl Writer {
         if !always && self.written.saturating_add(line.len() as u64).saturating_add(1) > self.limit {
             if !self.limit_said {
                 self.limit_said = true;
-                tracing::warn!("the event stream reached its limit of {} bytes (--events-limit): further records are counted, not written", self.limit);
+                tracing::warn!(
+                    "the event stream reached its limit of {} bytes (--events-limit): further records are counted, not written",
+                    self.limit
+                );
                 self.write(&serde_json::json!({"type": "events_limit", "limit_bytes": self.limit}));
             }
             self.limit_dropped = self.limit_dropped.saturating_add(1);
@@ -344,7 +356,8 @@ mod tests {
         ev.seal();
         let got = lines(&out);
         let written = got.iter().filter(|r| r["type"] == "dma" && r["i"].is_u64()).count();
-        let dropped: u64 = got.iter().filter(|r| r["type"] == "events_dropped" && r["reason"] == "queue_full").map(|r| r["count"].as_u64().unwrap()).sum();
+        let dropped: u64 =
+            got.iter().filter(|r| r["type"] == "events_dropped" && r["reason"] == "queue_full").map(|r| r["count"].as_u64().unwrap()).sum();
         assert!(dropped >= 500, "{dropped} dropped");
         assert_eq!(written as u64 + dropped, n as u64);
     }

@@ -68,9 +68,15 @@ impl GuestRam {
 
     /// One past the highest mapped guest physical address.
     pub fn top(&self) -> u64 {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).list.iter().map(|r| r.start_addr().0.saturating_add(r.len())).max().unwrap_or(0)
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .list
+            .iter()
+            .map(|r| r.start_addr().0.saturating_add(r.len()))
+            .max()
+            .unwrap_or(0)
     }
-
 }
 
 use vm_memory::GuestMemoryRegion;

@@ -35,15 +35,24 @@ pub enum Platform {
     /// RMP_BASE) gets its Assigned bit flipped while the model's own state stays as it was. The
     /// next DMA request to the page finds the two disagreeing and is refused with RMP_HW_ERROR
     /// (never allowed on the strength of a changed entry), until the entry is written again.
-    RmpEntryChanged { spa: u64 },
+    RmpEntryChanged {
+        spa: u64,
+    },
     /// The device moves its TDI to ERROR (TDISP §11.2): T=1 DMA stops until the host STOPs it.
-    TdiError { devid: u16 },
-    Doe { devid: u16, fault: DoeFault },
+    TdiError {
+        devid: u16,
+    },
+    Doe {
+        devid: u16,
+        fault: DoeFault,
+    },
     /// The device DMAs on its own, to an address of the tool's choosing.
     EndpointDma(RogueDma),
     /// The device's ring stops making progress: doorbells are taken, nothing is processed, BUSY
     /// stays set, until CTRL.RESET or a function-level reset.
-    RingStall { devid: u16 },
+    RingStall {
+        devid: u16,
+    },
 }
 
 /// A DMA the device makes without a descriptor: `len` bytes of 0x5a written (or read) at `iova`.
@@ -172,7 +181,14 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
     let (read, t) = (flag(v, "read")?, flag(v, "t")?);
     // Parameters a fault does not take are refused rather than ignored.
     let only = |allowed: &[&str]| -> Result<(), String> {
-        for (key, given) in [("spa", spa.is_some()), ("count", count.is_some()), ("reads", reads.is_some()), ("len", len.is_some()), ("read", read), ("t", t)] {
+        for (key, given) in [
+            ("spa", spa.is_some()),
+            ("count", count.is_some()),
+            ("reads", reads.is_some()),
+            ("len", len.is_some()),
+            ("read", read),
+            ("t", t),
+        ] {
             if given && !allowed.contains(&key) {
                 return Err(format!("{name} takes no {key}"));
             }
@@ -185,8 +201,13 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
     // Where the device and IOVA are the fault's parameters they are not filters.
     let mut filters = true;
     let fault = match name {
-        "event-log-overflow" | "illegal-command" | "command-hardware-error" | "completion-wait-lost" | "dev-tab-hardware-error"
-        | "page-tab-hardware-error" | "rmp-hw-error" => {
+        "event-log-overflow"
+        | "illegal-command"
+        | "command-hardware-error"
+        | "completion-wait-lost"
+        | "dev-tab-hardware-error"
+        | "page-tab-hardware-error"
+        | "rmp-hw-error" => {
             only(&[])?;
             match name {
                 "event-log-overflow" => Fault::AmdVi(AmdViFault::EventLogOverflow),
@@ -248,7 +269,13 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
             if !(1..=crate::dma::MAX_LEN).contains(&len) {
                 return Err(format!("endpoint-dma: len is 1 to {}", crate::dma::MAX_LEN));
             }
-            Fault::Platform(Platform::EndpointDma(RogueDma { devid: need_device()?, iova: need(iova, "iova")?, len: len as u32, write: !read, t }))
+            Fault::Platform(Platform::EndpointDma(RogueDma {
+                devid: need_device()?,
+                iova: need(iova, "iova")?,
+                len: len as u32,
+                write: !read,
+                t,
+            }))
         }
         other => return Err(format!("no fault {other:?}; the faults: {}", NAMES.join(", "))),
     };
@@ -400,7 +427,9 @@ impl SecureIommu {
             let effect = self.apply(mem, p);
             let mut r = json!({"id": id, "fault": p.name(), "effect": effect});
             match p {
-                Platform::TdiError { devid } | Platform::Doe { devid, .. } | Platform::RingStall { devid } => r["devid"] = bdf(devid).into(),
+                Platform::TdiError { devid } | Platform::Doe { devid, .. } | Platform::RingStall { devid } => {
+                    r["devid"] = bdf(devid).into()
+                }
                 Platform::EndpointDma(d) => {
                     r["devid"] = bdf(d.devid).into();
                     r["iova"] = format!("{:#x}", d.iova).into();
@@ -505,7 +534,10 @@ impl SecureIommu {
         }
         let want = self.rmp.as_ref().and_then(|r| r.raw(pfn))?;
         let mut have = [0u8; 16];
-        if self.rmp_base == 0 || Rmp::entry_offset(pfn).checked_add(self.rmp_base).is_none_or(|at| mem.read(at, &mut have).is_err()) || have == want {
+        if self.rmp_base == 0
+            || Rmp::entry_offset(pfn).checked_add(self.rmp_base).is_none_or(|at| mem.read(at, &mut have).is_err())
+            || have == want
+        {
             // Written back (by the model or anyone): nothing disagrees any more.
             self.inject.changed_rmp.remove(&pfn);
             return None;
@@ -584,11 +616,13 @@ mod tests {
 
     fn log(mem: &ByteMem, s: &SecureIommu) -> Vec<Event> {
         let tail = s.amdvi.mmio_read(mmio::EVENT_LOG_TAIL, 8);
-        (0..tail / 16).map(|i| {
-            let mut b = [0u8; 16];
-            mem.read(EVT + i * 16, &mut b).unwrap();
-            Event::from_bytes(&b)
-        }).collect()
+        (0..tail / 16)
+            .map(|i| {
+                let mut b = [0u8; 16];
+                mem.read(EVT + i * 16, &mut b).unwrap();
+                Event::from_bytes(&b)
+            })
+            .collect()
     }
 
     fn arm(s: &mut SecureIommu, mem: &mut ByteMem, id: u32, req: &str) -> Vec<Value> {

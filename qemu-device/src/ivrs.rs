@@ -69,8 +69,8 @@ fn ivhd(kind: u8, iommu: u16, mmio: u64, endpoints: &[u16], efr: u64, efr2: u64)
     h.extend_from_slice(&mmio.to_le_bytes());
     h.extend_from_slice(&0u16.to_le_bytes()); // PCI segment
     h.extend_from_slice(&0u16.to_le_bytes()); // IOMMU info: MSI number 0, unit ID 0
-    // Type 10h: IOMMU feature reporting, nothing beyond the EFR; type 11h: IOMMU attributes,
-    // HATDis (bit 0) clear since the model walks host (v1) tables.
+                                              // Type 10h: IOMMU feature reporting, nothing beyond the EFR; type 11h: IOMMU attributes,
+                                              // HATDis (bit 0) clear since the model walks host (v1) tables.
     h.extend_from_slice(&0u32.to_le_bytes());
     if kind != 0x10 {
         h.extend_from_slice(&efr.to_le_bytes());

@@ -9,15 +9,15 @@
 pub mod acpi;
 pub mod control;
 pub mod daemon;
-pub mod dmar;
 pub mod dma;
+pub mod dmar;
 pub mod events;
 pub mod function;
 pub mod functions;
 pub mod guest_mem;
 pub mod inject;
-pub mod log_limit;
 pub mod ivrs;
+pub mod log_limit;
 pub mod pci;
 pub mod rmp_state;
 pub mod secure;

@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use qemu_device::{control, daemon, dmar, ivrs, viot, walk};
 
 #[derive(Parser)]
-#[command(name = "tiommu", version, about = "A secure IOMMU (AMD SEV-TIO / Intel TDX Connect style) for QEMU", arg_required_else_help = true)]
+#[command(
+    name = "tiommu",
+    version,
+    about = "A secure IOMMU (AMD SEV-TIO / Intel TDX Connect style) for QEMU",
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

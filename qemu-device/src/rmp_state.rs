@@ -17,7 +17,12 @@ pub struct RmpPublisher {
 
 impl RmpPublisher {
     pub fn create(path: &Path) -> Result<RmpPublisher, String> {
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         f.set_len(PAGES * 16).map_err(|e| format!("cannot size {}: {e}", path.display()))?;
         let region = GuestRegionMmap::from_range(GuestAddress(0), (PAGES * 16) as usize, Some(FileOffset::new(f, 0)))

@@ -163,7 +163,8 @@ impl SecureIommu {
                 Interrupt::Fault(m) => ("fault", m),
                 Interrupt::InvalidationComplete(m) => ("invalidation_complete", m),
             };
-            self.events.emit(json!({"type": "vtd_interrupt", "event": event, "addr": format!("{:#x}", m.addr), "data": format!("{:#x}", m.data)}));
+            self.events
+                .emit(json!({"type": "vtd_interrupt", "event": event, "addr": format!("{:#x}", m.addr), "data": format!("{:#x}", m.data)}));
             self.irq.raise(0);
         }
     }
@@ -231,7 +232,8 @@ impl SecureIommu {
         let devtab = DevTabBase(self.amdvi.mmio_read(0, 8));
         let mut reported = std::collections::BTreeSet::new();
         for h in &res.hazards {
-            let through_viommu = self.viommu.as_ref().and_then(|v| lock(v).translate(u32::from(h.mapping.requester), h.mapping.iova, Access::Read));
+            let through_viommu =
+                self.viommu.as_ref().and_then(|v| lock(v).translate(u32::from(h.mapping.requester), h.mapping.iova, Access::Read));
             let outcome = match (through_viommu, &self.vtd) {
                 (Some(o), _) => o.translation(),
                 (None, Some(v)) => v.lookup(mem, h.mapping.requester, h.mapping.iova, Access::Read).translation(),
@@ -258,13 +260,31 @@ impl SecureIommu {
             let found = match &self.vtd {
                 Some(v) if v.enabled() => {
                     let hits = |ms: Vec<vtd::reverse::Mapping>| {
-                        ms.iter().map(|m| TableHit { devid: m.sid, domain: m.did, iova: m.iova, spa: m.spa, size_log2: m.size_log2, write: m.perm.write }).collect()
+                        ms.iter()
+                            .map(|m| TableHit {
+                                devid: m.sid,
+                                domain: m.did,
+                                iova: m.iova,
+                                spa: m.spa,
+                                size_log2: m.size_log2,
+                                write: m.perm.write,
+                            })
+                            .collect()
                     };
                     Some(("vt-d", vtd::reverse::mappings_of(mem, v.caps(), v.root_table(), spa, len, &mut budget).map(hits).map_err(hits)))
                 }
                 None if self.amdvi.enabled() => {
                     let hits = |ms: Vec<amdvi::reverse::Mapping>| {
-                        ms.iter().map(|m| TableHit { devid: m.devid, domain: m.domain_id, iova: m.iova, spa: m.spa, size_log2: m.size_log2, write: m.perm.write }).collect()
+                        ms.iter()
+                            .map(|m| TableHit {
+                                devid: m.devid,
+                                domain: m.domain_id,
+                                iova: m.iova,
+                                spa: m.spa,
+                                size_log2: m.size_log2,
+                                write: m.perm.write,
+                            })
+                            .collect()
                     };
                     Some(("amd-vi", amdvi::reverse::mappings_of(mem, devtab, spa, len, &mut budget).map(hits).map_err(hits)))
                 }
@@ -286,7 +306,8 @@ impl SecureIommu {
                     }
                 }
                 if !complete {
-                    self.events.emit(json!({"type": "hazard_search_incomplete", "spa": format!("{spa:#x}"), "budget": HAZARD_SEARCH_BUDGET}));
+                    self.events
+                        .emit(json!({"type": "hazard_search_incomplete", "spa": format!("{spa:#x}"), "budget": HAZARD_SEARCH_BUDGET}));
                 }
             }
         }
@@ -549,10 +570,19 @@ mod tests {
         let hazards: Vec<_> = ev.iter().filter(|e| e["type"] == "hazard").collect();
         // 0x300000 is mapped twice: at IOVA 0x7000, and inside the 2 MiB page at 0x200000.
         assert_eq!(hazards.len(), 3, "{hazards:?}");
-        assert_eq!((hazards[0]["iova"].as_str(), hazards[0]["spa"].as_str(), hazards[0]["write"].as_bool()), (Some("0x7000"), Some("0x300000"), Some(true)));
-        assert_eq!((hazards[0]["via"].as_str(), hazards[0]["domain"].as_u64(), hazards[0]["requester"].as_str()), (Some("amd-vi"), Some(7), Some("00:04.0")));
+        assert_eq!(
+            (hazards[0]["iova"].as_str(), hazards[0]["spa"].as_str(), hazards[0]["write"].as_bool()),
+            (Some("0x7000"), Some("0x300000"), Some(true))
+        );
+        assert_eq!(
+            (hazards[0]["via"].as_str(), hazards[0]["domain"].as_u64(), hazards[0]["requester"].as_str()),
+            (Some("amd-vi"), Some(7), Some("00:04.0"))
+        );
         // Inside the 2 MiB read-only mapping: the IOVA of that 4 KiB page within it.
-        assert_eq!((hazards[1]["iova"].as_str(), hazards[1]["size"].as_u64(), hazards[1]["write"].as_bool()), (Some("0x300000"), Some(1 << 21), Some(false)));
+        assert_eq!(
+            (hazards[1]["iova"].as_str(), hazards[1]["size"].as_u64(), hazards[1]["write"].as_bool()),
+            (Some("0x300000"), Some(1 << 21), Some(false))
+        );
         assert_eq!((hazards[2]["iova"].as_str(), hazards[2]["spa"].as_str()), (Some("0x205000"), Some("0x205000")));
         assert!(!ev.iter().any(|e| e["type"] == "hazard_search_incomplete"));
     }
@@ -632,7 +662,10 @@ mod tests {
         assert!(matches!(r, Err(Refusal::Vtd(rec)) if rec.reason == iommu_model::vtd::FaultReason::ReadDenied && rec.fi == 0x9000));
         let f = last(&events, "translation_fault");
         assert_eq!((f["via"].as_str(), f["devid"].as_str(), f["iova"].as_str()), (Some("vt-d"), Some("00:04.0"), Some("0x9000")));
-        assert_eq!((f["access"].as_str(), f["level"].as_u64(), f["logged"].as_bool(), f["reason"].as_str()), (Some("read"), Some(1), Some(true), Some("0x06")));
+        assert_eq!(
+            (f["access"].as_str(), f["level"].as_u64(), f["logged"].as_bool(), f["reason"].as_str()),
+            (Some("read"), Some(1), Some(true), Some("0x06"))
+        );
         let v = s.vtd.as_ref().unwrap();
         let hi = v.mmio_read(iommu_model::vtd::unit::FRCD_BASE + 8, 8);
         assert_eq!((hi >> 63, (hi >> 32) & 0xff, hi & 0xffff), (1, 6, u64::from(RID)), "F, FR, SID");

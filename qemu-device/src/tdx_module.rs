@@ -203,7 +203,8 @@ pub fn command(s: &mut SecureIommu, id: u32, b: &[u8; 64]) -> u32 {
         cmd::TDG_DMAR_RELEASE => ("TDG.DMAR.RELEASE", dmar(s, td, requester, false)),
         _ => return INVALID_COMMAND,
     };
-    s.events.emit(json!({"type": "tdx_call", "call": call, "td": td, "devid": bdf(requester), "gpa": format!("{gpa:#x}"), "status": status}));
+    s.events
+        .emit(json!({"type": "tdx_call", "call": call, "td": td, "devid": bdf(requester), "gpa": format!("{gpa:#x}"), "status": status}));
     status
 }
 

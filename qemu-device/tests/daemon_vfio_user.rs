@@ -107,7 +107,6 @@ fn ram_file(dir: &Path, size: u64) -> std::fs::File {
     f
 }
 
-
 #[test]
 fn sockets_are_owner_only_and_nothing_else_is_left_in_the_directory() {
     let d = Daemon::start("perm");
@@ -273,8 +272,7 @@ fn completion_wait_stores_into_mapped_guest_ram_and_raises_msi() {
     c.dma_map(0x8_0000, 0x18_0000, 0x8_0000, ram.as_raw_fd()).unwrap();
     // MSI vector 0: the daemon writes an eventfd counter (8 bytes) to whatever fd it was given.
     let (irq_daemon, mut irq) = UnixStream::pair().unwrap();
-    c.set_irqs(VFIO_PCI_MSI_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, &[irq_daemon.as_raw_fd()])
-        .unwrap();
+    c.set_irqs(VFIO_PCI_MSI_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, &[irq_daemon.as_raw_fd()]).unwrap();
     drop(irq_daemon);
 
     let cmd_buf = 0x18_0000u64;
@@ -384,7 +382,11 @@ fn sigterm_exits_cleanly_removes_the_sockets_and_keeps_the_event_stream_whole() 
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(records[0]["type"], "snp");
     assert_eq!(records[0]["pages"], 0x200, "pages up to the top of the mapped RAM");
-    assert_eq!((&records[1]["type"], &records[1]["signal"]), (&"daemon_exit".into(), &15.into()), "the exit is recorded with QEMU attached");
+    assert_eq!(
+        (&records[1]["type"], &records[1]["signal"]),
+        (&"daemon_exit".into(), &15.into()),
+        "the exit is recorded with QEMU attached"
+    );
 }
 
 /// A second daemon started by mistake on the same socket directory and event stream: it fails
@@ -423,7 +425,13 @@ fn a_second_daemon_on_the_same_sockets_changes_nothing() {
     assert_eq!(r64(&mut c, BAR2, SNP_CTL), 1, "and its client is still served");
     // Another directory, the same event stream: refused too.
     let other = d.dir.join("other");
-    let out = Process::new(env!("CARGO_BIN_EXE_tiommu")).args(["daemon", "--socket-dir"]).arg(&other).arg("--events").arg(&events).output().unwrap();
+    let out = Process::new(env!("CARGO_BIN_EXE_tiommu"))
+        .args(["daemon", "--socket-dir"])
+        .arg(&other)
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("being written by another tiommu daemon"), "{out:?}");
     assert_eq!(std::fs::read(&events).unwrap(), before);
 }
@@ -436,12 +444,28 @@ fn an_existing_event_stream_is_only_replaced_when_asked() {
     std::fs::create_dir_all(&dir).unwrap();
     let events = dir.join("events.jsonl");
     std::fs::write(&events, "{\"type\":\"daemon_exit\"}\n").unwrap();
-    let out = Process::new(env!("CARGO_BIN_EXE_tiommu")).args(["daemon", "--socket-dir"]).arg(&dir).arg("--events").arg(&events).output().unwrap();
+    let out = Process::new(env!("CARGO_BIN_EXE_tiommu"))
+        .args(["daemon", "--socket-dir"])
+        .arg(&dir)
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite-events"), "{out:?}");
     assert_eq!(std::fs::read_to_string(&events).unwrap(), "{\"type\":\"daemon_exit\"}\n");
     assert!(!dir.join("iommu.sock").exists(), "no socket made");
-    let mut d = Daemon { child: Process::new(env!("CARGO_BIN_EXE_tiommu")).args(["daemon", "--overwrite-events", "--socket-dir"]).arg(&dir).arg("--events").arg(&events).stderr(Stdio::null()).spawn().unwrap(), dir: dir.clone() };
+    let mut d = Daemon {
+        child: Process::new(env!("CARGO_BIN_EXE_tiommu"))
+            .args(["daemon", "--overwrite-events", "--socket-dir"])
+            .arg(&dir)
+            .arg("--events")
+            .arg(&events)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        dir: dir.clone(),
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !d.sock("endpoint").exists() {
         assert!(Instant::now() < deadline, "the daemon made no sockets");
@@ -515,7 +539,14 @@ fn an_rmp_window_at_the_top_of_the_address_space_is_refused_and_nothing_wraps() 
     let mut c = d.connect("iommu");
     let ram = ram_file(&d.dir, 0x10_0000);
     c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
-    let windows = [(u64::MAX, u64::MAX), (0u64.wrapping_sub(0x4000), u64::MAX), (0u64.wrapping_sub(0x1_0000), u64::MAX), (0x10_4000, 0x10_1fff), (0x10_0000, 0x10_3fff), (0x1f_e000, 0x20_ffff)];
+    let windows = [
+        (u64::MAX, u64::MAX),
+        (0u64.wrapping_sub(0x4000), u64::MAX),
+        (0u64.wrapping_sub(0x1_0000), u64::MAX),
+        (0x10_4000, 0x10_1fff),
+        (0x10_0000, 0x10_3fff),
+        (0x1f_e000, 0x20_ffff),
+    ];
     for (base, end) in windows {
         w64(&mut c, BAR2, RMP_BASE, base);
         w64(&mut c, BAR2, RMP_END, end);
@@ -546,7 +577,8 @@ fn an_rmp_window_at_the_top_of_the_address_space_is_refused_and_nothing_wraps() 
     let stray = all.iter().enumerate().find(|&(i, &b)| b != 0 && !(0x4000..0x6000).contains(&i) && !(0xf_f000..0xf_f040).contains(&i));
     assert_eq!(stray, None, "a byte written outside the RMP window");
     record(&d, |r| r["type"] == "snp" && r["enabled"] == true);
-    let errors: Vec<String> = records(&d).iter().filter(|r| r["type"] == "snp" && r["enabled"] == false).map(|r| r["error"].to_string()).collect();
+    let errors: Vec<String> =
+        records(&d).iter().filter(|r| r["type"] == "snp" && r["enabled"] == false).map(|r| r["error"].to_string()).collect();
     let want = ["need", "need", "not all guest RAM", "below RMP_BASE", "need", "not all guest RAM"];
     assert_eq!(errors.len(), want.len(), "{errors:?}");
     for (e, w) in errors.iter().zip(want) {
@@ -581,7 +613,12 @@ const RING: u64 = 0x40_0000;
 
 /// Start the endpoint's flood: IOMMU on, the ring set up, and a thread that keeps ringing the
 /// doorbell until `stop`; it returns the number of descriptors the endpoint completed.
-fn start_flood(d: &Daemon, ram: &std::fs::File, iommu: &mut Client, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u32> {
+fn start_flood(
+    d: &Daemon,
+    ram: &std::fs::File,
+    iommu: &mut Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
     use qemu_device::functions::endpoint::reg;
     iommu.dma_map(0, 0, 0x80_0000, ram.as_raw_fd()).unwrap();
     w64(iommu, BAR0, mmio::DEV_TABLE_BASE, 0x10_0000);
@@ -692,8 +729,7 @@ fn vtd_bar0_queued_invalidation_and_fault_event_on_msi() {
     let ram = ram_file(&d.dir, 0x10_0000);
     c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
     let (irq_daemon, mut irq) = UnixStream::pair().unwrap();
-    c.set_irqs(VFIO_PCI_MSI_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, &[irq_daemon.as_raw_fd()])
-        .unwrap();
+    c.set_irqs(VFIO_PCI_MSI_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, &[irq_daemon.as_raw_fd()]).unwrap();
     drop(irq_daemon);
     // The queue at GPA 0x10_0000: a wait descriptor writing 2 at 0x10_8000, then a device-TLB
     // invalidation, which this unit (no ECAP.DT) refuses.
@@ -841,6 +877,8 @@ fn without_persist_a_half_attached_qemu_ends_the_daemon() {
     assert!(d.wait().success());
     assert!(!d.sock("iommu").exists() && !d.sock("endpoint").exists());
     let r = records(&d);
-    assert!(r.iter().any(|e| e["type"] == "partial_attach" && e["gone"] == "endpoint" && e["never_attached"] == serde_json::json!(["iommu"])));
+    assert!(r
+        .iter()
+        .any(|e| e["type"] == "partial_attach" && e["gone"] == "endpoint" && e["never_attached"] == serde_json::json!(["iommu"])));
     assert_eq!(r.last().unwrap()["type"], "daemon_exit");
 }

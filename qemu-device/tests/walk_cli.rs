@@ -36,8 +36,22 @@ fn lines(o: &Output) -> Vec<String> {
 fn translations_and_faults_one_line_per_iova_in_order() {
     let img = image("ok");
     let o = walk(&[
-        "--image", img.to_str().unwrap(), "--image-base", "0x80000000", "--devtab", "0x80010000",
-        "--devid", "00:03.0", "--iova", "0x1abc", "--iova", "0x40123456", "--iova", "0x2000", "--iova", "0x1000000000000",
+        "--image",
+        img.to_str().unwrap(),
+        "--image-base",
+        "0x80000000",
+        "--devtab",
+        "0x80010000",
+        "--devid",
+        "00:03.0",
+        "--iova",
+        "0x1abc",
+        "--iova",
+        "0x40123456",
+        "--iova",
+        "0x2000",
+        "--iova",
+        "0x1000000000000",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(

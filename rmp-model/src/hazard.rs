@@ -84,11 +84,7 @@ impl HazardRegistry {
     pub fn overlapping(&self, spa: u64, len: u64) -> Vec<LiveMapping> {
         let from = spa.saturating_sub(self.max_size.saturating_sub(1));
         let end = spa.saturating_add(len);
-        self.maps
-            .range((from, 0, 0)..(end, 0, 0))
-            .map(|(_, m)| *m)
-            .filter(|m| m.spa < end && m.spa.saturating_add(m.size) > spa)
-            .collect()
+        self.maps.range((from, 0, 0)..(end, 0, 0)).map(|(_, m)| *m).filter(|m| m.spa < end && m.spa.saturating_add(m.size) > spa).collect()
     }
 }
 

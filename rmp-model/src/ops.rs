@@ -102,7 +102,9 @@ pub mod npf {
 pub enum GuestResult {
     Status(RmpStatus),
     /// A nested page fault with these [`npf`] bits in its error code.
-    NestedPageFault { error_code: u64 },
+    NestedPageFault {
+        error_code: u64,
+    },
     /// #GP: PVALIDATE at a VMPL other than 0.
     GeneralProtection,
 }
@@ -176,11 +178,7 @@ impl Rmp {
         }
         let cur = self.entries[pfn as usize];
         // A 4 KiB update inside a 2 MiB page touches the whole page.
-        let (first, count) = if cur.page_size == PageSize::Size2M {
-            (pfn & !(PTES_PER_2M - 1), PTES_PER_2M)
-        } else {
-            (pfn, n)
-        };
+        let (first, count) = if cur.page_size == PageSize::Size2M { (pfn & !(PTES_PER_2M - 1), PTES_PER_2M) } else { (pfn, n) };
         let touched = first..first.saturating_add(count);
         if touched.clone().any(|p| self.entries[p as usize].immutable) {
             return RmpStatus::FailPermission;

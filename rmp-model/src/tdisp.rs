@@ -429,7 +429,14 @@ mod tests {
         assert_eq!(e(r.handle_request(&get_report(7, 0, 16))), err::INVALID_INTERFACE_STATE);
         assert_eq!(e(r.handle_request(&request(req::GET_DEVICE_INTERFACE_STATE, 8, &[]))), err::INVALID_INTERFACE);
         assert_eq!(e(r.handle_request(&[0x10, 0x81])), err::INVALID_REQUEST);
-        assert_eq!(e(r.handle_request(&{ let mut m = request(req::GET_TDISP_VERSION, 7, &[]); m[0] = 0x20; m })), err::VERSION_MISMATCH);
+        assert_eq!(
+            e(r.handle_request(&{
+                let mut m = request(req::GET_TDISP_VERSION, 7, &[]);
+                m[0] = 0x20;
+                m
+            })),
+            err::VERSION_MISMATCH
+        );
         assert_eq!(e(r.handle_request(&request(req::VDM, 7, &[]))), err::UNSUPPORTED_REQUEST);
         let nonce = lock_and_nonce(&mut r);
         assert_eq!(e(r.handle_request(&lock_interface(7, 0, 0, 0))), err::INVALID_INTERFACE_STATE);

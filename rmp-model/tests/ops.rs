@@ -51,9 +51,9 @@ fn rmpupdate_fail_input() {
         (0x5000, RmpState::private(0x9000, 0x400, K4)),         // ASID too large
         (0x5000, RmpState { asid: 3, ..RmpState::shared(K4) }), // shared with an ASID
         (0x5000, RmpState { immutable: true, ..RmpState::shared(K4) }),
-        (0x20_0000, RmpState::private(0x1000, 1, M2)),          // 2 MiB GPA not aligned
-        (0x5000, RmpState::private(0x9800, 1, K4)),             // GPA not 4 KiB aligned
-        (0x5000, RmpState::private(1 << 52, 1, K4)),            // GPA past bit 51
+        (0x20_0000, RmpState::private(0x1000, 1, M2)), // 2 MiB GPA not aligned
+        (0x5000, RmpState::private(0x9800, 1, K4)),    // GPA not 4 KiB aligned
+        (0x5000, RmpState::private(1 << 52, 1, K4)),   // GPA past bit 51
     ] {
         assert_eq!(r.rmpupdate(spa, &st).status, RmpStatus::FailInput, "{spa:#x} {st:?}");
     }

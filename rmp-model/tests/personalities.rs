@@ -35,16 +35,36 @@ fn same_requests_both_personalities() {
     type Sev = Result<(), DmaRefusal>;
     type Tdxr = Result<u64, TdxRefusal>;
     let rows: [(&str, DmaRequest, Sev, Tdxr); 9] = [
-        ("T=0 write to the private page", req(false, Run, 0x1000, PRIV_SPA, true), Err(DmaRefusal::AssignedPage), Err(TdxRefusal::PrivatePage)),
+        (
+            "T=0 write to the private page",
+            req(false, Run, 0x1000, PRIV_SPA, true),
+            Err(DmaRefusal::AssignedPage),
+            Err(TdxRefusal::PrivatePage),
+        ),
         ("T=0 read of the private page", req(false, Run, 0x1000, PRIV_SPA, false), Ok(()), Err(TdxRefusal::PrivatePage)),
         ("T=0 write to a shared page", req(false, Run, 0x1000, SHARED_SPA, true), Ok(()), Ok(SHARED_SPA)),
         ("T=1 private, host mapping right", req(true, Run, PRIV_GPA, PRIV_SPA, true), Ok(()), Ok(PRIV_SPA)),
         // The host scrambled its I/O page table: SEV-TIO faults; TDX never used it.
         ("T=1 private, host mapping wrong", req(true, Run, PRIV_GPA, SHARED_SPA, true), Err(DmaRefusal::AsidMismatch), Ok(PRIV_SPA)),
-        ("T=1 private, TDI not in RUN", req(true, ConfigLocked, PRIV_GPA, PRIV_SPA, true), Err(DmaRefusal::TdiNotRun), Err(TdxRefusal::NotRun)),
-        ("T=1 private GPA never mapped", req(true, Run, 0x9000, 0x9000, true), Err(DmaRefusal::AsidMismatch), Err(TdxRefusal::NoTrustedMapping)),
+        (
+            "T=1 private, TDI not in RUN",
+            req(true, ConfigLocked, PRIV_GPA, PRIV_SPA, true),
+            Err(DmaRefusal::TdiNotRun),
+            Err(TdxRefusal::NotRun),
+        ),
+        (
+            "T=1 private GPA never mapped",
+            req(true, Run, 0x9000, 0x9000, true),
+            Err(DmaRefusal::AsidMismatch),
+            Err(TdxRefusal::NoTrustedMapping),
+        ),
         ("T=1 shared to a shared page", req(true, Run, VTOM | SHARED_BIT | 0x7000, SHARED_SPA, true), Ok(()), Ok(SHARED_SPA)),
-        ("T=1 shared to the private page", req(true, Run, VTOM | SHARED_BIT | 0x7000, PRIV_SPA, true), Err(DmaRefusal::SharedToPrivate), Err(TdxRefusal::SharedToPrivate)),
+        (
+            "T=1 shared to the private page",
+            req(true, Run, VTOM | SHARED_BIT | 0x7000, PRIV_SPA, true),
+            Err(DmaRefusal::SharedToPrivate),
+            Err(TdxRefusal::SharedToPrivate),
+        ),
     ];
     for (name, r, sev, tdx_want) in rows {
         assert_eq!(rmp.check_dma(&r).map_err(|f| f.reason), sev, "SEV-TIO: {name}");

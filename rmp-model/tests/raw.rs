@@ -59,7 +59,14 @@ fn golden_vectors() {
 
 #[test]
 fn rmpread_output_golden_vector() {
-    let e = RmpReadEntry { gpa: 0x8_0000_5000, assigned: true, page_size: PageSize::Size2M, hpage_region_status: true, immutable: true, asid: 0x1234 };
+    let e = RmpReadEntry {
+        gpa: 0x8_0000_5000,
+        assigned: true,
+        page_size: PageSize::Size2M,
+        hpage_region_status: true,
+        immutable: true,
+        asid: 0x1234,
+    };
     assert_eq!(hex(&e.to_bytes()), "00500000080000000103010034120000");
     assert_eq!(RmpReadEntry::from_bytes(&e.to_bytes()), e);
 }
@@ -78,7 +85,12 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..2048u64, any::<bool>(), any::<bool>(), 1..4u16).prop_map(|(page, big, assigned, asid)| Op::Update { page, big, assigned, asid }),
+        (0..2048u64, any::<bool>(), any::<bool>(), 1..4u16).prop_map(|(page, big, assigned, asid)| Op::Update {
+            page,
+            big,
+            assigned,
+            asid
+        }),
         (0..4u64).prop_map(|region| Op::Psmash { region }),
         (0..2048u64, 1..4u16, any::<bool>()).prop_map(|(page, asid, big)| Op::Validate { page, asid, big }),
         (0..2048u64, 1..4u16, 0..32u8).prop_map(|(page, asid, perms)| Op::Adjust { page, asid, perms }),
@@ -177,9 +189,11 @@ enum Wild {
 fn wild() -> impl Strategy<Value = Wild> {
     let addr = prop_oneof![any::<u64>(), (0..0x20_0000u64), (0..4u64).prop_map(|r| r << 21)];
     prop_oneof![
-        (addr.clone(), addr.clone(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u16>()).prop_map(|(a, b, c, d, e, f)| Wild::Update(a, b, c, d, e, f)),
+        (addr.clone(), addr.clone(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u16>())
+            .prop_map(|(a, b, c, d, e, f)| Wild::Update(a, b, c, d, e, f)),
         addr.clone().prop_map(Wild::Psmash),
-        (addr.clone(), addr.clone(), any::<bool>(), any::<u16>(), any::<u8>(), any::<bool>()).prop_map(|(a, b, c, d, e, f)| Wild::Validate(a, b, c, d, e, f)),
+        (addr.clone(), addr.clone(), any::<bool>(), any::<u16>(), any::<u8>(), any::<bool>())
+            .prop_map(|(a, b, c, d, e, f)| Wild::Validate(a, b, c, d, e, f)),
         (addr.clone(), addr.clone(), any::<bool>(), any::<u16>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<bool>())
             .prop_map(|(a, b, c, d, e, f, g, h)| Wild::Adjust(a, b, c, d, e, f, g, h)),
         addr.prop_map(Wild::Read),

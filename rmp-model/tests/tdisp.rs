@@ -98,7 +98,9 @@ fn config_change_while_locked_or_running_is_error() {
 fn report_interface_info_and_ranges() {
     let mut r = responder();
     r.handle_request(&tdisp::lock_interface(FID, tdisp::lock_flags::NO_FW_UPDATE, 0, 0x1000_0000));
-    let Some(Response::Report { portion, remainder: 0 }) = parse_response(&r.handle_request(&tdisp::get_report(FID, 0, 0x400))) else { panic!() };
+    let Some(Response::Report { portion, remainder: 0 }) = parse_response(&r.handle_request(&tdisp::get_report(FID, 0, 0x400))) else {
+        panic!()
+    };
     let info = u16::from_le_bytes([portion[0], portion[1]]);
     assert_eq!(info, tdisp::interface_info::NO_UPDATE_AFTER_LOCK | tdisp::interface_info::DMA_WITHOUT_PASID);
     assert_eq!(u32::from_le_bytes(portion[12..16].try_into().unwrap()), 1);
@@ -107,7 +109,11 @@ fn report_interface_info_and_ranges() {
     // Fetched in portions, the report is the same bytes.
     let mut whole = Vec::new();
     loop {
-        let Some(Response::Report { portion, remainder }) = parse_response(&r.handle_request(&tdisp::get_report(FID, whole.len() as u16, 7))) else { panic!() };
+        let Some(Response::Report { portion, remainder }) =
+            parse_response(&r.handle_request(&tdisp::get_report(FID, whole.len() as u16, 7)))
+        else {
+            panic!()
+        };
         whole.extend_from_slice(&portion);
         if remainder == 0 {
             break;

@@ -211,7 +211,10 @@ fn event_log_overflow(_r: &mut Rig) -> R {
     let tail = host.reg("evt_tail")?;
     let unmapped = DATA_IOVA + 0x10_0000;
     check!(ep.fill(unmapped, 0x5555)? == ST_IO_PAGE_FAULT, "FILL to an unmapped IOVA did not fault");
-    check!(poll(|| host.reg("evt_tail").is_ok_and(|t| t != tail) && host.reg("evt_head") == host.reg("evt_tail")), "the fault was not logged, or Linux did not read it");
+    check!(
+        poll(|| host.reg("evt_tail").is_ok_and(|t| t != tail) && host.reg("evt_head") == host.reg("evt_tail")),
+        "the fault was not logged, or Linux did not read it"
+    );
     expect_dmesg(&format!(r"0000:00:04\.0: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={unmapped:#x} flags=0x0020\]"));
     fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x6666)
 }
@@ -230,7 +233,10 @@ fn io_page_fault_storm(_r: &mut Rig) -> R {
     println!("# storm: {written} of 600 records written before the log overflowed");
     check!((500..600).contains(&written), "{written} records written: the log should have held about 511");
     check!(logged(RESTARTING, before), "Linux did not restart the event log after the storm");
-    check!(poll(|| host.reg("status").is_ok_and(|st| st & (EVT_RUN | EVT_OVERFLOW) == EVT_RUN) && host.reg("evt_head") == host.reg("evt_tail")), "the log is not running and drained after the storm");
+    check!(
+        poll(|| host.reg("status").is_ok_and(|st| st & (EVT_RUN | EVT_OVERFLOW) == EVT_RUN) && host.reg("evt_head") == host.reg("evt_tail")),
+        "the log is not running and drained after the storm"
+    );
     let shown = count(&dmesg(), &format!("address={storm:#x}"));
     println!("# Linux printed {shown} of the {written} IO_PAGE_FAULT records (rate-limited)");
     expect_dmesg(&format!(r"AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={storm:#x} flags=0x0020\]"));
@@ -252,7 +258,11 @@ fn command_hardware_error(_r: &mut Rig) -> R {
     let (v, mem) = vfio()?;
     let mut ep = VfioRing::start(&v.device, &mem)?;
     for (fault, event, line) in [
-        ("command-hardware-error", "COMMAND_HARDWARE_ERROR", r"AMD-Vi: Event logged \[COMMAND_HARDWARE_ERROR address=0x[0-9a-f]+ flags=0x0600\]"),
+        (
+            "command-hardware-error",
+            "COMMAND_HARDWARE_ERROR",
+            r"AMD-Vi: Event logged \[COMMAND_HARDWARE_ERROR address=0x[0-9a-f]+ flags=0x0600\]",
+        ),
         ("illegal-command", "ILLEGAL_COMMAND_ERROR", r"AMD-Vi: Event logged \[ILLEGAL_COMMAND_ERROR address=0x[0-9a-f]+\]"),
     ] {
         fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x8888)?;
@@ -283,7 +293,10 @@ fn command_hardware_error(_r: &mut Rig) -> R {
         let ctl = regs.r64(mmio::CONTROL as usize);
         regs.w64(mmio::CONTROL as usize, ctl & !control::CMD_BUF_EN);
         regs.w64(mmio::CONTROL as usize, ctl);
-        check!(poll(|| host.reg("status").is_ok_and(|s| s & CMD_RUN != 0) && host.reg("cmd_head") == host.reg("cmd_tail")), "the command processor did not resume and drain");
+        check!(
+            poll(|| host.reg("status").is_ok_and(|s| s & CMD_RUN != 0) && host.reg("cmd_head") == host.reg("cmd_tail")),
+            "the command processor did not resume and drain"
+        );
         let st = ep.fill(DATA_IOVA, 0xaaaa)?;
         check!(st == ST_IO_PAGE_FAULT, "after the restart the unmap's invalidation should have run (status {st})");
         // And Linux's next commands complete.
@@ -307,8 +320,16 @@ fn table_hardware_errors(r: &mut Rig) -> R {
     let mut ep = VfioRing::start(&v.device, &mem)?;
     r.ctl.w64(SNP_CTL, 1);
     for (fault, st_want, line) in [
-        ("dev-tab-hardware-error", ST_IO_PAGE_FAULT, r"AMD-Vi: Event logged \[DEV_TAB_HARDWARE_ERROR device=0000:00:04\.0 address=0x[0-9a-f]+ flags=0x0620\]"),
-        ("page-tab-hardware-error", ST_IO_PAGE_FAULT, r"AMD-Vi: Event logged \[PAGE_TAB_HARDWARE_ERROR device=0000:00:04\.0 pasid=0x[0-9a-f]+ address=0x[0-9a-f]+ flags=0x0620\]"),
+        (
+            "dev-tab-hardware-error",
+            ST_IO_PAGE_FAULT,
+            r"AMD-Vi: Event logged \[DEV_TAB_HARDWARE_ERROR device=0000:00:04\.0 address=0x[0-9a-f]+ flags=0x0620\]",
+        ),
+        (
+            "page-tab-hardware-error",
+            ST_IO_PAGE_FAULT,
+            r"AMD-Vi: Event logged \[PAGE_TAB_HARDWARE_ERROR device=0000:00:04\.0 pasid=0x[0-9a-f]+ address=0x[0-9a-f]+ flags=0x0620\]",
+        ),
         ("rmp-hw-error", 7, r"0000:00:04\.0: AMD-Vi: Event logged \[RMP_HW_ERROR vmg_tag=0x0000, spa=0x[0-9a-f]+, flags=0x0620\]"),
     ] {
         // At the FILL's data page, not its descriptor fetch.
@@ -422,7 +443,13 @@ fn rogue_dma(r: &mut Rig) -> R {
     let bad = 0x3100_0000u64;
     host.inject("endpoint-dma", &format!(r#""device":"00:04.0","iova":"{bad:#x}""#))?;
     let mut ev = Vec::new();
-    check!(poll(|| { ev.extend(r.events()); ev.iter().any(|e| e.code == event::IO_PAGE_FAULT && e.address == bad) }), "no IO_PAGE_FAULT for the rogue DMA: {ev:?}");
+    check!(
+        poll(|| {
+            ev.extend(r.events());
+            ev.iter().any(|e| e.code == event::IO_PAGE_FAULT && e.address == bad)
+        }),
+        "no IO_PAGE_FAULT for the rogue DMA: {ev:?}"
+    );
     expect_event("dma", &format!("injected=true iova={bad:#x} status={ST_IO_PAGE_FAULT}"));
     Ok(())
 }

@@ -32,13 +32,29 @@ pub const ALL_PAGES_ADDRESS: u64 = 0x7fff_ffff_ffff_f000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     /// S: store `data` at `store_addr`; I: set Status.ComWaitInt.
-    CompletionWait { store: bool, interrupt: bool, store_addr: u64, data: u64 },
-    InvalidateDevtabEntry { devid: u16 },
+    CompletionWait {
+        store: bool,
+        interrupt: bool,
+        store_addr: u64,
+        data: u64,
+    },
+    InvalidateDevtabEntry {
+        devid: u16,
+    },
     /// `start`/`len` as the S bit and address encode them; `pde` also flushes cached PDEs.
-    InvalidateIommuPages { domain_id: u16, start: u64, len: u64, pde: bool },
+    InvalidateIommuPages {
+        domain_id: u16,
+        start: u64,
+        len: u64,
+        pde: bool,
+    },
     /// Device IOTLBs (ATS) and interrupt tables are not modelled: accepted, nothing to drop.
-    InvalidateIotlbPages { devid: u16 },
-    InvalidateInterruptTable { devid: u16 },
+    InvalidateIotlbPages {
+        devid: u16,
+    },
+    InvalidateInterruptTable {
+        devid: u16,
+    },
     InvalidateIommuAll,
 }
 
@@ -53,12 +69,7 @@ pub fn decode(raw: [u64; 2]) -> Option<Command> {
             if q0 & 0x0ff0_0000_0000_0000 != 0 {
                 return None;
             }
-            Some(Command::CompletionWait {
-                store: q0 & 1 != 0,
-                interrupt: q0 & 2 != 0,
-                store_addr: q0 & 0x000f_ffff_ffff_fff8,
-                data: q1,
-            })
+            Some(Command::CompletionWait { store: q0 & 1 != 0, interrupt: q0 & 2 != 0, store_addr: q0 & 0x000f_ffff_ffff_fff8, data: q1 })
         }
         INVALIDATE_DEVTAB_ENTRY => {
             if q0 & 0x0fff_ffff_ffff_0000 != 0 || q1 != 0 {
@@ -122,10 +133,9 @@ pub fn decode_range(addr: u64, s: bool) -> (u64, u64) {
 pub fn encode(c: &Command) -> [u64; 2] {
     let op = |o: u8| u64::from(o) << 60;
     match *c {
-        Command::CompletionWait { store, interrupt, store_addr, data } => [
-            op(COMPLETION_WAIT) | (store_addr & 0x000f_ffff_ffff_fff8) | u64::from(store) | u64::from(interrupt) << 1,
-            data,
-        ],
+        Command::CompletionWait { store, interrupt, store_addr, data } => {
+            [op(COMPLETION_WAIT) | (store_addr & 0x000f_ffff_ffff_fff8) | u64::from(store) | u64::from(interrupt) << 1, data]
+        }
         Command::InvalidateDevtabEntry { devid } => [op(INVALIDATE_DEVTAB_ENTRY) | u64::from(devid), 0],
         Command::InvalidateIommuPages { domain_id, start, len, pde } => {
             let (addr, s) = encode_range(start, len);

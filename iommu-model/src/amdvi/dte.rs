@@ -216,7 +216,10 @@ impl DevTabBase {
 pub enum DteFetchError {
     /// The DeviceID is past the table's Size (choice: docs/amd-vi.md).
     OutOfTable,
-    Memory { dte_addr: u64, err: MemError },
+    Memory {
+        dte_addr: u64,
+        err: MemError,
+    },
 }
 
 pub fn fetch<M: PhysMem + ?Sized>(mem: &M, devtab: DevTabBase, devid: u16) -> Result<Dte, DteFetchError> {

@@ -104,11 +104,7 @@ pub struct AmdVi {
 impl AmdVi {
     /// An IOMMU that advertises SNP and SEV-TIO support.
     pub fn new() -> Self {
-        AmdVi {
-            efr: efr::IA_SUP | efr::HATS_6_LEVEL | efr::SNP_SUP,
-            efr2: efr::SEVSNPIO_SUP,
-            ..Default::default()
-        }
+        AmdVi { efr: efr::IA_SUP | efr::HATS_6_LEVEL | efr::SNP_SUP, efr2: efr::SEVSNPIO_SUP, ..Default::default() }
     }
 
     pub fn enabled(&self) -> bool {
@@ -191,10 +187,7 @@ impl AmdVi {
                 // to 1 and stop when it goes to 0; in between the IOMMU itself may stop them
                 // (event log overflow, command errors), and only a new 0 -> 1 restarts them, as
                 // Linux's amd_iommu_restart_log and the illegal-command recovery expect.
-                for (en, run) in [
-                    (control::EVENT_LOG_EN, status::EVENT_LOG_RUN),
-                    (control::CMD_BUF_EN, status::CMD_BUF_RUN),
-                ] {
+                for (en, run) in [(control::EVENT_LOG_EN, status::EVENT_LOG_RUN), (control::CMD_BUF_EN, status::CMD_BUF_RUN)] {
                     let on = |c: u64| c & control::IOMMU_EN != 0 && c & en != 0;
                     if !on(val) {
                         self.status &= !run;
@@ -273,7 +266,13 @@ impl AmdVi {
                 // As for a real one: the processor stops with head on the command.
                 self.status &= !status::CMD_BUF_RUN;
                 let logged = self.log_event(mem, &ev);
-                self.record(id, fault, Some(ev), u32::from(logged), format!("{} for the command at {addr:#x}; command processor stopped", ev.name()));
+                self.record(
+                    id,
+                    fault,
+                    Some(ev),
+                    u32::from(logged),
+                    format!("{} for the command at {addr:#x}; command processor stopped", ev.name()),
+                );
                 return;
             }
             let Some(cmd) = command::decode(raw) else {
@@ -313,9 +312,7 @@ impl AmdVi {
             }
             Command::InvalidateDevtabEntry { devid } => self.dte_cache.invalidate(devid),
             // PDEs are not cached by this model, so the PDE bit needs no extra work.
-            Command::InvalidateIommuPages { domain_id, start, len, .. } => {
-                self.iotlb.invalidate_range(domain_id, start, len)
-            }
+            Command::InvalidateIommuPages { domain_id, start, len, .. } => self.iotlb.invalidate_range(domain_id, start, len),
             Command::InvalidateIotlbPages { .. } | Command::InvalidateInterruptTable { .. } => {}
             Command::InvalidateIommuAll => self.flush_caches(),
         }
@@ -382,7 +379,8 @@ impl AmdVi {
             logged = self.log_event(mem, &ev);
         }
         if let (Some((id, fault)), Outcome::Fault { event, .. }) = (injected, &outcome) {
-            let effect = format!("{} at {:#x} for {devid:#06x}'s request to {iova:#x}; the request was aborted", event.name(), event.address);
+            let effect =
+                format!("{} at {:#x} for {devid:#06x}'s request to {iova:#x}; the request was aborted", event.name(), event.address);
             self.record(id, fault, Some(*event), u32::from(logged), effect);
         }
         outcome

@@ -25,7 +25,13 @@ pub struct Mapping {
 /// Every mapping of `[spa, spa + len)` in the host tables of valid, translating DTEs (V=1, TV=1,
 /// Mode 1 to 6). Devices sharing a table (one domain) cost one search. `Err` carries what was
 /// found before the budget ran out.
-pub fn mappings_of<M: PhysMem + ?Sized>(mem: &M, devtab: DevTabBase, spa: u64, len: u64, budget: &mut u32) -> Result<Vec<Mapping>, Vec<Mapping>> {
+pub fn mappings_of<M: PhysMem + ?Sized>(
+    mem: &M,
+    devtab: DevTabBase,
+    spa: u64,
+    len: u64,
+    budget: &mut u32,
+) -> Result<Vec<Mapping>, Vec<Mapping>> {
     // (root, mode) -> the devices whose DTEs point there.
     let mut domains: BTreeMap<(u64, u8), Vec<(u16, Dte)>> = BTreeMap::new();
     let per_page = 4096 / DTE_SIZE;
@@ -112,7 +118,13 @@ mod tests {
         got.sort();
         assert_eq!(
             got,
-            [(0x20, 0x5000, 0x70_0000, 12), (0x20, 0x4000_0000, 0x70_0000, 12), (0x28, 0x5000, 0x70_0000, 12), (0x28, 0x4000_0000, 0x70_0000, 12), (0x30, 0x8000_0000, 0x60_0000, 21)],
+            [
+                (0x20, 0x5000, 0x70_0000, 12),
+                (0x20, 0x4000_0000, 0x70_0000, 12),
+                (0x28, 0x5000, 0x70_0000, 12),
+                (0x28, 0x4000_0000, 0x70_0000, 12),
+                (0x30, 0x8000_0000, 0x60_0000, 21)
+            ],
             "both devices of domain 1 at both IOVAs, and the 2 MiB page of domain 2 that covers it"
         );
         assert!(found.iter().any(|m| m.iova == 0x4000_0000 && m.perm == Perm::new(true, false)), "read-only mapping keeps its permission");

@@ -52,11 +52,7 @@ pub fn translate<M: PhysMem + ?Sized>(mem: &M, devtab: DevTabBase, devid: u16, i
     match dte::fetch(mem, devtab, devid) {
         Ok(d) => translate_with_dte(mem, &d, devid, iova, access),
         // Choice (docs/amd-vi.md): a DeviceID past the table is an illegal entry.
-        Err(DteFetchError::OutOfTable) => Outcome::Fault {
-            event: Event::illegal_dte(devid, rw(access), iova),
-            level: None,
-            logged: true,
-        },
+        Err(DteFetchError::OutOfTable) => Outcome::Fault { event: Event::illegal_dte(devid, rw(access), iova), level: None, logged: true },
         Err(DteFetchError::Memory { dte_addr, .. }) => Outcome::Fault {
             event: Event::dev_tab_hw_error(devid, rw(access) | flags::TYPE_MASTER_ABORT, dte_addr),
             level: None,
@@ -107,22 +103,12 @@ pub(crate) fn check_dte(d: &Dte, devid: u16, iova: u64, access: Access) -> DteVe
     }
     if d.mode() == 0 {
         let t = untranslated(iova, d.perm());
-        return if t.perm.allows(access) {
-            DteVerdict::Done(Outcome::Ok(t))
-        } else {
-            io_pf(flags::PR | flags::PE)
-        };
+        return if t.perm.allows(access) { DteVerdict::Done(Outcome::Ok(t)) } else { io_pf(flags::PR | flags::PE) };
     }
     DteVerdict::Walk { root: d.pt_root(), levels: d.mode() }
 }
 
-pub(crate) fn finish_walk(
-    d: &Dte,
-    devid: u16,
-    iova: u64,
-    access: Access,
-    res: Result<Translation, walk::WalkFault>,
-) -> Outcome {
+pub(crate) fn finish_walk(d: &Dte, devid: u16, iova: u64, access: Access, res: Result<Translation, walk::WalkFault>) -> Outcome {
     let logged = !(d.sa() || d.se());
     let domid = d.domain_id();
     match res {

@@ -107,11 +107,7 @@ mod tests {
             let page = 0x000a_bcde_0000_0000u64 & !((1u64 << size_log2) - 1) & ADDR_MASK;
             let raw = sized_pte(page, size_log2, Perm::RW);
             let level = if size_log2 < 21 { 1 } else { 1 + (size_log2 - 12) / 9 };
-            assert_eq!(
-                AmdV1.decode(level, raw),
-                Entry::Page { addr: page, size_log2, perm: Perm::RW },
-                "size 2^{size_log2}"
-            );
+            assert_eq!(AmdV1.decode(level, raw), Entry::Page { addr: page, size_log2, perm: Perm::RW }, "size 2^{size_log2}");
         }
     }
 
@@ -119,10 +115,7 @@ mod tests {
     fn level_six_holds_no_leaves() {
         assert_eq!(AmdV1.decode(6, pte(0, Perm::RW)), Entry::Invalid);
         assert_eq!(AmdV1.decode(6, sized_pte(0, 52, Perm::RW)), Entry::Invalid);
-        assert_eq!(
-            AmdV1.decode(6, pde(0x5000, 5, Perm::RW)),
-            Entry::Table { addr: 0x5000, next_level: 5, perm: Perm::RW }
-        );
+        assert_eq!(AmdV1.decode(6, pde(0x5000, 5, Perm::RW)), Entry::Table { addr: 0x5000, next_level: 5, perm: Perm::RW });
         assert_eq!(AmdV1.decode(5, pte(1 << 48, Perm::RW)), Entry::Page { addr: 1 << 48, size_log2: 48, perm: Perm::RW });
     }
 }

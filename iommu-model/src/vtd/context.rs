@@ -34,10 +34,7 @@ impl ContextEntry {
     /// A present entry: second-stage root `ssptptr`, AW `aw` (1 = 39-bit, 2 = 48, 3 = 57), domain
     /// `did`, translation type `tt`.
     pub fn new(ssptptr: u64, aw: u8, did: u16, tt: u8) -> ContextEntry {
-        ContextEntry {
-            lo: (ssptptr & !0xfff) | (u64::from(tt & 3) << 2) | P,
-            hi: u64::from(aw & 7) | u64::from(did) << 8,
-        }
+        ContextEntry { lo: (ssptptr & !0xfff) | (u64::from(tt & 3) << 2) | P, hi: u64::from(aw & 7) | u64::from(did) << 8 }
     }
 
     pub fn present(&self) -> bool {

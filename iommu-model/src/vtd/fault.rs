@@ -29,8 +29,18 @@ impl FaultReason {
     pub const ALL: [FaultReason; 13] = {
         use FaultReason::*;
         [
-            RootNotPresent, ContextNotPresent, InvalidContext, AddressBeyondMgaw, WriteDenied, ReadDenied,
-            NextTableInvalid, RootTableInvalid, ContextTableInvalid, RootReserved, ContextReserved, PteReserved,
+            RootNotPresent,
+            ContextNotPresent,
+            InvalidContext,
+            AddressBeyondMgaw,
+            WriteDenied,
+            ReadDenied,
+            NextTableInvalid,
+            RootTableInvalid,
+            ContextTableInvalid,
+            RootReserved,
+            ContextReserved,
+            PteReserved,
             TranslationTypeBlocked,
         ]
     };

@@ -46,13 +46,7 @@ pub fn decode(qw0: u64, qw1: u64) -> Result<Descriptor, u64> {
             if qw0 & IOTLB_RSVD_LO != 0 || qw1 & IOTLB_RSVD_HI != 0 || g == 0 {
                 return Err(iqei::RESERVED_FIELD);
             }
-            Ok(Descriptor::Iotlb {
-                g,
-                did: (qw0 >> 16) as u16,
-                addr: qw1 & !0xfff,
-                am: (qw1 & 0x3f) as u8,
-                ih: qw1 & (1 << 6) != 0,
-            })
+            Ok(Descriptor::Iotlb { g, did: (qw0 >> 16) as u16, addr: qw1 & !0xfff, am: (qw1 & 0x3f) as u8, ih: qw1 & (1 << 6) != 0 })
         }
         WAIT => {
             if qw0 & WAIT_RSVD_LO != 0 || qw1 & WAIT_RSVD_HI != 0 {
@@ -60,7 +54,12 @@ pub fn decode(qw0: u64, qw1: u64) -> Result<Descriptor, u64> {
             }
             // FN (fence) and PD (page-request drain) need nothing here: descriptors complete in
             // order, and there is no page request queue.
-            Ok(Descriptor::Wait { interrupt: qw0 & (1 << 4) != 0, status_write: qw0 & (1 << 5) != 0, data: (qw0 >> 32) as u32, addr: qw1 & !3 })
+            Ok(Descriptor::Wait {
+                interrupt: qw0 & (1 << 4) != 0,
+                status_write: qw0 & (1 << 5) != 0,
+                data: (qw0 >> 32) as u32,
+                addr: qw1 & !3,
+            })
         }
         _ => Err(iqei::INVALID_TYPE),
     }
@@ -82,7 +81,10 @@ mod tests {
             Ok(Descriptor::Iotlb { g: 3, did: 3, addr: 0x20_0000, am: 2, ih: true })
         );
         // qi_submit_sync's wait: QI_IWD_STATUS_DATA(QI_DONE) | QI_IWD_STATUS_WRITE | QI_IWD_TYPE.
-        assert_eq!(decode(2 << 32 | 1 << 5 | 5, 0x1234_5678), Ok(Descriptor::Wait { interrupt: false, status_write: true, data: 2, addr: 0x1234_5678 }));
+        assert_eq!(
+            decode(2 << 32 | 1 << 5 | 5, 0x1234_5678),
+            Ok(Descriptor::Wait { interrupt: false, status_write: true, data: 2, addr: 0x1234_5678 })
+        );
     }
 
     #[test]

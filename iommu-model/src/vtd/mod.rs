@@ -92,14 +92,7 @@ impl VtdOutcome {
 
 /// Translate an untranslated request (no PASID) from source-id `sid` (bus << 8 | devfn) through
 /// the root table at `rtaddr` (the RTADDR register's address bits; its low 12 bits are ignored).
-pub fn translate<M: PhysMem + ?Sized>(
-    mem: &M,
-    caps: &Caps,
-    rtaddr: u64,
-    sid: u16,
-    iova: u64,
-    access: Access,
-) -> VtdOutcome {
+pub fn translate<M: PhysMem + ?Sized>(mem: &M, caps: &Caps, rtaddr: u64, sid: u16, iova: u64, access: Access) -> VtdOutcome {
     match fetch_context(mem, caps, rtaddr, sid) {
         Ok(ctx) => translate_with_context(mem, caps, &ctx, sid, iova, access),
         // Nothing here has a context entry yet, so nothing here is suppressible.

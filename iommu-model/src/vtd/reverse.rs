@@ -27,7 +27,14 @@ pub struct Mapping {
 /// translate (present, valid, TT 0 or 1) under the root table at `rtaddr`. Pass-through entries
 /// reach every page and are not searched: they hold no mapping to report. Devices sharing tables
 /// (one domain) cost one search. `Err` carries what was found before the budget ran out.
-pub fn mappings_of<M: PhysMem + ?Sized>(mem: &M, caps: &Caps, rtaddr: u64, spa: u64, len: u64, budget: &mut u32) -> Result<Vec<Mapping>, Vec<Mapping>> {
+pub fn mappings_of<M: PhysMem + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    rtaddr: u64,
+    spa: u64,
+    len: u64,
+    budget: &mut u32,
+) -> Result<Vec<Mapping>, Vec<Mapping>> {
     // (SSPTPTR, levels) -> the source-ids and DIDs whose context entries point there.
     let mut domains: BTreeMap<(u64, u8), Vec<(u16, u16)>> = BTreeMap::new();
     let mut exhausted = false;
@@ -80,7 +87,14 @@ pub fn mappings_of<M: PhysMem + ?Sized>(mem: &M, caps: &Caps, rtaddr: u64, spa: 
             let r = find_leaves(&caps.format(), mem, table, levels, spa..spa.saturating_add(len), budget, &mut leaves);
             for &(sid, did) in &devices {
                 for l in &leaves {
-                    out.push(Mapping { sid, did, iova: l.iova, spa: l.translation.spa, size_log2: l.translation.size_log2, perm: l.translation.perm });
+                    out.push(Mapping {
+                        sid,
+                        did,
+                        iova: l.iova,
+                        spa: l.translation.spa,
+                        size_log2: l.translation.size_log2,
+                        perm: l.translation.perm,
+                    });
                 }
             }
             if r == Err(BudgetExhausted) {

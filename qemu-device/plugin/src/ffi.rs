@@ -11,9 +11,9 @@
 //! scripts/run-vm --plugin checks the whole end to end.
 
 use qemu_plugin_sys::{
-    qemu_info_t, qemu_plugin_cb_flags, qemu_plugin_get_hwaddr, qemu_plugin_hwaddr_is_io, qemu_plugin_hwaddr_phys_addr,
-    qemu_plugin_id_t, qemu_plugin_insn_vaddr, qemu_plugin_mem_is_store, qemu_plugin_mem_rw, qemu_plugin_meminfo_t,
-    qemu_plugin_register_vcpu_mem_cb, qemu_plugin_tb, qemu_plugin_tb_get_insn, qemu_plugin_tb_n_insns,
+    qemu_info_t, qemu_plugin_cb_flags, qemu_plugin_get_hwaddr, qemu_plugin_hwaddr_is_io, qemu_plugin_hwaddr_phys_addr, qemu_plugin_id_t,
+    qemu_plugin_insn_vaddr, qemu_plugin_mem_is_store, qemu_plugin_mem_rw, qemu_plugin_meminfo_t, qemu_plugin_register_vcpu_mem_cb,
+    qemu_plugin_tb, qemu_plugin_tb_get_insn, qemu_plugin_tb_n_insns,
 };
 
 /// API 7 passes user data, not the plugin id, to translation callbacks (read off QEMU 11.1's
@@ -53,7 +53,6 @@ pub extern "C" fn qemu_plugin_install(id: qemu_plugin_id_t, _info: *const qemu_i
 unsafe extern "C" fn tb_trans(tb: *mut qemu_plugin_tb, _userdata: *mut c_void) {
     // SAFETY: `tb` is valid during this callback, and so are the instructions taken from it.
     unsafe {
-
         for i in 0..qemu_plugin_tb_n_insns(tb) {
             let insn = qemu_plugin_tb_get_insn(tb, i);
             let pc = qemu_plugin_insn_vaddr(insn);

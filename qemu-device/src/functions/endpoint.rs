@@ -240,7 +240,14 @@ fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem
 /// Process descriptors HEAD..TAIL: at most one ring's worth per call, whatever the guest does
 /// meanwhile. The descriptor fetch and the write-back are DMA like any other, T=0 unless
 /// CTRL.RING_T; when either is refused the engine halts (the driver could not see a status anyway).
-pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(rid: u16, engine: &Mutex<Engine>, iommu: &Mutex<S>, mem: &mut M, events: &dyn EventSink, irq: &dyn Irq) {
+pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
+    rid: u16,
+    engine: &Mutex<Engine>,
+    iommu: &Mutex<S>,
+    mem: &mut M,
+    events: &dyn EventSink,
+    irq: &dyn Irq,
+) {
     let (base, entries, epoch) = {
         let mut e = lock(engine);
         e.queued = false;
@@ -478,7 +485,13 @@ impl Endpoint {
         Self::build(rid, secure, runner, None, jobs)
     }
 
-    fn build(rid: u16, secure: Arc<Mutex<SecureIommu>>, runner: RingRunner, rogue: Option<Arc<dyn Fn(RogueDma) + Send + Sync>>, jobs: Sender<Job>) -> Self {
+    fn build(
+        rid: u16,
+        secure: Arc<Mutex<SecureIommu>>,
+        runner: RingRunner,
+        rogue: Option<Arc<dyn Fn(RogueDma) + Send + Sync>>,
+        jobs: Sender<Job>,
+    ) -> Self {
         // The interface report lists BAR0 (range 0) as the TDI's MMIO.
         let ranges = vec![rmp_model::tdisp::MmioRange { first_page: 0, pages: 1, attributes: 0, range_id: 0 }];
         let tdisp = Arc::new(Mutex::new(TdispResponder::new(u32::from(rid), ranges)));
@@ -799,18 +812,20 @@ mod tests {
         r.map(0x5000_2000, 0x30_2000, 12, Perm::new(true, false));
         r.map(0x5000_4000, 0x30_4000, 12, Perm::RW);
         r.map(0x7000_0000, 0x4000_0000, 12, Perm::RW); // an IOVA mapped past guest RAM
-        // 0x5000_1000 unmapped, 0x5000_2000 read-only, 0x5000_3000 unmapped: three refused pages.
+                                                       // 0x5000_1000 unmapped, 0x5000_2000 read-only, 0x5000_3000 unmapped: three refused pages.
         assert_eq!(r.run(0, desc(op::FILL, 0, 0x5000, 0, 0x5000_0000, 7)), status::IO_PAGE_FAULT);
         assert_eq!((r.u64_at(0x30_0000), r.u64_at(0x30_4000)), (0, 0), "the allowed pages moved nothing either");
         let faults = r.events_of("translation_fault");
         let iovas: Vec<_> = faults.iter().map(|e| e["iova"].as_str().unwrap().to_string()).collect();
         assert_eq!(iovas, ["0x50001000", "0x50002000", "0x50003000"], "one event per refused page");
         // The guest-visible event log has the same three records.
-        let log: Vec<Event> = (0..3).map(|i| {
-            let mut b = [0u8; 16];
-            r.mem.read(EVENT_LOG + i * 16, &mut b).unwrap();
-            Event::from_bytes(&b)
-        }).collect();
+        let log: Vec<Event> = (0..3)
+            .map(|i| {
+                let mut b = [0u8; 16];
+                r.mem.read(EVENT_LOG + i * 16, &mut b).unwrap();
+                Event::from_bytes(&b)
+            })
+            .collect();
         assert!(log.iter().all(|e| e.code == event::IO_PAGE_FAULT && e.devid == RID), "{log:?}");
         assert_eq!(log.iter().map(|e| e.address).collect::<Vec<_>>(), [0x5000_1000, 0x5000_2000, 0x5000_3000]);
         assert_eq!(lock(&r.secure).amdvi.mmio_read(mmio::EVENT_LOG_TAIL, 8), 3 * 16);
@@ -879,7 +894,10 @@ mod tests {
         r.ring();
         assert_eq!(lock(&r.engine).status, st::HALTED);
         let h = r.events_of("dma_halted");
-        assert_eq!((h.len(), h[0]["what"].as_str(), h[0]["status"].as_u64()), (1, Some("status write-back"), Some(u64::from(status::RMP_PAGE_FAULT))));
+        assert_eq!(
+            (h.len(), h[0]["what"].as_str(), h[0]["status"].as_u64()),
+            (1, Some("status write-back"), Some(u64::from(status::RMP_PAGE_FAULT)))
+        );
         assert_eq!(r.desc(0).status, status::PENDING);
         r.mem.write(0x30_0000, &[0; 8]).unwrap();
         // CTRL.RING_T (after a reset): fetch and write-back are T=1, the T=1 FILL lands.
@@ -1186,12 +1204,24 @@ mod tests {
         ep.config_written(0x04);
         assert_eq!(state(&mut ep), Some(Response::State(TdiState::Error)));
         let g = lock(&rig);
-        let tr: Vec<_> = g.events_of("tdisp").iter().map(|e| format!("{}>{} {}", e["from"].as_str().unwrap(), e["to"].as_str().unwrap(), e["via"].as_str().unwrap())).collect();
-        assert_eq!(tr, [
-            "CONFIG_UNLOCKED>CONFIG_LOCKED doe", "CONFIG_LOCKED>RUN doe", "RUN>CONFIG_UNLOCKED doe",
-            "CONFIG_UNLOCKED>CONFIG_LOCKED doe", "CONFIG_LOCKED>ERROR doe", "ERROR>CONFIG_UNLOCKED doe",
-            "CONFIG_UNLOCKED>CONFIG_LOCKED doe", "CONFIG_LOCKED>ERROR config write at 0x4",
-        ]);
+        let tr: Vec<_> = g
+            .events_of("tdisp")
+            .iter()
+            .map(|e| format!("{}>{} {}", e["from"].as_str().unwrap(), e["to"].as_str().unwrap(), e["via"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            tr,
+            [
+                "CONFIG_UNLOCKED>CONFIG_LOCKED doe",
+                "CONFIG_LOCKED>RUN doe",
+                "RUN>CONFIG_UNLOCKED doe",
+                "CONFIG_UNLOCKED>CONFIG_LOCKED doe",
+                "CONFIG_LOCKED>ERROR doe",
+                "ERROR>CONFIG_UNLOCKED doe",
+                "CONFIG_UNLOCKED>CONFIG_LOCKED doe",
+                "CONFIG_LOCKED>ERROR config write at 0x4",
+            ]
+        );
     }
 
     #[test]

@@ -246,7 +246,10 @@ fn job(engine: Arc<Mutex<Engine>>, runner: ChannelRunner, jobs: Sender<Job>, ch:
 fn read_regs(regs: &[(u64, u64, u64)], offset: u64, data: &mut [u8]) {
     for (i, b) in data.iter_mut().enumerate() {
         let at = offset.saturating_add(i as u64);
-        *b = regs.iter().find(|&&(o, w, _)| at >= o && at < o.saturating_add(w)).map_or(0, |&(o, _, v)| v.checked_shr(8u32.saturating_mul(at.wrapping_sub(o) as u32)).unwrap_or(0) as u8);
+        *b = regs
+            .iter()
+            .find(|&&(o, w, _)| at >= o && at < o.saturating_add(w))
+            .map_or(0, |&(o, _, v)| v.checked_shr(8u32.saturating_mul(at.wrapping_sub(o) as u32)).unwrap_or(0) as u8);
     }
 }
 
@@ -268,7 +271,14 @@ fn merge(old: u64, reg: u64, width: u64, offset: u64, data: &[u8]) -> Option<(u6
 
 impl PciFunction for Ioat {
     fn ids(&self) -> PciIds {
-        PciIds { vendor: regs::VENDOR_INTEL, device: regs::DEVICE_IOAT_SKX, subsystem_vendor: regs::VENDOR_INTEL, subsystem: 0, class: regs::CLASS, revision: 4 }
+        PciIds {
+            vendor: regs::VENDOR_INTEL,
+            device: regs::DEVICE_IOAT_SKX,
+            subsystem_vendor: regs::VENDOR_INTEL,
+            subsystem: 0,
+            class: regs::CLASS,
+            revision: 4,
+        }
     }
 
     fn bars(&self) -> Vec<Bar> {
@@ -311,7 +321,8 @@ impl PciFunction for Ioat {
     }
 
     fn ext_config_claims(&self, offset: u16) -> bool {
-        (regs::pci::DMAUNCERRSTS..regs::pci::DMAUNCERRSTS + 4).contains(&offset) || (regs::pci::CHANERR_INT..regs::pci::CHANERRMASK_INT + 4).contains(&offset)
+        (regs::pci::DMAUNCERRSTS..regs::pci::DMAUNCERRSTS + 4).contains(&offset)
+            || (regs::pci::CHANERR_INT..regs::pci::CHANERRMASK_INT + 4).contains(&offset)
     }
 
     fn ext_config_read(&mut self, offset: u16, data: &mut [u8]) {
@@ -334,7 +345,12 @@ impl PciFunction for Ioat {
             let channels = e
                 .channels
                 .iter()
-                .map(|c| channel::Channel { epoch: c.epoch.wrapping_add(1), in_flight: c.in_flight, scheduled: c.scheduled, ..Default::default() })
+                .map(|c| channel::Channel {
+                    epoch: c.epoch.wrapping_add(1),
+                    in_flight: c.in_flight,
+                    scheduled: c.scheduled,
+                    ..Default::default()
+                })
                 .collect();
             *e = Engine { channels, ..Engine::default() };
         }

@@ -114,7 +114,13 @@ impl IommuFunction {
         }
         let status = match id {
             cmd::RMPUPDATE => {
-                let st = RmpState { gpa: u64_at(8), assigned: b[16] != 0, page_size: size(b[17]), immutable: b[18] != 0, asid: u32_at(20) as u16 };
+                let st = RmpState {
+                    gpa: u64_at(8),
+                    assigned: b[16] != 0,
+                    page_size: size(b[17]),
+                    immutable: b[18] != 0,
+                    asid: u32_at(20) as u16,
+                };
                 if u32_at(20) > 0xffff {
                     1
                 } else {

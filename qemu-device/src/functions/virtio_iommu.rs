@@ -139,7 +139,12 @@ fn post_fault(transport: &Mutex<Transport>, ram: &GuestRam, irq: &dyn Irq, event
 
 /// Answer one request chain; the bytes written to its device-writable part (0 when it has no
 /// room for the tail or cannot be read).
-fn answer(mem: &GuestMemoryMmap, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, domains: &Mutex<Domains>, events: &dyn EventSink) -> u32 {
+fn answer(
+    mem: &GuestMemoryMmap,
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    domains: &Mutex<Domains>,
+    events: &dyn EventSink,
+) -> u32 {
     let (Ok(mut reader), Ok(mut writer)) = (Reader::<()>::new(mem, chain.clone()), Writer::<()>::new(mem, chain)) else { return 0 };
     let mut buf = [0u8; 72];
     let n = reader.available_bytes().min(buf.len());
@@ -175,7 +180,9 @@ fn answer(mem: &GuestMemoryMmap, chain: virtio_queue::DescriptorChain<&GuestMemo
             "phys_start": format!("{phys_start:#x}"), "flags": flags,
             // Pages the driver asked for (for VFIO type1: the pages the kernel pinned).
             "pages": virt_end.checked_sub(virt_start).map(|n| (n >> 12).saturating_add(1))}),
-        Ok(Request::Unmap { domain, virt_start, virt_end }) => json!({"req": "unmap", "domain": domain, "virt_start": format!("{virt_start:#x}"), "virt_end": format!("{virt_end:#x}")}),
+        Ok(Request::Unmap { domain, virt_start, virt_end }) => {
+            json!({"req": "unmap", "domain": domain, "virt_start": format!("{virt_start:#x}"), "virt_end": format!("{virt_end:#x}")})
+        }
         Ok(Request::Probe { endpoint }) => json!({"req": "probe", "endpoint": endpoint}),
         Err(_) => json!({"req": buf.first().copied().filter(|_| n > 0).map_or("short".to_string(), |t| format!("type {t}"))}),
     };
@@ -567,7 +574,10 @@ mod tests {
         assert_eq!(sec.rmpupdate(&mut mem, spa + 0x1000, &private(0x1000)), rmp_model::RmpStatus::Success);
         let h = hazards();
         assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!((h[0]["iova"].as_str(), h[0]["spa"].as_str(), h[0]["write"].as_bool()), (Some("0x90001000"), Some("0x301000"), Some(true)));
+        assert_eq!(
+            (h[0]["iova"].as_str(), h[0]["spa"].as_str(), h[0]["write"].as_bool()),
+            (Some("0x90001000"), Some("0x301000"), Some(true))
+        );
         assert_eq!((h[0]["requester"].as_str(), h[0]["via"].as_str()), (Some("00:04.0"), Some("virtio-iommu")));
         // Back to shared is no hazard; a page nobody maps is none either.
         assert_eq!(sec.rmpupdate(&mut mem, spa + 0x1000, &RmpState::shared(PageSize::Size4K)), rmp_model::RmpStatus::Success);

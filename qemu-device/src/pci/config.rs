@@ -245,7 +245,11 @@ mod tests {
         c.write(4, &[0x06, 0x04]);
         c.write(0x48, &[0x1f, 0x80]);
         assert!(ConfigSpace::initiates_flr(0x48, &[0x1f, 0x80]) && ConfigSpace::initiates_flr(0x49, &[0x80]));
-        assert!(!ConfigSpace::initiates_flr(0x48, &[0x1f, 0x00]) && !ConfigSpace::initiates_flr(0x48, &[0xff]) && !ConfigSpace::initiates_flr(0x4a, &[0x80]));
+        assert!(
+            !ConfigSpace::initiates_flr(0x48, &[0x1f, 0x00])
+                && !ConfigSpace::initiates_flr(0x48, &[0xff])
+                && !ConfigSpace::initiates_flr(0x4a, &[0x80])
+        );
         c.read(0x48, &mut b);
         assert_eq!(b[1] & 0x80, 0, "Initiate FLR reads 0");
         c.flr();

@@ -202,9 +202,8 @@ impl Doe {
     /// but with next index 0: the spec leaves it open; this ends any requester's walk.
     fn discovery(&self, request: u32) -> u32 {
         let index = (request & 0xff) as usize;
-        let all: Vec<(u16, u8)> = std::iter::once((VENDOR_PCI_SIG, TYPE_DISCOVERY))
-            .chain(self.protocols.iter().map(|p| (p.vendor(), p.object_type())))
-            .collect();
+        let all: Vec<(u16, u8)> =
+            std::iter::once((VENDOR_PCI_SIG, TYPE_DISCOVERY)).chain(self.protocols.iter().map(|p| (p.vendor(), p.object_type()))).collect();
         let (vendor, ty) = all.get(index).or(all.last()).copied().unwrap_or((VENDOR_PCI_SIG, TYPE_DISCOVERY));
         let next = index.checked_add(1).filter(|&n| n < all.len()).unwrap_or(0);
         u32::from(vendor) | u32::from(ty) << 16 | (next as u32) << 24

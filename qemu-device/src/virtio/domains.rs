@@ -122,7 +122,10 @@ fn pages(start: u64, end: u64, phys: u64) -> impl Iterator<Item = (u64, u64, u8)
         // start <= iova <= end here, and MAP checked phys + (end - start) fits.
         let pa = phys.wrapping_add(iova.wrapping_sub(start));
         let left = end.wrapping_sub(iova);
-        let size_log2 = [30u8, 21, 12].into_iter().find(|&s| (iova | pa) & (1u64 << s).wrapping_sub(1) == 0 && left >= (1u64 << s).wrapping_sub(1)).unwrap_or(12);
+        let size_log2 = [30u8, 21, 12]
+            .into_iter()
+            .find(|&s| (iova | pa) & (1u64 << s).wrapping_sub(1) == 0 && left >= (1u64 << s).wrapping_sub(1))
+            .unwrap_or(12);
         let item = (iova, pa, size_log2);
         match iova.checked_add(1 << size_log2) {
             Some(n) => iova = n,
@@ -261,7 +264,8 @@ impl Domains {
         if virt_start > virt_end {
             return status::INVAL;
         }
-        let hit: Vec<(u64, Mapping)> = d.mappings.range(..=virt_end).rev().take_while(|(_, m)| m.end >= virt_start).map(|(&s, &m)| (s, m)).collect();
+        let hit: Vec<(u64, Mapping)> =
+            d.mappings.range(..=virt_end).rev().take_while(|(_, m)| m.end >= virt_start).map(|(&s, &m)| (s, m)).collect();
         // take_while stops at the first mapping wholly below the range: the map is ordered and
         // mappings do not overlap.
         let mut st = status::OK;

@@ -188,7 +188,10 @@ mod tests {
         map.extend_from_slice(&0x8000u64.to_le_bytes());
         map.extend_from_slice(&3u32.to_le_bytes());
         assert_eq!(map.len(), Request::readable_len(req::MAP));
-        assert_eq!(Request::decode(&map), Ok(Request::Map { domain: 7, virt_start: 0x1000, virt_end: 0x1fff, phys_start: 0x8000, flags: 3 }));
+        assert_eq!(
+            Request::decode(&map),
+            Ok(Request::Map { domain: 7, virt_start: 0x1000, virt_end: 0x1fff, phys_start: 0x8000, flags: 3 })
+        );
         assert_eq!(Request::decode(&map[..35]), Err(status::INVAL));
         assert_eq!(Request::decode(&[9, 0, 0, 0]), Err(status::UNSUPP));
         assert_eq!(Request::decode(&[]), Err(status::INVAL));

@@ -75,10 +75,24 @@ pub mod common {
 fn field(off: u64) -> Option<(u64, u64)> {
     use common::*;
     let fields: [(u64, u64); 18] = [
-        (DEVICE_FEATURE_SELECT, 4), (DEVICE_FEATURE, 4), (DRIVER_FEATURE_SELECT, 4), (DRIVER_FEATURE, 4),
-        (CONFIG_MSIX_VECTOR, 2), (NUM_QUEUES, 2), (DEVICE_STATUS, 1), (CONFIG_GENERATION, 1),
-        (QUEUE_SELECT, 2), (QUEUE_SIZE, 2), (QUEUE_MSIX_VECTOR, 2), (QUEUE_ENABLE, 2), (QUEUE_NOTIFY_OFF, 2),
-        (QUEUE_DESC, 8), (QUEUE_DRIVER, 8), (QUEUE_DEVICE, 8), (QUEUE_NOTIFY_DATA, 2), (QUEUE_RESET, 2),
+        (DEVICE_FEATURE_SELECT, 4),
+        (DEVICE_FEATURE, 4),
+        (DRIVER_FEATURE_SELECT, 4),
+        (DRIVER_FEATURE, 4),
+        (CONFIG_MSIX_VECTOR, 2),
+        (NUM_QUEUES, 2),
+        (DEVICE_STATUS, 1),
+        (CONFIG_GENERATION, 1),
+        (QUEUE_SELECT, 2),
+        (QUEUE_SIZE, 2),
+        (QUEUE_MSIX_VECTOR, 2),
+        (QUEUE_ENABLE, 2),
+        (QUEUE_NOTIFY_OFF, 2),
+        (QUEUE_DESC, 8),
+        (QUEUE_DRIVER, 8),
+        (QUEUE_DEVICE, 8),
+        (QUEUE_NOTIFY_DATA, 2),
+        (QUEUE_RESET, 2),
     ];
     fields.into_iter().find(|&(s, w)| off >= s && off < s.saturating_add(w))
 }
@@ -159,7 +173,10 @@ impl Transport {
 
     /// Back to the state after power-on (§2.4), keeping the offer.
     pub fn reset(&mut self) {
-        *self = Transport { generation: self.generation, ..Transport::new(self.device_features, &self.queues.iter().map(|q| q.max_size()).collect::<Vec<_>>(), self.vectors) };
+        *self = Transport {
+            generation: self.generation,
+            ..Transport::new(self.device_features, &self.queues.iter().map(|q| q.max_size()).collect::<Vec<_>>(), self.vectors)
+        };
     }
 
     fn selected(&self) -> Option<usize> {
@@ -245,7 +262,15 @@ impl Transport {
             return Effect::None;
         }
         let q = self.selected();
-        let splice = |old: u64| if whole { v } else if offset == start { (old & !0xffff_ffff) | (v & 0xffff_ffff) } else { (old & 0xffff_ffff) | (v << 32) };
+        let splice = |old: u64| {
+            if whole {
+                v
+            } else if offset == start {
+                (old & !0xffff_ffff) | (v & 0xffff_ffff)
+            } else {
+                (old & 0xffff_ffff) | (v << 32)
+            }
+        };
         // Queue registers are frozen once the queue is enabled (§4.1.4.3.2).
         let configurable = q.is_some_and(|i| !self.queues[i].ready()) && self.status & status::DRIVER_OK == 0;
         match start {

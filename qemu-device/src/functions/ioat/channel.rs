@@ -5,8 +5,8 @@
 //! engine's requester ID: translated by the secure IOMMU, checked against the RMP, refused
 //! accesses logged by it; a refusal moves nothing and halts the channel.
 
-use super::XFERCAP_LOG;
 use super::regs::{chanctrl, chanerr, chansts, ctl, intrctrl, Descriptor, DESC_SIZE, OP_COPY};
+use super::XFERCAP_LOG;
 use crate::dma::{self, DmaError, DmaMem, Request, TranslateCheck};
 use crate::function::{EventSink, Irq};
 use crate::secure::{bdf, Refusal};
@@ -239,7 +239,13 @@ fn failing_iova(e: DmaError, base: u64) -> u64 {
 /// a refused or unbacked source is a read data error, a destination a write data error
 /// (the two errors dma.c's ioat_eh recovers from, failing the transfer with
 /// DMA_TRANS_READ_FAILED or DMA_TRANS_WRITE_FAILED).
-pub fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, addr: u64, from_chain: bool) -> Result<Descriptor, Fault> {
+pub fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(
+    iommu: &mut S,
+    mem: &mut M,
+    rid: u16,
+    addr: u64,
+    from_chain: bool,
+) -> Result<Descriptor, Fault> {
     if !addr.is_multiple_of(DESC_SIZE) {
         // init.c/dma.c always hand 64-byte aligned descriptors.
         let bit = if from_chain { chanerr::CHAIN_ADDR_VALUE_ERR } else { chanerr::NEXT_DESC_ALIGN_ERR };
@@ -317,7 +323,11 @@ pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
                 }
                 // CHANCTRL: error completion and error interrupt (dma.c, ioat_cleanup sees the
                 // halt in the completion write-back).
-                Err(_) => (c.completed | chansts::HALTED, chanctrl_now & chanctrl::ERR_COMPLETION_EN != 0, chanctrl_now & chanctrl::ERR_INT_EN != 0),
+                Err(_) => (
+                    c.completed | chansts::HALTED,
+                    chanctrl_now & chanctrl::ERR_COMPLETION_EN != 0,
+                    chanctrl_now & chanctrl::ERR_INT_EN != 0,
+                ),
             }
         };
         // Written before the registers show the completion, so a driver that sees CHANSTS move

@@ -243,7 +243,13 @@ mod tests {
 
     #[test]
     fn descriptor_fields_sit_where_hw_h_puts_them() {
-        let d = Descriptor { size: 2000, ctl: ctl::INT_EN | ctl::COMPL_WRITE | 0x87 << 24, src: 0x1122_3344_5566_7788, dst: 0xaabb_ccdd_0000_1000, next: 0x40 };
+        let d = Descriptor {
+            size: 2000,
+            ctl: ctl::INT_EN | ctl::COMPL_WRITE | 0x87 << 24,
+            src: 0x1122_3344_5566_7788,
+            dst: 0xaabb_ccdd_0000_1000,
+            next: 0x40,
+        };
         let b = d.to_bytes();
         assert_eq!(&b[0..4], &2000u32.to_le_bytes());
         assert_eq!(b[4], 0x09, "int_en and compl_write are bits 0 and 3");

@@ -243,7 +243,16 @@ fn memcpy_chain_lands_and_completes_in_order() {
     let a = Rig::desc_addr(r.head).0;
     r.put(r.head, Descriptor { size: 0x1000, ctl: 0, src: SRC, dst: DST, ..Default::default() });
     r.put(r.head + 1, Descriptor { size: 0x1800, ctl: ctl::COMPL_WRITE, src: SRC + 0x1000, dst: DST + 0x1000, ..Default::default() });
-    r.put(r.head + 2, Descriptor { size: 0x800, ctl: ctl::COMPL_WRITE | ctl::INT_EN | ctl::FENCE, src: SRC + 0x2800, dst: DST + 0x2800, ..Default::default() });
+    r.put(
+        r.head + 2,
+        Descriptor {
+            size: 0x800,
+            ctl: ctl::COMPL_WRITE | ctl::INT_EN | ctl::FENCE,
+            src: SRC + 0x2800,
+            dst: DST + 0x2800,
+            ..Default::default()
+        },
+    );
     r.head += 3;
     // Re-armed by the cleanup tasklet of the NULL descriptor's interrupt.
     r.w(base(1) + chan::CHANCTRL, u64::from(chanctrl::RUN), 2);
