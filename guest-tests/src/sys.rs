@@ -736,21 +736,7 @@ pub mod vfio {
             if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
                 return Err(format!("ftruncate: {}", std::io::Error::last_os_error()));
             }
-            // SAFETY: a fresh shared mapping of our own memfd; nothing else refers to it.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_POPULATE,
-                    fd.as_raw_fd(),
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(format!("mmap memfd: {}", std::io::Error::last_os_error()));
-            }
-            Ok(UserMem { ptr: p.cast(), len, fd: Some(fd) })
+            Self::map_fd(fd, len).map_err(|e| format!("memfd: {e}"))
         }
 
         pub fn addr(&self) -> u64 {

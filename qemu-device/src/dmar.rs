@@ -12,7 +12,7 @@
 // An offline tool: lengths of a table built from the command line.
 #![allow(clippy::arithmetic_side_effects)]
 
-use crate::walk::parse_bdf;
+use crate::walk::{parse_bdf, parse_u64};
 use iommu_model::vtd::Caps;
 use std::path::PathBuf;
 
@@ -37,14 +37,6 @@ pub struct Args {
     /// Where to write the table.
     #[arg(short = 'o', long)]
     output: PathBuf,
-}
-
-fn parse_u64(s: &str) -> Result<u64, String> {
-    let r = match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => s.parse(),
-    };
-    r.map_err(|e| format!("{s}: {e}"))
 }
 
 /// The whole table for a unit with its registers at `mmio` translating `endpoints` (segment 0,

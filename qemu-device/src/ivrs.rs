@@ -13,7 +13,7 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 use crate::functions::iommu;
-use crate::walk::parse_bdf;
+use crate::walk::{parse_bdf, parse_u64};
 use iommu_model::amdvi::mmio::{AmdVi, EXT_FEATURES, EXT_FEATURES2};
 use std::path::PathBuf;
 
@@ -46,14 +46,6 @@ pub struct Args {
     /// Where to write the table.
     #[arg(short = 'o', long)]
     output: PathBuf,
-}
-
-fn parse_u64(s: &str) -> Result<u64, String> {
-    let r = match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => s.parse(),
-    };
-    r.map_err(|e| format!("{s}: {e}"))
 }
 
 /// One IVHD block of `kind` 0x10 or 0x11.

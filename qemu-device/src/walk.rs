@@ -58,6 +58,15 @@ fn parse_devtab(s: &str) -> Result<u64, String> {
     Ok(addr)
 }
 
+/// A physical address or size given on the command line: hex with 0x, or decimal.
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("{s}: {e}"))
+}
+
 /// `bus:dev.fn` (hex) or a 16-bit hex id, with or without 0x.
 pub fn parse_bdf(s: &str) -> Result<u16, String> {
     let bad = || format!("'{s}' is not bus:dev.fn or a 16-bit hex id");
