@@ -6,6 +6,7 @@
 //! level L is indexed by IOVA bits [12 + 9L - 1 : 12 + 9(L - 1)].
 
 use crate::mem::{MemError, PhysMem};
+use std::collections::BTreeMap;
 
 /// The deepest table any supported format has (AMD-Vi Mode 6).
 pub const MAX_LEVELS: u8 = 6;
@@ -227,6 +228,35 @@ where
         return Ok(());
     }
     search(fmt, mem, root & !0xfff, levels, 0, Perm::RW, (spa.start, spa.end), budget, out)
+}
+
+/// [`find_leaves`] over the tables of several domains, each searched once for every device that
+/// uses it (the devices a device-table or context-entry scan grouped by table root and level
+/// count): each device paired with each leaf its table holds. `Err` carries what was found before
+/// the budget ran out.
+#[allow(clippy::type_complexity)]
+pub fn find_leaves_per_table<F, M, D>(
+    fmt: &F,
+    mem: &M,
+    tables: &BTreeMap<(u64, u8), Vec<D>>,
+    spa: std::ops::Range<u64>,
+    budget: &mut u32,
+) -> Result<Vec<(D, Leaf)>, Vec<(D, Leaf)>>
+where
+    F: Format + ?Sized,
+    M: PhysMem + ?Sized,
+    D: Copy,
+{
+    let mut out = Vec::new();
+    for (&(root, levels), devices) in tables {
+        let mut leaves = Vec::new();
+        let r = find_leaves(fmt, mem, root, levels, spa.clone(), budget, &mut leaves);
+        out.extend(devices.iter().flat_map(|&d| leaves.iter().map(move |&l| (d, l))));
+        if r == Err(BudgetExhausted) {
+            return Err(out);
+        }
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]

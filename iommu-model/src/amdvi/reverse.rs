@@ -6,7 +6,7 @@
 use super::dte::{DevTabBase, Dte, DTE_SIZE};
 use crate::fmt::amdv1::AmdV1;
 use crate::mem::PhysMem;
-use crate::walk::{find_leaves, BudgetExhausted, Leaf, Perm};
+use crate::walk::{find_leaves_per_table, Leaf, Perm};
 use std::collections::BTreeMap;
 
 /// A device's mapping of (part of) the searched range.
@@ -55,35 +55,25 @@ pub fn mappings_of<M: PhysMem + ?Sized>(
             }
         }
     }
-    let mut out = Vec::new();
-    for ((root, mode), devices) in domains {
-        let mut leaves: Vec<Leaf> = Vec::new();
-        let r = find_leaves(&AmdV1, mem, root, mode, spa..spa.saturating_add(len), budget, &mut leaves);
-        for (devid, d) in &devices {
-            for l in &leaves {
+    let range = spa..spa.saturating_add(len);
+    let found = if exhausted { Err(Vec::new()) } else { find_leaves_per_table(&AmdV1, mem, &domains, range, budget) };
+    let mappings = |pairs: Vec<((u16, Dte), Leaf)>| -> Vec<Mapping> {
+        pairs
+            .into_iter()
+            .filter_map(|((devid, d), l)| {
                 let perm = l.translation.perm.and(d.perm());
-                if perm != Perm::NONE {
-                    out.push(Mapping {
-                        devid: *devid,
-                        domain_id: d.domain_id(),
-                        iova: l.iova,
-                        spa: l.translation.spa,
-                        size_log2: l.translation.size_log2,
-                        perm,
-                    });
-                }
-            }
-        }
-        if r == Err(BudgetExhausted) {
-            exhausted = true;
-            break;
-        }
-    }
-    if exhausted {
-        Err(out)
-    } else {
-        Ok(out)
-    }
+                (perm != Perm::NONE).then(|| Mapping {
+                    devid,
+                    domain_id: d.domain_id(),
+                    iova: l.iova,
+                    spa: l.translation.spa,
+                    size_log2: l.translation.size_log2,
+                    perm,
+                })
+            })
+            .collect()
+    };
+    found.map(mappings).map_err(mappings)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use super::context::{self, TranslationType};
 use super::root;
 use super::{check_context, Caps};
 use crate::mem::PhysMem;
-use crate::walk::{find_leaves, BudgetExhausted, Leaf, Perm};
+use crate::walk::{find_leaves_per_table, Leaf, Perm};
 use std::collections::BTreeMap;
 
 /// A device's mapping of (part of) the searched range.
@@ -80,34 +80,22 @@ pub fn mappings_of<M: PhysMem + ?Sized>(
             }
         }
     }
-    let mut out = Vec::new();
-    if !exhausted {
-        for ((table, levels), devices) in domains {
-            let mut leaves: Vec<Leaf> = Vec::new();
-            let r = find_leaves(&caps.format(), mem, table, levels, spa..spa.saturating_add(len), budget, &mut leaves);
-            for &(sid, did) in &devices {
-                for l in &leaves {
-                    out.push(Mapping {
-                        sid,
-                        did,
-                        iova: l.iova,
-                        spa: l.translation.spa,
-                        size_log2: l.translation.size_log2,
-                        perm: l.translation.perm,
-                    });
-                }
-            }
-            if r == Err(BudgetExhausted) {
-                exhausted = true;
-                break;
-            }
-        }
-    }
-    if exhausted {
-        Err(out)
-    } else {
-        Ok(out)
-    }
+    let range = spa..spa.saturating_add(len);
+    let found = if exhausted { Err(Vec::new()) } else { find_leaves_per_table(&caps.format(), mem, &domains, range, budget) };
+    let mappings = |pairs: Vec<((u16, u16), Leaf)>| -> Vec<Mapping> {
+        pairs
+            .into_iter()
+            .map(|((sid, did), l)| Mapping {
+                sid,
+                did,
+                iova: l.iova,
+                spa: l.translation.spa,
+                size_log2: l.translation.size_log2,
+                perm: l.translation.perm,
+            })
+            .collect()
+    };
+    found.map(mappings).map_err(mappings)
 }
 
 #[cfg(test)]
