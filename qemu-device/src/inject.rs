@@ -559,7 +559,7 @@ fn hex(b: &[u8; 16]) -> String {
 mod tests {
     use super::*;
     use crate::events::Collect;
-    use crate::function::Irq;
+    use crate::function::Irqs;
     use crate::secure::{bind_running_tdi, Refusal};
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
@@ -571,11 +571,6 @@ mod tests {
     use rmp_model::tdisp::TdiState;
     use rmp_model::PageSize;
     use std::sync::Mutex;
-
-    struct NoIrq;
-    impl Irq for NoIrq {
-        fn raise(&self, _: u16) {}
-    }
 
     const RID: u16 = 0x20;
     const EVT: u64 = 0x8000;
@@ -593,7 +588,7 @@ mod tests {
         pt.map(&mut mem, 0x9000, 0x31_0000, 12, Perm::RW).unwrap();
         mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
         let events = Arc::new(Collect::default());
-        let mut s = SecureIommu::new(events.clone(), Arc::new(NoIrq));
+        let mut s = SecureIommu::new(events.clone(), Arc::new(Irqs::default()));
         s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
         s.amdvi.mmio_write(&mut mem, mmio::EVENT_LOG_BASE, 8, EVT | 8 << 56);
         s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN | control::EVENT_LOG_EN);

@@ -512,6 +512,7 @@ pub(crate) fn bind_running_tdi(s: &mut SecureIommu, rid: u16, asid: u16, vtom: u
 mod tests {
     use super::*;
     use crate::events::Collect;
+    use crate::function::Irqs;
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
     use iommu_model::amdvi::mmio::{self, control};
@@ -521,11 +522,6 @@ mod tests {
     use rmp_model::tdisp::TdiState;
     use rmp_model::tdx::{TdxRefusal, TdxStatus};
     use rmp_model::PageSize;
-
-    struct NoIrq;
-    impl Irq for NoIrq {
-        fn raise(&self, _: u16) {}
-    }
 
     const RID: u16 = 0x20;
 
@@ -537,7 +533,7 @@ mod tests {
         pt.map(&mut mem, 0x5000, 0x30_0000, 12, Perm::RW).unwrap();
         mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
         let events = Arc::new(Collect::default());
-        let mut s = SecureIommu::new(events.clone(), Arc::new(NoIrq));
+        let mut s = SecureIommu::new(events.clone(), Arc::new(Irqs::default()));
         s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
         s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
         let mut rmp = Rmp::new(1024);
@@ -559,7 +555,7 @@ mod tests {
         pt.map(&mut mem, 0x20_0000, 0x20_0000, 21, Perm::new(true, false)).unwrap();
         mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 3, 7, Perm::RW).to_bytes()).unwrap();
         let events = Arc::new(Collect::default());
-        let mut s = SecureIommu::new(events.clone(), Arc::new(NoIrq));
+        let mut s = SecureIommu::new(events.clone(), Arc::new(Irqs::default()));
         s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
         s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
         s.enable_snp(&mut mem, 1024).unwrap();
@@ -636,7 +632,7 @@ mod tests {
         }
         mem.write_u64(0x10_3000 + 5 * 8, 0x30_0000 | 3).unwrap();
         let events = Arc::new(Collect::default());
-        let mut s = SecureIommu::new(events.clone(), Arc::new(NoIrq));
+        let mut s = SecureIommu::new(events.clone(), Arc::new(Irqs::default()));
         let mut v = VtdUnit::default();
         v.mmio_write(&mut mem, regs::RTADDR, 8, 0x1000);
         v.mmio_write(&mut mem, regs::GCMD, 4, u64::from(regs::gcmd::SRTP));

@@ -671,6 +671,7 @@ impl PciFunction for Endpoint {
 mod tests {
     use super::*;
     use crate::events::Collect;
+    use crate::function::Irqs;
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
     use iommu_model::amdvi::event::{self, Event};
@@ -684,14 +685,6 @@ mod tests {
     const RING: u64 = 0x1000_0000;
     const RING_SPA: u64 = 0x20_0000;
     const EVENT_LOG: u64 = 0x4000;
-
-    #[derive(Default)]
-    struct Irqs(Mutex<Vec<u16>>);
-    impl Irq for Irqs {
-        fn raise(&self, v: u16) {
-            lock(&self.0).push(v);
-        }
-    }
 
     /// Guest RAM as a `ByteMem`, the real AMD-Vi unit translating for RID through v1 tables.
     struct Rig {

@@ -255,6 +255,7 @@ impl PciFunction for VirtioIommu {
 mod tests {
     use super::*;
     use crate::events::Collect;
+    use crate::function::Irqs;
     use crate::virtio::iommu_proto::{req, status};
     use crate::virtio::pci::common;
     use iommu_model::mem::PhysMem;
@@ -270,14 +271,6 @@ mod tests {
     const EAVAIL: u64 = 0x14_0000;
     const EUSED: u64 = 0x15_0000;
     const EBUFS: u64 = 0x30_0000;
-
-    #[derive(Default)]
-    struct Irqs(Mutex<Vec<u16>>);
-    impl Irq for Irqs {
-        fn raise(&self, v: u16) {
-            lock(&self.0).push(v);
-        }
-    }
 
     struct Rig {
         dev: VirtioIommu,

@@ -4,7 +4,7 @@
 use super::regs::{chan, chancmd, chanctrl, chanerr, chansts, ctl, global, intrctrl, Descriptor};
 use super::*;
 use crate::events::Collect;
-use crate::function::Irq;
+use crate::function::Irqs;
 use iommu_model::amdvi::builder::V1Builder;
 use iommu_model::amdvi::dte::Dte;
 use iommu_model::amdvi::mmio::{self, control};
@@ -24,14 +24,6 @@ const SRC: u64 = 0x5000_0000;
 const SRC_SPA: u64 = 0x30_0000;
 const DST: u64 = 0x6000_0000;
 const DST_SPA: u64 = 0x40_0000;
-
-#[derive(Default)]
-struct Irqs(Mutex<Vec<u16>>);
-impl Irq for Irqs {
-    fn raise(&self, v: u16) {
-        lock(&self.0).push(v);
-    }
-}
 
 struct Shared {
     mem: ByteMem,
