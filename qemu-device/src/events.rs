@@ -3,7 +3,7 @@
 //!
 //! Bounded, and off the IOMMU's lock: `emit` only queues the record (a bounded channel) for a
 //! writer thread, which serializes it into a buffered file and flushes whenever the queue runs
-//! dry. Two limits keep a hostile or runaway guest from filling the disk (one doorbell can make
+//! dry, and at least every `FLUSH_EVERY` while it does not. Two limits keep a hostile or runaway guest from filling the disk (one doorbell can make
 //! 16.8 M refused-page records):
 //! - the queue holds `QUEUE` records; a record that finds it full is dropped and counted;
 //! - the stream holds `limit` bytes; past that, records are counted, not written.
@@ -30,6 +30,8 @@ pub const QUEUE: usize = 1 << 16;
 pub const DEFAULT_LIMIT: u64 = 256 << 20;
 /// How often the log gets its summary of the records.
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// The longest a written record waits in the writer's buffer while the queue keeps it busy.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Records that are written whatever the limit: few (one per session), and what scripts wait on.
 const ALWAYS: &[&str] = &["power_cycle", "partial_attach", "daemon_exit"];
 
@@ -138,12 +140,14 @@ struct Writer {
 impl Writer {
     fn run(&mut self, rx: &Receiver<Msg>) {
         let mut last_summary = Instant::now();
+        let mut last_flush = Instant::now();
         loop {
             let msg = match rx.try_recv() {
                 Ok(m) => Some(m),
                 Err(_) => {
                     // The queue ran dry: what was written reaches the file now.
                     let _ = self.out.flush();
+                    last_flush = Instant::now();
                     match rx.recv_timeout(SUMMARY_EVERY) {
                         Ok(m) => Some(m),
                         Err(RecvTimeoutError::Timeout) => None,
@@ -163,6 +167,13 @@ impl Writer {
                     return;
                 }
                 None => {}
+            }
+            // A queue that never runs dry (a flood, even one past the limit whose records are
+            // only counted) must not hold written lines back: they reach the file within
+            // FLUSH_EVERY.
+            if !self.out.buffer().is_empty() && last_flush.elapsed() >= FLUSH_EVERY {
+                let _ = self.out.flush();
+                last_flush = Instant::now();
             }
             if last_summary.elapsed() >= SUMMARY_EVERY {
                 self.summary();

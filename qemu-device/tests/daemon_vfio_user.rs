@@ -680,18 +680,16 @@ fn iommu_registers_answer_promptly_while_the_endpoint_floods_refused_dma() {
 /// where it stopped and the count of what was not written at the end.
 #[test]
 fn the_event_stream_stops_at_its_limit_under_a_flood_and_counts_the_rest() {
-    let mut d = Daemon::start_with("limit", &["--events-limit", "256K"]);
+    let mut d = Daemon::start_with("limit", &["--events-limit", "1M"]);
     let mut c = d.connect("iommu");
     let ram = flood_ram(&d.dir);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = start_flood(&d, &ram, &mut c, stop.clone());
     let events = d.dir.join("events.jsonl");
-    // Generous: a debug build beside other test binaries on a loaded 2-core machine floods slowly
-    // (30 s was once not enough for 1 MiB in CI).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    // The limit stops the stream just short of 256 KiB (a record that would cross it is counted).
-    while std::fs::metadata(&events).unwrap().len() < (256 << 10) - 4096 {
-        assert!(Instant::now() < deadline, "the flood did not reach 256 KiB of records in 120 s");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The limit stops the stream just short of 1 MiB (a record that would cross it is counted).
+    while std::fs::metadata(&events).unwrap().len() < (1 << 20) - 4096 {
+        assert!(Instant::now() < deadline, "the flood did not reach 1 MiB of records");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -710,8 +708,8 @@ fn the_event_stream_stops_at_its_limit_under_a_flood_and_counts_the_rest() {
     assert!(dropped > 0, "the drop is counted");
     assert_eq!(recs.last().unwrap()["type"], "daemon_exit");
     let len = std::fs::metadata(&events).unwrap().len();
-    assert!(len < (256 << 10) + 4096, "{len} bytes");
-    println!("at the 256 KiB limit: {faults} translation_fault records written, {dropped} counted in events_dropped");
+    assert!(len < (1 << 20) + 4096, "{len} bytes");
+    println!("at the 1 MiB limit: {faults} translation_fault records written, {dropped} counted in events_dropped");
 }
 
 /// `--iommu vtd`: BAR0 is the VT-d register file. Queued invalidation runs from guest RAM (the
