@@ -11,7 +11,7 @@
 use crate::Null;
 use iommu_model::amdvi::mmio::{self, control};
 use iommu_model::mem::ByteMem;
-use qemu_device::functions::endpoint::{run_ring, Engine};
+use qemu_device::devices::endpoint::{run_ring, Engine};
 use qemu_device::secure::SecureIommu;
 use rmp_model::ops::RmpState;
 use rmp_model::{PageSize, Rmp};

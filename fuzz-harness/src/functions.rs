@@ -6,11 +6,11 @@
 //! 4 KiB of guest RAM.
 
 use crate::{guest_ram, Null};
-use qemu_device::functions::endpoint::Endpoint;
-use qemu_device::functions::iommu::IommuFunction;
-use qemu_device::guest_mem::GuestRam;
+use qemu_device::devices::endpoint::Endpoint;
+use qemu_device::devices::iommu::IommuFunction;
 use qemu_device::secure::SecureIommu;
-use qemu_device::vfio_server::{FunctionBackend, MsixIrq};
+use qemu_device::vfio::guest_mem::GuestRam;
+use qemu_device::vfio::server::{FunctionBackend, MsixIrq};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, OnceLock};

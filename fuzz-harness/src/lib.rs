@@ -8,8 +8,8 @@ pub mod functions;
 pub mod secure_iommu;
 pub mod virtio_iommu;
 
-use qemu_device::function::{EventSink, Irq};
-use qemu_device::guest_mem::GuestRam;
+use qemu_device::vfio::function::{EventSink, Irq};
+use qemu_device::vfio::guest_mem::GuestRam;
 use std::fs::File;
 
 /// Discards events and interrupts.

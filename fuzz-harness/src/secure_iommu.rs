@@ -10,11 +10,11 @@
 use crate::{guest_ram, Null};
 use iommu_model::amdvi::command::{encode, Command};
 use iommu_model::amdvi::mmio::{self, control};
-use qemu_device::functions::endpoint::{reg, Endpoint};
-use qemu_device::functions::iommu::{bar2, IommuFunction};
-use qemu_device::guest_mem::GuestRam;
+use qemu_device::devices::endpoint::{reg, Endpoint};
+use qemu_device::devices::iommu::{bar2, IommuFunction};
 use qemu_device::secure::{check_rmp_window, SecureIommu};
-use qemu_device::vfio_server::{FunctionBackend, MsixIrq};
+use qemu_device::vfio::guest_mem::GuestRam;
+use qemu_device::vfio::server::{FunctionBackend, MsixIrq};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -68,7 +68,7 @@ impl Input<'_> {
 struct Rig<'a> {
     iommu: FunctionBackend<IommuFunction>,
     ep: FunctionBackend<Endpoint>,
-    jobs: crossbeam_channel::Receiver<qemu_device::functions::endpoint::Job>,
+    jobs: crossbeam_channel::Receiver<qemu_device::devices::endpoint::Job>,
     file: &'a File,
 }
 

@@ -7,12 +7,12 @@
 
 use crate::{guest_ram, Null};
 use iommu_model::walk::Access;
-use qemu_device::function::PciFunction;
-use qemu_device::functions::virtio_iommu::VirtioIommu;
-use qemu_device::guest_mem::GuestRam;
+use qemu_device::devices::virtio_iommu::transport::{common, layout};
+use qemu_device::devices::virtio_iommu::VirtioIommu;
 use qemu_device::secure::SecureIommu;
-use qemu_device::vfio_server::MsixIrq;
-use qemu_device::virtio::pci::{common, layout};
+use qemu_device::vfio::function::PciFunction;
+use qemu_device::vfio::guest_mem::GuestRam;
+use qemu_device::vfio::server::MsixIrq;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, OnceLock};

@@ -8,10 +8,10 @@ use iommu_model::amdvi::mmio::{self, control, MMIO_SIZE};
 use iommu_model::mem::ByteMem;
 use iommu_model::walk::Access;
 use libfuzzer_sys::fuzz_target;
-use qemu_device::control::{Control, Target};
-use qemu_device::function::{EventSink, Irq};
-use qemu_device::guest_mem::GuestRam;
+use qemu_device::daemon::control::{Control, Target};
 use qemu_device::secure::SecureIommu;
+use qemu_device::vfio::function::{EventSink, Irq};
+use qemu_device::vfio::guest_mem::GuestRam;
 use std::sync::{Arc, Mutex};
 
 struct Null;
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = channel.handle(line);
         // The same command armed over memory that is there, so what fires logs.
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-            if let Ok((f, w)) = qemu_device::inject::parse(&v) {
+            if let Ok((f, w)) = qemu_device::secure::inject::parse(&v) {
                 id += 1;
                 let _ = secure.lock().unwrap().arm(&mut mem, id, f, w);
             }

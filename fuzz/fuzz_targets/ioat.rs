@@ -6,11 +6,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qemu_device::function::EventSink;
-use qemu_device::functions::ioat::Ioat;
-use qemu_device::guest_mem::GuestRam;
+use qemu_device::devices::ioat::Ioat;
 use qemu_device::secure::SecureIommu;
-use qemu_device::vfio_server::{FunctionBackend, MsixIrq};
+use qemu_device::vfio::function::EventSink;
+use qemu_device::vfio::guest_mem::GuestRam;
+use qemu_device::vfio::server::{FunctionBackend, MsixIrq};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -7,7 +7,7 @@
 
 use iommu_model::amdvi::Outcome;
 use iommu_model::walk::Access;
-use qemu_device::virtio::domains::Domains;
+use qemu_device::devices::virtio_iommu::domains::Domains;
 use std::time::Instant;
 
 const EP: u32 = 0x20;

@@ -6,23 +6,16 @@
 // choice, never an overflow. The offline tools (walk, viot, ivrs, acpi) and the daemon's set-up opt out.
 #![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
 
-pub mod acpi;
-pub mod control;
+/// The daemon process: sessions, the control socket, the event stream.
 pub mod daemon;
-pub mod dma;
-pub mod dmar;
-pub mod events;
-pub mod function;
-pub mod functions;
-pub mod guest_mem;
-pub mod inject;
-pub mod ivrs;
-pub mod log_limit;
+/// The PCI functions: the TDISP endpoint, the secure IOMMU's function, the IOAT engine, the
+/// virtio-iommu.
+pub mod devices;
+/// PCI configuration space and the DOE mailbox, shared by the functions.
 pub mod pci;
-pub mod rmp_state;
+/// The secure core: the IOMMU units, the RMP / TDX checks, the DMA path, fault injection.
 pub mod secure;
-pub mod tdx_module;
-pub mod vfio_server;
-pub mod viot;
-pub mod virtio;
-pub mod walk;
+/// Offline tools: ACPI tables (IVRS, DMAR, VIOT) and the page-table walker.
+pub mod tools;
+/// The vfio-user plumbing: the server loop, guest memory, the function trait.
+pub mod vfio;

@@ -3,7 +3,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-use qemu_device::{control, daemon, dmar, ivrs, viot, walk};
+use qemu_device::daemon::{self, control};
+use qemu_device::tools::{dmar, ivrs, viot, walk};
 
 #[derive(Parser)]
 #[command(

@@ -223,7 +223,7 @@ fn config_space_ids_and_capability_chain() {
     // The IOMMU has MSI (as Linux's amd_iommu enables it) and its IOMMU capability block at the
     // cap_ptr the IVRS names; the endpoint MSI-X.
     let want = |f: &str| match f {
-        "iommu" => vec![(0x40, 0x10), (0x8c, 0x05), (qemu_device::functions::iommu::CAP_PTR, 0x0f)],
+        "iommu" => vec![(0x40, 0x10), (0x8c, 0x05), (qemu_device::devices::iommu::CAP_PTR, 0x0f)],
         _ => vec![(0x40, 0x10), (0x80, 0x11)],
     };
     // Both attached at once, as QEMU does (one that attaches only one function ends the session).
@@ -595,7 +595,7 @@ fn flood_ram(dir: &Path) -> std::fs::File {
     use iommu_model::amdvi::dte::Dte;
     use iommu_model::mem::{ByteMem, PhysMem};
     use iommu_model::walk::Perm;
-    use qemu_device::functions::endpoint::{op, Descriptor};
+    use qemu_device::devices::endpoint::{op, Descriptor};
     let mut mem = ByteMem::new(0, 0x80_0000);
     let mut pt = V1Builder::new(&mut mem, 0x20_0000, 0x30_0000, 4).unwrap();
     pt.map(&mut mem, RING, RING, 12, Perm::RW).unwrap();
@@ -619,7 +619,7 @@ fn start_flood(
     iommu: &mut Client,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<u32> {
-    use qemu_device::functions::endpoint::reg;
+    use qemu_device::devices::endpoint::reg;
     iommu.dma_map(0, 0, 0x80_0000, ram.as_raw_fd()).unwrap();
     w64(iommu, BAR0, mmio::DEV_TABLE_BASE, 0x10_0000);
     w64(iommu, BAR0, mmio::CONTROL, control::IOMMU_EN);

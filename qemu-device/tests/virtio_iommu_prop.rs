@@ -6,8 +6,8 @@
 use iommu_model::amdvi::Outcome;
 use iommu_model::walk::Access;
 use proptest::prelude::*;
-use qemu_device::virtio::domains::Domains;
-use qemu_device::virtio::iommu_proto::status;
+use qemu_device::devices::virtio_iommu::domains::Domains;
+use qemu_device::devices::virtio_iommu::proto::status;
 use std::collections::BTreeMap;
 
 const EP: u32 = 0x20;

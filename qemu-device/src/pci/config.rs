@@ -6,7 +6,7 @@
 // config writes go through `write`, whose offsets the glue has bounded.
 #![allow(clippy::arithmetic_side_effects)]
 
-use crate::function::{Bar, PciIds};
+use crate::vfio::function::{Bar, PciIds};
 
 pub const SIZE: usize = 4096;
 const CAP_PCIE: u8 = 0x40;

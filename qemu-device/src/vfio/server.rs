@@ -3,9 +3,9 @@
 //! bring guest RAM (as file descriptors) into `GuestRam`; MSI and MSI-X vectors are the eventfds
 //! QEMU passes with SET_IRQS.
 
-use crate::function::{Irq, PciFunction};
-use crate::guest_mem::GuestRam;
 use crate::pci::config::{ConfigSpace, MSIX_BAR, MSIX_BAR_SIZE};
+use crate::vfio::function::{Irq, PciFunction};
+use crate::vfio::guest_mem::GuestRam;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};

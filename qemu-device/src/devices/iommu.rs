@@ -4,9 +4,9 @@
 //! on completion, as Linux drivers/crypto/ccp/psp-dev.c drives the PSP). Layouts:
 //! docs/device-abi.md.
 
-use crate::function::{Bar, PciFunction, PciIds};
-use crate::guest_mem::{GuestMem, GuestRam};
 use crate::secure::{bdf, SecureIommu, RMP_ADDR_MASK};
+use crate::vfio::function::{Bar, PciFunction, PciIds};
+use crate::vfio::guest_mem::{GuestMem, GuestRam};
 use iommu_model::amdvi::mmio::MMIO_SIZE;
 use iommu_model::mem::PhysMem;
 use rmp_model::ops::{AdjustAttrs, GuestCtx, GuestResult, RmpState};
@@ -33,7 +33,7 @@ pub const CAP_PTR: u8 = crate::pci::config::STD_CAPS_START;
 fn capability() -> Vec<u8> {
     const EFR_SUP: u32 = 1 << 27;
     let header = 0x0f | 3 << 16 | 1 << 19 | EFR_SUP;
-    let misc0 = 2 << 5 | crate::ivrs::PA_SIZE << 8 | crate::ivrs::VA_SIZE << 15;
+    let misc0 = 2 << 5 | crate::tools::ivrs::PA_SIZE << 8 | crate::tools::ivrs::VA_SIZE << 15;
     [header, 0, 0, 0, misc0].iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
@@ -110,7 +110,7 @@ impl IommuFunction {
         let mut s = self.lock();
         // TDX Connect: the mailbox is the TDX module's, and only its calls exist.
         if s.tdx.is_some() {
-            return crate::tdx_module::command(&mut s, id, &b);
+            return crate::secure::tdx_module::command(&mut s, id, &b);
         }
         let status = match id {
             cmd::RMPUPDATE => {

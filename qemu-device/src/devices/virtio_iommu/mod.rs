@@ -1,21 +1,25 @@
 //! A standard virtio-iommu device (virtio 1.2 §5.13) on the virtio-pci modern transport, so the
 //! guest kernel's own driver (Linux drivers/iommu/virtio-iommu.c) programs the secure IOMMU. Its
-//! requests land in domains whose page tables the daemon owns (virtio/domains.rs); endpoint DMA
-//! through them takes the iommu-model walk and the RMP check (secure.rs).
+//! requests land in domains whose page tables the daemon owns (domains.rs); endpoint DMA
+//! through them takes the iommu-model walk and the RMP check (secure/).
 //!
 //! The request queue is processed on the notification itself: each request is a few table
 //! writes in the daemon's memory, and Linux waits for the answer spinning (viommu_sync_req), so
 //! a round trip through the DMA worker would only add latency. At most one queue's worth of
 //! requests is taken per notification.
 
-use crate::function::{Bar, EventSink, Irq, PciFunction, PciIds};
-use crate::guest_mem::GuestRam;
-use crate::virtio::domains::{self, reply_len, Domains};
-use crate::virtio::iommu_proto::{config, feature, Fault, Request};
-use crate::virtio::pci::{layout, Effect, Transport, DEVICE_ID_BASE, NO_VECTOR, VENDOR, VIRTIO_F_VERSION_1};
+pub mod domains;
+pub mod proto;
+pub mod transport;
+
+use crate::vfio::function::{Bar, EventSink, Irq, PciFunction, PciIds};
+use crate::vfio::guest_mem::GuestRam;
+use domains::{reply_len, Domains};
+use proto::{config, feature, Fault, Request};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
+use transport::{layout, Effect, Transport, DEVICE_ID_BASE, NO_VECTOR, VENDOR, VIRTIO_F_VERSION_1};
 use virtio_queue::{QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
@@ -165,13 +169,13 @@ fn answer(
                 Request::Unmap { domain, virt_start, virt_end } => d.unmap(domain, virt_start, virt_end),
                 Request::Probe { endpoint } => {
                     // reply_len keeps rlen >= TAIL_LEN.
-                    let props = rlen.saturating_sub(crate::virtio::iommu_proto::TAIL_LEN);
+                    let props = rlen.saturating_sub(proto::TAIL_LEN);
                     d.probe(endpoint, &mut reply[..props])
                 }
             }
         }
     };
-    reply[rlen.saturating_sub(crate::virtio::iommu_proto::TAIL_LEN)] = st;
+    reply[rlen.saturating_sub(proto::TAIL_LEN)] = st;
     let mut record = match request {
         Ok(Request::Attach { domain, endpoint, .. }) => json!({"req": "attach", "domain": domain, "endpoint": endpoint}),
         Ok(Request::Detach { domain, endpoint }) => json!({"req": "detach", "domain": domain, "endpoint": endpoint}),
@@ -197,7 +201,7 @@ fn answer(
 
 impl PciFunction for VirtioIommu {
     fn ids(&self) -> PciIds {
-        let device = DEVICE_ID_BASE + crate::virtio::iommu_proto::DEVICE_ID;
+        let device = DEVICE_ID_BASE + proto::DEVICE_ID;
         // Modern-only devices have revision 1 (§4.1.2.1); class "other system peripheral", as QEMU's.
         PciIds { vendor: VENDOR, device, subsystem_vendor: VENDOR, subsystem: 0x1100, class: 0x08_80_00, revision: 1 }
     }
@@ -254,11 +258,11 @@ impl PciFunction for VirtioIommu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Collect;
-    use crate::function::Irqs;
-    use crate::virtio::iommu_proto::{req, status};
-    use crate::virtio::pci::common;
+    use crate::daemon::events::Collect;
+    use crate::vfio::function::Irqs;
     use iommu_model::mem::PhysMem;
+    use proto::{req, status};
+    use transport::common;
 
     const RAM: u64 = 4 << 20;
     const EP: u16 = 0x20;
@@ -495,7 +499,7 @@ mod tests {
     /// hazard report apply to those mappings as to any other.
     #[test]
     fn endpoint_dma_takes_the_domain_tables_and_the_rmp_check() {
-        use crate::dma;
+        use crate::secure::dma;
         use crate::secure::{Refusal, SecureIommu};
         use iommu_model::walk::Access;
         use rmp_model::ops::RmpState;
@@ -529,7 +533,7 @@ mod tests {
         assert!(matches!(sec.page(&mut mem, EP, false, iova + 8, Access::Read), Err(Refusal::Translation(_))));
         let (used, len, rec) = r.first_event();
         assert_eq!((used, len), (1, 24));
-        assert_eq!(rec[0], crate::virtio::iommu_proto::fault::R_MAPPING);
+        assert_eq!(rec[0], proto::fault::R_MAPPING);
         assert_eq!(u32::from_le_bytes(rec[4..8].try_into().unwrap()), 0x101, "read, address valid");
         assert_eq!(u32::from_le_bytes(rec[8..12].try_into().unwrap()), u32::from(EP));
         assert_eq!(u64::from_le_bytes(rec[16..24].try_into().unwrap()), iova + 8);

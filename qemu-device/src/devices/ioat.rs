@@ -10,16 +10,16 @@ pub mod regs;
 #[cfg(test)]
 mod tests;
 
-use crate::function::{Bar, EventSink, Irq, PciFunction, PciIds};
-use crate::guest_mem::GuestRam;
 use crate::secure::{bdf, SecureIommu};
+use crate::vfio::function::{Bar, EventSink, Irq, PciFunction, PciIds};
+use crate::vfio::guest_mem::GuestRam;
 use channel::{run_channel, Engine};
 use crossbeam_channel::{Sender, TrySendError};
 use regs::{chancmd, chanctrl, chansts, global, intrctrl, CHANNEL_MMIO_SIZE};
 use serde_json::json;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use crate::functions::endpoint::Job;
+pub use crate::devices::endpoint::Job;
 
 /// Channels: Linux handles up to four (dma.h, IOAT_MAX_CHANS); two give dmatest two threads.
 pub const CHANNELS: usize = 2;

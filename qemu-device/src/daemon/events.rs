@@ -15,7 +15,7 @@
 //! records by type every `SUMMARY_EVERY` instead of every record (`RUST_LOG=tiommu::event=debug`
 //! shows each one).
 
-use crate::function::EventSink;
+use crate::vfio::function::EventSink;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -11,9 +11,9 @@
 //!
 //! Answers are `{"ok":true,...}` or `{"ok":false,"error":REASON}`.
 
-use crate::guest_mem::GuestRam;
-use crate::inject::{self, when_json};
+use crate::secure::inject::{self, when_json};
 use crate::secure::SecureIommu;
+use crate::vfio::guest_mem::GuestRam;
 use iommu_model::amdvi::mmio;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};

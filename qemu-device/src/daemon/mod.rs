@@ -2,20 +2,26 @@
 //! and the JSON event stream. Runs until QEMU disconnects from every function (with --persist:
 //! power-cycles and waits for the next QEMU), or until SIGTERM or SIGINT; either way it removes
 //! its sockets and exits with status 0.
-// Set-up and counters of the daemon's own; no guest-written value takes part.
+
+// Set-up and counters of the daemon's own, and the host's control socket: no guest-written value
+// takes part.
 #![allow(clippy::arithmetic_side_effects)]
 
-use crate::control::{Control, Target};
-use crate::events::JsonLines;
-use crate::function::EventSink;
-use crate::functions::endpoint::{Endpoint, Job};
-use crate::functions::ioat::Ioat;
-use crate::functions::iommu::IommuFunction;
-use crate::functions::virtio_iommu::VirtioIommu;
-use crate::guest_mem::GuestRam;
+pub mod control;
+pub mod events;
+pub mod log_limit;
+
+use crate::daemon::control::{Control, Target};
+use crate::daemon::events::JsonLines;
+use crate::devices::endpoint::{Endpoint, Job};
+use crate::devices::ioat::Ioat;
+use crate::devices::iommu::IommuFunction;
+use crate::devices::virtio_iommu::VirtioIommu;
 use crate::secure::SecureIommu;
-use crate::vfio_server::{listen, remove_socket, FunctionBackend, MsixIrq};
-use crate::walk::parse_bdf;
+use crate::tools::walk::parse_bdf;
+use crate::vfio::function::EventSink;
+use crate::vfio::guest_mem::GuestRam;
+use crate::vfio::server::{listen, remove_socket, FunctionBackend, MsixIrq};
 use serde_json::json;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -181,13 +187,13 @@ pub fn run(args: Args) -> Result<(), String> {
             tracing::warn!("session {sessions} ended with an error: {e}");
         }
         tracing::info!("every function disconnected: powered off and on, waiting for the next QEMU");
-        crate::function::EventSink::emit(
+        crate::vfio::function::EventSink::emit(
             events.as_ref(),
             serde_json::json!({"type": "power_cycle", "session": sessions, "error": result.as_ref().err(), "peak_rss_kib": peak_rss_kib()}),
         );
     }
     socks.iter().for_each(|s| remove_socket(s));
-    crate::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "daemon_exit", "peak_rss_kib": peak_rss_kib()}));
+    crate::vfio::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "daemon_exit", "peak_rss_kib": peak_rss_kib()}));
     events.seal();
     result
 }
@@ -249,10 +255,10 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
         if let Some(v) = &mut sec.vtd {
             v.set_ecap_bits(iommu_model::vtd::regs::ecap::TDXCS);
         }
-        sec.tdx = Some(crate::tdx_module::TdxModule::default());
+        sec.tdx = Some(crate::secure::tdx_module::TdxModule::default());
     }
     if let Some(path) = &args.rmp_state {
-        sec.publisher = Some(crate::rmp_state::RmpPublisher::create(path)?);
+        sec.publisher = Some(crate::secure::rmp_state::RmpPublisher::create(path)?);
     }
     let secure = Arc::new(Mutex::new(sec));
     control.attach(Target { secure: secure.clone(), ram: ram.clone() });
@@ -336,7 +342,7 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
             }
         }
     };
-    crate::function::EventSink::emit(events.as_ref(), record);
+    crate::vfio::function::EventSink::emit(events.as_ref(), record);
     if abandoned {
         // Functions still waiting for a client hold the job channel open: the daemon ends
         // without waiting for the worker.
@@ -442,7 +448,7 @@ fn stop_on_signal(socks: Vec<PathBuf>, events: Arc<JsonLines>) -> Result<(), Str
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("signal {sig}: stopping");
                 socks.iter().for_each(|s| remove_socket(s));
-                crate::function::EventSink::emit(
+                crate::vfio::function::EventSink::emit(
                     events.as_ref(),
                     serde_json::json!({"type": "daemon_exit", "signal": sig, "peak_rss_kib": peak_rss_kib()}),
                 );

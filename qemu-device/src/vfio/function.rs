@@ -1,8 +1,8 @@
 //! What a PCI function of the daemon is, independent of vfio-user: a backend with a config-space
 //! description and BAR handlers, in the shape of rust-vmm vhost-device backends. The vfio-user glue
-//! (vfio_server.rs) serves any `PciFunction`; the device logic lives in functions/.
+//! (vfio/server.rs) serves any `PciFunction`; the device logic lives in devices/.
 //!
-//! What else a function uses, handed to its constructor by daemon.rs rather than through the
+//! What else a function uses, handed to its constructor by the daemon rather than through the
 //! trait (so a function can be built and tested on its own):
 //! - guest memory: a `guest_mem::GuestRam` clone, filled by QEMU's DMA_MAP messages; take
 //!   `ram.snapshot()` for each operation: a `GuestMem` implementing `iommu_model::mem::PhysMem`,

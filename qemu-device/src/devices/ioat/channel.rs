@@ -7,9 +7,9 @@
 
 use super::regs::{chanctrl, chanerr, chansts, ctl, intrctrl, Descriptor, DESC_SIZE, OP_COPY};
 use super::XFERCAP_LOG;
-use crate::dma::{self, DmaError, DmaMem, Request, TranslateCheck};
-use crate::function::{EventSink, Irq};
+use crate::secure::dma::{self, DmaError, DmaMem, Request, TranslateCheck};
 use crate::secure::{bdf, Refusal};
+use crate::vfio::function::{EventSink, Irq};
 use iommu_model::walk::Access;
 use serde_json::json;
 use std::sync::{Mutex, MutexGuard};

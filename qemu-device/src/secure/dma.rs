@@ -79,15 +79,15 @@ pub trait DmaMem: PhysMem {
 
 impl DmaMem for iommu_model::mem::ByteMem {}
 
-impl DmaMem for crate::guest_mem::GuestMem {
+impl DmaMem for crate::vfio::guest_mem::GuestMem {
     fn backed(&self, spa: u64, len: u64) -> bool {
         // Regions may be adjacent or have holes between them: vm-memory walks them.
-        crate::guest_mem::GuestMem::backed(self, spa, len)
+        crate::vfio::guest_mem::GuestMem::backed(self, spa, len)
     }
 
     fn copy(&mut self, src: u64, dst: u64, len: usize) -> Result<(), MemError> {
         // A run may span two guest RAM regions: then through a buffer.
-        crate::guest_mem::GuestMem::copy(self, src, dst, len).or_else(|_| {
+        crate::vfio::guest_mem::GuestMem::copy(self, src, dst, len).or_else(|_| {
             let mut b = vec![0u8; len];
             self.read(src, &mut b)?;
             self.write(dst, &b)
@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn guest_ram_runs_over_adjacent_regions_move_and_over_holes_do_not() {
-        use crate::guest_mem::GuestRam;
+        use crate::vfio::guest_mem::GuestRam;
         use std::io::Write;
         let region = |size: usize| {
             let path = std::env::temp_dir().join(format!("tiommu-dma-{}-{size}-{:?}", std::process::id(), std::thread::current().id()));

@@ -3,8 +3,8 @@
 
 use super::regs::{chan, chancmd, chanctrl, chanerr, chansts, ctl, global, intrctrl, Descriptor};
 use super::*;
-use crate::events::Collect;
-use crate::function::Irqs;
+use crate::daemon::events::Collect;
+use crate::vfio::function::Irqs;
 use iommu_model::amdvi::builder::V1Builder;
 use iommu_model::amdvi::dte::Dte;
 use iommu_model::amdvi::mmio::{self, control};
@@ -488,11 +488,11 @@ fn flr_and_unimplemented_commands() {
 
 #[test]
 fn config_space_error_registers_through_the_glue() {
-    use crate::vfio_server::{FunctionBackend, MsixIrq};
+    use crate::vfio::server::{FunctionBackend, MsixIrq};
     use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX as CFG;
     use vfio_user::ServerBackend;
     let r = rig();
-    let mut b = FunctionBackend::new("ioat", r.dev, crate::guest_mem::GuestRam::default(), Arc::new(MsixIrq::default()));
+    let mut b = FunctionBackend::new("ioat", r.dev, crate::vfio::guest_mem::GuestRam::default(), Arc::new(MsixIrq::default()));
     let mut v = [0u8; 4];
     b.region_write(CFG, u64::from(regs::pci::CHANERR_INT), &[0xff; 4]).unwrap();
     b.region_read(CFG, u64::from(regs::pci::CHANERR_INT), &mut v).unwrap();
@@ -509,7 +509,7 @@ fn config_space_error_registers_through_the_glue() {
 /// and the hazard are reported. Needs the daemon's guest RAM (SNP mirrors the RMP into it).
 #[test]
 fn rmp_refuses_a_write_to_a_page_turned_private() {
-    use crate::guest_mem::GuestRam;
+    use crate::vfio::guest_mem::GuestRam;
     use rmp_model::ops::RmpState;
     use std::io::Write;
     let path = std::env::temp_dir().join(format!("tiommu-ioat-{}", std::process::id()));

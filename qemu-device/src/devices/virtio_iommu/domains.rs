@@ -4,7 +4,7 @@
 //! the AMD-Vi unit. The request semantics are virtio 1.2 §5.13.6; where it says SHOULD the device
 //! does it, and the choices are in docs/kernel-paths.md.
 
-use super::iommu_proto::{map_flag, resv_mem_property, status, Fault, ATTACH_F_BYPASS, RESV_MEM_T_MSI, TAIL_LEN};
+use super::proto::{map_flag, resv_mem_property, status, Fault, ATTACH_F_BYPASS, RESV_MEM_T_MSI, TAIL_LEN};
 use iommu_model::amdvi::builder::{BuildError, V1Builder};
 use iommu_model::amdvi::dte::Dte;
 use iommu_model::amdvi::{translate::translate_with_dte, Outcome};

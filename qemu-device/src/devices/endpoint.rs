@@ -4,12 +4,12 @@
 //! for the DMA worker; the ring is never processed on the socket thread. Layouts and codes:
 //! docs/device-abi.md, "DMA endpoint".
 
-use crate::dma::{self, DmaError, DmaMem, TranslateCheck};
-use crate::function::{Bar, EventSink, Irq, PciFunction, PciIds};
-use crate::guest_mem::GuestRam;
-use crate::inject::{FaultyDevice, RogueDma};
 use crate::pci::doe::{self, Doe, DoeFault, DoeProtocol};
+use crate::secure::dma::{self, DmaError, DmaMem, TranslateCheck};
+use crate::secure::inject::{FaultyDevice, RogueDma};
 use crate::secure::{bdf, Refusal, SecureIommu};
+use crate::vfio::function::{Bar, EventSink, Irq, PciFunction, PciIds};
+use crate::vfio::guest_mem::GuestRam;
 use crossbeam_channel::{Sender, TrySendError};
 use rmp_model::dma_check::DmaRefusal;
 use rmp_model::tdisp::TdispResponder;
@@ -670,8 +670,8 @@ impl PciFunction for Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Collect;
-    use crate::function::Irqs;
+    use crate::daemon::events::Collect;
+    use crate::vfio::function::Irqs;
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
     use iommu_model::amdvi::event::{self, Event};
@@ -1226,7 +1226,7 @@ mod tests {
     /// RMP checks need the daemon's guest RAM (SNP enable mirrors the RMP into it).
     #[test]
     fn rmp_blocks_t0_writes_to_private_pages_and_reports_hazards() {
-        use crate::guest_mem::GuestRam;
+        use crate::vfio::guest_mem::GuestRam;
         use rmp_model::ops::RmpState;
         use std::io::Write;
         let path = std::env::temp_dir().join(format!("tiommu-ep-{}-{:?}", std::process::id(), std::thread::current().id()));

@@ -7,7 +7,7 @@
 
 use crate::pci::doe::DoeFault;
 use crate::secure::{bdf, SecureIommu};
-use crate::walk::parse_bdf;
+use crate::tools::walk::parse_bdf;
 use iommu_model::amdvi::event::{flags, Event};
 use iommu_model::amdvi::inject::{Fault as AmdViFault, Fired};
 use iommu_model::inject::{At, Chance, Injector, When};
@@ -266,8 +266,8 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
             only(&["len", "read", "t"])?;
             filters = false;
             let len = len.unwrap_or(64);
-            if !(1..=crate::dma::MAX_LEN).contains(&len) {
-                return Err(format!("endpoint-dma: len is 1 to {}", crate::dma::MAX_LEN));
+            if !(1..=crate::secure::dma::MAX_LEN).contains(&len) {
+                return Err(format!("endpoint-dma: len is 1 to {}", crate::secure::dma::MAX_LEN));
             }
             Fault::Platform(Platform::EndpointDma(RogueDma {
                 devid: need_device()?,
@@ -558,9 +558,9 @@ fn hex(b: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Collect;
-    use crate::function::Irqs;
+    use crate::daemon::events::Collect;
     use crate::secure::{bind_running_tdi, Refusal};
+    use crate::vfio::function::Irqs;
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
     use iommu_model::amdvi::mmio::{self, control};

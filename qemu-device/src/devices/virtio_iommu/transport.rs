@@ -1,7 +1,7 @@
 //! The virtio-pci modern transport (virtio 1.2 §4.1.4), device side: the vendor capabilities
 //! that point into one memory BAR, the common configuration registers, the ISR byte and the
 //! notification area. The virtqueues themselves are rust-vmm `virtio_queue::Queue`s; the device
-//! (functions/virtio_iommu.rs) answers its own configuration window and processes the queues.
+//! (mod.rs) answers its own configuration window and processes the queues.
 //! Linux's side of the same registers: drivers/virtio/virtio_pci_modern_dev.c.
 
 use virtio_queue::{Queue, QueueT};

@@ -2,8 +2,13 @@
 //! (rmp-model) behind one lock, the path every endpoint access takes (translate, then check, then
 //! and only then move bytes), and the event stream records of what it allowed and refused.
 
-use crate::function::{EventSink, Irq};
-use crate::guest_mem::GuestMem;
+pub mod dma;
+pub mod inject;
+pub mod rmp_state;
+pub mod tdx_module;
+
+use crate::vfio::function::{EventSink, Irq};
+use crate::vfio::guest_mem::GuestMem;
 use iommu_model::amdvi::dte::DevTabBase;
 use iommu_model::amdvi::event::Event;
 use iommu_model::amdvi::mmio::AmdVi;
@@ -109,7 +114,7 @@ pub struct SecureIommu {
     pub vtd: Option<VtdUnit>,
     /// With `--personality tdx-connect`: the TDX-module stand-in, whose ownership check replaces
     /// the RMP's and whose trusted table alone translates T=1 requests.
-    pub tdx: Option<crate::tdx_module::TdxModule>,
+    pub tdx: Option<crate::secure::tdx_module::TdxModule>,
     /// Created when SNP is enabled, covering guest RAM.
     pub rmp: Option<Rmp>,
     pub rmp_base: u64,
@@ -122,12 +127,12 @@ pub struct SecureIommu {
     /// Pages of guest RAM (the RMP covers them).
     pub ram_pages: u64,
     /// The RMP state file the TCG plugin reads, when the daemon publishes one.
-    pub publisher: Option<crate::rmp_state::RmpPublisher>,
+    pub publisher: Option<crate::secure::rmp_state::RmpPublisher>,
     /// The virtio-iommu's domains: an endpoint attached to one is translated by that domain's
     /// tables instead of the AMD-Vi unit (the second translation source; the RMP check is the same).
-    pub viommu: Option<Arc<Mutex<crate::virtio::domains::Domains>>>,
-    /// Faults armed outside the AMD-Vi unit, and the devices that take them (crate::inject).
-    pub inject: crate::inject::State,
+    pub viommu: Option<Arc<Mutex<crate::devices::virtio_iommu::domains::Domains>>>,
+    /// Faults armed outside the AMD-Vi unit, and the devices that take them (crate::secure::inject).
+    pub inject: crate::secure::inject::State,
 }
 
 impl SecureIommu {
@@ -430,7 +435,7 @@ impl SecureIommu {
                 self.events.emit(record);
                 // The virtio-iommu's driver hears of it on the event queue (no domain lock held).
                 if let (true, Some(report)) = (via == "virtio-iommu", reporter) {
-                    use crate::virtio::iommu_proto::{fault, Fault};
+                    use crate::devices::virtio_iommu::proto::{fault, Fault};
                     let rw = if write { fault::F_WRITE } else { fault::F_READ };
                     report(Fault { reason: fault::R_MAPPING, flags: rw | fault::F_ADDRESS, endpoint: u32::from(rid), address: iova });
                 }
@@ -511,8 +516,8 @@ pub(crate) fn bind_running_tdi(s: &mut SecureIommu, rid: u16, asid: u16, vtom: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Collect;
-    use crate::function::Irqs;
+    use crate::daemon::events::Collect;
+    use crate::vfio::function::Irqs;
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
     use iommu_model::amdvi::mmio::{self, control};
@@ -548,7 +553,7 @@ mod tests {
     /// turning it private reports the hazard, found by searching the enabled DTEs' tables.
     #[test]
     fn conversion_reports_mappings_no_device_has_walked() {
-        let ram = crate::guest_mem::test_ram(4 << 20);
+        let ram = crate::vfio::guest_mem::test_ram(4 << 20);
         let mut mem = ram.snapshot();
         let mut pt = V1Builder::new(&mut mem, 0x10_0000, 0x20_0000, 3).unwrap();
         pt.map(&mut mem, 0x7000, 0x30_0000, 12, Perm::RW).unwrap();
@@ -687,7 +692,7 @@ mod tests {
     /// and the PAMT, removal refused while trusted DMA is attached, all through module calls.
     #[test]
     fn tdx_connect_trusted_and_untrusted_dma() {
-        use crate::tdx_module::{cmd, command, TdxModule};
+        use crate::secure::tdx_module::{cmd, command, TdxModule};
         let (mut s, mut mem, events) = vtd();
         s.tdx = Some(TdxModule::default());
         s.tdisp.insert(RID, Arc::new(Mutex::new(TdispResponder::new(u32::from(RID), Vec::new()))));

@@ -12,7 +12,7 @@
 // An offline tool: lengths of a table built from the command line.
 #![allow(clippy::arithmetic_side_effects)]
 
-use crate::walk::{parse_bdf, parse_u64};
+use crate::tools::walk::{parse_bdf, parse_u64};
 use iommu_model::vtd::Caps;
 use std::path::PathBuf;
 
@@ -60,7 +60,7 @@ pub fn table(mmio: u64, endpoints: &[u16]) -> Vec<u8> {
         body.extend_from_slice(&[SCOPE_ENDPOINT, SCOPE_LEN as u8, 0, 0, 0, (ep >> 8) as u8]);
         body.extend_from_slice(&[((ep >> 3) & 0x1f) as u8, (ep & 7) as u8]);
     }
-    crate::acpi::table(b"DMAR", 1, b"TIOMMUDR", &body)
+    crate::tools::acpi::table(b"DMAR", 1, b"TIOMMUDR", &body)
 }
 
 pub fn run(args: Args) -> Result<(), String> {

@@ -9,7 +9,7 @@
 // An offline tool: lengths of a table built from the command line.
 #![allow(clippy::arithmetic_side_effects)]
 
-use crate::walk::parse_bdf;
+use crate::tools::walk::parse_bdf;
 use std::path::PathBuf;
 
 pub const HEADER_LEN: usize = 48;
@@ -34,13 +34,13 @@ pub struct Args {
 
 /// The whole table for a virtio-pci IOMMU at `iommu` translating `endpoints` (segment 0).
 pub fn table(iommu: u16, endpoints: &[u16]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(HEADER_LEN - crate::acpi::HEADER_LEN + IOMMU_NODE_LEN + PCI_RANGE_LEN * endpoints.len());
+    let mut t = Vec::with_capacity(HEADER_LEN - crate::tools::acpi::HEADER_LEN + IOMMU_NODE_LEN + PCI_RANGE_LEN * endpoints.len());
     // VIOT: node count, offset of the first node, 8 reserved bytes.
     t.extend_from_slice(&(1 + endpoints.len() as u16).to_le_bytes());
     t.extend_from_slice(&(HEADER_LEN as u16).to_le_bytes());
     t.extend_from_slice(&[0; 8]);
     // virtio-pci IOMMU node: type, reserved, length, segment, BDF, 8 reserved.
-    let iommu_offset = (crate::acpi::HEADER_LEN + t.len()) as u16;
+    let iommu_offset = (crate::tools::acpi::HEADER_LEN + t.len()) as u16;
     t.extend_from_slice(&[NODE_VIRTIO_PCI_IOMMU, 0]);
     t.extend_from_slice(&(IOMMU_NODE_LEN as u16).to_le_bytes());
     t.extend_from_slice(&0u16.to_le_bytes());
@@ -59,7 +59,7 @@ pub fn table(iommu: u16, endpoints: &[u16]) -> Vec<u8> {
         t.extend_from_slice(&iommu_offset.to_le_bytes());
         t.extend_from_slice(&[0; 6]);
     }
-    crate::acpi::table(b"VIOT", 0, b"TIOMMUVT", &t)
+    crate::tools::acpi::table(b"VIOT", 0, b"TIOMMUVT", &t)
 }
 
 pub fn run(args: Args) -> Result<(), String> {

@@ -28,7 +28,7 @@ impl Default for Limited {
 #[macro_export]
 macro_rules! warn_limited {
     ($($arg:tt)+) => {{
-        static LIMIT: $crate::log_limit::Limited = $crate::log_limit::Limited::new();
+        static LIMIT: $crate::daemon::log_limit::Limited = $crate::daemon::log_limit::Limited::new();
         if let Some(n) = LIMIT.hit() {
             tracing::warn!(occurrence = n, $($arg)+);
         }

@@ -12,8 +12,8 @@
 // An offline tool: lengths of a table built from the command line.
 #![allow(clippy::arithmetic_side_effects)]
 
-use crate::functions::iommu;
-use crate::walk::{parse_bdf, parse_u64};
+use crate::devices::iommu;
+use crate::tools::walk::{parse_bdf, parse_u64};
 use iommu_model::amdvi::mmio::{AmdVi, EXT_FEATURES, EXT_FEATURES2};
 use std::path::PathBuf;
 
@@ -88,7 +88,7 @@ pub fn table(iommu: u16, mmio: u64, endpoints: &[u16]) -> Vec<u8> {
     body.extend_from_slice(&[0; 8]); // reserved
     body.extend(ivhd(0x10, iommu, mmio, endpoints, efr, efr2));
     body.extend(ivhd(0x11, iommu, mmio, endpoints, efr, efr2));
-    crate::acpi::table(b"IVRS", 2, b"TIOMMUIV", &body)
+    crate::tools::acpi::table(b"IVRS", 2, b"TIOMMUIV", &body)
 }
 
 pub fn run(args: Args) -> Result<(), String> {
