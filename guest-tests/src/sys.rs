@@ -2,6 +2,10 @@
 //! resource files, and DMA memory (2 MiB huge pages) with known physical addresses from
 //! /proc/self/pagemap.
 
+// The guest program's one home of `unsafe`: system calls, mmap of BARs and DMA memory (each
+// block with a SAFETY comment).
+#![allow(unsafe_code)]
+
 use iommu_model::mem::{MemError, PhysMem};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -89,10 +93,12 @@ impl Bar {
 // SAFETY: every access to a BAR is one volatile load or store of device memory, which two vCPUs
 // may issue at once as two CPUs of a real machine do; the mapping lives as long as the Bar.
 unsafe impl Sync for Bar {}
+// SAFETY: as for Sync: the mapping is not tied to the thread that made it.
 unsafe impl Send for Bar {}
 // SAFETY: the pages are this process's, mapped for its whole life; every access is volatile, and
 // the threads of the multi-vCPU scenarios touch disjoint addresses.
 unsafe impl Sync for DmaMem {}
+// SAFETY: as for Sync: the pages are not tied to the thread that mapped them.
 unsafe impl Send for DmaMem {}
 
 /// Pin the calling thread to one CPU (`Some`), so a scenario's threads run on distinct vCPUs, or

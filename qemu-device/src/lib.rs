@@ -4,6 +4,7 @@
 // The functions, the DMA path and the vfio-user glue take registers, descriptors, mailbox buffers
 // and virtio requests from the guest: arithmetic on them is checked, wrapping or saturating by
 // choice, never an overflow. The offline tools (walk, viot, ivrs, acpi) and the daemon's set-up opt out.
+#![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
 
 /// The daemon process: sessions, the control socket, the event stream.

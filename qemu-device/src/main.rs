@@ -56,7 +56,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Daemon(args) => daemon::run(args),
+        Command::Daemon(args) => {
+            init_log();
+            daemon::run(args)
+        }
         Command::Walk(args) => walk::run(args),
         Command::Viot(args) => viot::run(args),
         Command::Ivrs(args) => ivrs::run(args),
@@ -84,4 +87,16 @@ fn one_line(msg: &str) -> String {
         }
     }
     parts.join(" ")
+}
+
+/// The daemon's log on stderr. By default it is bounded whatever the guest does: what a guest can
+/// repeat at will (refused DMA, malformed virtio rings) goes to the event stream, counted and
+/// limited, and the virtio-queue crate's per-request errors are off (RUST_LOG=debug shows
+/// everything).
+fn init_log() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,virtio_queue=off".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }

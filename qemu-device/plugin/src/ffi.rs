@@ -10,6 +10,9 @@
 //! qemu-plugin-sys, and declares the one that did (register_vcpu_tb_trans_cb) below;
 //! scripts/run-vm --plugin checks the whole end to end.
 
+// The plugin's one home of `unsafe`: QEMU's C API (each block with a SAFETY comment).
+#![allow(unsafe_code)]
+
 use qemu_plugin_sys::{
     qemu_info_t, qemu_plugin_cb_flags, qemu_plugin_get_hwaddr, qemu_plugin_hwaddr_is_io, qemu_plugin_hwaddr_phys_addr, qemu_plugin_id_t,
     qemu_plugin_insn_vaddr, qemu_plugin_mem_is_store, qemu_plugin_mem_rw, qemu_plugin_meminfo_t, qemu_plugin_register_vcpu_mem_cb,

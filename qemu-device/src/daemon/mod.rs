@@ -120,14 +120,6 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.personality == Personality::TdxConnect && args.iommu == Some(IommuKind::AmdVi) {
         return Err("--personality tdx-connect runs on a VT-d unit; it cannot take --iommu amd-vi".into());
     }
-    tracing_subscriber::fmt()
-        // By default the log is bounded whatever the guest does: what a guest can repeat at will
-        // (refused DMA, malformed virtio rings) goes to the event stream, counted and limited, and
-        // the virtio-queue crate's per-request errors are off (RUST_LOG=debug shows everything).
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,virtio_queue=off".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     std::fs::create_dir_all(&args.socket_dir).map_err(|e| format!("cannot create {}: {e}", args.socket_dir.display()))?;
     // Held for the daemon's life: a second daemon on the same directory or event stream stops
     // here, before it touches any file (a connection to the first one's sockets to see whether
