@@ -16,6 +16,8 @@ pub mod devices;
 pub mod pci;
 /// The secure core: the IOMMU units, the RMP / TDX checks, the DMA path, fault injection.
 pub mod secure;
+/// Helpers for tests, benches and fuzz targets.
+pub mod testing;
 /// Offline tools: ACPI tables (IVRS, DMAR, VIOT) and the page-table walker.
 pub mod tools;
 /// The vfio-user plumbing: the server loop, guest memory, the function trait.

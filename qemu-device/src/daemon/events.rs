@@ -264,18 +264,6 @@ impl Writer {
     }
 }
 
-/// Collects records in memory, for tests.
-#[cfg(test)]
-#[derive(Default)]
-pub struct Collect(pub Mutex<Vec<serde_json::Value>>);
-
-#[cfg(test)]
-impl EventSink for Collect {
-    fn emit(&self, record: serde_json::Value) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(record);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

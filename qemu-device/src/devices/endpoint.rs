@@ -670,8 +670,8 @@ impl PciFunction for Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::events::Collect;
-    use crate::vfio::function::Irqs;
+    use crate::testing::Collect;
+    use crate::testing::Irqs;
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
     use iommu_model::amdvi::event::{self, Event};

@@ -558,9 +558,9 @@ fn hex(b: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::events::Collect;
     use crate::secure::{bind_running_tdi, Refusal};
-    use crate::vfio::function::Irqs;
+    use crate::testing::Collect;
+    use crate::testing::Irqs;
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
     use iommu_model::amdvi::mmio::{self, control};

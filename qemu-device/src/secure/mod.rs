@@ -516,8 +516,8 @@ pub(crate) fn bind_running_tdi(s: &mut SecureIommu, rid: u16, asid: u16, vtom: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::events::Collect;
-    use crate::vfio::function::Irqs;
+    use crate::testing::Collect;
+    use crate::testing::Irqs;
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
     use iommu_model::amdvi::mmio::{self, control};
@@ -553,7 +553,7 @@ mod tests {
     /// turning it private reports the hazard, found by searching the enabled DTEs' tables.
     #[test]
     fn conversion_reports_mappings_no_device_has_walked() {
-        let ram = crate::vfio::guest_mem::test_ram(4 << 20);
+        let ram = crate::testing::guest_ram("secure", 4 << 20).0;
         let mut mem = ram.snapshot();
         let mut pt = V1Builder::new(&mut mem, 0x10_0000, 0x20_0000, 3).unwrap();
         pt.map(&mut mem, 0x7000, 0x30_0000, 12, Perm::RW).unwrap();

@@ -37,18 +37,6 @@ pub trait Irq: Send + Sync {
     fn raise(&self, vector: u16);
 }
 
-/// For tests: an `Irq` that records every vector raised, in order.
-#[cfg(test)]
-#[derive(Default)]
-pub(crate) struct Irqs(pub(crate) std::sync::Mutex<Vec<u16>>);
-
-#[cfg(test)]
-impl Irq for Irqs {
-    fn raise(&self, v: u16) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(v);
-    }
-}
-
 /// The machine-readable event stream (JSON lines). Every translation fault, RMP violation, TDISP
 /// transition and hazard goes here; each record is one JSON object with at least a "type" field.
 pub trait EventSink: Send + Sync {

@@ -116,19 +116,6 @@ impl PhysMem for GuestMem {
     }
 }
 
-/// For tests: `size` bytes of guest RAM at GPA 0, backed by an unlinked temporary file.
-#[cfg(test)]
-pub(crate) fn test_ram(size: u64) -> GuestRam {
-    use std::io::Write;
-    let path = std::env::temp_dir().join(format!("tiommu-ram-{}-{:?}", std::process::id(), std::thread::current().id()));
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).expect("temporary file");
-    let _ = std::fs::remove_file(&path);
-    f.write_all(&vec![0u8; size as usize]).expect("temporary file");
-    let ram = GuestRam::default();
-    ram.map(0, size, f, 0).expect("map test RAM");
-    ram
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,8 @@
 
 use super::regs::{chan, chancmd, chanctrl, chanerr, chansts, ctl, global, intrctrl, Descriptor};
 use super::*;
-use crate::daemon::events::Collect;
-use crate::vfio::function::Irqs;
+use crate::testing::Collect;
+use crate::testing::Irqs;
 use iommu_model::amdvi::builder::V1Builder;
 use iommu_model::amdvi::dte::Dte;
 use iommu_model::amdvi::mmio::{self, control};

@@ -258,8 +258,8 @@ impl PciFunction for VirtioIommu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::events::Collect;
-    use crate::vfio::function::Irqs;
+    use crate::testing::Collect;
+    use crate::testing::Irqs;
     use iommu_model::mem::PhysMem;
     use proto::{req, status};
     use transport::common;
