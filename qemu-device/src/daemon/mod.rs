@@ -21,7 +21,7 @@ use crate::secure::SecureIommu;
 use crate::tools::walk::parse_bdf;
 use crate::vfio::function::EventSink;
 use crate::vfio::guest_mem::GuestRam;
-use crate::vfio::server::{listen, remove_socket, FunctionBackend, MsixIrq};
+use crate::vfio::server::{listen, remove_socket, FunctionBackend, MsixIrq, ServeError};
 use serde_json::json;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -154,7 +154,7 @@ pub fn run(args: Args) -> Result<(), String> {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 socks[..listeners.len()].iter().for_each(|s| remove_socket(s));
-                return Err(e);
+                return Err(e.to_string());
             }
         }
     }
@@ -250,7 +250,7 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
         sec.tdx = Some(crate::secure::tdx_module::TdxModule::default());
     }
     if let Some(path) = &args.rmp_state {
-        sec.publisher = Some(crate::secure::rmp_state::RmpPublisher::create(path)?);
+        sec.publisher = Some(crate::secure::rmp_state::RmpPublisher::create(path).map_err(|e| e.to_string())?);
     }
     let secure = Arc::new(Mutex::new(sec));
     control.attach(Target { secure: secure.clone(), ram: ram.clone() });
@@ -286,12 +286,12 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
     let mut functions: Vec<Served> = Vec::new();
     let mut spawn =
-        |name: &'static str, attached: Arc<AtomicBool>, f: Box<dyn FnOnce() -> Result<(), String> + Send>| -> Result<(), String> {
+        |name: &'static str, attached: Arc<AtomicBool>, f: Box<dyn FnOnce() -> Result<(), ServeError> + Send>| -> Result<(), String> {
             let (i, done) = (functions.len(), done_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("vfu-{name}"))
                 .spawn(move || {
-                    let r = f();
+                    let r = f().map_err(|e| e.to_string());
                     let _ = done.send(i);
                     r
                 })

@@ -11,22 +11,26 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestRegionMmap, MemoryRegionAd
 /// Pages the file covers: 64 GiB of guest RAM; the file is sparse, so untouched parts cost nothing.
 pub const PAGES: u64 = 1 << 24;
 
+/// The published file could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {path}: {detail}")]
+pub struct PublishError {
+    what: &'static str,
+    path: std::path::PathBuf,
+    detail: String,
+}
+
 pub struct RmpPublisher {
     region: GuestRegionMmap,
 }
 
 impl RmpPublisher {
-    pub fn create(path: &Path) -> Result<RmpPublisher, String> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        f.set_len(PAGES * 16).map_err(|e| format!("cannot size {}: {e}", path.display()))?;
-        let region = GuestRegionMmap::from_range(GuestAddress(0), (PAGES * 16) as usize, Some(FileOffset::new(f, 0)))
-            .map_err(|e| format!("cannot map {}: {e}", path.display()))?;
+    pub fn create(path: &Path) -> Result<RmpPublisher, PublishError> {
+        let err = |what| move |e: &dyn std::fmt::Display| PublishError { what, path: path.to_path_buf(), detail: e.to_string() };
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(|e| err("create")(&e))?;
+        f.set_len(PAGES * 16).map_err(|e| err("size")(&e))?;
+        let region =
+            GuestRegionMmap::from_range(GuestAddress(0), (PAGES * 16) as usize, Some(FileOffset::new(f, 0))).map_err(|e| err("map")(&e))?;
         Ok(RmpPublisher { region })
     }
 

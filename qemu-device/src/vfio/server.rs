@@ -128,33 +128,57 @@ impl<F: PciFunction> FunctionBackend<F> {
     }
 
     /// Serve one client on `listener` (from `listen`) until it disconnects.
-    pub fn serve(mut self, listener: UnixListener) -> Result<(), String> {
+    pub fn serve(mut self, listener: UnixListener) -> Result<(), ServeError> {
         let server = Server::from_owned_fd(listener.into(), true, self.irqs(), self.regions());
-        let r = server.run(&mut self).map_err(|e| format!("{}: {e:?}", self.name));
+        let r = server.run(&mut self).map_err(|e| ServeError { function: self.name.to_string(), detail: format!("{e:?}") });
         tracing::info!("{}: client disconnected", self.name);
         r
     }
+}
+
+/// A client's session that ended in a protocol or transport error.
+#[derive(Debug, thiserror::Error)]
+#[error("{function}: {detail}")]
+pub struct ServeError {
+    pub function: String,
+    pub detail: String,
+}
+
+/// Why a function's socket could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("{0}: not a socket path")]
+    BadPath(PathBuf),
+    #[error("{0} is in use by another server")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; not replacing it")]
+    NotASocket(PathBuf),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SocketError + 'a {
+    move |source| SocketError::Io { what, path: path.to_path_buf(), source }
 }
 
 /// Listen on `path` with a socket only the daemon's user can connect to (mode 0600 from the
 /// start). Binding at `path` directly would leave the socket open to others (as the umask allows)
 /// until a chmod; instead it is bound inside a fresh 0700 directory beside `path`, made 0600 there,
 /// and renamed into place.
-pub fn listen(path: &Path) -> Result<UnixListener, String> {
+pub fn listen(path: &Path) -> Result<UnixListener, SocketError> {
     prepare_socket_path(path)?;
-    let name = path.file_name().ok_or_else(|| format!("{}: not a socket path", path.display()))?;
+    let name = path.file_name().ok_or_else(|| SocketError::BadPath(path.to_path_buf()))?;
     let private: PathBuf = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     if std::fs::symlink_metadata(&private).is_ok_and(|m| m.is_dir()) {
         // Left by an earlier daemon of the same pid that was killed between bind and rename.
         let _ = std::fs::remove_dir_all(&private);
     }
-    std::fs::DirBuilder::new().mode(0o700).create(&private).map_err(|e| format!("cannot create {}: {e}", private.display()))?;
+    std::fs::DirBuilder::new().mode(0o700).create(&private).map_err(io("cannot create", &private))?;
     let staged = private.join("sock");
     let result = (|| {
-        let listener = UnixListener::bind(&staged).map_err(|e| format!("cannot listen on {}: {e}", staged.display()))?;
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("chmod {}: {e}", staged.display()))?;
-        std::fs::rename(&staged, path).map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(&staged).map_err(io("cannot listen on", &staged))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map_err(io("chmod", &staged))?;
+        std::fs::rename(&staged, path).map_err(io("cannot move the socket to", path))?;
         Ok(listener)
     })();
     if result.is_err() {
@@ -180,16 +204,16 @@ pub fn in_use(path: &Path) -> bool {
 }
 
 /// The daemon replaces a socket path only if it is a stale socket (nobody listening).
-fn prepare_socket_path(path: &Path) -> Result<(), String> {
+fn prepare_socket_path(path: &Path) -> Result<(), SocketError> {
     match std::fs::symlink_metadata(path) {
         Err(_) => Ok(()),
         Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
-                return Err(format!("{} is in use by another server", path.display()));
+                return Err(SocketError::InUse(path.to_path_buf()));
             }
-            std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
+            std::fs::remove_file(path).map_err(io("cannot remove stale socket", path))
         }
-        Ok(_) => Err(format!("{} exists and is not a socket; not replacing it", path.display())),
+        Ok(_) => Err(SocketError::NotASocket(path.to_path_buf())),
     }
 }
 
