@@ -1,9 +1,26 @@
 //! The tiommu device ABI, in one place: what a driver, a test or a checker written against the
-//! tiommu functions depends on. No I/O and no `unsafe`: definitions only.
+//! tiommu functions depends on. The daemon (qemu-device) and the guest program (guest-tests)
+//! both take every register offset, bit, code and layout from here. No I/O and no `unsafe`:
+//! definitions only. Multi-byte fields of the layouts are little-endian on any host (zerocopy
+//! `little_endian` types). What a hardware spec already defines and the models implement (the
+//! AMD-Vi device table, page tables and MMIO map, VT-d, the RMP entry) stays in iommu-model and
+//! rmp-model.
 //!
 //! - [`Bdf`]: how every record, command line and table names a PCI function.
+//! - [`pci`]: each function's vendor/device id, class code and address.
+//! - [`endpoint`]: the DMA endpoint's registers, descriptor, operations and statuses.
+//! - [`mailbox`]: the secure IOMMU's BAR2 (RMP registers, firmware mailbox, TIO command ids and
+//!   buffers).
+//! - [`tdx`]: the TDX Connect personality's module calls and statuses.
+//! - [`doe`]: the DOE mailbox registers and the object TDISP rides in.
 #![forbid(unsafe_code)]
 
 mod bdf;
+mod codes;
+pub mod doe;
+pub mod endpoint;
+pub mod mailbox;
+pub mod pci;
+pub mod tdx;
 
 pub use bdf::Bdf;
