@@ -15,80 +15,14 @@ use rmp_model::dma_check::DmaRefusal;
 use rmp_model::tdisp::TdispResponder;
 use serde_json::json;
 use std::sync::{Arc, Mutex, MutexGuard};
+use zerocopy::little_endian::U16;
+use zerocopy::{FromZeros, IntoBytes};
 
-pub const VENDOR: u16 = 0x1234;
-pub const DEVICE: u16 = 0x7102;
-pub const ID_MAGIC: u32 = 0x414d_4454; // "TDMA"
-pub const VERSION: u32 = 2;
+pub use abi::endpoint::{reg, Ctrl, DescFlags, Descriptor, DmaStatus, Op, Status, DESC_SIZE, DOE_OFFSET};
+use abi::endpoint::{DESC_STATUS, DESC_VALUE, ID_MAGIC, MAX_LEN, RING_LOG2, VERSION};
 
-pub mod reg {
-    pub const ID: u64 = 0x00;
-    pub const VERSION: u64 = 0x04;
-    pub const REQUESTER_ID: u64 = 0x08;
-    pub const RING_BASE: u64 = 0x10;
-    pub const RING_BASE_HI: u64 = 0x14;
-    pub const RING_SIZE: u64 = 0x18;
-    pub const TAIL: u64 = 0x20;
-    pub const HEAD: u64 = 0x24;
-    pub const STATUS: u64 = 0x28;
-    pub const CTRL: u64 = 0x2c;
-    pub const COMPLETED: u64 = 0x30;
-}
-
-pub mod op {
-    pub const COPY: u8 = 1;
-    pub const FILL: u8 = 2;
-    /// Read the source and store its FNV-1a 64 hash in the descriptor's value field.
-    pub const READ_HASH: u8 = 3;
-}
-
-pub mod flag {
-    /// Issue the data accesses with the TLP T bit set (TDISP: only a TDI in RUN gets through).
-    pub const T: u8 = 1 << 0;
-    /// MSI-X vector 0 when the descriptor completes (with CTRL.IRQ_EN).
-    pub const IRQ: u8 = 1 << 1;
-}
-
-/// Descriptor status codes, written back at offset 2.
-pub mod status {
-    /// What the driver writes; the device never leaves it there.
-    pub const PENDING: u16 = 0;
-    pub const OK: u16 = 1;
-    pub const IO_PAGE_FAULT: u16 = 2;
-    pub const RMP_PAGE_FAULT: u16 = 3;
-    pub const T1_REFUSED: u16 = 4;
-    pub const BAD_DESCRIPTOR: u16 = 5;
-    /// Every page was allowed, but one translates to an address with no guest RAM behind it.
-    pub const NO_MEMORY: u16 = 6;
-    /// The IOMMU could not check a page (RMP_HW_ERROR; only an injected fault causes it).
-    pub const HW_ERROR: u16 = 7;
-}
-
-/// STATUS register bits.
-pub mod st {
-    /// The worker is processing the ring.
-    pub const BUSY: u32 = 1 << 0;
-    /// A descriptor fetch or status write-back was refused; nothing runs until CTRL.RESET.
-    pub const HALTED: u32 = 1 << 1;
-    /// The last TAIL write was at or past the ring size (or RING_SIZE is out of range); ignored.
-    pub const BAD_TAIL: u32 = 1 << 2;
-}
-
-/// CTRL register bits.
-pub mod ctrl {
-    /// Write 1: HEAD = TAIL = 0, STATUS = 0, COMPLETED kept.
-    pub const RESET: u32 = 1 << 0;
-    pub const IRQ_EN: u32 = 1 << 1;
-    /// The descriptor fetch and status write-back are issued with the TDISP T bit: a TDI in RUN
-    /// whose driver keeps its ring in the guest's private memory.
-    pub const RING_T: u32 = 1 << 2;
-}
-
-pub const DESC_SIZE: u64 = 32;
-/// RING_SIZE is log2 of the number of descriptors: 2 to 4096.
-pub const RING_LOG2: std::ops::RangeInclusive<u32> = 1..=12;
-/// Largest transfer of one descriptor (dma::MAX_LEN).
-pub const MAX_LEN: u64 = dma::MAX_LEN;
+/// The descriptor and the register layout are the ABI's; a transfer's limit is the DMA path's.
+const _: () = assert!(MAX_LEN == dma::MAX_LEN);
 
 /// The engine's registers, shared between the socket thread and the worker.
 #[derive(Default, Debug)]
@@ -97,8 +31,8 @@ pub struct Engine {
     pub ring_size_log2: u32,
     pub tail: u32,
     pub head: u32,
-    pub status: u32,
-    pub ctrl: u32,
+    pub status: Status,
+    pub ctrl: Ctrl,
     pub completed: u32,
     /// A job is queued and has not started: further doorbells need none of their own.
     pub queued: bool,
@@ -125,56 +59,16 @@ pub type Job = Box<dyn FnOnce() + Send>;
 pub type RingRunner = Arc<RingFn>;
 pub type RingFn = dyn Fn(&Mutex<Engine>) + Send + Sync;
 
-/// The descriptor, 32 bytes: 0 op, 1 flags, 2..4 status, 4..8 length, 8..16 source IOVA,
-/// 16..24 destination IOVA, 24..32 value (FILL pattern in, READ_HASH result out).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Descriptor {
-    pub op: u8,
-    pub flags: u8,
-    pub status: u16,
-    pub len: u32,
-    pub src: u64,
-    pub dst: u64,
-    pub value: u64,
-}
-
-impl Descriptor {
-    pub fn from_bytes(b: &[u8; 32]) -> Descriptor {
-        let u64_at = |i: usize| u64::from_le_bytes(b.get(i..).and_then(|s| s.get(..8)).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
-        Descriptor {
-            op: b[0],
-            flags: b[1],
-            status: u16::from_le_bytes([b[2], b[3]]),
-            len: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-            src: u64_at(8),
-            dst: u64_at(16),
-            value: u64_at(24),
-        }
-    }
-
-    pub fn to_bytes(self) -> [u8; 32] {
-        let mut b = [0u8; 32];
-        b[0] = self.op;
-        b[1] = self.flags;
-        b[2..4].copy_from_slice(&self.status.to_le_bytes());
-        b[4..8].copy_from_slice(&self.len.to_le_bytes());
-        b[8..16].copy_from_slice(&self.src.to_le_bytes());
-        b[16..24].copy_from_slice(&self.dst.to_le_bytes());
-        b[24..32].copy_from_slice(&self.value.to_le_bytes());
-        b
-    }
-}
-
-fn status_of(e: DmaError) -> u16 {
+fn status_of(e: DmaError) -> DmaStatus {
     match e {
-        DmaError::Length => status::BAD_DESCRIPTOR,
-        DmaError::Refused { refusal: Refusal::Translation(_) | Refusal::Vtd(_), .. } => status::IO_PAGE_FAULT,
-        DmaError::Refused { refusal: Refusal::Rmp(DmaRefusal::TdiNotRun), .. } => status::T1_REFUSED,
-        DmaError::Refused { refusal: Refusal::Tdx(rmp_model::tdx::TdxRefusal::NotRun), .. } => status::T1_REFUSED,
-        DmaError::Refused { refusal: Refusal::Tdx(_), .. } => status::RMP_PAGE_FAULT,
-        DmaError::Refused { refusal: Refusal::Rmp(_), .. } => status::RMP_PAGE_FAULT,
-        DmaError::Refused { refusal: Refusal::HwError(_), .. } => status::HW_ERROR,
-        DmaError::NoMemory { .. } => status::NO_MEMORY,
+        DmaError::Length => DmaStatus::BadDescriptor,
+        DmaError::Refused { refusal: Refusal::Translation(_) | Refusal::Vtd(_), .. } => DmaStatus::IoPageFault,
+        DmaError::Refused { refusal: Refusal::Rmp(DmaRefusal::TdiNotRun), .. } => DmaStatus::T1Refused,
+        DmaError::Refused { refusal: Refusal::Tdx(rmp_model::tdx::TdxRefusal::NotRun), .. } => DmaStatus::T1Refused,
+        DmaError::Refused { refusal: Refusal::Tdx(_), .. } => DmaStatus::RmpPageFault,
+        DmaError::Refused { refusal: Refusal::Rmp(_), .. } => DmaStatus::RmpPageFault,
+        DmaError::Refused { refusal: Refusal::HwError(_), .. } => DmaStatus::HwError,
+        DmaError::NoMemory { .. } => DmaStatus::NoMemory,
     }
 }
 
@@ -186,27 +80,27 @@ fn fnv1a(data: &[u8]) -> u64 {
 /// through the DMA path and, right after, the same bytes moved again without it (µs, for
 /// docs/performance.md).
 struct Outcome {
-    status: u16,
+    status: DmaStatus,
     value: Option<u64>,
     timing: Option<(f64, f64)>,
 }
 
 fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, d: &Descriptor) -> Outcome {
     let fail = |status| Outcome { status, value: None, timing: None };
-    let len = u64::from(d.len);
-    let t = d.flags & flag::T != 0;
-    if len == 0 || len > MAX_LEN || d.flags & !(flag::T | flag::IRQ) != 0 {
-        return fail(status::BAD_DESCRIPTOR);
-    }
-    match d.op {
-        op::COPY => {
+    let len = u64::from(d.len.get());
+    let Some(flags) = DescFlags::from_bits(d.flags).filter(|_| len != 0 && len <= MAX_LEN) else {
+        return fail(DmaStatus::BadDescriptor);
+    };
+    let (t, src, dst) = (flags.contains(DescFlags::T), d.src.get(), d.dst.get());
+    match Op::from_code(d.op) {
+        Some(Op::Copy) => {
             let start = std::time::Instant::now();
-            let plan = match dma::plan_copy(iommu, mem, rid, t, d.src, d.dst, len) {
+            let plan = match dma::plan_copy(iommu, mem, rid, t, src, dst, len) {
                 Ok(p) => p,
                 Err(e) => return fail(status_of(e)),
             };
             if dma::move_copy(mem, &plan).is_err() {
-                return fail(status::NO_MEMORY);
+                return fail(DmaStatus::NoMemory);
             }
             let through = start.elapsed().as_secs_f64() * 1e6;
             // The baseline: the same bytes again between the same pages, no translation or
@@ -216,24 +110,24 @@ fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem
                 let _ = dma::move_copy(mem, &plan);
                 (through, t0.elapsed().as_secs_f64() * 1e6)
             });
-            Outcome { status: status::OK, value: None, timing }
+            Outcome { status: DmaStatus::Ok, value: None, timing }
         }
-        op::FILL => {
-            let pattern = d.value.to_le_bytes();
+        Some(Op::Fill) => {
+            let pattern = d.value.to_bytes();
             let data: Vec<u8> = (0..len as usize).map(|i| pattern[i % 8]).collect();
-            match dma::write(iommu, mem, rid, t, d.dst, &data) {
-                Ok(()) => Outcome { status: status::OK, value: None, timing: None },
+            match dma::write(iommu, mem, rid, t, dst, &data) {
+                Ok(()) => Outcome { status: DmaStatus::Ok, value: None, timing: None },
                 Err(e) => fail(status_of(e)),
             }
         }
-        op::READ_HASH => {
+        Some(Op::ReadHash) => {
             let mut data = vec![0u8; len as usize];
-            match dma::read(iommu, mem, rid, t, d.src, &mut data) {
-                Ok(()) => Outcome { status: status::OK, value: Some(fnv1a(&data)), timing: None },
+            match dma::read(iommu, mem, rid, t, src, &mut data) {
+                Ok(()) => Outcome { status: DmaStatus::Ok, value: Some(fnv1a(&data)), timing: None },
                 Err(e) => fail(status_of(e)),
             }
         }
-        _ => fail(status::BAD_DESCRIPTOR),
+        None => fail(DmaStatus::BadDescriptor),
     }
 }
 
@@ -252,25 +146,25 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
         let mut e = lock(engine);
         e.queued = false;
         let Some(n) = e.entries() else { return };
-        if e.status & st::HALTED != 0 {
+        if e.status.contains(Status::HALTED) {
             return;
         }
         if e.stalled {
-            e.status |= st::BUSY;
+            e.status |= Status::BUSY;
             return;
         }
-        e.status |= st::BUSY;
+        e.status |= Status::BUSY;
         (e.ring_base, n, e.epoch)
     };
     let halt = |index: u32, iova: u64, what: &str, e: DmaError| {
         let mut g = lock(engine);
         if g.epoch == epoch {
-            g.status = (g.status & !st::BUSY) | st::HALTED;
+            g.status = (g.status - Status::BUSY) | Status::HALTED;
         }
         drop(g);
         // A guest can halt the engine at will: the dma_halted record says so, the log only at debug.
         tracing::debug!("endpoint {}: {what} of descriptor {index} at {iova:#x} failed ({e:?}); halted", bdf(rid));
-        events.emit(json!({"type": "dma_halted", "devid": bdf(rid), "index": index, "iova": format!("{iova:#x}"), "what": what, "status": status_of(e)}));
+        events.emit(json!({"type": "dma_halted", "devid": bdf(rid), "index": index, "iova": format!("{iova:#x}"), "what": what, "status": status_of(e).code()}));
     };
     let mut raise = false;
     for _ in 0..entries {
@@ -280,32 +174,29 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
             if e.epoch != epoch || e.head == e.tail || e.tail >= entries || e.head >= entries {
                 break;
             }
-            (e.head, e.ctrl & ctrl::IRQ_EN != 0, e.ctrl & ctrl::RING_T != 0)
+            (e.head, e.ctrl.contains(Ctrl::IRQ_EN), e.ctrl.contains(Ctrl::RING_T))
         };
         let at = base.wrapping_add(u64::from(head).wrapping_mul(DESC_SIZE));
         // The IOMMU's lock is taken page by page, never for a whole descriptor.
         let mut s = dma::PerPage(iommu);
-        let mut raw = [0u8; 32];
-        if let Err(e) = dma::read(&mut s, mem, rid, ring_t, at, &mut raw) {
+        let mut d = Descriptor::new_zeroed();
+        if let Err(e) = dma::read(&mut s, mem, rid, ring_t, at, d.as_mut_bytes()) {
             return halt(head, at, "fetch", e);
         }
-        let mut d = Descriptor::from_bytes(&raw);
         let out = execute(&mut s, mem, rid, &d);
-        d.status = out.status;
-        if let Some(v) = out.value {
-            d.value = v;
-        }
+        d.status = U16::new(out.status.code());
         // Only value and status are the device's to write; the status last, since the driver
         // polls it and then reads the value.
         let wrote = match out.value {
-            Some(v) => dma::write(&mut s, mem, rid, ring_t, at.wrapping_add(24), &v.to_le_bytes()),
+            Some(v) => dma::write(&mut s, mem, rid, ring_t, at.wrapping_add(DESC_VALUE), &v.to_le_bytes()),
             None => Ok(()),
         }
-        .and_then(|()| dma::write(&mut s, mem, rid, ring_t, at.wrapping_add(2), &d.status.to_le_bytes()));
+        .and_then(|()| dma::write(&mut s, mem, rid, ring_t, at.wrapping_add(DESC_STATUS), d.status.as_bytes()));
+        let irq_flag = d.flags & DescFlags::IRQ.bits() != 0;
         events.emit(json!({
-            "type": "dma", "devid": bdf(rid), "index": head, "op": d.op, "t": d.flags & flag::T != 0,
-            "len": d.len, "status": d.status, "status_written": wrote.is_ok(),
-            "src": format!("{:#x}", d.src), "dst": format!("{:#x}", d.dst),
+            "type": "dma", "devid": bdf(rid), "index": head, "op": d.op, "t": d.flags & DescFlags::T.bits() != 0,
+            "len": d.len.get(), "status": d.status.get(), "status_written": wrote.is_ok(),
+            "src": format!("{:#x}", d.src.get()), "dst": format!("{:#x}", d.dst.get()),
             "copy_us": out.timing.map(|t| (t.0 * 10.0).round() / 10.0), "memcpy_us": out.timing.map(|t| (t.1 * 10.0).round() / 10.0),
         }));
         {
@@ -317,7 +208,7 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
             e.head = head.wrapping_add(1) & entries.wrapping_sub(1);
             e.completed = e.completed.wrapping_add(1);
         }
-        raise |= d.flags & flag::IRQ != 0 && irq_en;
+        raise |= irq_flag && irq_en;
         if let Err(e) = wrote {
             if raise {
                 irq.raise(0);
@@ -325,7 +216,7 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
             return halt(head, at, "status write-back", e);
         }
     }
-    lock(engine).status &= !st::BUSY;
+    lock(engine).status -= Status::BUSY;
     if raise {
         irq.raise(0);
     }
@@ -342,7 +233,7 @@ pub fn rogue_dma<M: DmaMem + ?Sized, S: TranslateCheck<M>>(d: RogueDma, iommu: &
         dma::read(&mut *s, mem, d.devid, d.t, d.iova, &mut vec![0; d.len as usize])
     };
     drop(s);
-    let status = r.map_or_else(status_of, |()| status::OK);
+    let status = r.map_or_else(status_of, |()| DmaStatus::Ok).code();
     events.emit(json!({
         "type": "dma", "devid": bdf(d.devid), "op": if d.write { "write" } else { "read" }, "t": d.t, "len": d.len,
         "iova": format!("{:#x}", d.iova), "status": status, "injected": true,
@@ -382,7 +273,7 @@ impl FaultyDevice for EndpointFaults {
         let resume = {
             let mut e = lock(&self.engine);
             let was = std::mem::take(&mut e.stalled);
-            e.status &= !st::BUSY;
+            e.status -= Status::BUSY;
             was && e.head != e.tail
         };
         if let (true, Some(jobs), Some(runner)) = (resume, lock(&self.jobs).clone(), self.runner.upgrade()) {
@@ -412,16 +303,6 @@ fn queue(engine: &Arc<Mutex<Engine>>, runner: &RingRunner, jobs: &Sender<Job>) {
     }
 }
 
-/// TDISP over DOE: a vendor-defined data object (vendor 0x1234, type 0x01) whose payload is one
-/// TDISP message in the clear, zero-padded to whole dwords. The real stack carries TDISP as SPDM
-/// VENDOR_DEFINED_REQUEST inside SPDM secured messages (CMA/SPDM object types 1 and 2); a device
-/// advertising CMA/SPDM would invite Linux's CMA code to start SPDM with it, which the model
-/// cannot finish without cryptography (docs/device-abi.md, "DOE mailbox").
-pub const DOE_VENDOR: u16 = 0x1234;
-pub const DOE_TYPE_TDISP: u8 = 0x01;
-/// Offset of the DOE capability in extended config space.
-pub const DOE_OFFSET: u16 = 0x100;
-
 struct TdispOverDoe {
     rid: u16,
     responder: Arc<Mutex<TdispResponder>>,
@@ -430,10 +311,10 @@ struct TdispOverDoe {
 
 impl DoeProtocol for TdispOverDoe {
     fn vendor(&self) -> u16 {
-        DOE_VENDOR
+        abi::doe::TDISP_VENDOR
     }
     fn object_type(&self) -> u8 {
-        DOE_TYPE_TDISP
+        abi::doe::TDISP_TYPE
     }
     fn respond(&mut self, payload: &[u8]) -> Vec<u8> {
         let mut r = lock(&self.responder);
@@ -548,11 +429,12 @@ fn le(data: &[u8]) -> u64 {
 
 impl PciFunction for Endpoint {
     fn ids(&self) -> PciIds {
-        PciIds { vendor: VENDOR, device: DEVICE, subsystem_vendor: VENDOR, subsystem: DEVICE, class: 0xff_00_00, revision: 1 }
+        let id = abi::pci::ENDPOINT;
+        PciIds { vendor: id.vendor, device: id.device, subsystem_vendor: id.vendor, subsystem: id.device, class: id.class, revision: 1 }
     }
 
     fn bars(&self) -> Vec<Bar> {
-        vec![Bar { index: 0, size: 0x1000 }]
+        vec![Bar { index: 0, size: abi::endpoint::BAR0_SIZE }]
     }
 
     fn msix_vectors(&self) -> u16 {
@@ -571,8 +453,8 @@ impl PciFunction for Endpoint {
             (0, reg::RING_SIZE) => u64::from(e.ring_size_log2),
             (0, reg::TAIL) => u64::from(e.tail),
             (0, reg::HEAD) => u64::from(e.head),
-            (0, reg::STATUS) => u64::from(e.status),
-            (0, reg::CTRL) => u64::from(e.ctrl),
+            (0, reg::STATUS) => u64::from(e.status.bits()),
+            (0, reg::CTRL) => u64::from(e.ctrl.bits()),
             (0, reg::COMPLETED) => u64::from(e.completed),
             _ => 0,
         };
@@ -598,23 +480,24 @@ impl PciFunction for Endpoint {
                 reg::TAIL => match e.entries() {
                     Some(n) if v < u64::from(n) => {
                         e.tail = v as u32;
-                        e.status &= !st::BAD_TAIL;
+                        e.status -= Status::BAD_TAIL;
                     }
-                    _ => e.status |= st::BAD_TAIL,
+                    _ => e.status |= Status::BAD_TAIL,
                 },
                 reg::CTRL => {
-                    e.ctrl = v as u32 & (ctrl::IRQ_EN | ctrl::RING_T);
-                    if v as u32 & ctrl::RESET != 0 {
+                    let v = Ctrl::from_bits_truncate(v as u32);
+                    e.ctrl = v - Ctrl::RESET;
+                    if v.contains(Ctrl::RESET) {
                         e.head = 0;
                         e.tail = 0;
-                        e.status = 0;
+                        e.status = Status::empty();
                         e.stalled = false;
                         e.epoch = e.epoch.wrapping_add(1);
                     }
                 }
                 _ => {}
             }
-            offset == reg::TAIL && e.status & st::BAD_TAIL == 0
+            offset == reg::TAIL && !e.status.contains(Status::BAD_TAIL)
         };
         if doorbell {
             self.doorbell();
@@ -679,6 +562,7 @@ mod tests {
     use iommu_model::mem::{ByteMem, PhysMem};
     use iommu_model::walk::Perm;
     use rmp_model::tdisp::{self, Response, TdiState};
+    use zerocopy::FromBytes;
 
     const RID: u16 = 0x20;
     const RAM: u64 = 16 << 20;
@@ -725,16 +609,16 @@ mod tests {
             run_ring(RID, &self.engine, &self.secure, &mut self.mem, self.events.as_ref(), self.irqs.as_ref());
         }
         /// Write descriptor `i`, move TAIL past it, run the worker inline; the status written back.
-        fn run(&mut self, i: u32, d: Descriptor) -> u16 {
-            self.mem.write(RING_SPA + u64::from(i) * 32, &d.to_bytes()).unwrap();
+        fn run(&mut self, i: u32, d: Descriptor) -> DmaStatus {
+            self.mem.write(RING_SPA + u64::from(i) * 32, d.as_bytes()).unwrap();
             lock(&self.engine).tail = i + 1;
             self.ring();
-            self.desc(i).status
+            self.desc(i).status().expect("a status the device writes")
         }
         fn desc(&self, i: u32) -> Descriptor {
             let mut b = [0u8; 32];
             self.mem.read(RING_SPA + u64::from(i) * 32, &mut b).unwrap();
-            Descriptor::from_bytes(&b)
+            Descriptor::read_from_bytes(&b).unwrap()
         }
         fn u64_at(&self, spa: u64) -> u64 {
             self.mem.read_u64(spa).unwrap()
@@ -744,8 +628,8 @@ mod tests {
         }
     }
 
-    fn desc(op: u8, flags: u8, len: u32, src: u64, dst: u64, value: u64) -> Descriptor {
-        Descriptor { op, flags, status: status::PENDING, len, src, dst, value }
+    fn desc(op: Op, flags: DescFlags, len: u32, src: u64, dst: u64, value: u64) -> Descriptor {
+        Descriptor::new(op, flags, len, src, dst, value)
     }
 
     fn pattern(mem: &mut ByteMem, spa: u64, len: usize, seed: u8) -> Vec<u8> {
@@ -762,16 +646,16 @@ mod tests {
         r.map(0x5000_1000, 0x30_0000, 12, Perm::RW);
         r.map(0x6000_0000, 0x40_0000, 12, Perm::RW);
         r.map(0x6000_1000, 0x40_1000, 12, Perm::RW);
-        assert_eq!(r.run(0, desc(op::FILL, 0, 0x2000, 0, 0x5000_0000, 0x0102_0304_0506_0708)), status::OK);
+        assert_eq!(r.run(0, desc(Op::Fill, DescFlags::empty(), 0x2000, 0, 0x5000_0000, 0x0102_0304_0506_0708)), DmaStatus::Ok);
         assert_eq!((r.u64_at(0x31_0ff8), r.u64_at(0x30_0000)), (0x0102_0304_0506_0708, 0x0102_0304_0506_0708), "fill crossed the page");
         let src = pattern(&mut r.mem, 0x31_0000, 0x1000, 7);
-        assert_eq!(r.run(1, desc(op::COPY, 0, 0x1800, 0x5000_0800, 0x6000_0000, 0)), status::OK);
+        assert_eq!(r.run(1, desc(Op::Copy, DescFlags::empty(), 0x1800, 0x5000_0800, 0x6000_0000, 0)), DmaStatus::Ok);
         let mut got = vec![0u8; 0x1800];
         r.mem.read(0x40_0000, &mut got).unwrap();
         assert_eq!(got[..0x800], src[0x800..], "first source page");
         assert!(got[0x800..].chunks(8).all(|c| c == 0x0102_0304_0506_0708u64.to_le_bytes()), "second source page");
         assert_eq!(r.u64_at(0x40_1800), 0, "no byte past the length");
-        assert_eq!(r.run(2, desc(op::READ_HASH, 0, 0x1800, 0x6000_0000, 0, 0)), status::OK);
+        assert_eq!(r.run(2, desc(Op::ReadHash, DescFlags::empty(), 0x1800, 0x6000_0000, 0, 0)), DmaStatus::Ok);
         assert_eq!(r.desc(2).value, fnv1a(&got));
         let dma = r.events_of("dma");
         assert_eq!(dma.len(), 3);
@@ -787,12 +671,12 @@ mod tests {
         let src = pattern(&mut r.mem, 0x40_0000, 0x20_0000, 3);
         let src2 = pattern(&mut r.mem, 0x60_0000, 0x8000, 9);
         // 1 MiB from the middle of the first 2 MiB page.
-        assert_eq!(r.run(0, desc(op::COPY, 0, 1 << 20, 0x4008_0000, 0x7000_0000, 0)), status::OK);
+        assert_eq!(r.run(0, desc(Op::Copy, DescFlags::empty(), 1 << 20, 0x4008_0000, 0x7000_0000, 0)), DmaStatus::Ok);
         let mut got = vec![0u8; 1 << 20];
         r.mem.read(0x80_0000, &mut got).unwrap();
         assert!(got == src[0x8_0000..0x18_0000], "1 MiB through a 2 MiB mapping");
         // Across the 2 MiB boundary: the second half comes from the other large page.
-        assert_eq!(r.run(1, desc(op::COPY, 0, 0x1_0000, 0x401f_8000, 0x7010_0000, 0)), status::OK);
+        assert_eq!(r.run(1, desc(Op::Copy, DescFlags::empty(), 0x1_0000, 0x401f_8000, 0x7010_0000, 0)), DmaStatus::Ok);
         let mut got = vec![0u8; 0x1_0000];
         r.mem.read(0x90_0000, &mut got).unwrap();
         assert!(got[..0x8000] == src[0x1f_8000..] && got[0x8000..] == src2[..], "across two 2 MiB mappings");
@@ -806,7 +690,7 @@ mod tests {
         r.map(0x5000_4000, 0x30_4000, 12, Perm::RW);
         r.map(0x7000_0000, 0x4000_0000, 12, Perm::RW); // an IOVA mapped past guest RAM
                                                        // 0x5000_1000 unmapped, 0x5000_2000 read-only, 0x5000_3000 unmapped: three refused pages.
-        assert_eq!(r.run(0, desc(op::FILL, 0, 0x5000, 0, 0x5000_0000, 7)), status::IO_PAGE_FAULT);
+        assert_eq!(r.run(0, desc(Op::Fill, DescFlags::empty(), 0x5000, 0, 0x5000_0000, 7)), DmaStatus::IoPageFault);
         assert_eq!((r.u64_at(0x30_0000), r.u64_at(0x30_4000)), (0, 0), "the allowed pages moved nothing either");
         let faults = r.events_of("translation_fault");
         let iovas: Vec<_> = faults.iter().map(|e| e["iova"].as_str().unwrap().to_string()).collect();
@@ -822,16 +706,16 @@ mod tests {
         assert!(log.iter().all(|e| e.code == event::IO_PAGE_FAULT && e.devid == RID), "{log:?}");
         assert_eq!(log.iter().map(|e| e.address).collect::<Vec<_>>(), [0x5000_1000, 0x5000_2000, 0x5000_3000]);
         assert_eq!(lock(&r.secure).amdvi.mmio_read(mmio::EVENT_LOG_TAIL, 8), 3 * 16);
-        assert_eq!(r.run(1, desc(op::FILL, 0, 8, 0, 0x7000_0000, 1)), status::NO_MEMORY, "past guest RAM");
+        assert_eq!(r.run(1, desc(Op::Fill, DescFlags::empty(), 8, 0, 0x7000_0000, 1)), DmaStatus::NoMemory, "past guest RAM");
         assert_eq!(r.events_of("translation_fault").len(), 3, "past RAM is no IOMMU event");
         // A refused source: the destination is not even asked for.
-        assert_eq!(r.run(2, desc(op::COPY, 0, 0x1000, 0x9000_0000, 0x5000_0000, 0)), status::IO_PAGE_FAULT);
+        assert_eq!(r.run(2, desc(Op::Copy, DescFlags::empty(), 0x1000, 0x9000_0000, 0x5000_0000, 0)), DmaStatus::IoPageFault);
         assert_eq!(r.events_of("translation_fault").len(), 4);
         // A refused destination page after an allowed one: nothing copied.
         pattern(&mut r.mem, 0x30_4000, 0x1000, 1);
-        assert_eq!(r.run(3, desc(op::COPY, 0, 0x2000, 0x5000_4000, 0x5000_0000, 0)), status::IO_PAGE_FAULT);
+        assert_eq!(r.run(3, desc(Op::Copy, DescFlags::empty(), 0x2000, 0x5000_4000, 0x5000_0000, 0)), DmaStatus::IoPageFault);
         assert_eq!(r.u64_at(0x30_0000), 0);
-        assert_eq!(r.run(4, desc(op::FILL, flag::T, 8, 0, 0x5000_0000, 1)), status::T1_REFUSED, "T=1 without TIO");
+        assert_eq!(r.run(4, desc(Op::Fill, DescFlags::T, 8, 0, 0x5000_0000, 1)), DmaStatus::T1Refused, "T=1 without TIO");
         assert_eq!(r.u64_at(0x30_0000), 0);
         assert_eq!(lock(&r.engine).head, 5);
     }
@@ -841,17 +725,17 @@ mod tests {
         let mut r = rig();
         r.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
         let cases = [
-            desc(op::FILL, 0, 0, 0, 0x5000_0000, 1),
-            desc(op::FILL, 0, (MAX_LEN + 1) as u32, 0, 0x5000_0000, 1),
-            desc(op::FILL, 0, u32::MAX, 0, 0x5000_0000, 1),
-            desc(op::FILL, 0x80, 8, 0, 0x5000_0000, 1),
-            desc(0, 0, 8, 0, 0x5000_0000, 1),
-            desc(9, 0, 8, 0, 0x5000_0000, 1),
-            desc(op::COPY, 0, 0x1000, 0x5000_0000, u64::MAX - 0xfff, 0),
-            desc(op::READ_HASH, 0, 0x2000, u64::MAX - 0xfff, 0, 0),
+            desc(Op::Fill, DescFlags::empty(), 0, 0, 0x5000_0000, 1),
+            desc(Op::Fill, DescFlags::empty(), (MAX_LEN + 1) as u32, 0, 0x5000_0000, 1),
+            desc(Op::Fill, DescFlags::empty(), u32::MAX, 0, 0x5000_0000, 1),
+            Descriptor { flags: 0x80, ..desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000, 1) },
+            Descriptor { op: 0, ..desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000, 1) },
+            Descriptor { op: 9, ..desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000, 1) },
+            desc(Op::Copy, DescFlags::empty(), 0x1000, 0x5000_0000, u64::MAX - 0xfff, 0),
+            desc(Op::ReadHash, DescFlags::empty(), 0x2000, u64::MAX - 0xfff, 0, 0),
         ];
         for (i, d) in cases.into_iter().enumerate() {
-            assert_eq!(r.run(i as u32, d), status::BAD_DESCRIPTOR, "{d:?}");
+            assert_eq!(r.run(i as u32, d), DmaStatus::BadDescriptor, "{d:?}");
         }
         assert_eq!(r.u64_at(0x30_0000), 0);
         assert!(r.events_of("translation_fault").is_empty(), "nothing was translated");
@@ -881,27 +765,27 @@ mod tests {
         // T=0 (the default): reading the private ring is allowed (a T=0 read of an assigned page
         // sees ciphertext on hardware; docs/rmp.md), but writing its status back is not: the
         // driver never sees a completion and the engine halts.
-        let fill = desc(op::FILL, flag::T, 8, 0, 0x5000_0000, 0x77);
-        r.mem.write(RING_SPA, &fill.to_bytes()).unwrap();
+        let fill = desc(Op::Fill, DescFlags::T, 8, 0, 0x5000_0000, 0x77);
+        r.mem.write(RING_SPA, &fill.as_bytes()).unwrap();
         lock(&r.engine).tail = 1;
         r.ring();
-        assert_eq!(lock(&r.engine).status, st::HALTED);
+        assert_eq!(lock(&r.engine).status, Status::HALTED);
         let h = r.events_of("dma_halted");
         assert_eq!(
             (h.len(), h[0]["what"].as_str(), h[0]["status"].as_u64()),
-            (1, Some("status write-back"), Some(u64::from(status::RMP_PAGE_FAULT)))
+            (1, Some("status write-back"), Some(u64::from(DmaStatus::RmpPageFault.code())))
         );
-        assert_eq!(r.desc(0).status, status::PENDING);
+        assert_eq!(r.desc(0).status(), Some(DmaStatus::Pending));
         r.mem.write(0x30_0000, &[0; 8]).unwrap();
         // CTRL.RING_T (after a reset): fetch and write-back are T=1, the T=1 FILL lands.
         {
             let mut e = lock(&r.engine);
-            (e.head, e.tail, e.status, e.ctrl) = (0, 0, 0, ctrl::RING_T);
+            (e.head, e.tail, e.status, e.ctrl) = (0, 0, Status::empty(), Ctrl::RING_T);
             e.epoch += 1;
         }
-        assert_eq!(r.run(0, fill), status::OK);
+        assert_eq!(r.run(0, fill), DmaStatus::Ok);
         assert_eq!(r.u64_at(0x30_0000), 0x77);
-        assert_eq!(lock(&r.engine).status, 0);
+        assert_eq!(lock(&r.engine).status, Status::empty());
     }
 
     #[test]
@@ -912,10 +796,10 @@ mod tests {
         r.ring();
         {
             let e = lock(&r.engine);
-            assert_eq!((e.status, e.head, e.completed), (st::HALTED, 0, 0));
+            assert_eq!((e.status, e.head, e.completed), (Status::HALTED, 0, 0));
         }
         let h = r.events_of("dma_halted");
-        assert_eq!((h.len(), h[0]["what"].as_str(), h[0]["status"].as_u64()), (1, Some("fetch"), Some(u64::from(status::IO_PAGE_FAULT))));
+        assert_eq!((h.len(), h[0]["what"].as_str(), h[0]["status"].as_u64()), (1, Some("fetch"), Some(u64::from(DmaStatus::IoPageFault.code()))));
         r.ring();
         assert_eq!(r.events_of("translation_fault").len(), 1, "a halted engine fetches nothing");
         // The ring's last descriptor at the top of the address space: the fetch wraps.
@@ -924,7 +808,7 @@ mod tests {
         lock(&r.engine).ring_size_log2 = 1;
         lock(&r.engine).tail = 1;
         r.ring();
-        assert_eq!(lock(&r.engine).status, st::HALTED);
+        assert_eq!(lock(&r.engine).status, Status::HALTED);
     }
 
     #[test]
@@ -933,13 +817,13 @@ mod tests {
         r.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
         r.map(0x1100_0000, 0x21_0000, 12, Perm::new(true, false));
         lock(&r.engine).ring_base = 0x1100_0000;
-        r.mem.write(0x21_0000, &desc(op::FILL, 0, 8, 0, 0x5000_0000, 5).to_bytes()).unwrap();
-        r.mem.write(0x21_0020, &desc(op::FILL, 0, 8, 0, 0x5000_0008, 6).to_bytes()).unwrap();
+        r.mem.write(0x21_0000, &desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000, 5).as_bytes()).unwrap();
+        r.mem.write(0x21_0020, &desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0008, 6).as_bytes()).unwrap();
         lock(&r.engine).tail = 2;
         r.ring();
         assert_eq!((r.u64_at(0x30_0000), r.u64_at(0x30_0008)), (5, 0), "the first ran, the second did not");
         let e = lock(&r.engine);
-        assert_eq!((e.status, e.head, e.completed), (st::HALTED, 1, 1));
+        assert_eq!((e.status, e.head, e.completed), (Status::HALTED, 1, 1));
         assert_eq!(r.events_of("dma_halted")[0]["what"], "status write-back");
     }
 
@@ -950,14 +834,14 @@ mod tests {
         r.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
         // Descriptor 0 fills descriptors 1..=3 with an 8-byte pattern that decodes as a COPY of
         // 4 KiB from an unmapped IOVA: they run and fail, one at a time, and the job ends.
-        let fake = u64::from_le_bytes([op::COPY, 0, 0, 0, 0, 0x10, 0, 0]);
-        r.mem.write(RING_SPA, &desc(op::FILL, 0, 96, 0, RING + 32, fake).to_bytes()).unwrap();
+        let fake = u64::from_le_bytes([Op::Copy.code(), 0, 0, 0, 0, 0x10, 0, 0]);
+        r.mem.write(RING_SPA, &desc(Op::Fill, DescFlags::empty(), 96, 0, RING + 32, fake).as_bytes()).unwrap();
         lock(&r.engine).tail = 3;
         r.ring();
         let e = lock(&r.engine);
-        assert_eq!((e.head, e.completed, e.status), (3, 3, 0));
+        assert_eq!((e.head, e.completed, e.status), (3, 3, Status::empty()));
         drop(e);
-        assert_eq!([1, 2].map(|i| r.desc(i).status), [status::IO_PAGE_FAULT; 2]);
+        assert_eq!([1, 2].map(|i| r.desc(i).status().unwrap()), [DmaStatus::IoPageFault; 2]);
         // A ring of 4 with every slot pending and TAIL one behind HEAD: three per job, no more.
         lock(&r.engine).tail = 2;
         r.ring();
@@ -968,12 +852,12 @@ mod tests {
     fn completions_raise_msix_only_when_asked_and_enabled() {
         let mut r = rig();
         r.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
-        r.run(0, desc(op::FILL, flag::IRQ, 8, 0, 0x5000_0000, 1));
+        r.run(0, desc(Op::Fill, DescFlags::IRQ, 8, 0, 0x5000_0000, 1));
         assert!(lock(&r.irqs.0).is_empty(), "IRQ_EN off");
-        lock(&r.engine).ctrl = ctrl::IRQ_EN;
-        r.run(1, desc(op::FILL, 0, 8, 0, 0x5000_0000, 1));
+        lock(&r.engine).ctrl = Ctrl::IRQ_EN;
+        r.run(1, desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000, 1));
         assert!(lock(&r.irqs.0).is_empty(), "no IRQ flag");
-        r.run(2, desc(op::FILL, flag::IRQ, 8, 0, 0x9000_0000, 1));
+        r.run(2, desc(Op::Fill, DescFlags::IRQ, 8, 0, 0x9000_0000, 1));
         assert_eq!(*lock(&r.irqs.0), [0], "a failed descriptor completes too");
     }
 
@@ -1012,16 +896,16 @@ mod tests {
         assert_eq!(u64::from_le_bytes(b), RING, "32-byte aligned");
         w32(&mut ep, reg::RING_SIZE, 13);
         w32(&mut ep, reg::TAIL, 1);
-        assert_eq!((r32(&mut ep, reg::STATUS), r32(&mut ep, reg::TAIL)), (st::BAD_TAIL, 0), "no ring of 8192");
+        assert_eq!((r32(&mut ep, reg::STATUS), r32(&mut ep, reg::TAIL)), (Status::BAD_TAIL.bits(), 0), "no ring of 8192");
         w32(&mut ep, reg::RING_SIZE, 3);
         w32(&mut ep, reg::TAIL, 8);
-        assert_eq!(r32(&mut ep, reg::STATUS), st::BAD_TAIL, "TAIL past the ring");
+        assert_eq!(r32(&mut ep, reg::STATUS), Status::BAD_TAIL.bits(), "TAIL past the ring");
         assert!(rx.is_empty(), "a refused TAIL rings nothing");
         {
             let mut g = lock(&rig);
             g.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
             for i in 0..3u64 {
-                g.mem.write(RING_SPA + i * 32, &desc(op::FILL, 0, 8, 0, 0x5000_0000 + 8 * i, 0x11 * (i + 1)).to_bytes()).unwrap();
+                g.mem.write(RING_SPA + i * 32, &desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000 + 8 * i, 0x11 * (i + 1)).as_bytes()).unwrap();
             }
         }
         for t in 1..=3 {
@@ -1035,9 +919,9 @@ mod tests {
         assert_eq!(lock(&rig).u64_at(0x30_0010), 0x33);
         // Reset while a job is queued: the job finds an empty ring.
         w32(&mut ep, reg::TAIL, 5);
-        w32(&mut ep, reg::CTRL, ctrl::RESET | ctrl::IRQ_EN);
+        w32(&mut ep, reg::CTRL, (Ctrl::RESET | Ctrl::IRQ_EN).bits());
         rx.try_recv().unwrap()();
-        assert_eq!((r32(&mut ep, reg::HEAD), r32(&mut ep, reg::TAIL), r32(&mut ep, reg::CTRL)), (0, 0, ctrl::IRQ_EN));
+        assert_eq!((r32(&mut ep, reg::HEAD), r32(&mut ep, reg::TAIL), r32(&mut ep, reg::CTRL)), (0, 0, Ctrl::IRQ_EN.bits()));
         assert_eq!(r32(&mut ep, reg::COMPLETED), 3);
     }
 
@@ -1063,7 +947,7 @@ mod tests {
             let mut g = lock(&rig);
             g.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
             for i in 0..4u64 {
-                g.mem.write(RING_SPA + i * 32, &desc(op::FILL, 0, 8, 0, 0x5000_0000 + 8 * i, i + 1).to_bytes()).unwrap();
+                g.mem.write(RING_SPA + i * 32, &desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000 + 8 * i, i + 1).as_bytes()).unwrap();
             }
         }
         ep.bar_write(0, reg::RING_BASE, &RING.to_le_bytes());
@@ -1072,7 +956,7 @@ mod tests {
         dev.stall_ring();
         w32(&mut ep, reg::TAIL, 2);
         rx.try_recv().unwrap()();
-        assert_eq!((r32(&mut ep, reg::HEAD), r32(&mut ep, reg::STATUS)), (0, st::BUSY), "nothing processed, BUSY");
+        assert_eq!((r32(&mut ep, reg::HEAD), r32(&mut ep, reg::STATUS)), (0, Status::BUSY.bits()), "nothing processed, BUSY");
         assert_eq!(lock(&rig).u64_at(0x30_0000), 0);
         dev.clear();
         rx.try_recv().expect("clear resumes the ring")();
@@ -1082,7 +966,7 @@ mod tests {
         rx.try_recv().unwrap()();
         assert_eq!(r32(&mut ep, reg::HEAD), 2, "stalled again");
         // The driver's recovery: reset and start over.
-        w32(&mut ep, reg::CTRL, ctrl::RESET);
+        w32(&mut ep, reg::CTRL, Ctrl::RESET.bits());
         w32(&mut ep, reg::TAIL, 1);
         rx.try_recv().unwrap()();
         assert_eq!((r32(&mut ep, reg::HEAD), r32(&mut ep, reg::STATUS)), (1, 0), "CTRL.RESET ends the stall");
@@ -1117,7 +1001,7 @@ mod tests {
         dev.doe(DoeFault::Busy { reads: 2 });
         assert_eq!((rd(&mut ep, doe::STATUS), rd(&mut ep, doe::STATUS), rd(&mut ep, doe::STATUS)), (doe::STATUS_BUSY, doe::STATUS_BUSY, 0));
         let fid = u32::from(RID);
-        let m = doe_exchange(&mut ep, DOE_VENDOR, DOE_TYPE_TDISP, &tdisp::request(tdisp::req::GET_DEVICE_INTERFACE_STATE, fid, &[]));
+        let m = doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::request(tdisp::req::GET_DEVICE_INTERFACE_STATE, fid, &[]));
         assert_eq!(tdisp::parse_response(&m), Some(Response::State(TdiState::ConfigUnlocked)), "works after");
     }
 
@@ -1131,11 +1015,11 @@ mod tests {
         assert_eq!(r.u64_at(0x30_0008), 0x5a5a_5a5a_5a5a_5a5a);
         rogue_dma(RogueDma { iova: 0x6000_0000, ..d }, &r.secure, &mut r.mem, r.events.as_ref());
         let dma = r.events_of("dma");
-        assert_eq!((dma[0]["status"].as_u64(), dma[0]["injected"].as_bool()), (Some(u64::from(status::OK)), Some(true)));
-        assert_eq!(dma[1]["status"].as_u64(), Some(u64::from(status::IO_PAGE_FAULT)), "unmapped: refused and logged");
+        assert_eq!((dma[0]["status"].as_u64(), dma[0]["injected"].as_bool()), (Some(u64::from(DmaStatus::Ok.code())), Some(true)));
+        assert_eq!(dma[1]["status"].as_u64(), Some(u64::from(DmaStatus::IoPageFault.code())), "unmapped: refused and logged");
         assert_eq!(r.events_of("translation_fault")[0]["iova"], "0x60000000");
         rogue_dma(RogueDma { t: true, ..d }, &r.secure, &mut r.mem, r.events.as_ref());
-        assert_eq!(r.events_of("dma")[2]["status"].as_u64(), Some(u64::from(status::T1_REFUSED)), "T=1 without a TDI");
+        assert_eq!(r.events_of("dma")[2]["status"].as_u64(), Some(u64::from(DmaStatus::T1Refused.code())), "T=1 without a TDI");
     }
 
     /// One DOE exchange through the endpoint's extended config space, as Linux's doe.c does it.
@@ -1172,28 +1056,28 @@ mod tests {
         let (mut ep, _rx, rig) = endpoint();
         let fid = u32::from(RID);
         let state = |ep: &mut Endpoint| {
-            let m = doe_exchange(ep, DOE_VENDOR, DOE_TYPE_TDISP, &tdisp::request(tdisp::req::GET_DEVICE_INTERFACE_STATE, fid, &[]));
+            let m = doe_exchange(ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::request(tdisp::req::GET_DEVICE_INTERFACE_STATE, fid, &[]));
             tdisp::parse_response(&m)
         };
         assert_eq!(state(&mut ep), Some(Response::State(TdiState::ConfigUnlocked)));
-        let m = doe_exchange(&mut ep, DOE_VENDOR, DOE_TYPE_TDISP, &tdisp::lock_interface(fid, tdisp::lock_flags::NO_FW_UPDATE, 0, 0));
+        let m = doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::lock_interface(fid, tdisp::lock_flags::NO_FW_UPDATE, 0, 0));
         let Some(Response::Locked { nonce }) = tdisp::parse_response(&m) else { panic!("LOCK: {m:x?}") };
         assert_eq!(state(&mut ep), Some(Response::State(TdiState::ConfigLocked)));
-        let m = doe_exchange(&mut ep, DOE_VENDOR, DOE_TYPE_TDISP, &tdisp::start_interface(fid, &nonce));
+        let m = doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::start_interface(fid, &nonce));
         assert_eq!(tdisp::parse_response(&m), Some(Response::Started));
         assert_eq!(state(&mut ep), Some(Response::State(TdiState::Run)));
         // The firmware's view (the responder the TIO commands reach) is the same TDI.
         assert_eq!(lock(&ep.secure).tdisp[&RID].lock().unwrap().state(), TdiState::Run);
-        let m = doe_exchange(&mut ep, DOE_VENDOR, DOE_TYPE_TDISP, &tdisp::request(tdisp::req::STOP_INTERFACE, fid, &[]));
+        let m = doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::request(tdisp::req::STOP_INTERFACE, fid, &[]));
         assert_eq!(tdisp::parse_response(&m), Some(Response::Stopped));
         // START with a nonce other than LOCK's: INVALID_NONCE, and the TDI is in ERROR.
-        doe_exchange(&mut ep, DOE_VENDOR, DOE_TYPE_TDISP, &tdisp::lock_interface(fid, 0, 0, 0));
-        let m = doe_exchange(&mut ep, DOE_VENDOR, DOE_TYPE_TDISP, &tdisp::start_interface(fid, &[0; 32]));
+        doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::lock_interface(fid, 0, 0, 0));
+        let m = doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::start_interface(fid, &[0; 32]));
         assert_eq!(tdisp::parse_response(&m), Some(Response::Error { code: tdisp::err::INVALID_NONCE, data: 0 }));
         assert_eq!(state(&mut ep), Some(Response::State(TdiState::Error)));
         // A config write while locked: ERROR too.
-        doe_exchange(&mut ep, DOE_VENDOR, DOE_TYPE_TDISP, &tdisp::request(tdisp::req::STOP_INTERFACE, fid, &[]));
-        doe_exchange(&mut ep, DOE_VENDOR, DOE_TYPE_TDISP, &tdisp::lock_interface(fid, 0, 0, 0));
+        doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::request(tdisp::req::STOP_INTERFACE, fid, &[]));
+        doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::lock_interface(fid, 0, 0, 0));
         ep.config_written(0x04);
         assert_eq!(state(&mut ep), Some(Response::State(TdiState::Error)));
         let g = lock(&rig);
@@ -1245,20 +1129,20 @@ mod tests {
         let irqs = Irqs::default();
         let run = |i: u32, d: Descriptor| {
             let mut mem = ram.snapshot();
-            mem.write(RING_SPA + u64::from(i) * 32, &d.to_bytes()).unwrap();
+            mem.write(RING_SPA + u64::from(i) * 32, d.as_bytes()).unwrap();
             lock(&engine).tail = i + 1;
             run_ring(RID, &engine, &secure, &mut mem, events.as_ref(), &irqs);
             let mut b = [0u8; 2];
-            mem.read(RING_SPA + u64::from(i) * 32 + 2, &mut b).unwrap();
-            u16::from_le_bytes(b)
+            mem.read(RING_SPA + u64::from(i) * 32 + DESC_STATUS, &mut b).unwrap();
+            DmaStatus::from_code(u16::from_le_bytes(b))
         };
-        assert_eq!(run(0, desc(op::FILL, 0, 8, 0, 0x5000_0000, 1)), status::OK);
+        assert_eq!(run(0, desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000, 1)), Some(DmaStatus::Ok));
         lock(&secure).enable_snp(&mut ram.snapshot(), RAM >> 12).unwrap();
         // Enabling SNP drops the caches, so this DMA walks the tables and the mapping is live.
-        assert_eq!(run(1, desc(op::FILL, 0, 8, 0, 0x5000_0000, 2)), status::OK);
+        assert_eq!(run(1, desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000, 2)), Some(DmaStatus::Ok));
         let st = lock(&secure).rmpupdate(&mut ram.snapshot(), 0x30_0000, &RmpState::private(0x5000_0000, 1, rmp_model::PageSize::Size4K));
         assert_eq!(st, rmp_model::RmpStatus::Success);
-        assert_eq!(run(2, desc(op::FILL, 0, 8, 0, 0x5000_0000, 3)), status::RMP_PAGE_FAULT);
+        assert_eq!(run(2, desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000, 3)), Some(DmaStatus::RmpPageFault));
         assert_eq!(ram.snapshot().read_u64(0x30_0000).unwrap(), 2, "the private page kept its bytes");
         let ev = lock(&events.0);
         assert!(ev.iter().any(|e| e["type"] == "rmp_violation" && e["iova"] == "0x50000000"));

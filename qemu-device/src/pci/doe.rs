@@ -5,32 +5,19 @@
 //! one dword. Requests are answered within the GO write, so Busy never shows unless a fault is
 //! injected (docs/fault-injection.md), and the mailbox has no interrupt (Linux polls).
 
-/// Extended capability id of DOE.
-pub const CAP_ID: u32 = 0x002e;
-/// Capability version 2 (PCIe 6.1 §7.9.24.1): requesters then set DOE Discovery Version 2.
-pub const CAP_VERSION: u32 = 2;
-pub const CAP: u16 = 0x04;
-pub const CTRL: u16 = 0x08;
-pub const STATUS: u16 = 0x0c;
-pub const WRITE: u16 = 0x10;
-pub const READ: u16 = 0x14;
+pub use abi::doe::reg::{CAP, CTRL, READ, STATUS, WRITE};
+pub use abi::doe::{CAP_ID, CAP_VERSION, MAX_DWORDS, TYPE_DISCOVERY, VENDOR_PCI_SIG};
+use abi::doe::{Ctrl, Status};
 
-pub const CTRL_ABORT: u32 = 1 << 0;
-pub const CTRL_INT_EN: u32 = 1 << 1;
-pub const CTRL_GO: u32 = 1 << 31;
+// The registers are dwords: the bits as the numbers the mailbox reads and writes.
+pub const CTRL_ABORT: u32 = Ctrl::ABORT.bits();
+pub const CTRL_INT_EN: u32 = Ctrl::INT_EN.bits();
+pub const CTRL_GO: u32 = Ctrl::GO.bits();
 /// Set only by an injected fault (see above).
-pub const STATUS_BUSY: u32 = 1 << 0;
-pub const STATUS_INT: u32 = 1 << 1;
-pub const STATUS_ERROR: u32 = 1 << 2;
-pub const STATUS_DATA_OBJECT_READY: u32 = 1 << 31;
-
-/// The PCI-SIG vendor id, owner of the DOE discovery protocol (type 0).
-pub const VENDOR_PCI_SIG: u16 = 0x0001;
-pub const TYPE_DISCOVERY: u8 = 0;
-
-/// Largest object the mailbox holds, in dwords, either way. The length field can say up to 2^18
-/// dwords; a request that outgrows this sets DOE Error.
-pub const MAX_DWORDS: usize = 1024;
+pub const STATUS_BUSY: u32 = Status::BUSY.bits();
+pub const STATUS_INT: u32 = Status::INT.bits();
+pub const STATUS_ERROR: u32 = Status::ERROR.bits();
+pub const STATUS_DATA_OBJECT_READY: u32 = Status::DATA_OBJECT_READY.bits();
 
 /// Answers the objects of one protocol.
 pub trait DoeProtocol: Send {
