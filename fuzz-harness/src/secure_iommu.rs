@@ -8,10 +8,12 @@
 //! came on with one, lies inside guest RAM and holds the whole table.
 
 use crate::{guest_ram, Null};
+use abi::endpoint::reg;
+use abi::mailbox::{reg as bar2, CmdResp, Command as Mb};
 use iommu_model::amdvi::command::{encode, Command};
 use iommu_model::amdvi::mmio::{self, control};
-use qemu_device::devices::endpoint::{reg, Endpoint};
-use qemu_device::devices::iommu::{bar2, IommuFunction};
+use qemu_device::devices::endpoint::Endpoint;
+use qemu_device::devices::iommu::IommuFunction;
 use qemu_device::secure::{check_rmp_window, SecureIommu};
 use qemu_device::vfio::guest_mem::GuestRam;
 use qemu_device::vfio::server::{FunctionBackend, MsixIrq};
@@ -22,9 +24,31 @@ use vfio_user::ServerBackend;
 
 /// 1 MiB of guest RAM at GPA 0 (256 pages: the RMP window needs 0x5000 bytes).
 pub const RAM: u64 = 1 << 20;
-/// Mailbox ids: the page operations, then the TIO commands (rmp_model::tio::cmd).
-const MAILBOX: &[u32] =
-    &[0x01, 0x02, 0x03, 0x04, 0x05, 0xd0, 0xd1, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xda, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xe0, 0xe1, 0xe2];
+/// Mailbox commands: the page operations, then the TIO commands (the kept inputs pick them by
+/// index: the order stays).
+const MAILBOX: &[Mb] = &[
+    Mb::Rmpupdate,
+    Mb::Psmash,
+    Mb::Pvalidate,
+    Mb::Rmpadjust,
+    Mb::Rmpread,
+    Mb::TioStatus,
+    Mb::TioInit,
+    Mb::TioDevCreate,
+    Mb::TioDevReclaim,
+    Mb::TioDevConnect,
+    Mb::TioDevDisconnect,
+    Mb::TioDevStatus,
+    Mb::TioTdiCreate,
+    Mb::TioTdiReclaim,
+    Mb::TioTdiBind,
+    Mb::TioTdiUnbind,
+    Mb::TioTdiReport,
+    Mb::TioTdiStatus,
+    Mb::TioGuestRequest,
+    Mb::TioAsidFenceClear,
+    Mb::TioAsidFenceStatus,
+];
 
 /// The input, read front to back; past its end every read is 0.
 struct Input<'a>(&'a [u8]);
@@ -121,8 +145,8 @@ pub fn run(data: &[u8]) {
             // A mailbox command: the buffer (its 64-bit fields drawn as addresses), then the id.
             2 => {
                 let id = match input.u8() {
-                    n if usize::from(n) < MAILBOX.len() * 8 => MAILBOX[usize::from(n) % MAILBOX.len()],
-                    _ => u32::from(input.u16()) & 0x7ff,
+                    n if usize::from(n) < MAILBOX.len() * 8 => MAILBOX[usize::from(n) % MAILBOX.len()].code(),
+                    _ => u32::from(input.u16()) & CmdResp::ID_MASK,
                 };
                 let buf = input.addr();
                 let mut b = [0u8; 64];
@@ -133,7 +157,7 @@ pub fn run(data: &[u8]) {
                 rig.ram(buf, &b);
                 rig.bar(false, 2, bar2::CMDBUF_LO, buf & 0xffff_ffff, 4);
                 rig.bar(false, 2, bar2::CMDBUF_HI, buf >> 32, 4);
-                rig.bar(false, 2, bar2::CMDRESP, u64::from(id) << 16, 4);
+                rig.bar(false, 2, bar2::CMDRESP, u64::from(CmdResp::request(id).0), 4);
                 rig.read(false, 2, bar2::CMDRESP, 4);
             }
             // The AMD-Vi command buffer: commands written at its base, run by the tail.

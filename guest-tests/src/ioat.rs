@@ -6,14 +6,15 @@
 //! drivers/dma/ioat/registers.h (docs/device-abi.md, "IOAT DMA engine").
 
 use crate::kernel_paths::{expect_map, need_kernel_iommu, snp_on, via};
-use crate::scenarios::{amdvi_mode, expect_dmesg, expect_event, poll, viommu_mode, Rig, R, SKIP};
+use crate::modes::{amdvi_mode, viommu_mode};
+use crate::report::{expect_dmesg, expect_event, poll, R, SKIP};
+use crate::rig::Rig;
 use crate::sys::iommufd::Iommufd;
 use crate::sys::vfio::{bind_vfio_pci, eventfd_count, open_cdev, Device, UserMem, Vfio, DEVICE_FLAGS_RESET};
 use crate::sys::{find, PciDev};
 use std::fs;
 use std::time::Instant;
 
-const IOAT_ID: (u16, u16) = (0x8086, 0x2021);
 /// Where run-vm places it; its requester ID 0x30 is endpoint 48 for the virtio-iommu.
 const BDF: &str = "0000:00:06.0";
 const DEVID: &str = "00:06.0";
@@ -50,7 +51,7 @@ const UNMAPPED_IOVA: u64 = DST_IOVA + 0x1000;
 const COMPLETION_OFF: usize = 0xfc0;
 
 fn engine() -> Result<PciDev, String> {
-    find(IOAT_ID.0, IOAT_ID.1).ok_or_else(|| format!("{SKIP}no IOAT engine (8086:2021; scripts/run-vm --ioat)"))
+    find(abi::pci::IOAT.vendor, abi::pci::IOAT.device).ok_or_else(|| format!("{SKIP}no IOAT engine (8086:2021; scripts/run-vm --ioat)"))
 }
 
 fn dmesg() -> String {

@@ -4,14 +4,14 @@
 //! tables), and a software-protected KVM VM's memory converted while mapped. Which kernel path
 //! each one takes, and what the daemon reported: docs/kernel-paths.md.
 
-use crate::scenarios::{
-    amdvi_mode, descriptor, expect_dmesg, expect_event, poll, viommu_mode, vtd_mode, Rig, EP_CTRL, EP_RING_BASE, EP_RING_SIZE, EP_STATUS,
-    EP_TAIL, OP_FILL, R, SKIP, SNP_CTL, ST_IO_PAGE_FAULT, ST_OK, ST_RMP_PAGE_FAULT,
-};
+use crate::modes::{amdvi_mode, viommu_mode, vtd_mode};
+use crate::report::{expect_dmesg, expect_event, R, SKIP};
+use crate::rig::{descriptor, wait_status, Rig};
 use crate::sys::iommufd::Iommufd;
 use crate::sys::kvm::{self, Vm};
 use crate::sys::vfio::{bind_vfio_pci, open_cdev, Device, UserMem, Vfio};
-use crate::sys::{Bar, Config, PciDev};
+use abi::endpoint::{reg, Ctrl, DescFlags, DmaStatus, Op, DESC_SIZE, DESC_STATUS};
+use abi::mailbox::{self as mb, SnpCtl};
 
 pub(crate) const BDF: &str = "0000:00:04.0";
 pub(crate) const RING_IOVA: u64 = 0x10_0000;
@@ -30,29 +30,24 @@ pub(crate) struct VfioRing<'a> {
 
 impl<'a> VfioRing<'a> {
     pub(crate) fn start(dev: &'a Device, ring: &'a UserMem) -> Result<VfioRing<'a>, String> {
-        ring.write(0, &[0u8; 32 << RING_LOG2]);
-        dev.w32(EP_CTRL as u64, 1)?;
-        dev.w32(EP_RING_BASE as u64, RING_IOVA as u32)?;
-        dev.w32(EP_RING_BASE as u64 + 4, 0)?;
-        dev.w32(EP_RING_SIZE as u64, RING_LOG2)?;
+        ring.write(0, &[0u8; (DESC_SIZE as usize) << RING_LOG2]);
+        dev.w32(reg::CTRL, Ctrl::RESET.bits())?;
+        dev.w32(reg::RING_BASE, RING_IOVA as u32)?;
+        dev.w32(reg::RING_BASE_HI, (RING_IOVA >> 32) as u32)?;
+        dev.w32(reg::RING_SIZE, RING_LOG2)?;
         Ok(VfioRing { dev, ring, next: 0 })
     }
 
     /// One FILL of FILL_LEN bytes of `pattern` at `iova`; its completion status.
-    pub(crate) fn fill(&mut self, iova: u64, pattern: u64) -> Result<u16, String> {
-        let slot = (self.next % (1 << RING_LOG2)) as usize;
-        self.ring.write(slot * 32, &descriptor(OP_FILL, 0, FILL_LEN as u32, 0, iova, pattern));
+    pub(crate) fn fill(&mut self, iova: u64, pattern: u64) -> Result<DmaStatus, String> {
+        let slot = (self.next % (1 << RING_LOG2)) as usize * DESC_SIZE as usize;
+        self.ring.write(slot, &descriptor(Op::Fill, DescFlags::empty(), FILL_LEN as u32, 0, iova, pattern));
         self.next += 1;
-        self.dev.w32(EP_TAIL as u64, self.next % (1 << RING_LOG2))?;
-        let status = || {
-            let mut st = [0u8; 2];
-            self.ring.read(slot * 32 + 2, &mut st);
-            u16::from_le_bytes(st)
-        };
-        if !poll(|| status() != 0) {
-            return Err(format!("descriptor {slot} never completed (STATUS {:#x})", self.dev.r32(EP_STATUS as u64).unwrap_or(0)));
+        self.dev.w32(reg::TAIL, self.next % (1 << RING_LOG2))?;
+        match wait_status(|st| self.ring.read(slot + DESC_STATUS as usize, st)) {
+            Some(st) => st,
+            None => Err(format!("descriptor at {slot:#x} never completed (STATUS {:#x})", self.dev.r32(reg::STATUS).unwrap_or(0))),
         }
-        Ok(status())
     }
 }
 
@@ -72,7 +67,7 @@ fn convert_in_place(r: &mut Rig, ep: &mut VfioRing, mem: &UserMem, off: usize, i
     check!(r.rmpupdate(pa, gpa, true, 1)? == 0, "RMPUPDATE of the mapped page to private");
     expect_event("hazard", &format!("iova={iova:#x} spa={pa:#x}"));
     let st = ep.fill(iova, 0x0bad_0bad_0bad_0bad)?;
-    check!(st == ST_RMP_PAGE_FAULT, "write to the page turned private: status {st}");
+    check!(st == DmaStatus::RmpPageFault, "write to the page turned private: status {st}");
     check!(holds(mem, off, last), "the refused write changed the page");
     if amdvi_mode() {
         expect_dmesg(&format!(
@@ -90,7 +85,7 @@ fn unmapped_write_faults(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64
     expect_unmap(iova);
     mem.write(off, &[0u8; FILL_LEN]);
     let st = ep.fill(iova, 0xdead_beef_dead_beef)?;
-    check!(st == ST_IO_PAGE_FAULT, "FILL after the unmap: status {st}");
+    check!(st == DmaStatus::IoPageFault, "FILL after the unmap: status {st}");
     check!(holds(mem, off, 0), "the unmapped page was written");
     expect_event("translation_fault", &format!("devid=00:04.0 via={} iova={iova:#x}", via()));
     if amdvi_mode() {
@@ -106,49 +101,12 @@ fn unmapped_write_faults(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64
     Ok(())
 }
 
-/// BAR2's mirror of the VT-d unit's fault event message (FEUADDR:FEADDR, FEDATA).
-const FE_MSG_ADDR: usize = 0x20;
-const FE_MSG_DATA: usize = 0x28;
-
-/// In the VT-d run the function's MSI stands in for the unit's own interrupt write: the fault
-/// event message Linux programmed into FEADDR/FEDATA is copied into 00:03.0's MSI capability and
-/// MSI enabled, so the daemon's MSI vector 0 delivers exactly that message and Linux's dmar_fault
-/// runs. On hardware the unit writes the message itself; over vfio-user the daemon can only
-/// signal the function's own vectors (docs/kernel-paths.md).
-pub(crate) fn wire_vtd_fault_event(dev: &PciDev, ctl: &Bar) -> R {
-    let (addr, data) = (ctl.r64(FE_MSG_ADDR), ctl.r32(FE_MSG_DATA));
-    check!(addr >> 20 == 0xfee, "FEADDR {addr:#x} is no interrupt address: intel_iommu has not set up its fault interrupt");
-    let cfg = Config::open(dev)?;
-    let mut at = u64::from(cfg.r32(0x34) & 0xfc);
-    let mut msi = None;
-    for _ in 0..16 {
-        if at == 0 {
-            break;
-        }
-        let h = cfg.r32(at);
-        if h & 0xff == 0x05 {
-            msi = Some(at);
-            break;
-        }
-        at = u64::from((h >> 8) & 0xfc);
-    }
-    let cap = msi.ok_or("00:03.0 has no MSI capability")?;
-    // PCI 3.0 §6.8.1, 64-bit address: message address, upper address, data.
-    cfg.w32(cap + 4, addr as u32);
-    cfg.w32(cap + 8, (addr >> 32) as u32);
-    cfg.w32(cap + 12, data);
-    cfg.w32(cap, cfg.r32(cap) | 1 << 16);
-    check!(cfg.r32(cap) & 1 << 16 != 0, "MSI enable of 00:03.0 did not stick");
-    println!("# the VT-d fault event ({data:#x} at {addr:#x}) goes out as 00:03.0's MSI");
-    Ok(())
-}
-
 /// SNP on, read back: the first walk of a mapping then registers it as live for the hazard check,
 /// and the read waits for the posted write, which travels over another socket than the
 /// endpoint's doorbell.
 pub(crate) fn snp_on(r: &mut Rig) -> R {
-    r.ctl.w64(SNP_CTL, 1);
-    check!(r.ctl.r64(SNP_CTL) & 1 == 1, "SNP did not turn on");
+    r.ctl.w64(mb::reg::SNP_CTL as usize, SnpCtl::SNP_EN.bits());
+    check!(SnpCtl::from_bits_truncate(r.ctl.r64(mb::reg::SNP_CTL as usize)).contains(SnpCtl::SNP_EN), "SNP did not turn on");
     Ok(())
 }
 
@@ -204,7 +162,7 @@ fn iommufd_endpoint() -> Result<(Iommufd, u32, Device), String> {
 /// A FILL of `pattern` at `iova` completes and lands in the page at `off` of `mem`.
 pub(crate) fn fill_lands(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64, pattern: u64) -> R {
     let st = ep.fill(iova, pattern)?;
-    check!(st == ST_OK, "FILL through the mapping at {iova:#x}: status {st}");
+    check!(st == DmaStatus::Ok, "FILL through the mapping at {iova:#x}: status {st}");
     check!(holds(mem, off, pattern), "the page mapped at {iova:#x} did not receive the pattern");
     Ok(())
 }

@@ -3,11 +3,14 @@
 //! ending with "N passed, N failed". Lines "# expect-event TYPE key=value" tell the host which
 //! records the daemon's event stream must hold.
 
-mod hostile;
 #[macro_use]
-mod scenarios;
+mod report;
+mod hostile;
 mod ioat;
 mod kernel_paths;
+mod modes;
+mod rig;
+mod scenarios;
 mod sys;
 mod tdx;
 
@@ -64,7 +67,7 @@ fn main() {
         results.push(("hostile_driver_then_normal_dma", r));
     }
     let passed = results.iter().filter(|r| r.1.is_ok()).count();
-    let skipped = results.iter().filter(|r| r.1.as_ref().is_err_and(|e| e.starts_with(scenarios::SKIP))).count();
+    let skipped = results.iter().filter(|r| r.1.as_ref().is_err_and(|e| e.starts_with(report::SKIP))).count();
     let failed = results.len() - passed - skipped;
     println!("# guest time {:.2} s, {ncpu} vCPUs", start.elapsed().as_secs_f64());
     println!("{passed} passed, {failed} failed, {skipped} skipped");

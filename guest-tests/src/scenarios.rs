@@ -1,332 +1,33 @@
-//! The scenarios. Each builds on the rig: the two functions found and mapped, a device table,
-//! command buffer, event log and v1 page tables written in huge pages, the endpoint's ring mapped.
+//! The scenarios. Each builds on the rig (rig.rs): the two functions found and mapped, a device
+//! table, command buffer, event log and v1 page tables written in huge pages, the endpoint's ring
+//! mapped.
 
 use crate::ioat;
 use crate::kernel_paths;
-use crate::sys::{find, online_cpus, pin_to_cpu, Bar, Config, DmaMem, PciDev};
+use crate::modes::{amdvi_mode, plugin_mode, tdx_mode, viommu_mode, vtd_mode};
+use crate::report::{expect_count, expect_dmesg, expect_event, poll, R, SKIP};
+use crate::rig::{descriptor, find_function, submit, wait_status, Rig, DOMAIN, RING_ENTRIES, RING_IOVA};
+use crate::sys::{online_cpus, pin_to_cpu};
 use crate::tdx;
-use iommu_model::amdvi::builder::V1Builder;
-use iommu_model::amdvi::command::{encode, Command};
-use iommu_model::amdvi::dte::Dte;
-use iommu_model::amdvi::event::{self, flags, Event};
-use iommu_model::amdvi::mmio::{self, control};
+use abi::doe;
+use abi::endpoint::{reg, Ctrl, DescFlags, DmaStatus, Op, Status};
+use abi::mailbox::{self as mb, CmdResp, Command as Mb, GuestMessage, SnpCtl};
+use iommu_model::amdvi::command::Command;
+use iommu_model::amdvi::event::{self, flags};
+use iommu_model::amdvi::mmio;
 use iommu_model::walk::Perm;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::IntoBytes;
 
-const IOMMU_ID: (u16, u16) = (0x1234, 0x7101);
-const ENDPOINT_ID: (u16, u16) = (0x1234, 0x7102);
-const DOMAIN: u16 = 1;
-pub(crate) const RING_IOVA: u64 = 0x1000_0000;
-pub(crate) const RING_ENTRIES: u32 = 64;
-const SMALL_IOVA: u64 = 0x2000_0000;
 const BIG_IOVA: u64 = 0x4000_0000;
 const VTOM: u64 = 1 << 40;
 /// The pages the multi-vCPU scenario fills.
 const SMP_IOVA: u64 = 0x5000_0000;
 
-// Endpoint registers and descriptor fields (docs/device-abi.md).
-const EP_ID: usize = 0x00;
-const EP_RID: usize = 0x08;
-pub(crate) const EP_RING_BASE: usize = 0x10;
-pub(crate) const EP_RING_SIZE: usize = 0x18;
-pub(crate) const EP_TAIL: usize = 0x20;
-pub(crate) const EP_CTRL: usize = 0x2c;
-pub(crate) const EP_STATUS: usize = 0x28;
-/// CTRL.RING_T: the descriptor fetch and write-backs carry the T bit (docs/device-abi.md).
-const EP_CTRL_RING_T: u32 = 1 << 2;
-/// STATUS.HALTED: a descriptor fetch or write-back was refused (docs/device-abi.md).
-const EP_ST_HALTED: u32 = 1 << 1;
-const OP_COPY: u8 = 1;
-pub(crate) const OP_FILL: u8 = 2;
-pub(crate) const F_T: u8 = 1;
-pub(crate) const ST_OK: u16 = 1;
-pub(crate) const ST_IO_PAGE_FAULT: u16 = 2;
-pub(crate) const ST_RMP_PAGE_FAULT: u16 = 3;
-pub(crate) const ST_T1_REFUSED: u16 = 4;
-
-// Mailbox (BAR2).
-pub(crate) const SNP_CTL: usize = 0x10;
-const CMDRESP: usize = 0x100;
-const CMDBUF_LO: usize = 0x108;
-const MB_RMPUPDATE: u32 = 0x01;
-const MB_PVALIDATE: u32 = 0x03;
-const TIO_INIT: u32 = 0xd1;
-const TIO_DEV_CREATE: u32 = 0xd2;
-const TIO_DEV_CONNECT: u32 = 0xd4;
-const TIO_TDI_CREATE: u32 = 0xda;
-const TIO_TDI_BIND: u32 = 0xdc;
-const TIO_TDI_STATUS: u32 = 0xdf;
-const TIO_GUEST_REQUEST: u32 = 0xe0;
-const TIO_ASID_FENCE_CLEAR: u32 = 0xe1;
-const TIO_ASID_FENCE_STATUS: u32 = 0xe2;
-const MSG_SDTE_WRITE: u32 = 25;
-const MSG_RUN: u32 = 0x100;
-
-pub(crate) type R = Result<(), String>;
 type Scenario = (&'static str, fn(&mut Rig) -> R);
-/// A scenario that cannot run here says so with an error starting with this.
-pub const SKIP: &str = "SKIP: ";
-
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
-}
 
 mod inject;
-
-pub(crate) struct Rig {
-    ep_cfg: Config,
-    doe: Option<u64>,
-    /// The AMD-Vi registers, unless the kernel's amd_iommu owns them (`amdvi_mode`) or BAR0 is a
-    /// VT-d unit the kernel's intel_iommu owns (`vtd_mode`).
-    iommu: Option<Bar>,
-    pub(crate) ctl: Bar,
-    pub(crate) ep: Bar,
-    pub(crate) mem: DmaMem,
-    pub(crate) rid: u16,
-    pub(crate) hp1: u64,
-    devtab: u64,
-    cmdbuf: u64,
-    evtlog: u64,
-    sem: u64,
-    mbox: u64,
-    pt: V1Builder,
-    cmd_tail: u64,
-    evt_head: u64,
-    sem_seq: u64,
-    tail: u32,
-    /// TDX Connect: the host's VT-d tables (BAR0 is a VT-d unit this program drives as the host).
-    pub(crate) host_vtd: Option<tdx::HostVtd>,
-    /// TDX Connect: the page the host gives the TD (0 until then).
-    pub(crate) td_page: u64,
-}
-
-fn bdf_to_rid(d: &PciDev) -> Option<u16> {
-    // "0000:00:04.0"
-    let s = d.bdf.rsplit(':').take(2).collect::<Vec<_>>();
-    let (devfn, bus) = (s.first()?, s.get(1)?);
-    let (dev, func) = devfn.split_once('.')?;
-    Some(u16::from_str_radix(bus, 16).ok()? << 8 | u16::from_str_radix(dev, 16).ok()? << 3 | func.parse::<u16>().ok()?)
-}
-
-impl Rig {
-    fn new() -> Result<Rig, String> {
-        let iommu_dev = find(IOMMU_ID.0, IOMMU_ID.1).ok_or("no secure IOMMU function (1234:7101)")?;
-        let ep_dev = find(ENDPOINT_ID.0, ENDPOINT_ID.1).ok_or("no DMA endpoint function (1234:7102)")?;
-        let rid = bdf_to_rid(&ep_dev).ok_or("endpoint address")?;
-        let iommu = if amdvi_mode() || vtd_mode() || tdx::tdx_mode() { None } else { Some(Bar::map(&iommu_dev, 0)?) };
-        let (ctl, ep) = (Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
-        if vtd_mode() {
-            kernel_paths::wire_vtd_fault_event(&iommu_dev, &ctl)?;
-        }
-        let ep_cfg = Config::open(&ep_dev)?;
-        let doe = ep_cfg.ext_cap(0x2e);
-        let mut mem = DmaMem::default();
-        let hp0 = mem.page()?;
-        let hp1 = mem.page()?;
-        let pt = V1Builder::new(&mut mem, hp0 + 0x10_0000, hp0 + 0x20_0000, 4).map_err(|e| format!("{e:?}"))?;
-        let mut rig = Rig {
-            ep_cfg,
-            doe,
-            iommu,
-            ctl,
-            ep,
-            mem,
-            rid,
-            hp1,
-            devtab: hp0,
-            cmdbuf: hp0 + 0x1000,
-            evtlog: hp0 + 0x2000,
-            sem: hp0 + 0x3000,
-            mbox: hp0 + 0x4000,
-            pt,
-            cmd_tail: 0,
-            evt_head: 0,
-            sem_seq: 0,
-            tail: 0,
-            host_vtd: None,
-            td_page: 0,
-        };
-        if tdx::tdx_mode() {
-            let regs = Bar::map(&iommu_dev, 0)?;
-            rig.host_vtd = Some(tdx::HostVtd::up(&mut rig, regs)?);
-            return Ok(rig);
-        }
-        let Some(regs) = &rig.iommu else { return Ok(rig) };
-        let dte = Dte::translated(rig.pt.root, 4, DOMAIN, Perm::RW);
-        rig.mem.wr(rig.devtab + u64::from(rid) * 32, &dte.to_bytes());
-        // As Linux does: everything off before the bases are (re)written, then on again, so a
-        // command processor an earlier driver left stopped restarts.
-        regs.w64(mmio::CONTROL as usize, 0);
-        regs.w64(mmio::DEV_TABLE_BASE as usize, rig.devtab);
-        regs.w64(mmio::CMD_BUF_BASE as usize, rig.cmdbuf | 8 << 56);
-        regs.w64(mmio::EVENT_LOG_BASE as usize, rig.evtlog | 8 << 56);
-        regs.w64(mmio::CONTROL as usize, control::IOMMU_EN | control::EVENT_LOG_EN | control::CMD_BUF_EN);
-        rig.map(RING_IOVA, hp1, 12, Perm::RW)?;
-        // A driver taking over drops whatever an earlier one left cached, and resets the engine.
-        rig.submit(&[Command::InvalidateIommuAll]);
-        rig.completion_wait()?;
-        rig.ep.w32(EP_CTRL, 1);
-        rig.ep.w64(EP_RING_BASE, RING_IOVA);
-        rig.ep.w32(EP_RING_SIZE, RING_ENTRIES.trailing_zeros());
-        Ok(rig)
-    }
-
-    fn map(&mut self, iova: u64, pa: u64, size_log2: u8, perm: Perm) -> R {
-        self.pt.map(&mut self.mem, iova, pa, size_log2, perm).map_err(|e| format!("map {iova:#x}: {e:?}"))
-    }
-
-    /// A small buffer page: IOVA SMALL_IOVA + k pages, backed by huge page 1 at (k + 1) pages.
-    pub(crate) fn small(&self, k: u64) -> (u64, u64) {
-        (SMALL_IOVA + k * 0x1000, self.hp1 + (k + 1) * 0x1000)
-    }
-
-    fn submit(&mut self, cmds: &[Command]) {
-        submit(self.iommu.as_ref(), &self.mem, self.cmdbuf, &mut self.cmd_tail, cmds);
-    }
-
-    /// COMPLETION_WAIT and poll its store, as Linux's wait_on_sem does.
-    fn completion_wait(&mut self) -> R {
-        self.sem_seq += 1;
-        let data = self.sem_seq;
-        self.submit(&[Command::CompletionWait { store: true, interrupt: false, store_addr: self.sem, data }]);
-        poll(|| self.mem.r64(self.sem) == data).then_some(()).ok_or_else(|| "COMPLETION_WAIT never stored".into())
-    }
-
-    /// New event-log records since the last call.
-    fn events(&mut self) -> Vec<Event> {
-        let Some(regs) = &self.iommu else { return Vec::new() };
-        let tail = regs.r64(mmio::EVENT_LOG_TAIL as usize);
-        let mut out = Vec::new();
-        while self.evt_head != tail && out.len() < 256 {
-            let mut b = [0u8; 16];
-            self.mem.rd(self.evtlog + self.evt_head, &mut b);
-            out.push(Event::from_bytes(&b));
-            self.evt_head = (self.evt_head + 16) % 4096;
-        }
-        regs.w64(mmio::EVENT_LOG_HEAD as usize, self.evt_head);
-        out
-    }
-
-    /// One descriptor through the ring; returns its status (and value field).
-    fn dma(&mut self, op: u8, flags: u8, src: u64, dst: u64, len: u32, value: u64) -> Result<(u16, u64), String> {
-        let slot = self.hp1 + u64::from(self.tail % RING_ENTRIES) * 32;
-        self.mem.wr(slot, &descriptor(op, flags, len, src, dst, value));
-        self.tail = (self.tail + 1) % RING_ENTRIES;
-        self.ep.w32(EP_TAIL, self.tail);
-        let mut st = [0u8; 2];
-        let done = poll(|| {
-            self.mem.rd(slot + 2, &mut st);
-            u16::from_le_bytes(st) != 0
-        });
-        check!(done, "descriptor {} never completed", (self.tail + RING_ENTRIES - 1) % RING_ENTRIES);
-        Ok((u16::from_le_bytes(st), self.mem.r64(slot + 24)))
-    }
-
-    pub(crate) fn fill(&mut self, flags: u8, iova: u64, len: u32, pattern: u64) -> Result<u16, String> {
-        Ok(self.dma(OP_FILL, flags, 0, iova, len, pattern)?.0)
-    }
-
-    /// A firmware mailbox command with its buffer; returns the status.
-    pub(crate) fn mailbox(&mut self, id: u32, buf: &[u8]) -> Result<u32, String> {
-        let mut b = [0u8; 64];
-        b[..buf.len()].copy_from_slice(buf);
-        self.mem.wr(self.mbox, &b);
-        self.ctl.w64(CMDBUF_LO, self.mbox);
-        self.ctl.w32(CMDRESP, id << 16);
-        let mut r = 0;
-        check!(
-            poll(|| {
-                r = self.ctl.r32(CMDRESP);
-                r >> 31 == 1
-            }),
-            "mailbox command {id:#x} never completed"
-        );
-        Ok(r & 0xffff)
-    }
-
-    pub(crate) fn rmpupdate(&mut self, spa: u64, gpa: u64, assigned: bool, asid: u32) -> Result<u32, String> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&spa.to_le_bytes());
-        b.extend_from_slice(&gpa.to_le_bytes());
-        b.extend_from_slice(&[assigned as u8, 0, 0, 0]);
-        b.extend_from_slice(&asid.to_le_bytes());
-        self.mailbox(MB_RMPUPDATE, &b)
-    }
-
-    fn pvalidate(&mut self, spa: u64, gpa: u64, asid: u16) -> Result<u32, String> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&spa.to_le_bytes());
-        b.extend_from_slice(&gpa.to_le_bytes());
-        b.extend_from_slice(&asid.to_le_bytes());
-        b.extend_from_slice(&[0, 1]);
-        self.mailbox(MB_PVALIDATE, &b)
-    }
-
-    /// A TDISP request through the endpoint's DOE mailbox (vendor 0x1234, type 1: TDISP in the clear).
-    fn tdisp(&self, msg_type: u8, body: &[u8]) -> Result<Vec<u8>, String> {
-        let cap = self.doe.ok_or("the endpoint has no DOE capability")?;
-        let mut m = vec![0x10, msg_type, 0, 0];
-        m.extend_from_slice(&u32::from(self.rid).to_le_bytes());
-        m.extend_from_slice(&[0; 8]);
-        m.extend_from_slice(body);
-        self.ep_cfg.doe(cap, 0x1234, 1, &m)
-    }
-
-    /// GET_DEVICE_INTERFACE_STATE through DOE.
-    pub(crate) fn tdi_state(&self) -> Result<u8, String> {
-        let r = self.tdisp(0x85, &[])?;
-        check!(r.len() > 16 && r[1] == 0x05, "bad DEVICE_INTERFACE_STATE response {r:02x?}");
-        Ok(r[16])
-    }
-
-    fn page_bytes(&self, pa: u64, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        self.mem.rd(pa, &mut v);
-        v
-    }
-}
-
-/// Commands into the 4 KiB command buffer at `cmdbuf` from `tail` on, then the tail register.
-/// (No registers when the kernel's amd_iommu owns the function.)
-fn submit(iommu: Option<&Bar>, mem: &DmaMem, cmdbuf: u64, tail: &mut u64, cmds: &[Command]) {
-    for c in cmds {
-        let [a, b] = encode(c);
-        mem.w64(cmdbuf + *tail, a);
-        mem.w64(cmdbuf + *tail + 8, b);
-        *tail = (*tail + 16) % 4096;
-    }
-    if let Some(regs) = iommu {
-        regs.w64(mmio::CMD_BUF_TAIL as usize, *tail);
-    }
-}
-
-/// A descriptor as the endpoint reads it (docs/device-abi.md, "Descriptor, 32 bytes"); status 0.
-pub(crate) fn descriptor(op: u8, flags: u8, len: u32, src: u64, dst: u64, value: u64) -> [u8; 32] {
-    let mut d = [0u8; 32];
-    d[0] = op;
-    d[1] = flags;
-    d[4..8].copy_from_slice(&len.to_le_bytes());
-    d[8..16].copy_from_slice(&src.to_le_bytes());
-    d[16..24].copy_from_slice(&dst.to_le_bytes());
-    d[24..32].copy_from_slice(&value.to_le_bytes());
-    d
-}
-
-/// Poll for up to 5 s: TCG is slow, and a result that never comes is a failure, not a hang.
-pub(crate) fn poll(mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    false
-}
 
 fn pattern(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -340,28 +41,18 @@ fn pattern(seed: u64, n: usize) -> Vec<u8> {
         .collect()
 }
 
-pub(crate) fn expect_event(kind: &str, kv: &str) {
-    println!("# expect-event {kind} {kv}");
-}
-
-/// A line the kernel must log (a regular expression), checked by run-vm against the guest's
-/// dmesg after the scenarios: what Linux's own driver made of what the model did.
-pub(crate) fn expect_dmesg(regex: &str) {
-    println!("# expect-dmesg {regex}");
-}
-
 /// Figures for docs/performance.md (not tests): BAR read round trip, and 1 MiB copies through
 /// 4 KiB and 2 MiB mappings (the daemon times each copy and a plain memcpy beside it).
 pub fn measure() {
     // Through the kernel's IOMMU domain the endpoint reaches nothing these copies map.
-    if viommu_mode() || amdvi_mode() || vtd_mode() || tdx::tdx_mode() {
+    if viommu_mode() || amdvi_mode() || vtd_mode() || tdx_mode() {
         return;
     }
     let Ok(mut r) = Rig::new() else { return };
     let t = Instant::now();
     let mut x = 0u32;
     for _ in 0..1000 {
-        x ^= r.ep.r32(EP_ID);
+        x ^= r.ep.r32(reg::ID as usize);
     }
     println!("# perf: BAR read round trip {:.1} us (1000 reads, {x:#x})", t.elapsed().as_secs_f64() * 1e3);
     let Ok(a) = r.mem.page() else { return };
@@ -376,8 +67,8 @@ pub fn measure() {
     let _ = r.map(b2, b, 21, Perm::RW);
     for (name, src, dst) in [("4k", a4, b4), ("2m", a2, b2)] {
         for _ in 0..5 {
-            match r.dma(OP_COPY, 0, src, dst, 1 << 20, 0) {
-                Ok((ST_OK, _)) => {}
+            match r.dma(Op::Copy, DescFlags::empty(), src, dst, 1 << 20, 0) {
+                Ok((DmaStatus::Ok, _)) => {}
                 other => println!("# perf: {name} copy failed: {other:?}"),
             }
         }
@@ -446,20 +137,33 @@ pub fn run() -> Vec<(&'static str, R)> {
             return scenarios.iter().map(|(n, _)| (*n, Err(format!("rig: {e}")))).collect();
         }
     };
-    let id = rig.ep.r32(EP_ID);
+    let id = rig.ep.r32(reg::ID as usize);
     match &rig.iommu {
         Some(regs) => {
-            println!("# endpoint {:#x} requester {:#06x}, IOMMU EFR {:#x}", id, rig.ep.r32(EP_RID), regs.r64(mmio::EXT_FEATURES as usize))
+            println!(
+                "# endpoint {:#x} requester {:#06x}, IOMMU EFR {:#x}",
+                id,
+                rig.ep.r32(reg::REQUESTER_ID as usize),
+                regs.r64(mmio::EXT_FEATURES as usize)
+            )
         }
-        None if tdx::tdx_mode() => println!(
+        None if tdx_mode() => println!(
             "# endpoint {:#x} requester {:#06x}, TDX Connect: VT-d unit driven by this program as the host",
             id,
-            rig.ep.r32(EP_RID)
+            rig.ep.r32(reg::REQUESTER_ID as usize)
         ),
         None if vtd_mode() => {
-            println!("# endpoint {:#x} requester {:#06x}, VT-d registers owned by the kernel's intel_iommu", id, rig.ep.r32(EP_RID))
+            println!(
+                "# endpoint {:#x} requester {:#06x}, VT-d registers owned by the kernel's intel_iommu",
+                id,
+                rig.ep.r32(reg::REQUESTER_ID as usize)
+            )
         }
-        None => println!("# endpoint {:#x} requester {:#06x}, AMD-Vi registers owned by the kernel's amd_iommu", id, rig.ep.r32(EP_RID)),
+        None => println!(
+            "# endpoint {:#x} requester {:#06x}, AMD-Vi registers owned by the kernel's amd_iommu",
+            id,
+            rig.ep.r32(reg::REQUESTER_ID as usize)
+        ),
     }
     let mut out = Vec::new();
     for (i, (name, f)) in scenarios.iter().enumerate() {
@@ -467,7 +171,7 @@ pub fn run() -> Vec<(&'static str, R)> {
             Err(format!("{SKIP}00:04.0 is in the kernel's virtio-iommu domain, not behind these AMD-Vi tables"))
         } else if amdvi_mode() && amdvi_dma.contains(name) {
             Err(format!("{SKIP}the kernel's amd_iommu owns the AMD-Vi registers; this scenario programs them itself"))
-        } else if tdx::tdx_mode() && amdvi_dma.contains(name) {
+        } else if tdx_mode() && amdvi_dma.contains(name) {
             Err(format!("{SKIP}TDX Connect runs on a VT-d unit; this scenario programs AMD-Vi registers and SEV-TIO firmware"))
         } else if vtd_mode() && amdvi_dma.contains(name) {
             Err(format!(
@@ -492,8 +196,8 @@ fn dma_copies(r: &mut Rig) -> R {
     r.map(dst, dst_pa, 12, Perm::RW)?;
     let data = pattern(1, 4096);
     r.mem.wr(src_pa, &data);
-    let (st, _) = r.dma(OP_COPY, 0, src, dst, 4096, 0)?;
-    check!(st == ST_OK, "4 KiB copy status {st}");
+    let (st, _) = r.dma(Op::Copy, DescFlags::empty(), src, dst, 4096, 0)?;
+    check!(st == DmaStatus::Ok, "4 KiB copy status {st}");
     check!(r.page_bytes(dst_pa, 4096) == data, "4 KiB copy: wrong bytes at the destination");
     // 1 MiB across 2 MiB mappings, at offsets that cross no page boundary of the IOVA space.
     let (a, b) = (r.mem.page()?, r.mem.page()?);
@@ -502,9 +206,9 @@ fn dma_copies(r: &mut Rig) -> R {
     let data = pattern(2, 1 << 20);
     r.mem.wr(a + 0x1000, &data);
     let t = Instant::now();
-    let (st, _) = r.dma(OP_COPY, 0, BIG_IOVA + 0x1000, BIG_IOVA + (2 << 20) + 0x3000, 1 << 20, 0)?;
+    let (st, _) = r.dma(Op::Copy, DescFlags::empty(), BIG_IOVA + 0x1000, BIG_IOVA + (2 << 20) + 0x3000, 1 << 20, 0)?;
     let secs = t.elapsed().as_secs_f64();
-    check!(st == ST_OK, "1 MiB copy status {st}");
+    check!(st == DmaStatus::Ok, "1 MiB copy status {st}");
     check!(r.page_bytes(b + 0x3000, 1 << 20) == data, "1 MiB copy: wrong bytes");
     let t = Instant::now();
     let mut v = vec![0u8; 1 << 20];
@@ -522,8 +226,8 @@ fn dma_copies(r: &mut Rig) -> R {
 fn io_page_faults(r: &mut Rig) -> R {
     r.events();
     let unmapped = 0x3000_0000;
-    let st = r.fill(0, unmapped, 64, 0x1111)?;
-    check!(st == ST_IO_PAGE_FAULT, "unmapped IOVA: status {st}");
+    let st = r.fill(DescFlags::empty(), unmapped, 64, 0x1111)?;
+    check!(st == DmaStatus::IoPageFault, "unmapped IOVA: status {st}");
     let ev = r.events();
     check!(
         ev.iter().any(|e| e.code == event::IO_PAGE_FAULT
@@ -536,8 +240,8 @@ fn io_page_faults(r: &mut Rig) -> R {
     expect_event("translation_fault", &format!("event=IO_PAGE_FAULT iova={unmapped:#x}"));
     let (ro, ro_pa) = r.small(2);
     r.map(ro, ro_pa, 12, Perm::new(true, false))?;
-    let st = r.fill(0, ro, 64, 0x2222)?;
-    check!(st == ST_IO_PAGE_FAULT, "write through an IR-only mapping: status {st}");
+    let st = r.fill(DescFlags::empty(), ro, 64, 0x2222)?;
+    check!(st == DmaStatus::IoPageFault, "write through an IR-only mapping: status {st}");
     check!(r.page_bytes(ro_pa, 64).iter().all(|&b| b == 0), "the read-only page was written");
     let ev = r.events();
     check!(
@@ -552,27 +256,27 @@ fn stale_until_invalidated(r: &mut Rig) -> R {
     let (iova, old) = r.small(3);
     let (_, new) = r.small(4);
     r.map(iova, old, 12, Perm::RW)?;
-    check!(r.fill(0, iova, 8, 0xaaaa)? == ST_OK, "first fill");
+    check!(r.fill(DescFlags::empty(), iova, 8, 0xaaaa)? == DmaStatus::Ok, "first fill");
     check!(r.mem.r64(old) == 0xaaaa, "first fill did not land");
     r.map(iova, new, 12, Perm::RW)?; // PTE now points at the new page; no invalidation yet
-    check!(r.fill(0, iova, 8, 0xbbbb)? == ST_OK, "second fill");
+    check!(r.fill(DescFlags::empty(), iova, 8, 0xbbbb)? == DmaStatus::Ok, "second fill");
     check!(r.mem.r64(old) == 0xbbbb && r.mem.r64(new) == 0, "before invalidation the IOTLB must still send DMA to the old page");
     r.submit(&[Command::InvalidateIommuPages { domain_id: DOMAIN, start: iova, len: 0x1000, pde: true }]);
     r.completion_wait()?;
-    check!(r.fill(0, iova, 8, 0xcccc)? == ST_OK, "third fill");
+    check!(r.fill(DescFlags::empty(), iova, 8, 0xcccc)? == DmaStatus::Ok, "third fill");
     check!(r.mem.r64(new) == 0xcccc && r.mem.r64(old) == 0xbbbb, "after INVALIDATE_IOMMU_PAGES the new PTE must be used");
     Ok(())
 }
 
 fn rmp_blocks_t0(r: &mut Rig) -> R {
-    r.ctl.w64(SNP_CTL, 1);
+    r.ctl.w64(mb::reg::SNP_CTL as usize, SnpCtl::SNP_EN.bits());
     let (iova, pa) = r.small(5);
     r.map(iova, pa, 12, Perm::RW)?;
     let st = r.rmpupdate(pa, iova, true, 1)?;
     check!(st == 0, "RMPUPDATE to private: status {st}");
     r.events();
-    let st = r.fill(0, iova, 4096, 0x5555)?;
-    check!(st == ST_RMP_PAGE_FAULT, "T=0 write to an assigned page: status {st}");
+    let st = r.fill(DescFlags::empty(), iova, 4096, 0x5555)?;
+    check!(st == DmaStatus::RmpPageFault, "T=0 write to an assigned page: status {st}");
     check!(r.page_bytes(pa, 4096).iter().all(|&b| b == 0), "bytes of the assigned page changed");
     let ev = r.events();
     check!(
@@ -581,66 +285,75 @@ fn rmp_blocks_t0(r: &mut Rig) -> R {
     );
     expect_event("rmp_violation", &format!("iova={iova:#x} t=false access=write"));
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "RMPUPDATE to shared");
-    check!(r.fill(0, iova, 4096, 0x5555)? == ST_OK, "write after the page is shared again");
+    check!(r.fill(DescFlags::empty(), iova, 4096, 0x5555)? == DmaStatus::Ok, "write after the page is shared again");
     check!(r.mem.r64(pa + 4088) == 0x5555, "the write did not land");
     Ok(())
 }
 
 fn tdisp_t1(r: &mut Rig) -> R {
     let rid = r.rid;
-    check!(r.mailbox(TIO_INIT, &[])? == 0, "TIO_INIT");
-    check!(r.mailbox(TIO_DEV_CREATE, &rid.to_le_bytes())? == 0, "TIO_DEV_CREATE");
-    check!(r.mailbox(TIO_DEV_CONNECT, &rid.to_le_bytes())? == 0, "TIO_DEV_CONNECT");
-    let mut b = rid.to_le_bytes().to_vec();
-    b.extend_from_slice(&[0, 0]);
-    b.extend_from_slice(&u32::from(rid).to_le_bytes());
-    check!(r.mailbox(TIO_TDI_CREATE, &b)? == 0, "TIO_TDI_CREATE");
-    let tdi = u32::from_le_bytes(r.page_bytes(r.mbox + 8, 4).try_into().unwrap_or([0; 4]));
-    let mut b = tdi.to_le_bytes().to_vec();
-    b.extend_from_slice(&2u16.to_le_bytes()); // ASID 2
-    b.extend_from_slice(&0x0100u16.to_le_bytes()); // guest BDF 01:00.0
-    b.extend_from_slice(&[0, 0, 0]); // lock flags, no RUN yet
-    check!(r.mailbox(TIO_TDI_BIND, &b)? == 0, "TIO_TDI_BIND");
-    check!(r.mailbox(TIO_TDI_STATUS, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 1, "TDI not CONFIG_LOCKED after bind");
+    check!(r.mailbox(Mb::TioInit, &[])? == 0, "TIO_INIT");
+    let dev = mb::TioDev { device_id: U16::new(rid), arg: 0 };
+    check!(r.mailbox(Mb::TioDevCreate, dev.as_bytes())? == 0, "TIO_DEV_CREATE");
+    let connect = mb::TioDevConnect { device_id: U16::new(rid), ..Default::default() };
+    check!(r.mailbox(Mb::TioDevConnect, connect.as_bytes())? == 0, "TIO_DEV_CONNECT");
+    let create = mb::TioTdiCreate { device_id: U16::new(rid), function_id: U32::new(rid.into()), ..Default::default() };
+    check!(r.mailbox(Mb::TioTdiCreate, create.as_bytes())? == 0, "TIO_TDI_CREATE");
+    let tdi = u32::from_le_bytes(r.mailbox_out(mb::out::TIO_TDI_CREATE, 4).try_into().unwrap_or([0; 4]));
+    // ASID 2, guest BDF 01:00.0, no lock flags, no RUN yet.
+    let bind = mb::TioTdiBind { tdi: U32::new(tdi), asid: U16::new(2), guest_device_id: U16::new(0x0100), ..Default::default() };
+    check!(r.mailbox(Mb::TioTdiBind, bind.as_bytes())? == 0, "TIO_TDI_BIND");
+    let status = mb::TioTdi { tdi: U32::new(tdi), ..Default::default() };
+    // TDISP states (PCIe 6.x §11.3.9): 1 CONFIG_LOCKED, 2 RUN.
+    check!(
+        r.mailbox(Mb::TioTdiStatus, status.as_bytes())? == 0 && r.mailbox_out(mb::out::TIO_TDI_STATUS, 1)[0] == 1,
+        "TDI not CONFIG_LOCKED after bind"
+    );
     check!(r.tdi_state()? == 1, "the device's DOE says the TDI is not CONFIG_LOCKED");
     // A private page of ASID 2 at GPA = IOVA, validated.
     let (iova, pa) = r.small(6);
     r.map(iova, pa, 12, Perm::RW)?;
     check!(r.rmpupdate(pa, iova, true, 2)? == 0, "RMPUPDATE for ASID 2");
     check!(r.pvalidate(pa, iova, 2)? == 0, "PVALIDATE");
-    let st = r.fill(F_T, iova, 64, 0x7777)?;
-    check!(st == ST_T1_REFUSED, "T=1 before RUN: status {st}");
+    let st = r.fill(DescFlags::T, iova, 64, 0x7777)?;
+    check!(st == DmaStatus::T1Refused, "T=1 before RUN: status {st}");
     check!(r.mem.r64(pa) == 0, "T=1 before RUN wrote");
     expect_event("rmp_violation", &format!("iova={iova:#x} t=true"));
-    let mut req = tdi.to_le_bytes().to_vec();
-    req.extend_from_slice(&MSG_RUN.to_le_bytes());
-    check!(r.mailbox(TIO_GUEST_REQUEST, &req)? == 0, "RUN request");
-    let mut req = tdi.to_le_bytes().to_vec();
-    req.extend_from_slice(&MSG_SDTE_WRITE.to_le_bytes());
-    req.extend_from_slice(&VTOM.to_le_bytes());
-    check!(r.mailbox(TIO_GUEST_REQUEST, &req)? == 0, "SDTE_WRITE");
-    check!(r.mailbox(TIO_TDI_STATUS, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 2, "TDI not in RUN");
+    let run = mb::TioGuestRequest { tdi: U32::new(tdi), message: U32::new(GuestMessage::Run.code()), ..Default::default() };
+    check!(r.mailbox(Mb::TioGuestRequest, run.as_bytes())? == 0, "RUN request");
+    let sdte = mb::TioGuestRequest { message: U32::new(GuestMessage::SdteWrite.code()), vtom: U64::new(VTOM), ..run };
+    check!(r.mailbox(Mb::TioGuestRequest, sdte.as_bytes())? == 0, "SDTE_WRITE");
+    check!(r.mailbox(Mb::TioTdiStatus, status.as_bytes())? == 0 && r.mailbox_out(mb::out::TIO_TDI_STATUS, 1)[0] == 2, "TDI not in RUN");
     check!(r.tdi_state()? == 2, "the device's DOE says the TDI is not in RUN");
     expect_event("tdisp", "to=RUN");
-    let st = r.fill(F_T, iova, 64, 0x8888)?;
-    check!(st == ST_OK, "T=1 in RUN to the TDI's private page: status {st}");
+    let st = r.fill(DescFlags::T, iova, 64, 0x8888)?;
+    check!(st == DmaStatus::Ok, "T=1 in RUN to the TDI's private page: status {st}");
     check!(r.mem.r64(pa) == 0x8888, "T=1 write did not land");
     // A page of another guest (ASID 3).
     let (iova3, pa3) = r.small(7);
     r.map(iova3, pa3, 12, Perm::RW)?;
     check!(r.rmpupdate(pa3, iova3, true, 3)? == 0, "RMPUPDATE for ASID 3");
     check!(r.pvalidate(pa3, iova3, 3)? == 0, "PVALIDATE ASID 3");
-    let st = r.fill(F_T, iova3, 64, 0x9999)?;
-    check!(st == ST_RMP_PAGE_FAULT, "T=1 to another ASID's page: status {st}");
+    let st = r.fill(DescFlags::T, iova3, 64, 0x9999)?;
+    check!(st == DmaStatus::RmpPageFault, "T=1 to another ASID's page: status {st}");
     check!(r.mem.r64(pa3) == 0, "another ASID's page was written");
     // That host-caused fault on a TDI in RUN fenced ASID 2: no T=1 DMA until the fence is cleared.
     expect_event("asid_fence", "asid=2");
-    check!(r.mailbox(TIO_ASID_FENCE_STATUS, &2u16.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] & 3 != 0, "ASID 2 not fenced");
-    let st = r.fill(F_T, iova, 64, 0x8889)?;
-    check!(st != ST_OK && r.mem.r64(pa) == 0x8888, "T=1 DMA of a fenced ASID went through (status {st})");
-    check!(r.mailbox(TIO_ASID_FENCE_CLEAR, &2u16.to_le_bytes())? == 0, "TIO_ASID_FENCE_CLEAR");
-    check!(r.fill(F_T, iova, 64, 0x8888)? == ST_OK, "T=1 after the fence was cleared");
+    let fence = mb::TioAsidFence { asid: U16::new(2), ..Default::default() };
+    check!(
+        r.mailbox(Mb::TioAsidFenceStatus, fence.as_bytes())? == 0 && r.mailbox_out(mb::out::TIO_ASID_FENCE_STATUS, 1)[0] & 3 != 0,
+        "ASID 2 not fenced"
+    );
+    let st = r.fill(DescFlags::T, iova, 64, 0x8889)?;
+    check!(st != DmaStatus::Ok && r.mem.r64(pa) == 0x8888, "T=1 DMA of a fenced ASID went through (status {st})");
+    check!(r.mailbox(Mb::TioAsidFenceClear, fence.as_bytes())? == 0, "TIO_ASID_FENCE_CLEAR");
+    check!(r.fill(DescFlags::T, iova, 64, 0x8888)? == DmaStatus::Ok, "T=1 after the fence was cleared");
     private_ring(r, iova, pa)
+}
+
+/// STATUS.HALTED: a descriptor fetch or write-back was refused.
+fn halted(r: &Rig) -> bool {
+    Status::from_bits_truncate(r.ep.r32(reg::STATUS as usize)).contains(Status::HALTED)
 }
 
 /// The driver of a TDI in RUN keeps its ring in its guest's private memory: with CTRL.RING_T the
@@ -650,25 +363,20 @@ fn private_ring(r: &mut Rig, iova: u64, pa: u64) -> R {
     let (ring_iova, ring_pa) = r.small(11);
     r.map(ring_iova, ring_pa, 12, Perm::RW)?;
     // Written while the page is still shared: a host store to a private page would be an RMP #PF.
-    r.mem.wr(ring_pa, &descriptor(OP_FILL, F_T, 64, 0, iova, 0x5151));
+    r.mem.wr(ring_pa, &descriptor(Op::Fill, DescFlags::T, 64, 0, iova, 0x5151));
     check!(r.rmpupdate(ring_pa, ring_iova, true, 2)? == 0, "RMPUPDATE of the ring page for ASID 2");
     check!(r.pvalidate(ring_pa, ring_iova, 2)? == 0, "PVALIDATE of the ring page");
-    r.ep.w32(EP_CTRL, 1 | EP_CTRL_RING_T);
-    r.ep.w64(EP_RING_BASE, ring_iova);
-    r.ep.w32(EP_RING_SIZE, 1);
-    r.ep.w32(EP_TAIL, 1);
-    let mut st = [0u8; 2];
-    let done = poll(|| {
-        r.mem.rd(ring_pa + 2, &mut st);
-        u16::from_le_bytes(st) != 0
-    });
-    let halted = r.ep.r32(EP_STATUS) & EP_ST_HALTED != 0;
-    r.ep.w32(EP_CTRL, 1);
-    r.ep.w64(EP_RING_BASE, RING_IOVA);
-    r.ep.w32(EP_RING_SIZE, RING_ENTRIES.trailing_zeros());
+    r.start_ring(ring_iova, 2, Ctrl::RING_T);
+    r.ep.w32(reg::TAIL as usize, 1);
+    let st = wait_status(|b| r.mem.rd(ring_pa + abi::endpoint::DESC_STATUS, b));
+    let halted = halted(r);
+    r.start_ring(RING_IOVA, RING_ENTRIES, Ctrl::empty());
     r.tail = 0;
-    check!(done && !halted, "the descriptor in the private ring never completed (halted: {halted})");
-    check!(u16::from_le_bytes(st) == ST_OK, "T=1 FILL from a private ring: status {}", u16::from_le_bytes(st));
+    let Some(st) = st.filter(|_| !halted) else {
+        return Err(format!("the descriptor in the private ring never completed (halted: {halted})"));
+    };
+    let st = st?;
+    check!(st == DmaStatus::Ok, "T=1 FILL from a private ring: status {st}");
     check!(r.mem.r64(pa) == 0x5151, "the FILL from the private ring did not land");
     Ok(())
 }
@@ -680,26 +388,26 @@ fn vtom_shared(r: &mut Rig) -> R {
     let (up, up_priv) = (VTOM + 0x8000, VTOM + 0x9000);
     r.map(up, shared_pa, 12, Perm::RW)?;
     r.map(up_priv, private_pa, 12, Perm::RW)?;
-    let st = r.fill(F_T, up, 64, 0xabab)?;
-    check!(st == ST_OK, "T=1 above vTOM to a shared page: status {st}");
+    let st = r.fill(DescFlags::T, up, 64, 0xabab)?;
+    check!(st == DmaStatus::Ok, "T=1 above vTOM to a shared page: status {st}");
     check!(r.mem.r64(shared_pa) == 0xabab, "shared write did not land");
     let before = r.mem.r64(private_pa);
-    let st = r.fill(F_T, up_priv, 64, 0xcdcd)?;
-    check!(st == ST_RMP_PAGE_FAULT, "T=1 above vTOM to a private page: status {st}");
+    let st = r.fill(DescFlags::T, up_priv, 64, 0xcdcd)?;
+    check!(st == DmaStatus::RmpPageFault, "T=1 above vTOM to a private page: status {st}");
     check!(r.mem.r64(private_pa) == before, "private page written through the shared alias");
     expect_event("rmp_violation", &format!("iova={up_priv:#x} t=true"));
-    check!(r.mailbox(TIO_ASID_FENCE_CLEAR, &2u16.to_le_bytes())? == 0, "TIO_ASID_FENCE_CLEAR");
+    check!(r.mailbox(Mb::TioAsidFenceClear, &2u16.to_le_bytes())? == 0, "TIO_ASID_FENCE_CLEAR");
     Ok(())
 }
 
 fn hazard(r: &mut Rig) -> R {
     let (iova, pa) = r.small(9);
     r.map(iova, pa, 12, Perm::RW)?;
-    check!(r.fill(0, iova, 64, 0x1234)? == ST_OK, "DMA through the live mapping");
+    check!(r.fill(DescFlags::empty(), iova, 64, 0x1234)? == DmaStatus::Ok, "DMA through the live mapping");
     // The hardware allows the conversion; the model reports the hazard on the event stream.
     check!(r.rmpupdate(pa, iova, true, 1)? == 0, "RMPUPDATE of a page with a live T=0 mapping");
     expect_event("hazard", &format!("iova={iova:#x} spa={pa:#x}"));
-    check!(r.fill(0, iova, 64, 0x4321)? == ST_RMP_PAGE_FAULT, "the next T=0 write must fault");
+    check!(r.fill(DescFlags::empty(), iova, 64, 0x4321)? == DmaStatus::RmpPageFault, "the next T=0 write must fault");
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     Ok(())
 }
@@ -709,7 +417,7 @@ fn doe_discovery(r: &mut Rig) -> R {
     let mut found = Vec::new();
     let mut index = 0u8;
     for _ in 0..8 {
-        let d = r.ep_cfg.doe(cap, 0x0001, 0, &[index, 0, 0, 0])?;
+        let d = r.ep_cfg.doe(cap, doe::VENDOR_PCI_SIG, doe::TYPE_DISCOVERY, &[index, 0, 0, 0])?;
         check!(d.len() == 4, "discovery response of {} bytes", d.len());
         found.push((u16::from_le_bytes([d[0], d[1]]), d[2]));
         index = d[3];
@@ -718,7 +426,7 @@ fn doe_discovery(r: &mut Rig) -> R {
         }
     }
     println!("# DOE protocols: {found:04x?}");
-    check!(found == [(0x0001, 0), (0x1234, 1)], "DOE discovery listed {found:x?}");
+    check!(found == [(doe::VENDOR_PCI_SIG, doe::TYPE_DISCOVERY), (doe::TDISP_VENDOR, doe::TDISP_TYPE)], "DOE discovery listed {found:x?}");
     check!(r.tdi_state()? == 0, "TDI not CONFIG_UNLOCKED at start");
     // A TDISP request the device refuses: START without LOCK gets TDISP_ERROR INVALID_INTERFACE_STATE.
     let e = r.tdisp(0x86, &[0; 32])?;
@@ -734,19 +442,18 @@ fn tdisp_stop(r: &mut Rig) -> R {
     check!(r.tdi_state()? == 0, "TDI not CONFIG_UNLOCKED after STOP");
     expect_event("tdisp", "via=doe to=CONFIG_UNLOCKED");
     let before = r.mem.r64(pa);
-    let st = r.fill(F_T, iova, 64, 0x5a5a)?;
-    check!(st == ST_T1_REFUSED, "T=1 after STOP: status {st}");
+    let st = r.fill(DescFlags::T, iova, 64, 0x5a5a)?;
+    check!(st == DmaStatus::T1Refused, "T=1 after STOP: status {st}");
     check!(r.mem.r64(pa) == before, "T=1 after STOP wrote");
     Ok(())
 }
 
 fn cpu_write(r: &mut Rig) -> R {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if !cmdline.split_whitespace().any(|a| a == "tiommu.plugin=1") {
+    if !plugin_mode() {
         return Err(format!("{SKIP}the RMP TCG plugin is not loaded (scripts/run-vm --plugin)"));
     }
     // SNP on (earlier scenarios turn it on; in --amd-iommu runs they skip).
-    r.ctl.w64(SNP_CTL, 1);
+    r.ctl.w64(mb::reg::SNP_CTL as usize, SnpCtl::SNP_EN.bits());
     let (iova, pa) = r.small(10);
     check!(r.rmpupdate(pa, iova, true, 1)? == 0, "RMPUPDATE to private");
     // One CPU store to the guest-assigned page: on SEV-SNP hardware an RMP #PF.
@@ -875,14 +582,11 @@ fn virtio_iommu_domain_decides_dma(r: &mut Rig) -> R {
         return Err(format!("{SKIP}no virtio-iommu attached (scripts/run-vm --virtio-iommu)"));
     }
     let (iova, _) = r.small(0);
-    let slot = r.hp1 + u64::from(r.tail % RING_ENTRIES) * 32;
-    r.mem.wr(slot, &descriptor(OP_FILL, 0, 8, 0, iova, 0));
-    r.tail = (r.tail + 1) % RING_ENTRIES;
-    r.ep.w32(EP_TAIL, r.tail);
-    check!(poll(|| r.ep.r32(EP_STATUS) & EP_ST_HALTED != 0), "the engine did not halt: its ring fetch was not refused");
+    let slot = r.post(&abi::endpoint::Descriptor::new(Op::Fill, DescFlags::empty(), 8, 0, iova, 0));
+    check!(poll(|| halted(r)), "the engine did not halt: its ring fetch was not refused");
     let mut st = [0u8; 2];
-    r.mem.rd(slot + 2, &mut st);
-    check!(u16::from_le_bytes(st) == 0, "a status was written back through an unmapped IOVA");
+    r.mem.rd(slot + abi::endpoint::DESC_STATUS, &mut st);
+    check!(u16::from_le_bytes(st) == DmaStatus::Pending.code(), "a status was written back through an unmapped IOVA");
     // The device reports the fault on its event queue; the kernel's viommu_fault_handler logs it.
     let logged = poll(|| {
         let out = std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
@@ -900,7 +604,7 @@ fn virtio_iommu_domain_decides_dma(r: &mut Rig) -> R {
 /// vendor:type, DOE discovery itself as `doe_discovery`: drivers/pci/doe.c), and the kernel logged
 /// nothing about the device's DOE.
 fn kernel_doe_features(_r: &mut Rig) -> R {
-    let ep = find(ENDPOINT_ID.0, ENDPOINT_ID.1).ok_or("no DMA endpoint function")?;
+    let ep = find_function(abi::pci::ENDPOINT)?;
     let dir = format!("{}/doe_features", ep.path);
     let mut found: Vec<String> = match std::fs::read_dir(&dir) {
         Ok(d) => d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
@@ -915,21 +619,6 @@ fn kernel_doe_features(_r: &mut Rig) -> R {
     Ok(())
 }
 
-pub(crate) fn viommu_mode() -> bool {
-    std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.viommu=1")
-}
-
-/// The kernel's amd_iommu drives the secure IOMMU function (run-vm --amd-iommu, an ACPI IVRS).
-pub(crate) fn amdvi_mode() -> bool {
-    std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.amdvi=1")
-}
-
-/// The kernel's intel_iommu drives the secure IOMMU function's VT-d unit (run-vm --intel-iommu,
-/// an ACPI DMAR).
-pub(crate) fn vtd_mode() -> bool {
-    std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.vtd=1")
-}
-
 /// After the hostile driver: a fresh driver (new tables, reset engine, pages made shared again)
 /// copies 4 KiB correctly.
 pub fn after_hostile() -> R {
@@ -937,8 +626,8 @@ pub fn after_hostile() -> R {
     let ((src, src_pa), (dst, dst_pa)) = (r.small(0), r.small(1));
     // TDX Connect: Rig::new brought the VT-d unit up afresh with the small pages mapped; there
     // is no RMP.
-    if !tdx::tdx_mode() {
-        r.ctl.w64(SNP_CTL, 1);
+    if !tdx_mode() {
+        r.ctl.w64(mb::reg::SNP_CTL as usize, SnpCtl::SNP_EN.bits());
         for pa in [r.hp1, src_pa, dst_pa] {
             check!(r.rmpupdate(pa, 0, false, 0)? == 0, "RMPUPDATE {pa:#x} to shared");
         }
@@ -949,8 +638,8 @@ pub fn after_hostile() -> R {
     }
     let data = pattern(3, 4096);
     r.mem.wr(src_pa, &data);
-    let (st, _) = r.dma(OP_COPY, 0, src, dst, 4096, 0)?;
-    check!(st == ST_OK, "copy after the hostile driver: status {st}");
+    let (st, _) = r.dma(Op::Copy, DescFlags::empty(), src, dst, 4096, 0)?;
+    check!(st == DmaStatus::Ok, "copy after the hostile driver: status {st}");
     check!(r.page_bytes(dst_pa, 4096) == data, "copy after the hostile driver: wrong bytes");
     Ok(())
 }
@@ -981,7 +670,7 @@ fn vcpus_at_once(r: &mut Rig) -> R {
     let (ep, iommu, ctl, mem, ring, cmdbuf, sem, mbox) =
         (&r.ep, r.iommu.as_ref().ok_or("no IOMMU registers")?, &r.ctl, &r.mem, r.hp1, r.cmdbuf, r.sem, r.mbox);
     let (mut tail, mut cmd_tail, mut seq) = (r.tail, r.cmd_tail, r.sem_seq);
-    let ep_id = ep.r32(EP_ID);
+    let ep_id = ep.r32(reg::ID as usize);
     let efr = iommu.r64(mmio::EXT_FEATURES as usize);
     let (mut mailboxes, mut reads) = (0u64, 0u64);
     let result = std::thread::scope(|s| -> R {
@@ -989,21 +678,14 @@ fn vcpus_at_once(r: &mut Rig) -> R {
         let endpoint = s.spawn(move || -> Result<u32, String> {
             pin_to_cpu(Some(1))?;
             for i in 0..SMP_ROUNDS {
-                let slot = ring + u64::from(tail % RING_ENTRIES) * 32;
+                let slot = ring + u64::from(tail % RING_ENTRIES) * abi::endpoint::DESC_SIZE;
                 let (iova, page) = (SMP_IOVA + (i % 16) * 0x1000, pa + (i % 16) * 0x1000);
                 let value = 0x5a5a_0000_0000_0000 | i;
-                mem.wr(slot, &descriptor(OP_FILL, 0, SMP_FILL_LEN, 0, iova, value));
+                mem.wr(slot, &descriptor(Op::Fill, DescFlags::empty(), SMP_FILL_LEN, 0, iova, value));
                 tail = (tail + 1) % RING_ENTRIES;
-                ep.w32(EP_TAIL, tail);
-                let mut st = [0u8; 2];
-                check!(
-                    poll(|| {
-                        mem.rd(slot + 2, &mut st);
-                        u16::from_le_bytes(st) != 0
-                    }),
-                    "FILL {i} never completed"
-                );
-                check!(u16::from_le_bytes(st) == ST_OK, "FILL {i}: status {}", u16::from_le_bytes(st));
+                ep.w32(reg::TAIL as usize, tail);
+                let st = wait_status(|b| mem.rd(slot + abi::endpoint::DESC_STATUS, b)).ok_or(format!("FILL {i} never completed"))??;
+                check!(st == DmaStatus::Ok, "FILL {i}: status {st}");
                 check!(mem.r64(page) == value && mem.r64(page + u64::from(SMP_FILL_LEN) - 8) == value, "FILL {i} did not land");
             }
             Ok(tail)
@@ -1013,10 +695,10 @@ fn vcpus_at_once(r: &mut Rig) -> R {
                 pin_to_cpu(Some(2))?;
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    ctl.w64(CMDBUF_LO, mbox);
-                    ctl.w32(CMDRESP, 0xd0 << 16); // TIO_STATUS
-                    let v = ctl.r32(CMDRESP);
-                    check!(v >> 31 == 1 && (v >> 16) & 0x7ff == 0xd0 && v & 0xffff == 0, "TIO_STATUS answered {v:#x}");
+                    ctl.w64(mb::reg::CMDBUF_LO as usize, mbox);
+                    ctl.w32(mb::reg::CMDRESP as usize, CmdResp::request(Mb::TioStatus.code()).0);
+                    let v = CmdResp(ctl.r32(mb::reg::CMDRESP as usize));
+                    check!(v == CmdResp::done(Mb::TioStatus.code(), 0), "TIO_STATUS answered {:#x}", v.0);
                     n += 1;
                 }
                 Ok(n)
@@ -1027,7 +709,7 @@ fn vcpus_at_once(r: &mut Rig) -> R {
                 pin_to_cpu(Some(3))?;
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    check!(ep.r32(EP_ID) == ep_id && iommu.r64(mmio::EXT_FEATURES as usize) == efr, "a register read wrong");
+                    check!(ep.r32(reg::ID as usize) == ep_id && iommu.r64(mmio::EXT_FEATURES as usize) == efr, "a register read wrong");
                     n += 1;
                 }
                 Ok(n)
@@ -1067,11 +749,6 @@ fn vcpus_at_once(r: &mut Rig) -> R {
     r.sem_seq = seq;
     result?;
     println!("# {ncpu} vCPUs: {SMP_ROUNDS} FILLs and {SMP_ROUNDS} command batches at once, {mailboxes} mailbox commands, {reads} register read pairs");
-    expect_count(SMP_ROUNDS, "dma", &format!("op={OP_FILL} len={SMP_FILL_LEN} status={ST_OK}"));
+    expect_count(SMP_ROUNDS, "dma", &format!("op={} len={SMP_FILL_LEN} status={}", Op::Fill.code(), DmaStatus::Ok.code()));
     Ok(())
-}
-
-/// At least `n` records of `kind` with these fields must be in the event stream.
-pub(crate) fn expect_count(n: u64, kind: &str, kv: &str) {
-    println!("# expect-count {n} {kind} {kv}");
 }

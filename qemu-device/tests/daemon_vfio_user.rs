@@ -227,10 +227,10 @@ fn config_space_ids_and_capability_chain() {
         _ => vec![(0x40, 0x10), (0x80, 0x11)],
     };
     // Both attached at once, as QEMU does (one that attaches only one function ends the session).
-    let mut clients = [("iommu", 0x7101u32, d.connect("iommu")), ("endpoint", 0x7102, d.connect("endpoint"))];
-    for (f, device, c) in &mut clients {
-        let (f, device) = (*f, *device);
-        assert_eq!(r32(c, CONFIG, 0), device << 16 | 0x1234, "{f}");
+    let mut clients = [("iommu", abi::pci::SECURE_IOMMU, d.connect("iommu")), ("endpoint", abi::pci::ENDPOINT, d.connect("endpoint"))];
+    for (f, id, c) in &mut clients {
+        let (f, id) = (*f, *id);
+        assert_eq!(r32(c, CONFIG, 0), u32::from(id.device) << 16 | u32::from(id.vendor), "{f}");
         let mut cap = [0u8; 1];
         c.region_read(CONFIG, 0x34, &mut cap).unwrap();
         let mut chain = Vec::new();
@@ -341,7 +341,7 @@ fn persist_serves_the_next_qemu_after_a_power_cycle() {
         w64(&mut c, BAR0, mmio::DEV_TABLE_BASE, 0x12_3000 | 1);
         let ram = ram_file(&d.dir, 0x10_0000);
         c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
-        w64(&mut c, 2, 0x10, 1);
+        w64(&mut c, BAR2, mb::reg::SNP_CTL, SnpCtl::SNP_EN.bits());
         let e = d.connect("endpoint");
         drop(e);
         drop(c);
@@ -372,7 +372,7 @@ fn sigterm_exits_cleanly_removes_the_sockets_and_keeps_the_event_stream_whole() 
     let ram = ram_file(&d.dir, 0x10_0000);
     c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
     // SNP_CTL.SNP_EN (BAR2 0x10): an RMP over guest RAM, and an "snp" record on the stream.
-    w64(&mut c, 2, 0x10, 1);
+    w64(&mut c, BAR2, mb::reg::SNP_CTL, SnpCtl::SNP_EN.bits());
     let st = Process::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap();
     assert!(st.success());
     assert!(d.wait().success(), "exit status 0 on SIGTERM");
@@ -499,35 +499,30 @@ fn a_qemu_that_attaches_one_function_does_not_leave_the_daemon_waiting() {
     let mut c = d.connect("iommu");
     let mut e = d.connect("endpoint");
     assert_eq!(r64(&mut c, BAR0, mmio::DEV_TABLE_BASE), 0);
-    assert_eq!(r32(&mut e, BAR0, 0), 0x414d_4454, "the endpoint's ID register");
+    assert_eq!(r32(&mut e, BAR0, abi::endpoint::reg::ID), abi::endpoint::ID_MAGIC, "the endpoint's ID register");
     assert!(t.elapsed() < Duration::from_secs(2), "served at once, not after a timeout");
 }
 
 /// BAR2 of the secure IOMMU function (docs/device-abi.md).
 const BAR2: u32 = 2;
-const RMP_BASE: u64 = 0x00;
-const RMP_END: u64 = 0x08;
-const SNP_CTL: u64 = 0x10;
-const CMDRESP: u64 = 0x100;
+use abi::mailbox::reg::{CMDBUF_HI, CMDBUF_LO, CMDRESP, RMP_BASE, RMP_END, SNP_CTL};
+use abi::mailbox::{self as mb, CmdResp, SnpCtl};
 
 /// One mailbox command with its 64-byte buffer at guest physical `buf`; the status.
-fn mailbox(c: &mut Client, ram: &std::fs::File, ram_gpa: u64, buf: u64, id: u32, args: &[u8]) -> u32 {
+fn mailbox(c: &mut Client, ram: &std::fs::File, ram_gpa: u64, buf: u64, id: mb::Command, args: &[u8]) -> u32 {
     ram.write_all_at(args, buf - ram_gpa).unwrap();
-    c.region_write(BAR2, 0x108, &(buf as u32).to_le_bytes()).unwrap();
-    c.region_write(BAR2, 0x10c, &((buf >> 32) as u32).to_le_bytes()).unwrap();
-    c.region_write(BAR2, CMDRESP, &(id << 16).to_le_bytes()).unwrap();
-    let r = r32(c, BAR2, CMDRESP);
-    assert_eq!(r >> 16, (1 << 15) | id, "done, with the id");
-    r & 0xffff
+    c.region_write(BAR2, CMDBUF_LO, &(buf as u32).to_le_bytes()).unwrap();
+    c.region_write(BAR2, CMDBUF_HI, &((buf >> 32) as u32).to_le_bytes()).unwrap();
+    c.region_write(BAR2, CMDRESP, &CmdResp::request(id.code()).0.to_le_bytes()).unwrap();
+    let r = CmdResp(r32(c, BAR2, CMDRESP));
+    assert_eq!((r.is_done(), r.id()), (true, id.code()), "done, with the id");
+    r.status()
 }
 
 fn rmpupdate_args(spa: u64, asid: u32) -> Vec<u8> {
-    let mut b = vec![0u8; 64];
-    b[0..8].copy_from_slice(&spa.to_le_bytes());
-    b[8..16].copy_from_slice(&spa.to_le_bytes());
-    b[16] = 1;
-    b[20..24].copy_from_slice(&asid.to_le_bytes());
-    b
+    use zerocopy::little_endian::{U32, U64};
+    let u = mb::RmpUpdate { spa: U64::new(spa), gpa: U64::new(spa), assigned: 1, asid: U32::new(asid), ..Default::default() };
+    mb::buffer(&u).to_vec()
 }
 
 /// The defect issue 13 found: RMP_BASE = RMP_END = ~0 then SNP_EN made `RMP_BASE + offset`
@@ -567,7 +562,7 @@ fn an_rmp_window_at_the_top_of_the_address_space_is_refused_and_nothing_wraps() 
     // Locked while SNP is on.
     w64(&mut c, BAR2, RMP_BASE, u64::MAX);
     assert_eq!(r64(&mut c, BAR2, RMP_BASE), 0x10_0000);
-    assert_eq!(mailbox(&mut c, &ram, 0x10_0000, 0x1f_f000, 0x01, &rmpupdate_args(0x15_0000, 2)), 0, "RMPUPDATE");
+    assert_eq!(mailbox(&mut c, &ram, 0x10_0000, 0x1f_f000, mb::Command::Rmpupdate, &rmpupdate_args(0x15_0000, 2)), 0, "RMPUPDATE");
     let mut raw = [0u8; 16];
     ram.read_exact_at(&mut raw, 0x4000 + 0x150 * 16).unwrap();
     assert_eq!(raw[0] & 1, 1, "the mirrored entry of page 0x150 is assigned");
@@ -591,18 +586,19 @@ fn an_rmp_window_at_the_top_of_the_address_space_is_refused_and_nothing_wraps() 
 /// page (IOVA = GPA 4 MiB); a ring of 128 READ_HASH descriptors of 16 MiB each from an unmapped IOVA, so
 /// every descriptor is 4096 refused pages (each one an IO_PAGE_FAULT record).
 fn flood_ram(dir: &Path) -> std::fs::File {
+    use abi::endpoint::{DescFlags, Descriptor, Op};
     use iommu_model::amdvi::builder::V1Builder;
     use iommu_model::amdvi::dte::Dte;
     use iommu_model::mem::{ByteMem, PhysMem};
     use iommu_model::walk::Perm;
-    use qemu_device::devices::endpoint::{op, Descriptor};
+    use zerocopy::IntoBytes;
     let mut mem = ByteMem::new(0, 0x80_0000);
     let mut pt = V1Builder::new(&mut mem, 0x20_0000, 0x30_0000, 4).unwrap();
     pt.map(&mut mem, RING, RING, 12, Perm::RW).unwrap();
     mem.write(0x10_0000 + 0x20 * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
     for i in 0..128u64 {
-        let d = Descriptor { op: op::READ_HASH, flags: 0, status: 0, len: 16 << 20, src: 0x1000_0000, dst: 0, value: 0 };
-        mem.write(RING + i * 32, &d.to_bytes()).unwrap();
+        let d = Descriptor::new(Op::ReadHash, DescFlags::empty(), 16 << 20, 0x1000_0000, 0, 0);
+        mem.write(RING + i * 32, d.as_bytes()).unwrap();
     }
     let ram = ram_file(dir, 0x80_0000);
     ram.write_all_at(&mem.bytes, 0).unwrap();
@@ -619,7 +615,7 @@ fn start_flood(
     iommu: &mut Client,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<u32> {
-    use qemu_device::devices::endpoint::reg;
+    use abi::endpoint::reg;
     iommu.dma_map(0, 0, 0x80_0000, ram.as_raw_fd()).unwrap();
     w64(iommu, BAR0, mmio::DEV_TABLE_BASE, 0x10_0000);
     w64(iommu, BAR0, mmio::CONTROL, control::IOMMU_EN);
@@ -768,13 +764,17 @@ fn tdx_connect_is_vtd_with_the_module_mailbox() {
     assert_ne!(r64(&mut c, BAR0, regs::ECAP) & regs::ecap::TDXCS, 0, "ECAP.TDXCS");
     let ram = ram_file(&d.dir, 0x10_0000);
     c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
-    // TDH.MNG.CREATE of TD 7 from a buffer at GPA 0x10_0000, then RMPUPDATE (0x01).
+    // TDH.MNG.CREATE of TD 7 from a buffer at GPA 0x10_0000, then RMPUPDATE (no such call).
+    use abi::tdx::{Call, TdxStatus};
     ram.write_all_at(&7u32.to_le_bytes(), 0).unwrap();
-    c.region_write(2, 0x108, &0x10_0000u32.to_le_bytes()).unwrap();
-    for (id, want) in [(0x40u32, 0u32), (0x40, 1), (0x01, 0x11)] {
-        c.region_write(2, 0x100, &(id << 16).to_le_bytes()).unwrap();
-        let r = r32(&mut c, 2, 0x100);
-        assert_eq!((r >> 31, (r >> 16) & 0x7ff, r & 0xffff), (1, id, want), "command {id:#x}");
+    c.region_write(BAR2, CMDBUF_LO, &0x10_0000u32.to_le_bytes()).unwrap();
+    let create = Call::TdhMngCreate.code();
+    for (id, want) in
+        [(create, TdxStatus::Success), (create, TdxStatus::OperandInvalid), (mb::Command::Rmpupdate.code(), TdxStatus::InvalidCommand)]
+    {
+        c.region_write(BAR2, CMDRESP, &CmdResp::request(id).0.to_le_bytes()).unwrap();
+        let r = CmdResp(r32(&mut c, BAR2, CMDRESP));
+        assert_eq!((r.is_done(), r.id(), r.status()), (true, id, want.code()), "command {id:#x}");
     }
     record(&d, |e| e["type"] == "tdx_call" && e["call"] == "TDH.MNG.CREATE" && e["td"] == 7);
     let out = Process::new(env!("CARGO_BIN_EXE_tiommu"))

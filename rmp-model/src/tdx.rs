@@ -45,18 +45,6 @@ pub enum TdxStatus {
 }
 
 impl TdxStatus {
-    /// The number the daemon's module mailbox returns (the model's, not the module's ABI).
-    pub fn code(self) -> u32 {
-        match self {
-            TdxStatus::Success => 0,
-            TdxStatus::OperandInvalid => 1,
-            TdxStatus::PageOwnerMismatch => 2,
-            TdxStatus::PageInUse => 3,
-            TdxStatus::MappingExists => 4,
-            TdxStatus::MappingNotFound => 5,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             TdxStatus::Success => "SUCCESS",

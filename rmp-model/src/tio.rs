@@ -1,36 +1,12 @@
-//! The SEV-TIO firmware commands (command ids of Linux drivers/crypto/ccp/sev-dev-tio.h and the
-//! SEV-TIO phase-2 patch series) as the firmware's state: device
-//! contexts, TDI contexts and their guest bindings, ASID fences. TDISP messages to the device go
+//! The SEV-TIO firmware commands (Linux drivers/crypto/ccp/sev-dev-tio.h and the SEV-TIO phase-2
+//! patch series; their command ids are the mailbox's, abi::mailbox::Command) as the firmware's
+//! state: device contexts, TDI contexts and their guest bindings, ASID fences. TDISP messages to the device go
 //! through a transport the caller gives (the host carries them over DOE); SPDM and IDE are message
 //! flow only, with no cryptography.
 
 use crate::dma_check::TdiBinding;
 use crate::tdisp::{self, Response, TdiState};
 use std::collections::BTreeMap;
-
-/// Command ids.
-pub mod cmd {
-    pub const TIO_STATUS: u32 = 0xd0;
-    pub const TIO_INIT: u32 = 0xd1;
-    pub const TIO_DEV_CREATE: u32 = 0xd2;
-    pub const TIO_DEV_RECLAIM: u32 = 0xd3;
-    pub const TIO_DEV_CONNECT: u32 = 0xd4;
-    pub const TIO_DEV_DISCONNECT: u32 = 0xd5;
-    pub const TIO_DEV_STATUS: u32 = 0xd6;
-    pub const TIO_DEV_MEASUREMENTS: u32 = 0xd7;
-    pub const TIO_DEV_CERTIFICATES: u32 = 0xd8;
-    pub const TIO_TDI_CREATE: u32 = 0xda;
-    pub const TIO_TDI_RECLAIM: u32 = 0xdb;
-    pub const TIO_TDI_BIND: u32 = 0xdc;
-    pub const TIO_TDI_UNBIND: u32 = 0xdd;
-    pub const TIO_TDI_REPORT: u32 = 0xde;
-    pub const TIO_TDI_STATUS: u32 = 0xdf;
-    pub const TIO_GUEST_REQUEST: u32 = 0xe0;
-    pub const TIO_ASID_FENCE_CLEAR: u32 = 0xe1;
-    pub const TIO_ASID_FENCE_STATUS: u32 = 0xe2;
-    pub const TIO_TDI_INFO: u32 = 0xe3;
-    pub const TIO_ROLL_KEY: u32 = 0xe4;
-}
 
 /// Status codes (Linux include/uapi/linux/psp-sev.h SEV_RET_*, the TIO ones 0x28-0x3f as the
 /// SEV-TIO phase-1 series adds them).

@@ -7,8 +7,13 @@
 
 use super::*;
 use crate::kernel_paths::{fill_lands, holds, VfioRing, BDF, DATA_IOVA, RING_IOVA as VFIO_RING_IOVA};
+use crate::rig::find_function;
 use crate::sys::vfio::{bind_vfio_pci, UserMem, Vfio};
+use crate::sys::{Bar, Config};
+use abi::doe::{reg as doe_reg, Ctrl as DoeCtrl, Status as DoeStatus};
+use iommu_model::amdvi::mmio::control;
 use std::io::{Read, Write};
+use std::time::Duration;
 
 pub(super) const SCENARIOS: [Scenario; 10] = [
     ("inject_completion_wait_lost_linux_times_out_and_carries_on", completion_wait_lost),
@@ -44,7 +49,7 @@ fn need_amd_iommu() -> R {
 /// This program's own rig: the AMD-Vi tables, SEV-TIO firmware and TDISP it drives itself.
 fn need_own_rig() -> R {
     inject_mode()?;
-    if amdvi_mode() || viommu_mode() || vtd_mode() || crate::tdx::tdx_mode() {
+    if amdvi_mode() || viommu_mode() || vtd_mode() || tdx_mode() {
         return Err(format!("{SKIP}drives the AMD-Vi tables and SEV-TIO flow itself (scripts/run-vm --inject without a kernel IOMMU)"));
     }
     Ok(())
@@ -140,8 +145,6 @@ fn logged(needle: &str, before: usize) -> bool {
     false
 }
 
-/// SEV-TIO firmware command (rmp_model::tio::cmd).
-const TIO_TDI_UNBIND: u32 = 0xdd;
 const TIMED_OUT: &str = "Completion-Wait loop timed out";
 const RESTARTING: &str = "IOMMU Event log restarting";
 /// Status register bits (amd_iommu_types.h MMIO_STATUS_*).
@@ -182,12 +185,12 @@ fn completion_wait_lost(_r: &mut Rig) -> R {
     check!(host.status()?.contains(r#""pending":[]"#), "the fault is still armed");
     // The INVALIDATE_IOMMU_PAGES before the lost wait ran: the unmapped IOVA faults.
     let st = ep.fill(DATA_IOVA, 0x2222)?;
-    check!(st == ST_IO_PAGE_FAULT, "FILL after the unmap: status {st}");
+    check!(st == DmaStatus::IoPageFault, "FILL after the unmap: status {st}");
     // Linux carries on: the next map, DMA, unmap and wait work, with no new timeout.
     v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
     fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x3333)?;
     v.unmap(DATA_IOVA, 0x1000)?;
-    check!(ep.fill(DATA_IOVA, 0x4444)? == ST_IO_PAGE_FAULT, "the second unmap did not reach the IOTLB");
+    check!(ep.fill(DATA_IOVA, 0x4444)? == DmaStatus::IoPageFault, "the second unmap did not reach the IOTLB");
     check!(count(&dmesg(), TIMED_OUT) == before + 1, "more than one timeout");
     Ok(())
 }
@@ -210,7 +213,7 @@ fn event_log_overflow(_r: &mut Rig) -> R {
     // A real fault after the restart is logged and consumed.
     let tail = host.reg("evt_tail")?;
     let unmapped = DATA_IOVA + 0x10_0000;
-    check!(ep.fill(unmapped, 0x5555)? == ST_IO_PAGE_FAULT, "FILL to an unmapped IOVA did not fault");
+    check!(ep.fill(unmapped, 0x5555)? == DmaStatus::IoPageFault, "FILL to an unmapped IOVA did not fault");
     check!(
         poll(|| host.reg("evt_tail").is_ok_and(|t| t != tail) && host.reg("evt_head") == host.reg("evt_tail")),
         "the fault was not logged, or Linux did not read it"
@@ -278,10 +281,10 @@ fn command_hardware_error(_r: &mut Rig) -> R {
         // The stale translation: the invalidation never ran.
         let st = ep.fill(DATA_IOVA, 0x9999)?;
         println!("# {event}: after the unmap with the command processor stopped, FILL status {st} (1: the IOTLB still maps the page)");
-        check!(st == ST_OK && holds(&mem, 0x1000, 0x9999), "the stale IOTLB entry should still let the FILL land (status {st})");
+        check!(st == DmaStatus::Ok && holds(&mem, 0x1000, 0x9999), "the stale IOTLB entry should still let the FILL land (status {st})");
         // The recovery Linux 7.3 lacks, through BAR0's sysfs resource file: a kernel built with
         // CONFIG_IO_STRICT_DEVMEM (the distribution's) refuses to map a range a driver claimed.
-        let dev = find(IOMMU_ID.0, IOMMU_ID.1).ok_or("no IOMMU function")?;
+        let dev = find_function(abi::pci::SECURE_IOMMU)?;
         let regs = match Bar::map(&dev, 0) {
             Ok(b) => b,
             Err(e) if e.contains("Invalid argument") => {
@@ -298,7 +301,7 @@ fn command_hardware_error(_r: &mut Rig) -> R {
             "the command processor did not resume and drain"
         );
         let st = ep.fill(DATA_IOVA, 0xaaaa)?;
-        check!(st == ST_IO_PAGE_FAULT, "after the restart the unmap's invalidation should have run (status {st})");
+        check!(st == DmaStatus::IoPageFault, "after the restart the unmap's invalidation should have run (status {st})");
         // And Linux's next commands complete.
         let timeouts = count(&dmesg(), TIMED_OUT);
         v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
@@ -318,19 +321,23 @@ fn table_hardware_errors(r: &mut Rig) -> R {
     let mut host = Host::open()?;
     let (v, mem) = vfio()?;
     let mut ep = VfioRing::start(&v.device, &mem)?;
-    r.ctl.w64(SNP_CTL, 1);
+    r.ctl.w64(mb::reg::SNP_CTL as usize, SnpCtl::SNP_EN.bits());
     for (fault, st_want, line) in [
         (
             "dev-tab-hardware-error",
-            ST_IO_PAGE_FAULT,
+            DmaStatus::IoPageFault,
             r"AMD-Vi: Event logged \[DEV_TAB_HARDWARE_ERROR device=0000:00:04\.0 address=0x[0-9a-f]+ flags=0x0620\]",
         ),
         (
             "page-tab-hardware-error",
-            ST_IO_PAGE_FAULT,
+            DmaStatus::IoPageFault,
             r"AMD-Vi: Event logged \[PAGE_TAB_HARDWARE_ERROR device=0000:00:04\.0 pasid=0x[0-9a-f]+ address=0x[0-9a-f]+ flags=0x0620\]",
         ),
-        ("rmp-hw-error", 7, r"0000:00:04\.0: AMD-Vi: Event logged \[RMP_HW_ERROR vmg_tag=0x0000, spa=0x[0-9a-f]+, flags=0x0620\]"),
+        (
+            "rmp-hw-error",
+            DmaStatus::HwError,
+            r"0000:00:04\.0: AMD-Vi: Event logged \[RMP_HW_ERROR vmg_tag=0x0000, spa=0x[0-9a-f]+, flags=0x0620\]",
+        ),
     ] {
         // At the FILL's data page, not its descriptor fetch.
         host.inject(fault, &format!(r#""iova":"{DATA_IOVA:#x}""#))?;
@@ -348,25 +355,27 @@ fn table_hardware_errors(r: &mut Rig) -> R {
 fn bind_and_run(r: &mut Rig) -> Result<u32, String> {
     let rid = r.rid;
     // Already done by the TDISP scenarios, or not: either answer is fine here.
-    r.mailbox(TIO_INIT, &[])?;
-    r.mailbox(TIO_DEV_CREATE, &rid.to_le_bytes())?;
-    r.mailbox(TIO_DEV_CONNECT, &rid.to_le_bytes())?;
-    let mut b = rid.to_le_bytes().to_vec();
-    b.extend_from_slice(&[0, 0]);
-    b.extend_from_slice(&u32::from(rid).to_le_bytes());
-    r.mailbox(TIO_TDI_CREATE, &b)?;
-    let tdi = (1..=16u32).find(|t| r.mailbox(TIO_TDI_STATUS, &t.to_le_bytes()).is_ok_and(|s| s == 0)).ok_or("no TDI for the endpoint")?;
-    r.mailbox(TIO_TDI_UNBIND, &[&tdi.to_le_bytes()[..], &[1]].concat())?;
-    let mut b = tdi.to_le_bytes().to_vec();
-    b.extend_from_slice(&2u16.to_le_bytes());
-    b.extend_from_slice(&0x0100u16.to_le_bytes());
-    b.extend_from_slice(&[0, 0, 1]); // lock flags, and RUN
-    check!(r.mailbox(TIO_TDI_BIND, &b)? == 0, "TIO_TDI_BIND");
-    let mut req = tdi.to_le_bytes().to_vec();
-    req.extend_from_slice(&MSG_SDTE_WRITE.to_le_bytes());
-    req.extend_from_slice(&VTOM.to_le_bytes());
-    check!(r.mailbox(TIO_GUEST_REQUEST, &req)? == 0, "SDTE_WRITE");
-    r.mailbox(TIO_ASID_FENCE_CLEAR, &2u16.to_le_bytes())?;
+    r.mailbox(Mb::TioInit, &[])?;
+    r.mailbox(Mb::TioDevCreate, mb::TioDev { device_id: U16::new(rid), arg: 0 }.as_bytes())?;
+    r.mailbox(Mb::TioDevConnect, mb::TioDevConnect { device_id: U16::new(rid), ..Default::default() }.as_bytes())?;
+    let create = mb::TioTdiCreate { device_id: U16::new(rid), function_id: U32::new(rid.into()), ..Default::default() };
+    r.mailbox(Mb::TioTdiCreate, create.as_bytes())?;
+    let tdi_cmd = |tdi: u32, force: u8| mb::TioTdi { tdi: U32::new(tdi), force, ..Default::default() };
+    let tdi = (1..=16u32)
+        .find(|&t| r.mailbox(Mb::TioTdiStatus, tdi_cmd(t, 0).as_bytes()).is_ok_and(|s| s == 0))
+        .ok_or("no TDI for the endpoint")?;
+    r.mailbox(Mb::TioTdiUnbind, tdi_cmd(tdi, 1).as_bytes())?;
+    // ASID 2, guest BDF 01:00.0, no lock flags, and RUN.
+    let bind = mb::TioTdiBind { tdi: U32::new(tdi), asid: U16::new(2), guest_device_id: U16::new(0x0100), lock_flags: U16::new(0), run: 1 };
+    check!(r.mailbox(Mb::TioTdiBind, bind.as_bytes())? == 0, "TIO_TDI_BIND");
+    let sdte = mb::TioGuestRequest {
+        tdi: U32::new(tdi),
+        message: U32::new(GuestMessage::SdteWrite.code()),
+        vtom: U64::new(VTOM),
+        ..Default::default()
+    };
+    check!(r.mailbox(Mb::TioGuestRequest, sdte.as_bytes())? == 0, "SDTE_WRITE");
+    r.mailbox(Mb::TioAsidFenceClear, mb::TioAsidFence { asid: U16::new(2), ..Default::default() }.as_bytes())?;
     check!(r.tdi_state()? == 2, "the TDI is not in RUN after the bind");
     Ok(tdi)
 }
@@ -377,7 +386,7 @@ fn bind_and_run(r: &mut Rig) -> Result<u32, String> {
 fn tdi_error(r: &mut Rig) -> R {
     need_own_rig()?;
     let mut host = Host::open()?;
-    r.ctl.w64(SNP_CTL, 1);
+    r.ctl.w64(mb::reg::SNP_CTL as usize, SnpCtl::SNP_EN.bits());
     let (iova, _) = r.small(12);
     let pages: Vec<u64> = (12..16).map(|k| r.small(k).1).collect();
     for (i, &pa) in pages.iter().enumerate() {
@@ -386,26 +395,26 @@ fn tdi_error(r: &mut Rig) -> R {
         check!(r.rmpupdate(pa, at, true, 2)? == 0 && r.pvalidate(pa, at, 2)? == 0, "page {i} for ASID 2");
     }
     let tdi = bind_and_run(r)?;
-    check!(r.fill(F_T, iova, 0x4000, 0x1212)? == ST_OK, "T=1 FILL in RUN");
+    check!(r.fill(DescFlags::T, iova, 0x4000, 0x1212)? == DmaStatus::Ok, "T=1 FILL in RUN");
     // Counted from now: the descriptor fetch and the first two pages pass.
     host.inject("tdi-error", r#""device":"00:04.0","after_dma":3"#)?;
-    let st = r.fill(F_T, iova, 0x4000, 0x3434)?;
-    check!(st == ST_T1_REFUSED, "T=1 FILL when the TDI went to ERROR mid-transfer: status {st}");
+    let st = r.fill(DescFlags::T, iova, 0x4000, 0x3434)?;
+    check!(st == DmaStatus::T1Refused, "T=1 FILL when the TDI went to ERROR mid-transfer: status {st}");
     check!(pages.iter().all(|&pa| r.mem.r64(pa) == 0x1212), "the refused FILL moved bytes");
     check!(r.tdi_state()? == 3, "the device's DOE does not say ERROR");
-    check!(r.mailbox(TIO_TDI_STATUS, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 3, "the firmware does not see ERROR");
+    check!(r.mailbox(Mb::TioTdiStatus, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 3, "the firmware does not see ERROR");
     expect_event("tdisp", "to=ERROR via=injected");
     expect_event("injected", "fault=tdi-error");
-    check!(r.fill(F_T, iova, 64, 0x5656)? == ST_T1_REFUSED, "T=1 DMA in ERROR");
+    check!(r.fill(DescFlags::T, iova, 64, 0x5656)? == DmaStatus::T1Refused, "T=1 DMA in ERROR");
     let (shared, shared_pa) = r.small(16);
     r.map(shared, shared_pa, 12, Perm::RW)?;
-    check!(r.fill(0, shared, 64, 0x7878)? == ST_OK && r.mem.r64(shared_pa) == 0x7878, "T=0 DMA goes on");
+    check!(r.fill(DescFlags::empty(), shared, 64, 0x7878)? == DmaStatus::Ok && r.mem.r64(shared_pa) == 0x7878, "T=0 DMA goes on");
     // The host STOPs the TDI; still no T=1 until it is bound and RUN again.
     let stop = r.tdisp(0x87, &[])?;
     check!(stop.len() >= 16 && stop[1] == 0x07 && r.tdi_state()? == 0, "STOP_INTERFACE from ERROR: {stop:02x?}");
-    check!(r.fill(F_T, iova, 64, 0x5656)? == ST_T1_REFUSED, "T=1 DMA after STOP, before a bind");
+    check!(r.fill(DescFlags::T, iova, 64, 0x5656)? == DmaStatus::T1Refused, "T=1 DMA after STOP, before a bind");
     bind_and_run(r)?;
-    check!(r.fill(F_T, iova, 0x4000, 0x9a9a)? == ST_OK, "T=1 FILL after a clean re-bind");
+    check!(r.fill(DescFlags::T, iova, 0x4000, 0x9a9a)? == DmaStatus::Ok, "T=1 FILL after a clean re-bind");
     check!(pages.iter().all(|&pa| r.mem.r64(pa) == 0x9a9a), "the FILL after the re-bind did not land");
     Ok(())
 }
@@ -415,18 +424,18 @@ fn tdi_error(r: &mut Rig) -> R {
 fn rmp_hw_error(r: &mut Rig) -> R {
     need_own_rig()?;
     let mut host = Host::open()?;
-    r.ctl.w64(SNP_CTL, 1);
+    r.ctl.w64(mb::reg::SNP_CTL as usize, SnpCtl::SNP_EN.bits());
     let (iova, pa) = r.small(17);
     r.map(iova, pa, 12, Perm::RW)?;
     r.events();
     host.inject("rmp-hw-error", &format!(r#""iova":"{iova:#x}""#))?;
-    let st = r.fill(0, iova, 64, 0x1111)?;
-    check!(st == 7, "FILL with an unreadable RMP entry: status {st}");
+    let st = r.fill(DescFlags::empty(), iova, 64, 0x1111)?;
+    check!(st == DmaStatus::HwError, "FILL with an unreadable RMP entry: status {st}");
     check!(r.mem.r64(pa) == 0, "bytes moved");
     let ev = r.events();
     check!(ev.iter().any(|e| e.code == event::RMP_HW_ERROR && e.address == pa && e.devid == r.rid), "no RMP_HW_ERROR for {pa:#x}: {ev:?}");
     expect_event("injected", &format!("fault=rmp-hw-error address={pa:#x}"));
-    check!(r.fill(0, iova, 64, 0x2222)? == ST_OK && r.mem.r64(pa) == 0x2222, "the next FILL");
+    check!(r.fill(DescFlags::empty(), iova, 64, 0x2222)? == DmaStatus::Ok && r.mem.r64(pa) == 0x2222, "the next FILL");
     Ok(())
 }
 
@@ -450,7 +459,7 @@ fn rogue_dma(r: &mut Rig) -> R {
         }),
         "no IO_PAGE_FAULT for the rogue DMA: {ev:?}"
     );
-    expect_event("dma", &format!("injected=true iova={bad:#x} status={ST_IO_PAGE_FAULT}"));
+    expect_event("dma", &format!("injected=true iova={bad:#x} status={}", DmaStatus::IoPageFault.code()));
     Ok(())
 }
 
@@ -462,17 +471,18 @@ fn ring_stall(r: &mut Rig) -> R {
     let (iova, pa) = r.small(19);
     r.map(iova, pa, 12, Perm::RW)?;
     host.inject("ring-stall", r#""device":"00:04.0""#)?;
-    let slot = r.hp1 + u64::from(r.tail % RING_ENTRIES) * 32;
-    r.mem.wr(slot, &descriptor(OP_FILL, 0, 8, 0, iova, 0x4242));
-    r.ep.w32(EP_TAIL, (r.tail + 1) % RING_ENTRIES);
+    let slot = r.next_slot();
+    r.mem.wr(slot, &descriptor(Op::Fill, DescFlags::empty(), 8, 0, iova, 0x4242));
+    r.ep.w32(reg::TAIL as usize, (r.tail + 1) % RING_ENTRIES);
     std::thread::sleep(Duration::from_millis(300));
-    let (status, written) = (r.ep.r32(EP_STATUS), r.mem.r64(pa));
-    check!(status & 1 != 0 && written == 0 && r.page_bytes(slot + 2, 2) == [0, 0], "a stalled ring made progress (STATUS {status:#x})");
+    let (status, written) = (Status::from_bits_truncate(r.ep.r32(reg::STATUS as usize)), r.mem.r64(pa));
+    let pending = r.page_bytes(slot + abi::endpoint::DESC_STATUS, 2) == DmaStatus::Pending.code().to_le_bytes();
+    check!(status.contains(Status::BUSY) && written == 0 && pending, "a stalled ring made progress (STATUS {status:?})");
     // Recovery as a driver would: reset the engine and start the ring over.
-    r.ep.w32(EP_CTRL, 1);
+    r.ep.w32(reg::CTRL as usize, Ctrl::RESET.bits());
     r.tail = 0;
-    check!(r.ep.r32(EP_STATUS) == 0, "STATUS after CTRL.RESET");
-    check!(r.fill(0, iova, 8, 0x4343)? == ST_OK && r.mem.r64(pa) == 0x4343, "DMA after the reset");
+    check!(r.ep.r32(reg::STATUS as usize) == 0, "STATUS after CTRL.RESET");
+    check!(r.fill(DescFlags::empty(), iova, 8, 0x4343)? == DmaStatus::Ok && r.mem.r64(pa) == 0x4343, "DMA after the reset");
     expect_event("injected", "fault=ring-stall");
     Ok(())
 }
@@ -480,27 +490,28 @@ fn ring_stall(r: &mut Rig) -> R {
 /// A DOE requester as Linux's drivers/pci/doe.c is: Busy and Error checked before sending, Data
 /// Object Ready polled with a timeout (here 2000 reads), the response read dword by dword.
 fn doe_exchange(cfg: &Config, cap: u64, vendor: u16, ty: u8, payload: &[u8]) -> Result<Vec<u8>, &'static str> {
-    let st = cfg.r32(cap + 0x0c);
-    if st & 1 != 0 {
+    let status = || DoeStatus::from_bits_truncate(cfg.r32(cap + u64::from(doe_reg::STATUS)));
+    let (write, read) = (cap + u64::from(doe_reg::WRITE), cap + u64::from(doe_reg::READ));
+    if status().contains(DoeStatus::BUSY) {
         return Err("busy");
     }
-    if st & 4 != 0 {
+    if status().contains(DoeStatus::ERROR) {
         return Err("error");
     }
     let words: Vec<u32> = payload.chunks(4).map(|c| c.iter().rev().fold(0, |a, &b| a << 8 | u32::from(b))).collect();
-    cfg.w32(cap + 0x10, u32::from(vendor) | u32::from(ty) << 16);
-    cfg.w32(cap + 0x10, words.len() as u32 + 2);
-    words.iter().for_each(|&w| cfg.w32(cap + 0x10, w));
-    cfg.w32(cap + 0x08, 1 << 31);
-    if !(0..2000).any(|_| cfg.r32(cap + 0x0c) & (1 << 31 | 4) != 0) {
+    cfg.w32(write, abi::doe::header(vendor, ty));
+    cfg.w32(write, words.len() as u32 + 2);
+    words.iter().for_each(|&w| cfg.w32(write, w));
+    cfg.w32(cap + u64::from(doe_reg::CTRL), DoeCtrl::GO.bits());
+    if !(0..2000).any(|_| status().intersects(DoeStatus::DATA_OBJECT_READY | DoeStatus::ERROR)) {
         return Err("timeout");
     }
     let mut out = Vec::new();
-    while cfg.r32(cap + 0x0c) >> 31 == 1 && out.len() < 1024 {
-        out.push(cfg.r32(cap + 0x14));
-        cfg.w32(cap + 0x14, 0);
+    while status().contains(DoeStatus::DATA_OBJECT_READY) && out.len() < abi::doe::MAX_DWORDS {
+        out.push(cfg.r32(read));
+        cfg.w32(read, 0);
     }
-    if cfg.r32(cap + 0x0c) & 4 != 0 || out.len() < 2 {
+    if status().contains(DoeStatus::ERROR) || out.len() < 2 {
         return Err("error");
     }
     Ok(out[2..].iter().flat_map(|w| w.to_le_bytes()).collect())
@@ -508,8 +519,9 @@ fn doe_exchange(cfg: &Config, cap: u64, vendor: u16, ty: u8, payload: &[u8]) -> 
 
 /// pci_doe_abort: Abort, then neither Error nor Busy.
 fn doe_abort(cfg: &Config, cap: u64) -> bool {
-    cfg.w32(cap + 0x08, 1);
-    (0..100).any(|_| cfg.r32(cap + 0x0c) & 5 == 0)
+    cfg.w32(cap + u64::from(doe_reg::CTRL), DoeCtrl::ABORT.bits());
+    (0..100)
+        .any(|_| !DoeStatus::from_bits_truncate(cfg.r32(cap + u64::from(doe_reg::STATUS))).intersects(DoeStatus::ERROR | DoeStatus::BUSY))
 }
 
 /// The mailbox busy, in error, and hung: what Linux's DOE requester meets, and its recovery.
@@ -521,13 +533,16 @@ fn doe_faults(r: &mut Rig) -> R {
         let mut m = vec![0x10, 0x85, 0, 0];
         m.extend_from_slice(&u32::from(r.rid).to_le_bytes());
         m.extend_from_slice(&[0; 8]);
-        doe_exchange(&r.ep_cfg, cap, 0x1234, 1, &m)
+        doe_exchange(&r.ep_cfg, cap, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &m)
     };
     check!(doe_abort(&r.ep_cfg, cap) && state(r).is_ok(), "the mailbox before any fault");
     host.inject("doe-busy", r#""device":"00:04.0","reads":3"#)?;
     check!(state(r) == Err("busy"), "Busy not seen");
     // Linux polls Busy for up to a second before giving up; the reads run the Busy out.
-    check!(poll(|| r.ep_cfg.r32(cap + 0x0c) & 1 == 0), "Busy never cleared");
+    check!(
+        poll(|| !DoeStatus::from_bits_truncate(r.ep_cfg.r32(cap + u64::from(doe_reg::STATUS))).contains(DoeStatus::BUSY)),
+        "Busy never cleared"
+    );
     check!(state(r).is_ok(), "an exchange after Busy cleared");
     host.inject("doe-error", r#""device":"00:04.0""#)?;
     check!(state(r) == Err("error"), "DOE Error not seen");

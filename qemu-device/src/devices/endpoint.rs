@@ -799,7 +799,10 @@ mod tests {
             assert_eq!((e.status, e.head, e.completed), (Status::HALTED, 0, 0));
         }
         let h = r.events_of("dma_halted");
-        assert_eq!((h.len(), h[0]["what"].as_str(), h[0]["status"].as_u64()), (1, Some("fetch"), Some(u64::from(DmaStatus::IoPageFault.code()))));
+        assert_eq!(
+            (h.len(), h[0]["what"].as_str(), h[0]["status"].as_u64()),
+            (1, Some("fetch"), Some(u64::from(DmaStatus::IoPageFault.code())))
+        );
         r.ring();
         assert_eq!(r.events_of("translation_fault").len(), 1, "a halted engine fetches nothing");
         // The ring's last descriptor at the top of the address space: the fetch wraps.
@@ -905,7 +908,9 @@ mod tests {
             let mut g = lock(&rig);
             g.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
             for i in 0..3u64 {
-                g.mem.write(RING_SPA + i * 32, &desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000 + 8 * i, 0x11 * (i + 1)).as_bytes()).unwrap();
+                g.mem
+                    .write(RING_SPA + i * 32, &desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000 + 8 * i, 0x11 * (i + 1)).as_bytes())
+                    .unwrap();
             }
         }
         for t in 1..=3 {
@@ -1001,7 +1006,12 @@ mod tests {
         dev.doe(DoeFault::Busy { reads: 2 });
         assert_eq!((rd(&mut ep, doe::STATUS), rd(&mut ep, doe::STATUS), rd(&mut ep, doe::STATUS)), (doe::STATUS_BUSY, doe::STATUS_BUSY, 0));
         let fid = u32::from(RID);
-        let m = doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::request(tdisp::req::GET_DEVICE_INTERFACE_STATE, fid, &[]));
+        let m = doe_exchange(
+            &mut ep,
+            abi::doe::TDISP_VENDOR,
+            abi::doe::TDISP_TYPE,
+            &tdisp::request(tdisp::req::GET_DEVICE_INTERFACE_STATE, fid, &[]),
+        );
         assert_eq!(tdisp::parse_response(&m), Some(Response::State(TdiState::ConfigUnlocked)), "works after");
     }
 
@@ -1056,11 +1066,21 @@ mod tests {
         let (mut ep, _rx, rig) = endpoint();
         let fid = u32::from(RID);
         let state = |ep: &mut Endpoint| {
-            let m = doe_exchange(ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::request(tdisp::req::GET_DEVICE_INTERFACE_STATE, fid, &[]));
+            let m = doe_exchange(
+                ep,
+                abi::doe::TDISP_VENDOR,
+                abi::doe::TDISP_TYPE,
+                &tdisp::request(tdisp::req::GET_DEVICE_INTERFACE_STATE, fid, &[]),
+            );
             tdisp::parse_response(&m)
         };
         assert_eq!(state(&mut ep), Some(Response::State(TdiState::ConfigUnlocked)));
-        let m = doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::lock_interface(fid, tdisp::lock_flags::NO_FW_UPDATE, 0, 0));
+        let m = doe_exchange(
+            &mut ep,
+            abi::doe::TDISP_VENDOR,
+            abi::doe::TDISP_TYPE,
+            &tdisp::lock_interface(fid, tdisp::lock_flags::NO_FW_UPDATE, 0, 0),
+        );
         let Some(Response::Locked { nonce }) = tdisp::parse_response(&m) else { panic!("LOCK: {m:x?}") };
         assert_eq!(state(&mut ep), Some(Response::State(TdiState::ConfigLocked)));
         let m = doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::start_interface(fid, &nonce));

@@ -10,13 +10,12 @@ use crate::vfio::guest_mem::{GuestMem, GuestRam};
 use iommu_model::amdvi::mmio::MMIO_SIZE;
 use iommu_model::mem::PhysMem;
 use rmp_model::ops::{AdjustAttrs, GuestCtx, GuestResult, RmpState};
-use rmp_model::tio::{self, TioStatus};
+use rmp_model::tio::TioStatus;
 use rmp_model::PageSize;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
-
-pub const VENDOR: u16 = 0x1234;
-pub const DEVICE: u16 = 0x7101;
+use zerocopy::little_endian::U32;
+use zerocopy::IntoBytes;
 
 /// Where the IOMMU capability block sits in config space; the ACPI IVRS names it (cap_ptr) and
 /// Linux's iommu_init_pci reads the header there.
@@ -37,41 +36,12 @@ fn capability() -> Vec<u8> {
     [header, 0, 0, 0, misc0].iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-pub mod bar2 {
-    pub const RMP_BASE: u64 = 0x000;
-    pub const RMP_END: u64 = 0x008;
-    pub const SNP_CTL: u64 = 0x010;
-    /// With `--iommu vtd`, read-only: the VT-d unit's fault event message (FEUADDR:FEADDR, and
-    /// FEDATA), for whoever wires the unit's interrupt to the function's MSI
-    /// (docs/device-abi.md).
-    pub const FE_MSG_ADDR: u64 = 0x020;
-    pub const FE_MSG_DATA: u64 = 0x028;
-    pub const CMDRESP: u64 = 0x100;
-    pub const CMDBUF_LO: u64 = 0x108;
-    pub const CMDBUF_HI: u64 = 0x10c;
-}
+/// The BAR2 register offsets (abi::mailbox::reg).
+pub use abi::mailbox::reg as bar2;
+use abi::mailbox::{self as mb, CmdResp, Command, GuestMessage, MailboxStatus, SnpCtl, RMP_FAIL_INPUT};
 
-/// Mailbox command ids (the TIO ones are the firmware's, rmp_model::tio::cmd; the page operations
-/// are the CPU instructions a host would run, given ids here).
-pub mod cmd {
-    pub const RMPUPDATE: u32 = 0x01;
-    pub const PSMASH: u32 = 0x02;
-    pub const PVALIDATE: u32 = 0x03;
-    pub const RMPADJUST: u32 = 0x04;
-    pub const RMPREAD: u32 = 0x05;
-}
-
-/// SEV status codes the mailbox adds (Linux psp-sev.h SEV_RET_INVALID_ADDRESS / INVALID_COMMAND).
-const INVALID_ADDRESS: u32 = 0x09;
-const INVALID_COMMAND: u32 = 0x11;
-/// Mailbox-only status: the guest's page operation took a nested page fault (no return code).
-const NESTED_PAGE_FAULT: u32 = 0xfe;
-/// Mailbox-only status: PVALIDATE at a VMPL other than 0 took #GP.
-const GENERAL_PROTECTION: u32 = 0xfd;
-/// TIO_GUEST_REQUEST message types: SDTE_WRITE (phase-2 TIO_MSG_SDTE_WRITE_REQ) and RUN (the
-/// guest's SVM_VMGEXIT_SEV_TIO_OP RUN, given a type here).
-const MSG_SDTE_WRITE: u32 = 25;
-const MSG_RUN: u32 = 0x100;
+const INVALID_ADDRESS: u32 = MailboxStatus::InvalidAddress.code();
+const INVALID_COMMAND: u32 = MailboxStatus::InvalidCommand.code();
 
 pub struct IommuFunction {
     secure: Arc<Mutex<SecureIommu>>,
@@ -93,73 +63,75 @@ impl IommuFunction {
     fn run_command(&mut self, id: u32) -> u32 {
         let mut mem = self.ram.snapshot();
         let buf = self.cmdbuf;
-        let mut b = [0u8; 64];
-        // Outputs go at buf + 8 or + 16, inside the 64 bytes just read: those sums cannot wrap.
+        let mut b = [0u8; mb::CMDBUF_SIZE];
+        // Outputs go inside the 64 bytes just read: those sums cannot wrap.
         if mem.read(buf, &mut b).is_err() {
             return INVALID_ADDRESS;
         }
-        let u64_at = |o: usize| u64::from_le_bytes(field(&b, o));
-        let u32_at = |o: usize| u32::from_le_bytes(field(&b, o));
-        let u16_at = |o: usize| u16::from_le_bytes(field(&b, o));
-        let size = |v: u8| if v == 1 { PageSize::Size2M } else { PageSize::Size4K };
+        let size = |v: u8| if v == mb::PAGE_2M { PageSize::Size2M } else { PageSize::Size4K };
         let guest = |r: GuestResult| match r {
             GuestResult::Status(s) => u32::from(s.code()),
-            GuestResult::NestedPageFault { .. } => NESTED_PAGE_FAULT,
-            GuestResult::GeneralProtection => GENERAL_PROTECTION,
+            GuestResult::NestedPageFault { .. } => MailboxStatus::NestedPageFault.code(),
+            GuestResult::GeneralProtection => MailboxStatus::GeneralProtection.code(),
         };
         let mut s = self.lock();
         // TDX Connect: the mailbox is the TDX module's, and only its calls exist.
         if s.tdx.is_some() {
             return crate::secure::tdx_module::command(&mut s, id, &b);
         }
-        let status = match id {
-            cmd::RMPUPDATE => {
+        let status = match Command::from_code(id) {
+            Some(Command::Rmpupdate) => {
+                let c: mb::RmpUpdate = mb::parse(&b);
+                let asid = c.asid.get();
                 let st = RmpState {
-                    gpa: u64_at(8),
-                    assigned: b[16] != 0,
-                    page_size: size(b[17]),
-                    immutable: b[18] != 0,
-                    asid: u32_at(20) as u16,
+                    gpa: c.gpa.get(),
+                    assigned: c.assigned != 0,
+                    page_size: size(c.page_size),
+                    immutable: c.immutable != 0,
+                    asid: asid as u16,
                 };
-                if u32_at(20) > 0xffff {
-                    1
+                if asid > 0xffff {
+                    RMP_FAIL_INPUT
                 } else {
-                    u32::from(s.rmpupdate(&mut mem, u64_at(0), &st).code())
+                    u32::from(s.rmpupdate(&mut mem, c.spa.get(), &st).code())
                 }
             }
-            cmd::PSMASH | cmd::PVALIDATE | cmd::RMPADJUST | cmd::RMPREAD if s.rmp.is_none() => 1,
-            cmd::PSMASH => {
-                let spa = u64_at(0);
-                let st = s.rmp.as_mut().map(|r| r.psmash(spa)).map_or(1, |c| u32::from(c.code()));
+            Some(Command::Psmash | Command::Pvalidate | Command::Rmpadjust | Command::Rmpread) if s.rmp.is_none() => RMP_FAIL_INPUT,
+            Some(Command::Psmash) => {
+                let spa = mb::parse::<mb::Psmash>(&b).spa.get();
+                let st = s.rmp.as_mut().map(|r| r.psmash(spa)).map_or(RMP_FAIL_INPUT, |c| u32::from(c.code()));
                 s.mirror(&mut mem, spa >> 12, 512);
                 st
             }
-            cmd::PVALIDATE => {
-                let (spa, gpa) = (u64_at(0), u64_at(8));
-                let g = GuestCtx { asid: u16_at(16), vmpl: 0 };
-                let r = s.rmp.as_mut().map(|r| r.pvalidate(g, spa, gpa, size(b[18]), b[19] != 0));
+            Some(Command::Pvalidate) => {
+                let c: mb::Pvalidate = mb::parse(&b);
+                let spa = c.spa.get();
+                let g = GuestCtx { asid: c.asid.get(), vmpl: 0 };
+                let r = s.rmp.as_mut().map(|r| r.pvalidate(g, spa, c.gpa.get(), size(c.page_size), c.validate != 0));
                 s.mirror(&mut mem, spa >> 12, 512);
-                r.map_or(1, guest)
+                r.map_or(RMP_FAIL_INPUT, guest)
             }
-            cmd::RMPADJUST => {
-                let (spa, gpa) = (u64_at(0), u64_at(8));
-                let g = GuestCtx { asid: u16_at(16), vmpl: b[18] };
-                let a = AdjustAttrs { target_vmpl: b[20], perms: b[21], vmsa: b[22] != 0 };
-                let r = s.rmp.as_mut().map(|r| r.rmpadjust(g, spa, gpa, size(b[19]), a));
+            Some(Command::Rmpadjust) => {
+                let c: mb::RmpAdjust = mb::parse(&b);
+                let spa = c.spa.get();
+                let g = GuestCtx { asid: c.asid.get(), vmpl: c.vmpl };
+                let a = AdjustAttrs { target_vmpl: c.target_vmpl, perms: c.perms, vmsa: c.vmsa != 0 };
+                let r = s.rmp.as_mut().map(|r| r.rmpadjust(g, spa, c.gpa.get(), size(c.page_size), a));
                 s.mirror(&mut mem, spa >> 12, 512);
-                r.map_or(1, guest)
+                r.map_or(RMP_FAIL_INPUT, guest)
             }
-            cmd::RMPREAD => match s.rmp.as_ref().and_then(|r| r.rmpread(u64_at(0))) {
+            Some(Command::Rmpread) => match s.rmp.as_ref().and_then(|r| r.rmpread(mb::parse::<mb::RmpRead>(&b).spa.get())) {
                 Some(e) => {
-                    if mem.write(buf.wrapping_add(16), &e.to_bytes()).is_err() {
+                    if mem.write(buf.wrapping_add(mb::out::RMPREAD), &e.to_bytes()).is_err() {
                         INVALID_ADDRESS
                     } else {
                         0
                     }
                 }
-                None => 1,
+                None => RMP_FAIL_INPUT,
             },
-            _ => tio_command(&mut s, &mut mem, id, buf, &b),
+            Some(tio) => tio_command(&mut s, &mut mem, tio, buf, &b),
+            None => INVALID_COMMAND,
         };
         s.irq_if_pending();
         status
@@ -168,9 +140,7 @@ impl IommuFunction {
 
 /// The TIO commands; TDISP messages reach the endpoint's responder directly (the host's DOE
 /// relay collapsed: the model carries the bytes unchanged).
-fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, id: u32, buf: u64, b: &[u8; 64]) -> u32 {
-    let u32_at = |o: usize| u32::from_le_bytes(field(b, o));
-    let u16_at = |o: usize| u16::from_le_bytes(field(b, o));
+fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, command: Command, buf: u64, b: &[u8; mb::CMDBUF_SIZE]) -> u32 {
     let responders = s.tdisp.clone();
     let events = s.events.clone();
     let mut transport = |devid: u16, m: &[u8]| -> Option<Vec<u8>> {
@@ -185,72 +155,70 @@ fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, id: u32, buf: u64, b: &[
         Some(resp)
     };
     let code = |st: TioStatus| st.code();
-    match id {
-        tio::cmd::TIO_STATUS => {
+    // An output written back into the command buffer: 0, or INVALID_ADDRESS if it cannot be.
+    let mut output = |at: u64, bytes: &[u8]| if mem.write(buf.wrapping_add(at), bytes).is_err() { INVALID_ADDRESS } else { 0 };
+    match command {
+        Command::TioStatus => {
             let (init, devs, tdis) = s.tio.status();
-            let out = [u32::from(init), devs as u32, tdis as u32];
-            let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
-            if mem.write(buf.wrapping_add(16), &bytes).is_err() {
-                return INVALID_ADDRESS;
-            }
-            0
-        }
-        tio::cmd::TIO_INIT => code(s.tio.init()),
-        tio::cmd::TIO_DEV_CREATE => code(s.tio.dev_create(u16_at(0), b[2])),
-        tio::cmd::TIO_DEV_RECLAIM => code(s.tio.dev_reclaim(u16_at(0))),
-        tio::cmd::TIO_DEV_CONNECT => {
-            let ide: [u8; 8] = b[8..16].try_into().unwrap_or([0; 8]);
-            code(s.tio.dev_connect(u16_at(0), ide, &mut transport))
-        }
-        tio::cmd::TIO_DEV_DISCONNECT => code(s.tio.dev_disconnect(u16_at(0), b[2] != 0)),
-        tio::cmd::TIO_TDI_CREATE => match s.tio.tdi_create(u16_at(0), u32_at(4)) {
-            Ok(tdi) => {
-                if mem.write(buf.wrapping_add(8), &tdi.to_le_bytes()).is_err() {
-                    return INVALID_ADDRESS;
-                }
-                0
-            }
-            Err(st) => code(st),
-        },
-        tio::cmd::TIO_TDI_RECLAIM => code(s.tio.tdi_reclaim(u32_at(0))),
-        tio::cmd::TIO_TDI_BIND => code(s.tio.tdi_bind(u32_at(0), u16_at(4), u16_at(6), u16_at(8), b[10] != 0, &mut transport)),
-        tio::cmd::TIO_TDI_UNBIND => code(s.tio.tdi_unbind(u32_at(0), b[4] != 0, &mut transport)),
-        tio::cmd::TIO_TDI_STATUS => match s.tio.tdi_status(u32_at(0), &mut transport) {
-            Ok(st) => {
-                if mem.write(buf.wrapping_add(8), &[st as u8]).is_err() {
-                    return INVALID_ADDRESS;
-                }
-                0
-            }
-            Err(st) => code(st),
-        },
-        tio::cmd::TIO_GUEST_REQUEST => {
-            let tdi = u32_at(0);
-            let r = match u32_at(4) {
-                MSG_SDTE_WRITE => s.tio.sdte_write(tdi, u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]))) as u32,
-                MSG_RUN => code(s.tio.tdi_run(tdi, &mut transport)),
-                _ => return INVALID_COMMAND,
+            let out = mb::TioStatus {
+                initialized: U32::new(u32::from(init)),
+                devices: U32::new(devs as u32),
+                tdis: U32::new(tdis as u32),
+                ..Default::default()
             };
-            if mem.write(buf.wrapping_add(16), &r.to_le_bytes()).is_err() {
-                return INVALID_ADDRESS;
-            }
-            0
+            output(mb::out::TIO_STATUS, &out.as_bytes()[mb::out::TIO_STATUS as usize..])
         }
-        tio::cmd::TIO_ASID_FENCE_CLEAR => code(s.tio.asid_fence_clear(u16_at(0))),
-        tio::cmd::TIO_ASID_FENCE_STATUS => {
-            let st = s.tio.asid_fence_status(u16_at(0));
-            if mem.write(buf.wrapping_add(8), &st.to_le_bytes()).is_err() {
-                return INVALID_ADDRESS;
+        Command::TioInit => code(s.tio.init()),
+        Command::TioDevCreate => {
+            let c: mb::TioDev = mb::parse(b);
+            code(s.tio.dev_create(c.device_id.get(), c.arg))
+        }
+        Command::TioDevReclaim => code(s.tio.dev_reclaim(mb::parse::<mb::TioDev>(b).device_id.get())),
+        Command::TioDevConnect => {
+            let c: mb::TioDevConnect = mb::parse(b);
+            code(s.tio.dev_connect(c.device_id.get(), c.ide_stream_id, &mut transport))
+        }
+        Command::TioDevDisconnect => {
+            let c: mb::TioDev = mb::parse(b);
+            code(s.tio.dev_disconnect(c.device_id.get(), c.arg != 0))
+        }
+        Command::TioTdiCreate => {
+            let c: mb::TioTdiCreate = mb::parse(b);
+            match s.tio.tdi_create(c.device_id.get(), c.function_id.get()) {
+                Ok(tdi) => output(mb::out::TIO_TDI_CREATE, &tdi.to_le_bytes()),
+                Err(st) => code(st),
             }
-            0
+        }
+        Command::TioTdiReclaim => code(s.tio.tdi_reclaim(mb::parse::<mb::TioTdi>(b).tdi.get())),
+        Command::TioTdiBind => {
+            let c: mb::TioTdiBind = mb::parse(b);
+            code(s.tio.tdi_bind(c.tdi.get(), c.asid.get(), c.guest_device_id.get(), c.lock_flags.get(), c.run != 0, &mut transport))
+        }
+        Command::TioTdiUnbind => {
+            let c: mb::TioTdi = mb::parse(b);
+            code(s.tio.tdi_unbind(c.tdi.get(), c.force != 0, &mut transport))
+        }
+        Command::TioTdiStatus => match s.tio.tdi_status(mb::parse::<mb::TioTdi>(b).tdi.get(), &mut transport) {
+            Ok(st) => output(mb::out::TIO_TDI_STATUS, &[st as u8]),
+            Err(st) => code(st),
+        },
+        Command::TioGuestRequest => {
+            let c: mb::TioGuestRequest = mb::parse(b);
+            let tdi = c.tdi.get();
+            let r = match GuestMessage::from_code(c.message.get()) {
+                Some(GuestMessage::SdteWrite) => s.tio.sdte_write(tdi, c.vtom.get()) as u32,
+                Some(GuestMessage::Run) => code(s.tio.tdi_run(tdi, &mut transport)),
+                None => return INVALID_COMMAND,
+            };
+            output(mb::out::TIO_GUEST_REQUEST, &r.to_le_bytes())
+        }
+        Command::TioAsidFenceClear => code(s.tio.asid_fence_clear(mb::parse::<mb::TioAsidFence>(b).asid.get())),
+        Command::TioAsidFenceStatus => {
+            let st = s.tio.asid_fence_status(mb::parse::<mb::TioAsidFence>(b).asid.get());
+            output(mb::out::TIO_ASID_FENCE_STATUS, &st.to_le_bytes())
         }
         _ => INVALID_COMMAND,
     }
-}
-
-/// `N` bytes of the command buffer at `o` (zeroes past its end).
-fn field<const N: usize>(b: &[u8], o: usize) -> [u8; N] {
-    b.get(o..).and_then(|s| s.get(..N)).and_then(|s| s.try_into().ok()).unwrap_or([0; N])
 }
 
 fn le(data: &[u8]) -> u64 {
@@ -268,12 +236,13 @@ fn put(v: u64, data: &mut [u8]) {
 
 impl PciFunction for IommuFunction {
     fn ids(&self) -> PciIds {
-        PciIds { vendor: VENDOR, device: DEVICE, subsystem_vendor: VENDOR, subsystem: DEVICE, class: 0x08_06_00, revision: 1 }
+        let id = abi::pci::SECURE_IOMMU;
+        PciIds { vendor: id.vendor, device: id.device, subsystem_vendor: id.vendor, subsystem: id.device, class: id.class, revision: 1 }
     }
 
     fn bars(&self) -> Vec<Bar> {
         let bar0 = if self.lock().vtd.is_some() { iommu_model::vtd::regs::MMIO_SIZE } else { MMIO_SIZE };
-        vec![Bar { index: 0, size: bar0 }, Bar { index: 2, size: 0x1000 }]
+        vec![Bar { index: 0, size: bar0 }, Bar { index: 2, size: mb::BAR2_SIZE }]
     }
 
     /// MSI, as AMD IOMMUs have it (Linux iommu_init_irq: pci_enable_msi unless XT is in use):
@@ -355,7 +324,7 @@ impl PciFunction for IommuFunction {
                 }
                 bar2::SNP_CTL => {
                     // SNP_EN stays set once SNP is on; a refused enable reads back 0.
-                    let on = if v & 1 != 0 {
+                    let on = if SnpCtl::from_bits_truncate(v).contains(SnpCtl::SNP_EN) {
                         let pages = self.ram.top().div_ceil(0x1000);
                         let mut mem = self.ram.snapshot();
                         self.lock().enable_snp(&mut mem, pages).is_ok()
@@ -367,9 +336,9 @@ impl PciFunction for IommuFunction {
                 bar2::CMDBUF_LO => self.cmdbuf = (self.cmdbuf & !0xffff_ffff) | (v & 0xffff_ffff),
                 bar2::CMDBUF_HI => self.cmdbuf = (self.cmdbuf & 0xffff_ffff) | (v << 32),
                 bar2::CMDRESP => {
-                    let id = (v as u32 >> 16) & 0x7ff;
+                    let id = CmdResp(v as u32).id();
                     let status = self.run_command(id);
-                    self.cmdresp = (1 << 31) | (id << 16) | (status & 0xffff);
+                    self.cmdresp = CmdResp::done(id, status).0;
                 }
                 _ => {}
             },

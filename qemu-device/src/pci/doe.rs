@@ -6,8 +6,8 @@
 //! injected (docs/fault-injection.md), and the mailbox has no interrupt (Linux polls).
 
 pub use abi::doe::reg::{CAP, CTRL, READ, STATUS, WRITE};
-pub use abi::doe::{CAP_ID, CAP_VERSION, MAX_DWORDS, TYPE_DISCOVERY, VENDOR_PCI_SIG};
 use abi::doe::{Ctrl, Status};
+pub use abi::doe::{CAP_ID, CAP_VERSION, MAX_DWORDS, TYPE_DISCOVERY, VENDOR_PCI_SIG};
 
 // The registers are dwords: the bits as the numbers the mailbox reads and writes.
 pub const CTRL_ABORT: u32 = Ctrl::ABORT.bits();

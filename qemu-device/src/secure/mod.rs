@@ -80,9 +80,9 @@ pub fn bdf(devid: u16) -> String {
     format!("{:02x}:{:02x}.{}", devid >> 8, (devid >> 3) & 0x1f, devid & 7)
 }
 
-/// Bits 51:13 of RMP_BASE and RMP_END hold the address (RMP_ADDR_MASK, Linux
-/// arch/x86/virt/svm/sev.c): the window starts and ends on 8 KiB boundaries below 4 PiB.
-pub const RMP_ADDR_MASK: u64 = ((1 << 52) - 1) & !0x1fff;
+/// Bits 51:13 of RMP_BASE and RMP_END hold the address: the window starts and ends on 8 KiB
+/// boundaries below 4 PiB.
+pub use abi::mailbox::RMP_ADDR_MASK;
 
 /// Whether the mirror window `[base, end]` can hold the RMP of `pages` pages inside guest RAM
 /// (`backed(addr, len)`); `base` 0 is no mirror. The checks Linux makes of the RMP_BASE/RMP_END
@@ -525,7 +525,7 @@ mod tests {
     use iommu_model::walk::Perm;
     use rmp_model::ops::GuestCtx;
     use rmp_model::tdisp::TdiState;
-    use rmp_model::tdx::{TdxRefusal, TdxStatus};
+    use rmp_model::tdx::TdxRefusal;
     use rmp_model::PageSize;
 
     const RID: u16 = 0x20;
@@ -692,30 +692,26 @@ mod tests {
     /// and the PAMT, removal refused while trusted DMA is attached, all through module calls.
     #[test]
     fn tdx_connect_trusted_and_untrusted_dma() {
-        use crate::secure::tdx_module::{cmd, command, TdxModule};
+        use crate::secure::tdx_module::{command, TdxModule};
+        use abi::tdx::{Call, TdxCall};
         let (mut s, mut mem, events) = vtd();
         s.tdx = Some(TdxModule::default());
         s.tdisp.insert(RID, Arc::new(Mutex::new(TdispResponder::new(u32::from(RID), Vec::new()))));
-        let call = |s: &mut SecureIommu, id: u32, td: u32, gpa: u64, spa: u64| {
-            let mut b = [0u8; 64];
-            b[0..4].copy_from_slice(&td.to_le_bytes());
-            b[4..6].copy_from_slice(&RID.to_le_bytes());
-            b[8..16].copy_from_slice(&gpa.to_le_bytes());
-            b[16..24].copy_from_slice(&spa.to_le_bytes());
-            command(s, id, &b)
+        let call = |s: &mut SecureIommu, c: Call, td: u32, gpa: u64, spa: u64| {
+            command(s, c.code(), &abi::mailbox::buffer(&TdxCall::new(td, RID, gpa, spa)))
         };
         let state = |s: &SecureIommu| s.tdisp[&RID].lock().unwrap().state();
         const GPA: u64 = 0x4000_0000;
-        assert_eq!(call(&mut s, cmd::TDH_MNG_CREATE, 1, 0, 0), 0);
-        assert_eq!(call(&mut s, cmd::TDH_MEM_PAGE_ADD, 1, GPA, 0x31_0000), 0);
-        assert_eq!(call(&mut s, cmd::TDH_TDI_BIND, 1, 0, 0), 0);
+        assert_eq!(call(&mut s, Call::TdhMngCreate, 1, 0, 0), 0);
+        assert_eq!(call(&mut s, Call::TdhMemPageAdd, 1, GPA, 0x31_0000), 0);
+        assert_eq!(call(&mut s, Call::TdhTdiBind, 1, 0, 0), 0);
         assert_eq!(state(&s), TdiState::ConfigLocked);
         assert_eq!(s.page(&mut mem, RID, true, GPA, Access::Write), Err(Refusal::Tdx(TdxRefusal::NotRun)), "not in RUN");
-        assert_eq!(call(&mut s, cmd::TDG_TDI_START, 2, 0, 0), 2, "another TD cannot start it");
-        assert_eq!(call(&mut s, cmd::TDG_TDI_START, 1, 0, 0), 0);
+        assert_eq!(call(&mut s, Call::TdgTdiStart, 2, 0, 0), 2, "another TD cannot start it");
+        assert_eq!(call(&mut s, Call::TdgTdiStart, 1, 0, 0), 0);
         assert_eq!(state(&s), TdiState::Run);
         assert_eq!(s.page(&mut mem, RID, true, GPA, Access::Write), Err(Refusal::Tdx(TdxRefusal::NotRun)), "trusted DMA not accepted");
-        assert_eq!(call(&mut s, cmd::TDG_DMAR_ACCEPT, 1, 0, 0), 0);
+        assert_eq!(call(&mut s, Call::TdgDmarAccept, 1, 0, 0), 0);
         // The host's VT-d tables map nothing at GPA: the trusted table alone translates T=1.
         assert_eq!(s.page(&mut mem, RID, true, GPA + 0x10, Access::Write), Ok(0x31_0010));
         // The host maps GPA to a page of its own: T=1 is unchanged, T=0 goes there.
@@ -732,11 +728,11 @@ mod tests {
         let v = last(&events, "tdx_violation");
         assert_eq!((v["t"].as_bool(), v["spa"].as_str(), v["devid"].as_str()), (Some(false), Some("0x310000"), Some("00:04.0")));
         // The page cannot leave the TD while trusted DMA can reach it.
-        assert_eq!(call(&mut s, cmd::TDH_MEM_PAGE_REMOVE, 1, GPA, 0), TdxStatus::PageInUse.code());
-        assert_eq!(call(&mut s, cmd::TDH_TDI_UNBIND, 0, 0, 0), 0);
+        assert_eq!(call(&mut s, Call::TdhMemPageRemove, 1, GPA, 0), abi::tdx::TdxStatus::PageInUse.code());
+        assert_eq!(call(&mut s, Call::TdhTdiUnbind, 0, 0, 0), 0);
         assert_eq!(state(&s), TdiState::ConfigUnlocked);
         assert_eq!(s.page(&mut mem, RID, true, GPA, Access::Write), Err(Refusal::Tdx(TdxRefusal::NotRun)));
-        assert_eq!(call(&mut s, cmd::TDH_MEM_PAGE_REMOVE, 1, GPA, 0), 0);
+        assert_eq!(call(&mut s, Call::TdhMemPageRemove, 1, GPA, 0), 0);
         assert_eq!(s.page(&mut mem, RID, false, 0x5000, Access::Read), Ok(0x31_0000), "the host's page again");
         assert!(events.0.lock().unwrap().iter().any(|e| e["type"] == "tdx_call" && e["call"] == "TDH.MEM.PAGE.REMOVE" && e["status"] == 3));
     }

@@ -16,31 +16,23 @@ use rmp_model::tdx::{PageType, TdId, Tdx, TdxRefusal, TdxStatus};
 use serde_json::json;
 use std::collections::BTreeMap;
 
-/// Mailbox command ids (the model's; the module's SEAMCALL/TDCALL leaf numbers are not modelled).
-pub mod cmd {
-    /// Host: create TD `td` (u32 at 0).
-    pub const TDH_MNG_CREATE: u32 = 0x40;
-    /// Host: give page `spa` (u64 at 16) to TD `td`, mapped in its S-EPT at private `gpa` (u64
-    /// at 8).
-    pub const TDH_MEM_PAGE_ADD: u32 = 0x41;
-    /// Host: take the page at `gpa` back from TD `td`.
-    pub const TDH_MEM_PAGE_REMOVE: u32 = 0x42;
-    /// Host: bind the TDI of `requester` (u16 at 4) to TD `td`: LOCK_INTERFACE.
-    pub const TDH_TDI_BIND: u32 = 0x43;
-    /// Host: STOP_INTERFACE, detach the TDI's trusted DMA and forget the binding.
-    pub const TDH_TDI_UNBIND: u32 = 0x44;
-    /// TD: start its bound TDI (START_INTERFACE with the nonce LOCK gave the module).
-    pub const TDG_TDI_START: u32 = 0x50;
-    /// TD: accept trusted DMA for its TDI (attach the TD's trusted I/O page table).
-    pub const TDG_DMAR_ACCEPT: u32 = 0x51;
-    /// TD: release it.
-    pub const TDG_DMAR_RELEASE: u32 = 0x52;
-}
+use abi::tdx::{Call, TdxCall, TdxStatus as Status};
 
-/// Mailbox status beyond `TdxStatus`: the device did not take the TDISP step.
-pub const TDI_STATE_INVALID: u32 = 0x20;
-/// The command id is not a module call.
-pub const INVALID_COMMAND: u32 = 0x11;
+const INVALID_COMMAND: u32 = Status::InvalidCommand.code();
+const TDI_STATE_INVALID: u32 = Status::TdiStateInvalid.code();
+
+/// The mailbox number of a module outcome (abi::tdx::TdxStatus).
+fn code(s: TdxStatus) -> u32 {
+    match s {
+        TdxStatus::Success => Status::Success,
+        TdxStatus::OperandInvalid => Status::OperandInvalid,
+        TdxStatus::PageOwnerMismatch => Status::PageOwnerMismatch,
+        TdxStatus::PageInUse => Status::PageInUse,
+        TdxStatus::MappingExists => Status::MappingExists,
+        TdxStatus::MappingNotFound => Status::MappingNotFound,
+    }
+    .code()
+}
 
 /// Where module memory sits: an address range no guest RAM is at (the model never shows it).
 const MODULE_BASE: u64 = 1 << 45;
@@ -187,24 +179,23 @@ impl TdxModule {
 }
 
 /// One module call from the mailbox (`b` is the 64-byte command buffer); the status.
-pub fn command(s: &mut SecureIommu, id: u32, b: &[u8; 64]) -> u32 {
-    let u32_at = |o: usize| u32::from_le_bytes(b.get(o..).and_then(|s| s.get(..4)).and_then(|s| s.try_into().ok()).unwrap_or([0; 4]));
-    let u64_at = |o: usize| u64::from_le_bytes(b.get(o..).and_then(|s| s.get(..8)).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
-    let (td, requester, gpa) = (u32_at(0), u16::from_le_bytes([b[4], b[5]]), u64_at(8));
-    let Some(m) = s.tdx.as_mut() else { return INVALID_COMMAND };
-    let (call, status) = match id {
-        cmd::TDH_MNG_CREATE => ("TDH.MNG.CREATE", m.create_td(td).code()),
-        cmd::TDH_MEM_PAGE_ADD => ("TDH.MEM.PAGE.ADD", m.page_add(td, gpa, u64_at(16)).code()),
-        cmd::TDH_MEM_PAGE_REMOVE => ("TDH.MEM.PAGE.REMOVE", m.page_remove(td, gpa).code()),
-        cmd::TDH_TDI_BIND => ("TDH.TDI.BIND", tdi_bind(s, td, requester)),
-        cmd::TDH_TDI_UNBIND => ("TDH.TDI.UNBIND", tdi_unbind(s, requester)),
-        cmd::TDG_TDI_START => ("TDG.TDI.START", tdi_start(s, td, requester)),
-        cmd::TDG_DMAR_ACCEPT => ("TDG.DMAR.ACCEPT", dmar(s, td, requester, true)),
-        cmd::TDG_DMAR_RELEASE => ("TDG.DMAR.RELEASE", dmar(s, td, requester, false)),
-        _ => return INVALID_COMMAND,
+pub fn command(s: &mut SecureIommu, id: u32, b: &[u8; abi::mailbox::CMDBUF_SIZE]) -> u32 {
+    let c: TdxCall = abi::mailbox::parse(b);
+    let (td, requester, gpa) = (c.td.get(), c.requester.get(), c.gpa.get());
+    let (Some(m), Some(call)) = (s.tdx.as_mut(), Call::from_code(id)) else { return INVALID_COMMAND };
+    let status = match call {
+        Call::TdhMngCreate => code(m.create_td(td)),
+        Call::TdhMemPageAdd => code(m.page_add(td, gpa, c.spa.get())),
+        Call::TdhMemPageRemove => code(m.page_remove(td, gpa)),
+        Call::TdhTdiBind => tdi_bind(s, td, requester),
+        Call::TdhTdiUnbind => tdi_unbind(s, requester),
+        Call::TdgTdiStart => tdi_start(s, td, requester),
+        Call::TdgDmarAccept => dmar(s, td, requester, true),
+        Call::TdgDmarRelease => dmar(s, td, requester, false),
     };
-    s.events
-        .emit(json!({"type": "tdx_call", "call": call, "td": td, "devid": bdf(requester), "gpa": format!("{gpa:#x}"), "status": status}));
+    s.events.emit(
+        json!({"type": "tdx_call", "call": call.name(), "td": td, "devid": bdf(requester), "gpa": format!("{gpa:#x}"), "status": status}),
+    );
     status
 }
 
@@ -224,10 +215,10 @@ fn tdisp_send(s: &SecureIommu, requester: u16, m: &[u8]) -> Option<Response> {
 fn tdi_bind(s: &mut SecureIommu, td: TdId, requester: u16) -> u32 {
     let Some(m) = s.tdx.as_ref() else { return INVALID_COMMAND };
     if !m.sept.contains_key(&td) {
-        return TdxStatus::OperandInvalid.code();
+        return code(TdxStatus::OperandInvalid);
     }
     if m.tdis.contains_key(&requester) {
-        return TdxStatus::MappingExists.code();
+        return code(TdxStatus::MappingExists);
     }
     let nonce = match tdisp_send(s, requester, &tdisp::lock_interface(u32::from(requester), 0, 0, 0)) {
         Some(Response::Locked { nonce }) => nonce,
@@ -242,7 +233,7 @@ fn tdi_bind(s: &mut SecureIommu, td: TdId, requester: u16) -> u32 {
 fn tdi_unbind(s: &mut SecureIommu, requester: u16) -> u32 {
     let Some(m) = s.tdx.as_mut() else { return INVALID_COMMAND };
     if m.tdis.remove(&requester).is_none() {
-        return TdxStatus::MappingNotFound.code();
+        return code(TdxStatus::MappingNotFound);
     }
     // Trusted DMA is detached after STOP and before the binding goes (the order TDX Connect
     // enforces); STOP's answer does not matter, the binding is gone either way.
@@ -252,9 +243,9 @@ fn tdi_unbind(s: &mut SecureIommu, requester: u16) -> u32 {
 }
 
 fn tdi_start(s: &mut SecureIommu, td: TdId, requester: u16) -> u32 {
-    let Some(tdi) = s.tdx.as_ref().and_then(|m| m.tdis.get(&requester)) else { return TdxStatus::MappingNotFound.code() };
+    let Some(tdi) = s.tdx.as_ref().and_then(|m| m.tdis.get(&requester)) else { return code(TdxStatus::MappingNotFound) };
     if tdi.td != td {
-        return TdxStatus::PageOwnerMismatch.code();
+        return code(TdxStatus::PageOwnerMismatch);
     }
     let nonce = tdi.nonce;
     match tdisp_send(s, requester, &tdisp::start_interface(u32::from(requester), &nonce)) {
@@ -267,8 +258,8 @@ fn dmar(s: &mut SecureIommu, td: TdId, requester: u16, accept: bool) -> u32 {
     let Some(m) = s.tdx.as_mut() else { return INVALID_COMMAND };
     match m.tdis.get(&requester) {
         Some(t) if t.td == td => {}
-        Some(_) => return TdxStatus::PageOwnerMismatch.code(),
-        None => return TdxStatus::MappingNotFound.code(),
+        Some(_) => return code(TdxStatus::PageOwnerMismatch),
+        None => return code(TdxStatus::MappingNotFound),
     }
     if accept {
         m.tdx.bind(requester, td);

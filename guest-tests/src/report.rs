@@ -1,0 +1,46 @@
+//! How a scenario reports: its result (an error says what went wrong; one starting with
+//! [`SKIP`] says why it cannot run here), and the lines run-vm checks after the run against the
+//! daemon's event stream and the guest kernel's log.
+
+use std::time::{Duration, Instant};
+
+pub(crate) type R = Result<(), String>;
+/// A scenario that cannot run here says so with an error starting with this.
+pub const SKIP: &str = "SKIP: ";
+
+/// Fail the scenario with the message unless `cond` holds.
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+/// Poll for up to 5 s: TCG is slow, and a result that never comes is a failure, not a hang.
+pub(crate) fn poll(mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    false
+}
+
+/// A record of `kind` with these fields must be in the daemon's event stream.
+pub(crate) fn expect_event(kind: &str, kv: &str) {
+    println!("# expect-event {kind} {kv}");
+}
+
+/// At least `n` records of `kind` with these fields must be in the event stream.
+pub(crate) fn expect_count(n: u64, kind: &str, kv: &str) {
+    println!("# expect-count {n} {kind} {kv}");
+}
+
+/// A line the kernel must log (a regular expression), checked by run-vm against the guest's
+/// dmesg after the scenarios: what Linux's own driver made of what the model did.
+pub(crate) fn expect_dmesg(regex: &str) {
+    println!("# expect-dmesg {regex}");
+}
