@@ -13,6 +13,8 @@
 //!   buffers).
 //! - [`tdx`]: the TDX Connect personality's module calls and statuses.
 //! - [`doe`]: the DOE mailbox registers and the object TDISP rides in.
+//! - [`virtio_pci`], [`virtio_iommu`]: the virtio-iommu function's transport registers and wire
+//!   format.
 #![forbid(unsafe_code)]
 
 mod bdf;
@@ -22,5 +24,7 @@ pub mod endpoint;
 pub mod mailbox;
 pub mod pci;
 pub mod tdx;
+pub mod virtio_iommu;
+pub mod virtio_pci;
 
 pub use bdf::Bdf;

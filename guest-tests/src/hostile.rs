@@ -12,7 +12,15 @@
 //! config space, writes to its own memory and descriptors, and the raw virtio-iommu without ever
 //! attaching the endpoint to a domain.
 
+use crate::rig::find_function;
 use crate::sys::{find, Bar, Config, DmaMem, HUGE};
+use abi::endpoint::{self as ep_abi, reg as ep_reg, Ctrl};
+use abi::mailbox::{self as mb, CmdResp};
+use abi::virtio_iommu::{req, TAIL_LEN};
+use abi::virtio_pci::{common, layout, status as vstatus};
+use iommu_model::amdvi::command::COMPLETION_WAIT;
+use iommu_model::amdvi::mmio;
+use iommu_model::vtd::regs as vtd;
 use std::time::{Duration, Instant};
 
 struct Rng(u64);
@@ -34,10 +42,13 @@ impl Rng {
 pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBool>) -> Result<u64, String> {
     let quiet = alongside.is_some();
     let done = || alongside.is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed));
-    let iommu_dev = find(0x1234, 0x7101).ok_or("no secure IOMMU function")?;
-    let ep_dev = find(0x1234, 0x7102).ok_or("no DMA endpoint")?;
+    let iommu_dev = find_function(abi::pci::SECURE_IOMMU)?;
+    let ep_dev = find_function(abi::pci::ENDPOINT)?;
     let (iommu, ctl, ep) = (Bar::map(&iommu_dev, 0)?, Bar::map(&iommu_dev, 2)?, Bar::map(&ep_dev, 0)?);
-    let vtd = iommu.len() < 0x4000;
+    // BAR0 is 16 KiB of AMD-Vi registers or a VT-d unit's 4 KiB.
+    let vtd = iommu.len() < mmio::MMIO_SIZE as usize;
+    // Dwords of BAR2 and of the endpoint's BAR0 (both 4 KiB), and of config space.
+    let (ctl_dwords, ep_dwords, cfg_dwords) = (mb::BAR2_SIZE / 4, ep_abi::BAR0_SIZE / 4, 4096 / 4);
     let cfg = Config::open(&ep_dev)?;
     let mut mem = DmaMem::default();
     let pages: Vec<u64> = (0..4).map(|_| mem.page()).collect::<Result<_, _>>()?;
@@ -70,14 +81,18 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
             }
             3..=4 if quiet => {
                 let _ = iommu.r64(rng.below(iommu.len() as u64 / 8) as usize * 8);
-                let _ = ctl.r32(rng.below(0x400) as usize * 4);
+                let _ = ctl.r32(rng.below(ctl_dwords) as usize * 4);
             }
             // IOMMU registers: bases and the COMPLETION_WAIT/event stores point into our pages;
             // any other register, head and tail take anything. BAR0 is 16 KiB of AMD-Vi registers
-            // or a VT-d unit's 4 KiB (root table and queue bases at 0x20 and 0x90).
+            // or a VT-d unit's 4 KiB (root table and queue bases at RTADDR and IQA).
             3..=4 => {
                 let off = (rng.below(iommu.len() as u64) & !7) as usize;
-                let base_regs: &[usize] = if vtd { &[0x20, 0x90] } else { &[0x0, 0x8, 0x10] };
+                let base_regs: &[usize] = if vtd {
+                    &[vtd::RTADDR as usize, vtd::IQA as usize]
+                } else {
+                    &[mmio::DEV_TABLE_BASE as usize, mmio::CMD_BUF_BASE as usize, mmio::EVENT_LOG_BASE as usize]
+                };
                 let v =
                     if base_regs.contains(&off) { (ours(&mut rng) & !0xfff) | (rng.next() & 0x0f00_0000_0000_01ff) } else { rng.next() };
                 if rng.below(2) == 0 {
@@ -88,29 +103,30 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
                 let _ = iommu.r32(rng.below(iommu.len() as u64 / 4) as usize * 4);
             }
             5 | 9 if quiet => {
-                let _ = ctl.r32(0x100);
+                let _ = ctl.r32(mb::reg::CMDRESP as usize);
             }
             // VT-d: queued invalidation descriptors of any type; wait descriptors store only into
             // our pages.
             5 if vtd => {
-                let base = iommu.r64(0x90) & 0x000f_ffff_ffff_f000;
+                let base = iommu.r64(vtd::IQA as usize) & 0x000f_ffff_ffff_f000;
                 if pages.iter().any(|&p| base >= p && base + 4096 <= p + HUGE) {
                     let slot = base + rng.below(256) * 16;
                     let ty = rng.below(16);
+                    // Type 5, the invalidation wait descriptor (VT-d §6.5.2.8), stores at q1.
                     let q1 = if ty == 5 { ours(&mut rng) & !3 } else { rng.next() };
                     mem.w64(slot, (rng.next() & !0xf) | ty);
                     mem.w64(slot + 8, q1);
                 }
-                iommu.w32(0x88, (rng.below(256) << 4) as u32);
+                iommu.w32(vtd::IQT as usize, (rng.below(256) << 4) as u32);
             }
             // Commands with any opcode; COMPLETION_WAIT stores only into our pages.
             5 => {
-                let base = iommu.r64(0x8) & 0x000f_ffff_ffff_f000;
+                let base = iommu.r64(mmio::CMD_BUF_BASE as usize) & 0x000f_ffff_ffff_f000;
                 if pages.iter().any(|&p| base >= p && base < p + HUGE) {
                     let slot = base + (rng.below(256) * 16);
                     if slot + 16 <= base + HUGE.min(4096) {
                         let op = rng.below(16) << 60;
-                        let q0 = if op == 1 << 60 {
+                        let q0 = if op == u64::from(COMPLETION_WAIT) << 60 {
                             op | (ours(&mut rng) & 0x000f_ffff_ffff_fff8) | rng.below(4)
                         } else {
                             op | (rng.next() >> 4)
@@ -119,26 +135,27 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
                         mem.w64(slot + 8, rng.next());
                     }
                 }
-                iommu.w64(0x2008, rng.next() & 0x7fff0);
+                iommu.w64(mmio::CMD_BUF_TAIL as usize, rng.next() & 0x7fff0);
             }
             // Endpoint registers: ring base anywhere, sizes and indexes out of range, resets.
             6..=7 if quiet => {
-                let _ = ep.r32(rng.below(0x400) as usize * 4);
+                let _ = ep.r32(rng.below(ep_dwords) as usize * 4);
             }
             6..=7 => {
-                let off = (rng.below(0x40) & !3) as usize;
-                let v = if off == 0x10 { rng.next() } else { rng.below(1 << 14) };
+                // Any register (all lie below 0x40).
+                let off = (rng.below(ep_reg::COMPLETED + 0x10) & !3) as usize;
+                let v = if off == ep_reg::RING_BASE as usize { rng.next() } else { rng.below(1 << 14) };
                 ep.w32(off, v as u32);
                 if rng.below(3) == 0 {
-                    ep.w32(0x20, rng.below(1 << 13) as u32); // doorbell
+                    ep.w32(ep_reg::TAIL as usize, rng.below(1 << 13) as u32);
                 }
-                let _ = ep.r32(rng.below(0x400) as usize * 4);
+                let _ = ep.r32(rng.below(ep_dwords) as usize * 4);
             }
             // Descriptors: huge and overlapping lengths, any op and flag.
             8 => {
                 let ring = ours(&mut rng) & !0xfff;
                 for i in 0..rng.below(64) {
-                    let d = ring + i * 32;
+                    let d = ring + i * ep_abi::DESC_SIZE;
                     mem.w64(d, rng.next());
                     mem.w64(d + 8, rng.next());
                     mem.w64(d + 16, rng.next());
@@ -151,11 +168,12 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
                 for i in 0..8 {
                     mem.w64(buf + i * 8, rng.next());
                 }
-                ctl.w64(0x108, if rng.below(8) == 0 { rng.next() } else { buf });
-                ctl.w32(0x100, (rng.below(0x800) as u32) << 16);
-                let _ = ctl.r32(0x100);
+                ctl.w64(mb::reg::CMDBUF_LO as usize, if rng.below(8) == 0 { rng.next() } else { buf });
+                ctl.w32(mb::reg::CMDRESP as usize, CmdResp::request(rng.below(u64::from(CmdResp::ID_MASK) + 1) as u32).0);
+                let _ = ctl.r32(mb::reg::CMDRESP as usize);
                 if rng.below(8) == 0 {
-                    ctl.w64(rng.below(0x200) as usize & !7, rng.next());
+                    // Any register (all lie below 0x200).
+                    ctl.w64(rng.below(2 * mb::reg::CMDRESP) as usize & !7, rng.next());
                 }
             }
             // virtio-iommu registers (virtio 1.2 §4.1.4.3 common configuration at 0): one time in
@@ -166,34 +184,38 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
             12 => {
                 let (Some(bar), Some(base)) = (&vio, vring) else { continue };
                 if rng.below(8) == 0 {
-                    bar.w8(0x14, 0);
-                    bar.w8(0x14, 0x3);
-                    bar.w32(0x08, 0);
-                    bar.w32(0x0c, (rng.next() & 0x17) as u32);
-                    bar.w32(0x08, 1);
-                    bar.w32(0x0c, 1);
-                    bar.w8(0x14, 0xb);
+                    let at = |r: u64| layout::COMMON as usize + r as usize;
+                    bar.w8(at(common::DEVICE_STATUS), 0);
+                    bar.w8(at(common::DEVICE_STATUS), vstatus::ACKNOWLEDGE | vstatus::DRIVER);
+                    bar.w32(at(common::DRIVER_FEATURE_SELECT), 0);
+                    // A random subset of INPUT_RANGE, DOMAIN_RANGE, MAP_UNMAP and PROBE.
+                    bar.w32(at(common::DRIVER_FEATURE), (rng.next() & 0x17) as u32);
+                    // VIRTIO_F_VERSION_1, bit 32.
+                    bar.w32(at(common::DRIVER_FEATURE_SELECT), 1);
+                    bar.w32(at(common::DRIVER_FEATURE), 1);
+                    bar.w8(at(common::DEVICE_STATUS), vstatus::ACKNOWLEDGE | vstatus::DRIVER | vstatus::FEATURES_OK);
                     for (q, vq) in vqs.iter_mut().enumerate() {
                         let size = 1u16 << rng.below(9);
                         *vq = (in_vring(&mut rng, base) & !15, in_vring(&mut rng, base) & !7, in_vring(&mut rng, base) & !7, size);
-                        bar.w16(0x16, q as u16);
-                        bar.w16(0x18, size);
-                        bar.w16(0x1a, rng.below(4) as u16);
-                        bar.w64(0x20, vq.0);
-                        bar.w64(0x28, vq.1);
-                        bar.w64(0x30, vq.2);
-                        bar.w16(0x1c, 1);
+                        bar.w16(at(common::QUEUE_SELECT), q as u16);
+                        bar.w16(at(common::QUEUE_SIZE), size);
+                        bar.w16(at(common::QUEUE_MSIX_VECTOR), rng.below(4) as u16);
+                        bar.w64(at(common::QUEUE_DESC), vq.0);
+                        bar.w64(at(common::QUEUE_DRIVER), vq.1);
+                        bar.w64(at(common::QUEUE_DEVICE), vq.2);
+                        bar.w16(at(common::QUEUE_ENABLE), 1);
                     }
-                    bar.w8(0x14, 0xf);
+                    bar.w8(at(common::DEVICE_STATUS), vstatus::ACKNOWLEDGE | vstatus::DRIVER | vstatus::FEATURES_OK | vstatus::DRIVER_OK);
                     bringups += 1;
                 } else {
-                    let off = (rng.below(0x38) & !3) as usize;
-                    if off == 0x1c || off == 0x14 && rng.below(2) == 0 {
+                    // Up to queue_notify_data.
+                    let off = (rng.below(common::QUEUE_NOTIFY_DATA) & !3) as usize;
+                    if off == common::QUEUE_ENABLE as usize || off == common::DEVICE_STATUS as usize && rng.below(2) == 0 {
                         // queue_enable only in a bring-up: a queue enabled at its reset address
                         // (0) would take descriptors from low guest RAM and write through them.
                         continue;
                     }
-                    if (0x20..0x38).contains(&off) {
+                    if (common::QUEUE_DESC as usize..common::QUEUE_NOTIFY_DATA as usize).contains(&off) {
                         bar.w64(off & !7, in_vring(&mut rng, base));
                     } else {
                         // Any width at any offset of the word: the natural one hits a field.
@@ -205,7 +227,7 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
                         }
                     }
                 }
-                let _ = bar.r32(rng.below(0x1000) as usize * 4);
+                let _ = bar.r32(rng.below(layout::BAR_SIZE / 4) as usize * 4);
             }
             // virtio-iommu queues. Half the time a well-formed request (virtio 1.2 §5.13.6: any
             // type, domain and endpoint; MAP only onto this program's pages, so DMA through the
@@ -223,20 +245,22 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
                 if rng.below(2) == 0 {
                     let (req, resp) = (in_vring(&mut rng, base), in_vring(&mut rng, base));
                     let ty = 1 + rng.below(5) as u8;
-                    // Alongside the scenarios the endpoint (0x20) stays out of every domain.
-                    let endpoint = if rng.below(2) == 0 && !quiet { 0x20 } else { 0x21 + rng.below(0xdf) as u32 };
+                    // Alongside the scenarios the endpoint stays out of every domain (its virtio-iommu
+                    // endpoint id is its requester id).
+                    let ep_id = u32::from(abi::pci::ENDPOINT.bdf.0);
+                    let endpoint = if rng.below(2) == 0 && !quiet { ep_id } else { ep_id + 1 + rng.below(0xdf) as u32 };
                     let domain = if rng.below(4) == 0 { rng.next() as u32 } else { 1 + rng.below(3) as u32 };
                     let mut body = vec![ty, 0, 0, 0];
                     match ty {
                         // ATTACH, DETACH: domain, endpoint, flags, reserved.
-                        1 | 2 => {
+                        req::ATTACH | req::DETACH => {
                             body.extend_from_slice(&domain.to_le_bytes());
                             body.extend_from_slice(&endpoint.to_le_bytes());
                             body.extend_from_slice(&(if rng.below(4) == 0 { rng.next() as u32 } else { 0 }).to_le_bytes());
                             body.extend_from_slice(&[0; 4]);
                         }
                         // MAP: domain, virt_start, virt_end, phys_start, flags.
-                        3 => {
+                        req::MAP => {
                             let off = rng.below(HUGE / 4096) * 4096;
                             let len = (1 + rng.below((HUGE - off) / 4096)) * 4096;
                             let virt = rng.below(1 << 40) & !0xfff;
@@ -247,7 +271,7 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
                             body.extend_from_slice(&(rng.below(8) as u32).to_le_bytes());
                         }
                         // UNMAP: domain, virt_start, virt_end, reserved.
-                        4 => {
+                        req::UNMAP => {
                             let virt = rng.below(1 << 40) & !0xfff;
                             body.extend_from_slice(&domain.to_le_bytes());
                             body.extend_from_slice(&virt.to_le_bytes());
@@ -263,7 +287,7 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
                     mem.wr(req, &body);
                     let h = rng.below(size);
                     let next = (h + 1) % size;
-                    let writable: u32 = if ty == 5 { 512 + 4 } else { 4 };
+                    let writable: u32 = if ty == req::PROBE { 512 + TAIL_LEN as u32 } else { TAIL_LEN as u32 };
                     mem.w64(desc + 16 * h, req);
                     mem.w64(desc + 16 * h + 8, u64::from(body.len() as u32) | 1 << 32 | next << 48);
                     mem.w64(desc + 16 * next, resp);
@@ -286,15 +310,15 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
                     let idx = if rng.below(4) == 0 { rng.next() as u16 } else { rng.below(8) as u16 };
                     mem.wr(avail + 2, &idx.to_le_bytes());
                 }
-                bar.w32(0x3000 + 4 * q, q as u32);
+                bar.w32(layout::NOTIFY as usize + layout::NOTIFY_MULTIPLIER as usize * q, q as u32);
                 notifications += 1;
             }
             _ if quiet => {
-                let _ = cfg.r32(rng.below(0x400) * 4);
+                let _ = cfg.r32(rng.below(cfg_dwords) * 4);
             }
-            // Config space, the DOE mailbox included.
+            // Extended config space from the DOE mailbox on.
             _ => {
-                let off = 0x100 + rng.below(0x40) * 4;
+                let off = u64::from(ep_abi::DOE_OFFSET) + rng.below(0x40) * 4;
                 cfg.w32(off, rng.next() as u32);
                 let _ = cfg.r32(off);
             }
@@ -303,14 +327,14 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
     // Leave the devices stopped: the next driver starts from a reset (a virtio-iommu reset also
     // forgets its domains, so the endpoint is back behind the AMD-Vi tables).
     if !quiet {
-        ep.w32(0x2c, 1);
+        ep.w32(ep_reg::CTRL as usize, Ctrl::RESET.bits());
     }
     if let Some(bar) = &vio {
         println!(
             "# hostile driver: virtio-iommu: {bringups} bring-ups, {notifications} notifications, device status {:#x} at the end",
-            bar.r32(0x14) & 0xff
+            bar.r32(common::DEVICE_STATUS as usize) & 0xff
         );
-        bar.w8(0x14, 0);
+        bar.w8(common::DEVICE_STATUS as usize, 0);
     }
     Ok(n)
 }
@@ -319,7 +343,7 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
 /// released from virtio-pci so the kernel never touches it, and its BAR0 mapped.
 fn virtio_iommu() -> Result<Option<Bar>, String> {
     let raw = std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.viommu=raw");
-    let Some(dev) = find(0x1af4, 0x1057).filter(|_| raw) else { return Ok(None) };
+    let Some(dev) = find(abi::pci::VIRTIO_IOMMU.vendor, abi::pci::VIRTIO_IOMMU.device).filter(|_| raw) else { return Ok(None) };
     let unbind = format!("{}/driver/unbind", dev.path);
     if std::path::Path::new(&unbind).exists() {
         std::fs::write(&unbind, &dev.bdf).map_err(|e| format!("unbinding {} from its driver: {e}", dev.bdf))?;

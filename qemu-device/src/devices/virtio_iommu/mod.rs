@@ -19,7 +19,7 @@ use proto::{config, feature, Fault, Request};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
-use transport::{layout, Effect, Transport, DEVICE_ID_BASE, NO_VECTOR, VENDOR, VIRTIO_F_VERSION_1};
+use transport::{layout, Effect, Transport, NO_VECTOR, VIRTIO_F_VERSION_1};
 use virtio_queue::{QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
@@ -201,9 +201,9 @@ fn answer(
 
 impl PciFunction for VirtioIommu {
     fn ids(&self) -> PciIds {
-        let device = DEVICE_ID_BASE + proto::DEVICE_ID;
+        let id = abi::pci::VIRTIO_IOMMU;
         // Modern-only devices have revision 1 (§4.1.2.1); class "other system peripheral", as QEMU's.
-        PciIds { vendor: VENDOR, device, subsystem_vendor: VENDOR, subsystem: 0x1100, class: 0x08_80_00, revision: 1 }
+        PciIds { vendor: id.vendor, device: id.device, subsystem_vendor: id.vendor, subsystem: 0x1100, class: id.class, revision: 1 }
     }
 
     fn bars(&self) -> Vec<Bar> {
