@@ -13,6 +13,7 @@
 //!   buffers).
 //! - [`tdx`]: the TDX Connect personality's module calls and statuses.
 //! - [`doe`]: the DOE mailbox registers and the object TDISP rides in.
+//! - [`ioat`]: the IOAT engine's registers and descriptor (Intel's, as Linux's ioatdma uses them).
 //! - [`virtio_pci`], [`virtio_iommu`]: the virtio-iommu function's transport registers and wire
 //!   format.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ mod bdf;
 mod codes;
 pub mod doe;
 pub mod endpoint;
+pub mod ioat;
 pub mod mailbox;
 pub mod pci;
 pub mod tdx;

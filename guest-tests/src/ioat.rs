@@ -12,35 +12,31 @@ use crate::rig::Rig;
 use crate::sys::iommufd::Iommufd;
 use crate::sys::vfio::{bind_vfio_pci, eventfd_count, open_cdev, Device, UserMem, Vfio, DEVICE_FLAGS_RESET};
 use crate::sys::{find, PciDev};
+use abi::ioat::{self as regs, chan, chancmd, chanctrl, chanerr, chansts, ctl, global, intrctrl, Descriptor};
 use std::fs;
 use std::time::Instant;
+use zerocopy::little_endian::U64;
+use zerocopy::IntoBytes;
 
 /// Where run-vm places it; its requester ID 0x30 is endpoint 48 for the virtio-iommu.
 const BDF: &str = "0000:00:06.0";
 const DEVID: &str = "00:06.0";
 const CHANNELS: usize = 2;
 
-// Global registers, channel 0's block at 0x80, and their bits (registers.h).
-const INTRCTRL: u64 = 0x03;
-const INTRCTRL_MASTER_INT_EN: u8 = 0x01;
-const INTRCTRL_MSIX_VECTOR_CONTROL: u8 = 0x08;
-const CH: u64 = 0x80;
-const CHANCTRL: u64 = CH;
-const CHANCTRL_RUN: u16 = 0x1d;
-const CHANCMD: u64 = CH + 0x04;
-const CHANCMD_RESET: u8 = 0x20;
-const DMACOUNT: u64 = CH + 0x06;
-const CHANSTS: u64 = CH + 0x08;
-const CHAINADDR: u64 = CH + 0x10;
-const CHANCMP: u64 = CH + 0x18;
-const CHANERR: u64 = CH + 0x28;
-const STS_DONE: u64 = 1;
-const STS_HALTED: u64 = 3;
-const READ_DATA_ERR: u32 = 0x100;
-const WRITE_DATA_ERR: u32 = 0x200;
-// Descriptor control (hw.h): interrupt, completion write.
-const CTL_INT_EN: u32 = 1 << 0;
-const CTL_COMPL_WRITE: u32 = 1 << 3;
+// Channel 0's registers (its block at 0x80, init.c) and the bits used here: abi::ioat, as
+// Linux's registers.h and hw.h define them.
+const CH: u64 = regs::CHANNEL_MMIO_SIZE;
+const CHANCTRL: u64 = CH + chan::CHANCTRL;
+const CHANCMD: u64 = CH + chan::CHANCMD;
+const DMACOUNT: u64 = CH + chan::DMACOUNT;
+const CHANSTS: u64 = CH + chan::CHANSTS;
+const CHAINADDR: u64 = CH + chan::CHAINADDR;
+const CHANCMP: u64 = CH + chan::CHANCMP;
+const CHANERR: u64 = CH + chan::CHANERR;
+const STS_DONE: u64 = chansts::DONE;
+const STS_HALTED: u64 = chansts::HALTED;
+const READ_DATA_ERR: u32 = chanerr::READ_DATA_ERR;
+const WRITE_DATA_ERR: u32 = chanerr::WRITE_DATA_ERR;
 
 /// The user-space driver's IOVAs: one page of descriptors with the completion word at its end,
 /// a source page and a destination page; the page after the destination is never mapped.
@@ -215,14 +211,14 @@ impl<'a> Chan<'a> {
         let c = Chan { dev, ring, count: 0 };
         let err = dev.r32(CHANERR)?;
         dev.w32(CHANERR, err)?;
-        c.w8(CHANCMD, CHANCMD_RESET)?;
+        c.w8(CHANCMD, chancmd::RESET)?;
         let reset_done = || {
             let mut b = [0u8];
-            dev.read(CHANCMD, &mut b).is_ok() && b[0] & CHANCMD_RESET == 0
+            dev.read(CHANCMD, &mut b).is_ok() && b[0] & chancmd::RESET == 0
         };
         check!(poll(reset_done), "the channel reset never completed");
-        c.w8(INTRCTRL, INTRCTRL_MASTER_INT_EN | INTRCTRL_MSIX_VECTOR_CONTROL)?;
-        c.w16(CHANCTRL, CHANCTRL_RUN)?;
+        c.w8(global::INTRCTRL, intrctrl::MASTER_INT_EN | intrctrl::MSIX_VECTOR_CONTROL)?;
+        c.w16(CHANCTRL, chanctrl::RUN)?;
         ring.write(0, &[0u8; 0x1000]);
         c.w64(CHANCMP, RING_IOVA + COMPLETION_OFF as u64)?;
         c.w64(CHAINADDR, RING_IOVA)?;
@@ -239,20 +235,16 @@ impl<'a> Chan<'a> {
     /// idle or halted and returns CHANSTS.
     fn copy(&mut self, src: u64, dst: u64, len: u32) -> Result<u64, String> {
         let i = u64::from(self.count) % 32;
-        let mut d = [0u8; 64];
-        d[0..4].copy_from_slice(&len.to_le_bytes());
-        d[4..8].copy_from_slice(&(CTL_INT_EN | CTL_COMPL_WRITE).to_le_bytes());
-        d[8..16].copy_from_slice(&src.to_le_bytes());
-        d[16..24].copy_from_slice(&dst.to_le_bytes());
-        d[24..32].copy_from_slice(&(RING_IOVA + ((i + 1) % 32) * 64).to_le_bytes());
-        self.ring.write(i as usize * 64, &d);
+        let next = RING_IOVA + ((i + 1) % 32) * regs::DESC_SIZE;
+        let d = Descriptor { next: U64::new(next), ..Descriptor::new(len, ctl::INT_EN | ctl::COMPL_WRITE, src, dst) };
+        self.ring.write((i * regs::DESC_SIZE) as usize, d.as_bytes());
         self.count = self.count.wrapping_add(1);
         self.w16(DMACOUNT, self.count)?;
         let mut sts = 0;
         check!(
             poll(|| {
                 sts = self.dev.r64(CHANSTS).unwrap_or(0);
-                sts & 7 == STS_DONE || sts & 7 == STS_HALTED
+                sts & chansts::STATUS == STS_DONE || sts & chansts::STATUS == STS_HALTED
             }),
             "descriptor {i} never completed (CHANSTS {sts:#x})"
         );
@@ -283,7 +275,7 @@ fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem) -> R {
     data.write(0, &pattern);
     data.write(0x1000, &[0u8; 0x1000]);
     let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
-    check!(sts & 7 == STS_DONE, "copy through the mappings: CHANSTS {sts:#x}, CHANERR {:#x}", dev.r32(CHANERR)?);
+    check!(sts & chansts::STATUS == STS_DONE, "copy through the mappings: CHANSTS {sts:#x}, CHANERR {:#x}", dev.r32(CHANERR)?);
     check!(page(data, 0x1000) == pattern, "the destination page did not receive the copy");
     check!(ch.completion() == RING_IOVA | STS_DONE, "completion write-back {:#x}", ch.completion());
     if !poll(|| eventfd_count(&irq) > 0) {
@@ -291,8 +283,8 @@ fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem) -> R {
         let vfio: Vec<&str> = irqs.lines().filter(|l| l.contains("vfio")).collect();
         return Err(format!(
             "no MSI-X interrupt for the completion (INTRCTRL {:#x}, ATTNSTATUS {:#x}, CHANCTRL {:#x}; {vfio:?})",
-            dev.r32(0)? >> 24,
-            dev.r32(0x04)?,
+            dev.r32(global::CHANCNT)? >> (8 * global::INTRCTRL),
+            dev.r32(global::ATTNSTATUS)?,
             dev.r32(CHANCTRL)? & 0xffff
         ));
     }
@@ -301,7 +293,7 @@ fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem) -> R {
     data.write(0x1000, &[0xeeu8; 0x1000]);
     let sts = ch.copy(SRC_IOVA, DST_IOVA + 0x800, 0x1000)?;
     let err = dev.r32(CHANERR)?;
-    check!(sts & 7 == STS_HALTED && err == WRITE_DATA_ERR, "copy into an unmapped page: CHANSTS {sts:#x}, CHANERR {err:#x}");
+    check!(sts & chansts::STATUS == STS_HALTED && err == WRITE_DATA_ERR, "copy into an unmapped page: CHANSTS {sts:#x}, CHANERR {err:#x}");
     check!(page(data, 0x1000) == [0xeeu8; 0x1000], "the refused copy wrote its mapped half");
     check!(ch.completion() == RING_IOVA | STS_HALTED, "halt not written back: {:#x}", ch.completion());
     expect_event("translation_fault", &format!("devid={DEVID} iova={UNMAPPED_IOVA:#x} access=write via={via}"));
@@ -317,11 +309,11 @@ fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem) -> R {
     let mut ch = Chan::start(dev, ring)?;
     check!(dev.r32(CHANERR)? == 0, "CHANERR not cleared");
     let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
-    check!(sts & 7 == STS_DONE && page(data, 0x1000) == pattern, "after the reset: CHANSTS {sts:#x}");
+    check!(sts & chansts::STATUS == STS_DONE && page(data, 0x1000) == pattern, "after the reset: CHANSTS {sts:#x}");
 
     // A source in the unmapped page: read data error.
     let sts = ch.copy(UNMAPPED_IOVA, DST_IOVA, 64)?;
-    check!(sts & 7 == STS_HALTED && dev.r32(CHANERR)? == READ_DATA_ERR, "copy from an unmapped page: CHANSTS {sts:#x}");
+    check!(sts & chansts::STATUS == STS_HALTED && dev.r32(CHANERR)? == READ_DATA_ERR, "copy from an unmapped page: CHANSTS {sts:#x}");
     expect_event("ioat_halted", &format!("devid={DEVID} channel=0 chanerr={READ_DATA_ERR}"));
     dev.msix_off()?;
     Ok(())
@@ -335,7 +327,7 @@ fn private_under_mapping(r: &mut Rig, dev: &Device, ring: &UserMem, data: &UserM
     snp_on(r)?;
     let mut ch = Chan::start(dev, ring)?;
     let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
-    check!(sts & 7 == STS_DONE, "copy before the conversion: CHANSTS {sts:#x}");
+    check!(sts & chansts::STATUS == STS_DONE, "copy before the conversion: CHANSTS {sts:#x}");
     let before = page(data, 0x1000);
     let pa = data.phys(0x1000)?;
     check!(r.rmpupdate(pa, DST_IOVA, true, 1)? == 0, "RMPUPDATE of the mapped page to private");
@@ -343,7 +335,10 @@ fn private_under_mapping(r: &mut Rig, dev: &Device, ring: &UserMem, data: &UserM
     data.write(0, &[0x77u8; 0x1000]);
     let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
     let err = dev.r32(CHANERR)?;
-    check!(sts & 7 == STS_HALTED && err == WRITE_DATA_ERR, "write to the page turned private: CHANSTS {sts:#x}, CHANERR {err:#x}");
+    check!(
+        sts & chansts::STATUS == STS_HALTED && err == WRITE_DATA_ERR,
+        "write to the page turned private: CHANSTS {sts:#x}, CHANERR {err:#x}"
+    );
     check!(page(data, 0x1000) == before, "the refused write changed the private page");
     expect_event("rmp_violation", &format!("devid={DEVID} iova={DST_IOVA:#x} access=write"));
     if amdvi_mode() {
@@ -354,7 +349,7 @@ fn private_under_mapping(r: &mut Rig, dev: &Device, ring: &UserMem, data: &UserM
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     let mut ch = Chan::start(dev, ring)?;
     let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
-    check!(sts & 7 == STS_DONE && page(data, 0x1000) == [0x77u8; 0x1000], "after the page is shared again: CHANSTS {sts:#x}");
+    check!(sts & chansts::STATUS == STS_DONE && page(data, 0x1000) == [0x77u8; 0x1000], "after the page is shared again: CHANSTS {sts:#x}");
     Ok(())
 }
 

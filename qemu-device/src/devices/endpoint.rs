@@ -159,7 +159,7 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
     let halt = |index: u32, iova: u64, what: &str, e: DmaError| {
         let mut g = lock(engine);
         if g.epoch == epoch {
-            g.status = (g.status - Status::BUSY) | Status::HALTED;
+            g.status = g.status.difference(Status::BUSY).union(Status::HALTED);
         }
         drop(g);
         // A guest can halt the engine at will: the dma_halted record says so, the log only at debug.
@@ -216,7 +216,7 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
             return halt(head, at, "status write-back", e);
         }
     }
-    lock(engine).status -= Status::BUSY;
+    lock(engine).status.remove(Status::BUSY);
     if raise {
         irq.raise(0);
     }
@@ -273,7 +273,7 @@ impl FaultyDevice for EndpointFaults {
         let resume = {
             let mut e = lock(&self.engine);
             let was = std::mem::take(&mut e.stalled);
-            e.status -= Status::BUSY;
+            e.status.remove(Status::BUSY);
             was && e.head != e.tail
         };
         if let (true, Some(jobs), Some(runner)) = (resume, lock(&self.jobs).clone(), self.runner.upgrade()) {
@@ -480,13 +480,13 @@ impl PciFunction for Endpoint {
                 reg::TAIL => match e.entries() {
                     Some(n) if v < u64::from(n) => {
                         e.tail = v as u32;
-                        e.status -= Status::BAD_TAIL;
+                        e.status.remove(Status::BAD_TAIL);
                     }
                     _ => e.status |= Status::BAD_TAIL,
                 },
                 reg::CTRL => {
                     let v = Ctrl::from_bits_truncate(v as u32);
-                    e.ctrl = v - Ctrl::RESET;
+                    e.ctrl = v.difference(Ctrl::RESET);
                     if v.contains(Ctrl::RESET) {
                         e.head = 0;
                         e.tail = 0;
@@ -766,7 +766,7 @@ mod tests {
         // sees ciphertext on hardware; docs/rmp.md), but writing its status back is not: the
         // driver never sees a completion and the engine halts.
         let fill = desc(Op::Fill, DescFlags::T, 8, 0, 0x5000_0000, 0x77);
-        r.mem.write(RING_SPA, &fill.as_bytes()).unwrap();
+        r.mem.write(RING_SPA, fill.as_bytes()).unwrap();
         lock(&r.engine).tail = 1;
         r.ring();
         assert_eq!(lock(&r.engine).status, Status::HALTED);
@@ -820,8 +820,8 @@ mod tests {
         r.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
         r.map(0x1100_0000, 0x21_0000, 12, Perm::new(true, false));
         lock(&r.engine).ring_base = 0x1100_0000;
-        r.mem.write(0x21_0000, &desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000, 5).as_bytes()).unwrap();
-        r.mem.write(0x21_0020, &desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0008, 6).as_bytes()).unwrap();
+        r.mem.write(0x21_0000, desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000, 5).as_bytes()).unwrap();
+        r.mem.write(0x21_0020, desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0008, 6).as_bytes()).unwrap();
         lock(&r.engine).tail = 2;
         r.ring();
         assert_eq!((r.u64_at(0x30_0000), r.u64_at(0x30_0008)), (5, 0), "the first ran, the second did not");
@@ -838,7 +838,7 @@ mod tests {
         // Descriptor 0 fills descriptors 1..=3 with an 8-byte pattern that decodes as a COPY of
         // 4 KiB from an unmapped IOVA: they run and fail, one at a time, and the job ends.
         let fake = u64::from_le_bytes([Op::Copy.code(), 0, 0, 0, 0, 0x10, 0, 0]);
-        r.mem.write(RING_SPA, &desc(Op::Fill, DescFlags::empty(), 96, 0, RING + 32, fake).as_bytes()).unwrap();
+        r.mem.write(RING_SPA, desc(Op::Fill, DescFlags::empty(), 96, 0, RING + 32, fake).as_bytes()).unwrap();
         lock(&r.engine).tail = 3;
         r.ring();
         let e = lock(&r.engine);
@@ -909,7 +909,7 @@ mod tests {
             g.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
             for i in 0..3u64 {
                 g.mem
-                    .write(RING_SPA + i * 32, &desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000 + 8 * i, 0x11 * (i + 1)).as_bytes())
+                    .write(RING_SPA + i * 32, desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000 + 8 * i, 0x11 * (i + 1)).as_bytes())
                     .unwrap();
             }
         }
@@ -952,7 +952,7 @@ mod tests {
             let mut g = lock(&rig);
             g.map(0x5000_0000, 0x30_0000, 12, Perm::RW);
             for i in 0..4u64 {
-                g.mem.write(RING_SPA + i * 32, &desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000 + 8 * i, i + 1).as_bytes()).unwrap();
+                g.mem.write(RING_SPA + i * 32, desc(Op::Fill, DescFlags::empty(), 8, 0, 0x5000_0000 + 8 * i, i + 1).as_bytes()).unwrap();
             }
         }
         ep.bar_write(0, reg::RING_BASE, &RING.to_le_bytes());

@@ -6,7 +6,8 @@
 //! the secure IOMMU. What differs from the real engine: docs/device-abi.md, "IOAT DMA engine".
 
 pub mod channel;
-pub mod regs;
+/// The register file and descriptor (Linux registers.h, hw.h) are the ABI's.
+pub use abi::ioat as regs;
 #[cfg(test)]
 mod tests;
 
@@ -272,11 +273,11 @@ fn merge(old: u64, reg: u64, width: u64, offset: u64, data: &[u8]) -> Option<(u6
 impl PciFunction for Ioat {
     fn ids(&self) -> PciIds {
         PciIds {
-            vendor: regs::VENDOR_INTEL,
-            device: regs::DEVICE_IOAT_SKX,
-            subsystem_vendor: regs::VENDOR_INTEL,
+            vendor: abi::pci::IOAT.vendor,
+            device: abi::pci::IOAT.device,
+            subsystem_vendor: abi::pci::IOAT.vendor,
             subsystem: 0,
-            class: regs::CLASS,
+            class: abi::pci::IOAT.class,
             revision: 4,
         }
     }

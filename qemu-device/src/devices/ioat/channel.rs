@@ -13,6 +13,7 @@ use crate::vfio::function::{EventSink, Irq};
 use iommu_model::walk::Access;
 use serde_json::json;
 use std::sync::{Mutex, MutexGuard};
+use zerocopy::{FromZeros, IntoBytes};
 
 /// Descriptors one job runs before it yields the worker to other channels and functions.
 pub const BUDGET: usize = 64;
@@ -251,25 +252,24 @@ pub fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(
         let bit = if from_chain { chanerr::CHAIN_ADDR_VALUE_ERR } else { chanerr::NEXT_DESC_ALIGN_ERR };
         return Err(fault(bit, addr, None));
     }
-    let mut raw = [0u8; DESC_SIZE as usize];
-    dma::read(iommu, mem, rid, false, addr, &mut raw).map_err(|e| fault(chanerr::NEXT_ADDR_ERR, failing_iova(e, addr), Some(e)))?;
-    let d = Descriptor::from_bytes(&raw);
-    if d.op() != OP_COPY || d.ctl & ctl::UNSUPPORTED != 0 {
+    let mut d = Descriptor::new_zeroed();
+    dma::read(iommu, mem, rid, false, addr, d.as_mut_bytes()).map_err(|e| fault(chanerr::NEXT_ADDR_ERR, failing_iova(e, addr), Some(e)))?;
+    if d.op() != OP_COPY || d.ctl.get() & ctl::UNSUPPORTED != 0 {
         return Err(fault(chanerr::CONTROL_ERR, addr, None));
     }
-    if d.ctl & ctl::NULL != 0 {
+    if d.ctl.get() & ctl::NULL != 0 {
         return Ok(d);
     }
-    let len = u64::from(d.size);
+    let (len, src, dst) = (u64::from(d.size.get()), d.src.get(), d.dst.get());
     if len == 0 || len > 1 << XFERCAP_LOG {
         return Err(fault(chanerr::LENGTH_ERR, addr, None));
     }
-    let from = dma::plan(iommu, mem, Request { rid, t: false, iova: d.src, len, access: Access::Read })
-        .map_err(|e| fault(chanerr::READ_DATA_ERR, failing_iova(e, d.src), Some(e)))?;
-    let to = dma::plan(iommu, mem, Request { rid, t: false, iova: d.dst, len, access: Access::Write })
-        .map_err(|e| fault(chanerr::WRITE_DATA_ERR, failing_iova(e, d.dst), Some(e)))?;
+    let from = dma::plan(iommu, mem, Request { rid, t: false, iova: src, len, access: Access::Read })
+        .map_err(|e| fault(chanerr::READ_DATA_ERR, failing_iova(e, src), Some(e)))?;
+    let to = dma::plan(iommu, mem, Request { rid, t: false, iova: dst, len, access: Access::Write })
+        .map_err(|e| fault(chanerr::WRITE_DATA_ERR, failing_iova(e, dst), Some(e)))?;
     let plan = dma::CopyPlan { from, to, len };
-    dma::move_copy(mem, &plan).map_err(|e| fault(chanerr::WRITE_DATA_ERR, d.dst, Some(DmaError::NoMemory { iova: d.dst, spa: e.addr })))?;
+    dma::move_copy(mem, &plan).map_err(|e| fault(chanerr::WRITE_DATA_ERR, dst, Some(DmaError::NoMemory { iova: dst, spa: e.addr })))?;
     Ok(d)
 }
 
@@ -319,7 +319,11 @@ pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
             match &result {
                 Ok(d) => {
                     let more = c.executed.wrapping_add(1) != c.dmacount && !c.suspend_req;
-                    (addr | if more { chansts::ACTIVE } else { chansts::DONE }, d.ctl & ctl::COMPL_WRITE != 0, d.ctl & ctl::INT_EN != 0)
+                    (
+                        addr | if more { chansts::ACTIVE } else { chansts::DONE },
+                        d.ctl.get() & ctl::COMPL_WRITE != 0,
+                        d.ctl.get() & ctl::INT_EN != 0,
+                    )
                 }
                 // CHANCTRL: error completion and error interrupt (dma.c, ioat_cleanup sees the
                 // halt in the completion write-back).
@@ -351,7 +355,7 @@ pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
             match result {
                 Ok(d) => {
                     c.executed = c.executed.wrapping_add(1);
-                    c.next = Some(d.next);
+                    c.next = Some(d.next.get());
                     c.completed = addr;
                     if c.state == chansts::ACTIVE && !c.has_work() && !c.suspend_req {
                         c.state = chansts::DONE;

@@ -10,6 +10,8 @@ use iommu_model::amdvi::dte::Dte;
 use iommu_model::amdvi::mmio::{self, control};
 use iommu_model::mem::{ByteMem, PhysMem};
 use iommu_model::walk::Perm;
+use zerocopy::little_endian::U64;
+use zerocopy::IntoBytes;
 
 const RID: u16 = 0x30;
 const RAM: u64 = 16 << 20;
@@ -138,8 +140,8 @@ impl Rig {
         (RING + i * 64, RING_SPA + i * 64)
     }
     fn put(&mut self, i: u64, mut d: Descriptor) {
-        d.next = Self::desc_addr(i + 1).0;
-        self.write_mem(Self::desc_addr(i).1, &d.to_bytes());
+        d.next = U64::new(Self::desc_addr(i + 1).0);
+        self.write_mem(Self::desc_addr(i).1, d.as_bytes());
     }
 
     /// init.c, ioat_alloc_chan_resources: CHANCTRL, CHANCMP as two dwords, then
@@ -155,7 +157,7 @@ impl Rig {
     }
     fn start_null(&mut self, ch: usize) {
         let at = self.head;
-        self.put(at, Descriptor { size: 1, ctl: ctl::NULL | ctl::INT_EN | ctl::COMPL_WRITE, ..Default::default() });
+        self.put(at, Descriptor::new(1, ctl::NULL | ctl::INT_EN | ctl::COMPL_WRITE, 0, 0));
         let addr = Self::desc_addr(at).0;
         self.w(base(ch) + chan::CHAINADDR, addr & 0xffff_ffff, 4);
         self.w(base(ch) + chan::CHAINADDR + 4, addr >> 32, 4);
@@ -171,7 +173,7 @@ impl Rig {
     /// prep.c, ioat_dma_prep_memcpy_lock for one descriptor, with DMA_PREP_INTERRUPT.
     fn memcpy(&mut self, ch: usize, src: u64, dst: u64, len: u32) -> u64 {
         let at = self.head;
-        self.put(at, Descriptor { size: len, ctl: ctl::INT_EN | ctl::COMPL_WRITE, src, dst, ..Default::default() });
+        self.put(at, Descriptor::new(len, ctl::INT_EN | ctl::COMPL_WRITE, src, dst));
         self.head += 1;
         self.issue(ch, 1);
         Self::desc_addr(at).0
@@ -233,18 +235,9 @@ fn memcpy_chain_lands_and_completes_in_order() {
     // Three descriptors submitted before one doorbell (ioat_pending_level), the middle one
     // without completion write or interrupt, as a split memcpy's first parts are.
     let a = Rig::desc_addr(r.head).0;
-    r.put(r.head, Descriptor { size: 0x1000, ctl: 0, src: SRC, dst: DST, ..Default::default() });
-    r.put(r.head + 1, Descriptor { size: 0x1800, ctl: ctl::COMPL_WRITE, src: SRC + 0x1000, dst: DST + 0x1000, ..Default::default() });
-    r.put(
-        r.head + 2,
-        Descriptor {
-            size: 0x800,
-            ctl: ctl::COMPL_WRITE | ctl::INT_EN | ctl::FENCE,
-            src: SRC + 0x2800,
-            dst: DST + 0x2800,
-            ..Default::default()
-        },
-    );
+    r.put(r.head, Descriptor::new(0x1000, 0, SRC, DST));
+    r.put(r.head + 1, Descriptor::new(0x1800, ctl::COMPL_WRITE, SRC + 0x1000, DST + 0x1000));
+    r.put(r.head + 2, Descriptor::new(0x800, ctl::COMPL_WRITE | ctl::INT_EN | ctl::FENCE, SRC + 0x2800, DST + 0x2800));
     r.head += 3;
     // Re-armed by the cleanup tasklet of the NULL descriptor's interrupt.
     r.w(base(1) + chan::CHANCTRL, u64::from(chanctrl::RUN), 2);
@@ -345,10 +338,10 @@ fn refused_destination_descriptor_and_completion_each_halt_with_their_bit() {
 
     // Zero, too long, an XOR, a page break: size and control errors, each after a reset.
     for (d, bit) in [
-        (Descriptor { size: 0, ctl: 0, src: SRC, dst: DST, ..Default::default() }, chanerr::LENGTH_ERR),
-        (Descriptor { size: (1 << XFERCAP_LOG) + 1, ctl: 0, src: SRC, dst: DST, ..Default::default() }, chanerr::LENGTH_ERR),
-        (Descriptor { size: 64, ctl: 0x87 << 24, src: SRC, dst: DST, ..Default::default() }, chanerr::CONTROL_ERR),
-        (Descriptor { size: 64, ctl: ctl::SRC_BRK, src: SRC, dst: DST, ..Default::default() }, chanerr::CONTROL_ERR),
+        (Descriptor::new(0, 0, SRC, DST), chanerr::LENGTH_ERR),
+        (Descriptor::new((1 << XFERCAP_LOG) + 1, 0, SRC, DST), chanerr::LENGTH_ERR),
+        (Descriptor::new(64, 0x87 << 24, SRC, DST), chanerr::CONTROL_ERR),
+        (Descriptor::new(64, ctl::SRC_BRK, SRC, DST), chanerr::CONTROL_ERR),
     ] {
         r.reset_hw(0);
         r.head = 0;
@@ -388,7 +381,7 @@ fn interrupts_wait_for_the_arm_and_the_master_enable() {
     assert_eq!(*lock(&r.irqs.0), [0, 0], "fires at the re-arm (dma.c, ioat_cleanup_event)");
     // A copy without DMA_PREP_INTERRUPT completes silently.
     r.w(base(0) + chan::CHANCTRL, u64::from(chanctrl::RUN), 2);
-    r.put(r.head, Descriptor { size: 8, ctl: ctl::COMPL_WRITE, src: SRC, dst: DST, ..Default::default() });
+    r.put(r.head, Descriptor::new(8, ctl::COMPL_WRITE, SRC, DST));
     r.head += 1;
     r.issue(0, 1);
     r.drain();
@@ -432,8 +425,8 @@ fn one_job_runs_a_budget_then_queues_itself_behind_others() {
     r.reset_hw(0);
     r.w(base(0) + chan::CHANCMP, COMPLETION, 8);
     // A chain of NULL descriptors longer than the budget, linked to itself at one address.
-    let d = Descriptor { size: 1, ctl: ctl::NULL, next: RING, ..Default::default() };
-    r.write_mem(RING_SPA, &d.to_bytes());
+    let d = Descriptor { next: U64::new(RING), ..Descriptor::new(1, ctl::NULL, 0, 0) };
+    r.write_mem(RING_SPA, d.as_bytes());
     r.w(base(0) + chan::CHAINADDR, RING, 8);
     r.w(base(0) + chan::DMACOUNT, (channel::BUDGET + 10) as u64, 2);
     let job = r.jobs.try_recv().unwrap();
@@ -532,7 +525,7 @@ fn rmp_refuses_a_write_to_a_page_turned_private() {
     let (tx, rx) = crossbeam_channel::bounded(8);
     let mut dev = Ioat::new(RID, secure.clone(), ram.clone(), Arc::new(Irqs::default()), tx);
     let go = |dev: &mut Ioat, i: u64, d: Descriptor| {
-        ram.snapshot().write(0x28_0000 + i * 64, &Descriptor { next: RING + (i + 1) * 64, ..d }.to_bytes()).unwrap();
+        ram.snapshot().write(0x28_0000 + i * 64, Descriptor { next: U64::new(RING + (i + 1) * 64), ..d }.as_bytes()).unwrap();
         dev.bar_write(0, 0x80 + chan::DMACOUNT, &(i as u16 + 1).to_le_bytes());
         while let Ok(j) = rx.try_recv() {
             j();
@@ -541,7 +534,7 @@ fn rmp_refuses_a_write_to_a_page_turned_private() {
     dev.bar_write(0, 0x80 + chan::CHANCMP, &COMPLETION.to_le_bytes());
     dev.bar_write(0, 0x80 + chan::CHAINADDR, &RING.to_le_bytes());
     mem.write(SRC_SPA, &[7; 8]).unwrap();
-    let copy = Descriptor { size: 8, ctl: ctl::COMPL_WRITE, src: SRC, dst: DST, ..Default::default() };
+    let copy = Descriptor::new(8, ctl::COMPL_WRITE, SRC, DST);
     go(&mut dev, 0, copy);
     assert_eq!(ram.snapshot().read_u64(DST_SPA).unwrap(), 0x0707_0707_0707_0707);
     lock(&secure).enable_snp(&mut ram.snapshot(), RAM >> 12).unwrap();

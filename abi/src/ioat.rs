@@ -1,13 +1,10 @@
-//! The IOAT (Intel QuickData, "Crystal Beach" DMA) register file and descriptor as Linux's
-//! drivers/dma/ioat reads and writes them: names and values from registers.h and hw.h, the
+//! The IOAT DMA engine (`--ioat`, [`crate::pci::IOAT`]): the Intel QuickData ("Crystal Beach")
+//! register file and descriptor as Linux's drivers/dma/ioat reads and writes them: names and values from registers.h and hw.h, the
 //! meaning of each from how init.c and dma.c use it. Offsets are from BAR0 (global registers)
 //! or from a channel's block at 0x80 × (channel + 1) (init.c, ioat_init_channel).
 
-/// PCI IDs (hw.h): the Skylake-SP engine, which ioatdma matches and runs as version 3.2.
-pub const VENDOR_INTEL: u16 = 0x8086;
-pub const DEVICE_IOAT_SKX: u16 = 0x2021;
-/// Class: base system peripheral, "other" (as the Xeon engines report).
-pub const CLASS: u32 = 0x08_80_00;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Global registers (registers.h "MMIO Device Registers").
 pub mod global {
@@ -183,15 +180,17 @@ pub mod pci {
 /// Descriptors are 64 bytes, 64-byte aligned (hw.h IOAT_DESC_SZ).
 pub const DESC_SIZE: u64 = 64;
 
-/// `struct ioat_dma_descriptor` (hw.h): size, ctl, src_addr, dst_addr, next; the rest is the
-/// driver's (user1/user2) or reserved, and the engine neither reads nor writes it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `struct ioat_dma_descriptor` (hw.h), 64 bytes: size, ctl, src_addr, dst_addr, next; the rest
+/// is the driver's (user1/user2) or reserved, and the engine neither reads nor writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
 pub struct Descriptor {
-    pub size: u32,
-    pub ctl: u32,
-    pub src: u64,
-    pub dst: u64,
-    pub next: u64,
+    pub size: U32,
+    pub ctl: U32,
+    pub src: U64,
+    pub dst: U64,
+    pub next: U64,
+    pub driver: [u8; 32],
 }
 
 /// `ctl` bits (hw.h `ctl_f`).
@@ -216,24 +215,13 @@ pub mod ctl {
 pub const OP_COPY: u8 = 0x00;
 
 impl Descriptor {
-    pub fn from_bytes(b: &[u8; 64]) -> Descriptor {
-        let u32_at = |i: usize| u32::from_le_bytes(b.get(i..).and_then(|s| s.get(..4)).and_then(|s| s.try_into().ok()).unwrap_or([0; 4]));
-        let u64_at = |i: usize| u64::from(u32_at(i)) | u64::from(u32_at(i.saturating_add(4))) << 32;
-        Descriptor { size: u32_at(0), ctl: u32_at(4), src: u64_at(8), dst: u64_at(16), next: u64_at(24) }
-    }
-
-    pub fn to_bytes(self) -> [u8; 64] {
-        let mut b = [0u8; 64];
-        b[0..4].copy_from_slice(&self.size.to_le_bytes());
-        b[4..8].copy_from_slice(&self.ctl.to_le_bytes());
-        b[8..16].copy_from_slice(&self.src.to_le_bytes());
-        b[16..24].copy_from_slice(&self.dst.to_le_bytes());
-        b[24..32].copy_from_slice(&self.next.to_le_bytes());
-        b
+    /// A descriptor as ioatdma writes one (next 0: the driver links the chain).
+    pub fn new(size: u32, ctl: u32, src: u64, dst: u64) -> Descriptor {
+        Descriptor { size: U32::new(size), ctl: U32::new(ctl), src: U64::new(src), dst: U64::new(dst), ..Default::default() }
     }
 
     pub fn op(&self) -> u8 {
-        (self.ctl >> ctl::OP_SHIFT) as u8
+        (self.ctl.get() >> ctl::OP_SHIFT) as u8
     }
 }
 
@@ -244,18 +232,16 @@ mod tests {
     #[test]
     fn descriptor_fields_sit_where_hw_h_puts_them() {
         let d = Descriptor {
-            size: 2000,
-            ctl: ctl::INT_EN | ctl::COMPL_WRITE | 0x87 << 24,
-            src: 0x1122_3344_5566_7788,
-            dst: 0xaabb_ccdd_0000_1000,
-            next: 0x40,
+            next: U64::new(0x40),
+            ..Descriptor::new(2000, ctl::INT_EN | ctl::COMPL_WRITE | 0x87 << 24, 0x1122_3344_5566_7788, 0xaabb_ccdd_0000_1000)
         };
-        let b = d.to_bytes();
+        let b = d.as_bytes();
+        assert_eq!(b.len() as u64, DESC_SIZE);
         assert_eq!(&b[0..4], &2000u32.to_le_bytes());
         assert_eq!(b[4], 0x09, "int_en and compl_write are bits 0 and 3");
         assert_eq!(b[7], 0x87, "op in the top byte of ctl");
         assert_eq!(&b[24..32], &0x40u64.to_le_bytes());
-        assert_eq!(Descriptor::from_bytes(&b), d);
+        assert_eq!(Descriptor::read_from_bytes(b), Ok(d));
         assert_eq!(d.op(), 0x87);
         assert_eq!(chancmd::RESET, 0x20);
         assert_eq!(chanctrl::RUN, 0x1d);
