@@ -38,6 +38,21 @@ pub mod reg {
     pub const CTRL: u64 = 0x2c;
     /// RO descriptors completed since the function was created or reset.
     pub const COMPLETED: u64 = 0x30;
+
+    /// Every register by name, in offset order.
+    pub const ALL: &[(&str, u64)] = &[
+        ("ID", ID),
+        ("VERSION", VERSION),
+        ("REQUESTER_ID", REQUESTER_ID),
+        ("RING_BASE", RING_BASE),
+        ("RING_BASE_HI", RING_BASE_HI),
+        ("RING_SIZE", RING_SIZE),
+        ("TAIL", TAIL),
+        ("HEAD", HEAD),
+        ("STATUS", STATUS),
+        ("CTRL", CTRL),
+        ("COMPLETED", COMPLETED),
+    ];
 }
 
 bitflags::bitflags! {

@@ -31,6 +31,18 @@ pub mod reg {
     pub const CMDBUF_LO: u64 = 0x108;
     /// Bits 63:32.
     pub const CMDBUF_HI: u64 = 0x10c;
+
+    /// Every register by name, in offset order.
+    pub const ALL: &[(&str, u64)] = &[
+        ("RMP_BASE", RMP_BASE),
+        ("RMP_END", RMP_END),
+        ("SNP_CTL", SNP_CTL),
+        ("FE_MSG_ADDR", FE_MSG_ADDR),
+        ("FE_MSG_DATA", FE_MSG_DATA),
+        ("CMDRESP", CMDRESP),
+        ("CMDBUF_LO", CMDBUF_LO),
+        ("CMDBUF_HI", CMDBUF_HI),
+    ];
 }
 
 /// Bytes of the command buffer a command reads.
