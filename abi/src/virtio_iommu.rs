@@ -3,6 +3,8 @@
 //! layout, request types, status codes, flags and probe properties. Its virtio device id is
 //! [`crate::pci::VIRTIO_ID_IOMMU`].
 
+use crate::codes::codes;
+
 /// Feature bits (§5.13.3).
 pub mod feature {
     pub const INPUT_RANGE: u64 = 1 << 0;
@@ -35,17 +37,33 @@ pub mod req {
     pub const PROBE: u8 = 5;
 }
 
-/// Request status codes, in the tail (§5.13.6).
+codes! {
+    /// Request status codes, in the tail (§5.13.6; Linux VIRTIO_IOMMU_S_*).
+    pub enum ReqStatus: u8 {
+        Ok = 0 => "OK",
+        IoErr = 1 => "IOERR",
+        Unsupp = 2 => "UNSUPP",
+        DevErr = 3 => "DEVERR",
+        Inval = 4 => "INVAL",
+        Range = 5 => "RANGE",
+        NoEnt = 6 => "NOENT",
+        Fault = 7 => "FAULT",
+        NoMem = 8 => "NOMEM",
+    }
+}
+
+/// The status codes as the tail's byte.
 pub mod status {
-    pub const OK: u8 = 0;
-    pub const IOERR: u8 = 1;
-    pub const UNSUPP: u8 = 2;
-    pub const DEVERR: u8 = 3;
-    pub const INVAL: u8 = 4;
-    pub const RANGE: u8 = 5;
-    pub const NOENT: u8 = 6;
-    pub const FAULT: u8 = 7;
-    pub const NOMEM: u8 = 8;
+    use super::ReqStatus;
+    pub const OK: u8 = ReqStatus::Ok.code();
+    pub const IOERR: u8 = ReqStatus::IoErr.code();
+    pub const UNSUPP: u8 = ReqStatus::Unsupp.code();
+    pub const DEVERR: u8 = ReqStatus::DevErr.code();
+    pub const INVAL: u8 = ReqStatus::Inval.code();
+    pub const RANGE: u8 = ReqStatus::Range.code();
+    pub const NOENT: u8 = ReqStatus::NoEnt.code();
+    pub const FAULT: u8 = ReqStatus::Fault.code();
+    pub const NOMEM: u8 = ReqStatus::NoMem.code();
 }
 
 /// MAP flags (§5.13.6.6).

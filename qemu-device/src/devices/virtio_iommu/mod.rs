@@ -35,7 +35,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn status_name(s: u8) -> &'static str {
-    ["OK", "IOERR", "UNSUPP", "DEVERR", "INVAL", "RANGE", "NOENT", "FAULT", "NOMEM"].get(usize::from(s)).copied().unwrap_or("?")
+    abi::virtio_iommu::ReqStatus::from_code(s).map_or("?", abi::virtio_iommu::ReqStatus::name)
 }
 
 pub struct VirtioIommu {
