@@ -19,6 +19,7 @@ use iommu_model::amdvi::dte::Dte;
 use iommu_model::amdvi::event::Event;
 use iommu_model::amdvi::mmio::{self, control};
 use iommu_model::walk::Perm;
+use rmp_model::tdisp::{self, Response, TdiState};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::IntoBytes;
 
@@ -233,22 +234,21 @@ impl Rig {
         self.mailbox(mb::Command::Pvalidate, c.as_bytes())
     }
 
-    /// A TDISP request through the endpoint's DOE mailbox (abi::doe: TDISP in the clear).
-    pub(crate) fn tdisp(&self, msg_type: u8, body: &[u8]) -> Result<Vec<u8>, String> {
+    /// A TDISP request (PCIe 6.x §11.3, as rmp_model::tdisp builds and parses it) for the
+    /// endpoint's TDI, through its DOE mailbox (abi::doe: TDISP in the clear); the response.
+    pub(crate) fn tdisp(&self, message_type: u8, body: &[u8]) -> Result<Response, String> {
         let cap = self.doe.ok_or("the endpoint has no DOE capability")?;
-        // The TDISP header (PCIe 6.x §11.3.1): version 1.0, type, reserved, interface id, reserved.
-        let mut m = vec![0x10, msg_type, 0, 0];
-        m.extend_from_slice(&u32::from(self.rid).to_le_bytes());
-        m.extend_from_slice(&[0; 8]);
-        m.extend_from_slice(body);
-        self.ep_cfg.doe(cap, doe::TDISP_VENDOR, doe::TDISP_TYPE, &m)
+        let m = tdisp::request(message_type, u32::from(self.rid), body);
+        let r = self.ep_cfg.doe(cap, doe::TDISP_VENDOR, doe::TDISP_TYPE, &m)?;
+        tdisp::parse_response(&r).ok_or_else(|| format!("no TDISP response in {r:02x?}"))
     }
 
     /// GET_DEVICE_INTERFACE_STATE through DOE.
-    pub(crate) fn tdi_state(&self) -> Result<u8, String> {
-        let r = self.tdisp(0x85, &[])?;
-        check!(r.len() > 16 && r[1] == 0x05, "bad DEVICE_INTERFACE_STATE response {r:02x?}");
-        Ok(r[16])
+    pub(crate) fn tdi_state(&self) -> Result<TdiState, String> {
+        match self.tdisp(tdisp::req::GET_DEVICE_INTERFACE_STATE, &[])? {
+            Response::State(s) => Ok(s),
+            other => Err(format!("GET_DEVICE_INTERFACE_STATE answered {other:?}")),
+        }
     }
 
     pub(crate) fn page_bytes(&self, pa: u64, n: usize) -> Vec<u8> {

@@ -16,6 +16,7 @@ use iommu_model::amdvi::command::Command;
 use iommu_model::amdvi::event::{self, flags};
 use iommu_model::amdvi::mmio;
 use iommu_model::walk::Perm;
+use rmp_model::tdisp::{self, Response, TdiState};
 use std::time::Instant;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::IntoBytes;
@@ -304,12 +305,12 @@ fn tdisp_t1(r: &mut Rig) -> R {
     let bind = mb::TioTdiBind { tdi: U32::new(tdi), asid: U16::new(2), guest_device_id: U16::new(0x0100), ..Default::default() };
     check!(r.mailbox(Mb::TioTdiBind, bind.as_bytes())? == 0, "TIO_TDI_BIND");
     let status = mb::TioTdi { tdi: U32::new(tdi), ..Default::default() };
-    // TDISP states (PCIe 6.x §11.3.9): 1 CONFIG_LOCKED, 2 RUN.
     check!(
-        r.mailbox(Mb::TioTdiStatus, status.as_bytes())? == 0 && r.mailbox_out(mb::out::TIO_TDI_STATUS, 1)[0] == 1,
+        r.mailbox(Mb::TioTdiStatus, status.as_bytes())? == 0
+            && r.mailbox_out(mb::out::TIO_TDI_STATUS, 1)[0] == TdiState::ConfigLocked as u8,
         "TDI not CONFIG_LOCKED after bind"
     );
-    check!(r.tdi_state()? == 1, "the device's DOE says the TDI is not CONFIG_LOCKED");
+    check!(r.tdi_state()? == TdiState::ConfigLocked, "the device's DOE says the TDI is not CONFIG_LOCKED");
     // A private page of ASID 2 at GPA = IOVA, validated.
     let (iova, pa) = r.small(6);
     r.map(iova, pa, 12, Perm::RW)?;
@@ -323,8 +324,11 @@ fn tdisp_t1(r: &mut Rig) -> R {
     check!(r.mailbox(Mb::TioGuestRequest, run.as_bytes())? == 0, "RUN request");
     let sdte = mb::TioGuestRequest { message: U32::new(GuestMessage::SdteWrite.code()), vtom: U64::new(VTOM), ..run };
     check!(r.mailbox(Mb::TioGuestRequest, sdte.as_bytes())? == 0, "SDTE_WRITE");
-    check!(r.mailbox(Mb::TioTdiStatus, status.as_bytes())? == 0 && r.mailbox_out(mb::out::TIO_TDI_STATUS, 1)[0] == 2, "TDI not in RUN");
-    check!(r.tdi_state()? == 2, "the device's DOE says the TDI is not in RUN");
+    check!(
+        r.mailbox(Mb::TioTdiStatus, status.as_bytes())? == 0 && r.mailbox_out(mb::out::TIO_TDI_STATUS, 1)[0] == TdiState::Run as u8,
+        "TDI not in RUN"
+    );
+    check!(r.tdi_state()? == TdiState::Run, "the device's DOE says the TDI is not in RUN");
     expect_event("tdisp", "to=RUN");
     let st = r.fill(DescFlags::T, iova, 64, 0x8888)?;
     check!(st == DmaStatus::Ok, "T=1 in RUN to the TDI's private page: status {st}");
@@ -427,19 +431,19 @@ fn doe_discovery(r: &mut Rig) -> R {
     }
     println!("# DOE protocols: {found:04x?}");
     check!(found == [(doe::VENDOR_PCI_SIG, doe::TYPE_DISCOVERY), (doe::TDISP_VENDOR, doe::TDISP_TYPE)], "DOE discovery listed {found:x?}");
-    check!(r.tdi_state()? == 0, "TDI not CONFIG_UNLOCKED at start");
+    check!(r.tdi_state()? == TdiState::ConfigUnlocked, "TDI not CONFIG_UNLOCKED at start");
     // A TDISP request the device refuses: START without LOCK gets TDISP_ERROR INVALID_INTERFACE_STATE.
-    let e = r.tdisp(0x86, &[0; 32])?;
-    check!(e.len() >= 20 && e[1] == 0x7f && u32::from_le_bytes([e[16], e[17], e[18], e[19]]) == 4, "START before LOCK: {e:02x?}");
+    let e = r.tdisp(tdisp::req::START_INTERFACE, &[0; 32])?;
+    check!(matches!(e, Response::Error { code: tdisp::err::INVALID_INTERFACE_STATE, .. }), "START before LOCK: {e:?}");
     Ok(())
 }
 
 fn tdisp_stop(r: &mut Rig) -> R {
     // After tdisp_t1 and vtom_shared the TDI is in RUN; STOP_INTERFACE through DOE ends it.
     let (iova, pa) = r.small(6);
-    let r1 = r.tdisp(0x87, &[])?;
-    check!(r1.len() >= 16 && r1[1] == 0x07, "STOP_INTERFACE response {r1:02x?}");
-    check!(r.tdi_state()? == 0, "TDI not CONFIG_UNLOCKED after STOP");
+    let r1 = r.tdisp(tdisp::req::STOP_INTERFACE, &[])?;
+    check!(r1 == Response::Stopped, "STOP_INTERFACE answered {r1:?}");
+    check!(r.tdi_state()? == TdiState::ConfigUnlocked, "TDI not CONFIG_UNLOCKED after STOP");
     expect_event("tdisp", "via=doe to=CONFIG_UNLOCKED");
     let before = r.mem.r64(pa);
     let st = r.fill(DescFlags::T, iova, 64, 0x5a5a)?;

@@ -273,6 +273,8 @@ impl Config {
 
     /// One DOE exchange (PCIe §6.30): write the object, GO, read the response dwords.
     pub fn doe(&self, cap: u64, vendor: u16, ty: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
+        use abi::doe::{header, reg, Ctrl, Status};
+        let at = |r: u16| cap + u64::from(r);
         let words: Vec<u32> = payload
             .chunks(4)
             .map(|c| {
@@ -281,24 +283,24 @@ impl Config {
                 u32::from_le_bytes(b)
             })
             .collect();
-        self.w32(cap + 0x08, 1); // abort: start clean
-        self.w32(cap + 0x10, u32::from(vendor) | u32::from(ty) << 16);
-        self.w32(cap + 0x10, words.len() as u32 + 2);
+        self.w32(at(reg::CTRL), Ctrl::ABORT.bits()); // start clean
+        self.w32(at(reg::WRITE), header(vendor, ty));
+        self.w32(at(reg::WRITE), words.len() as u32 + 2);
         for w in &words {
-            self.w32(cap + 0x10, *w);
+            self.w32(at(reg::WRITE), *w);
         }
-        self.w32(cap + 0x08, 1 << 31);
+        self.w32(at(reg::CTRL), Ctrl::GO.bits());
         let mut out = Vec::new();
-        for _ in 0..1024 {
-            let st = self.r32(cap + 0x0c);
-            if st & 4 != 0 {
+        for _ in 0..abi::doe::MAX_DWORDS {
+            let st = Status::from_bits_truncate(self.r32(at(reg::STATUS)));
+            if st.contains(Status::ERROR) {
                 return Err("DOE error".into());
             }
-            if st >> 31 == 0 {
+            if !st.contains(Status::DATA_OBJECT_READY) {
                 break;
             }
-            out.push(self.r32(cap + 0x14));
-            self.w32(cap + 0x14, 0);
+            out.push(self.r32(at(reg::READ)));
+            self.w32(at(reg::READ), 0);
         }
         if out.len() < 2 {
             return Err("no DOE response".into());

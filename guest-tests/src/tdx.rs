@@ -11,6 +11,7 @@ use crate::report::{expect_event, R, SKIP};
 use crate::rig::Rig;
 use abi::endpoint::{DescFlags, DmaStatus};
 use abi::tdx::{Call, TdxCall, TdxStatus};
+use rmp_model::tdisp::TdiState;
 use zerocopy::IntoBytes;
 
 const TD: u32 = 1;
@@ -46,13 +47,13 @@ pub fn binds_and_runs_a_tdi(r: &mut Rig) -> R {
     need_tdx(r)?;
     check!(call(r, Call::TdhMngCreate, TD, 0, 0)? == TdxStatus::Success, "TDH.MNG.CREATE");
     check!(call(r, Call::TdhTdiBind, TD, 0, 0)? == TdxStatus::Success, "TDH.TDI.BIND");
-    check!(r.tdi_state()? == 1, "the device's DOE says the TDI is not CONFIG_LOCKED");
+    check!(r.tdi_state()? == TdiState::ConfigLocked, "the device's DOE says the TDI is not CONFIG_LOCKED");
     let st = r.fill(DescFlags::T, GPA, 64, 0x1111)?;
     check!(st == DmaStatus::T1Refused, "T=1 before RUN: status {st}");
     expect_event("tdx_violation", &format!("t=true iova={GPA:#x}"));
     check!(call(r, Call::TdgTdiStart, TD + 1, 0, 0)? != TdxStatus::Success, "another TD started the TDI");
     check!(call(r, Call::TdgTdiStart, TD, 0, 0)? == TdxStatus::Success, "TDG.TDI.START");
-    check!(r.tdi_state()? == 2, "the device's DOE says the TDI is not in RUN");
+    check!(r.tdi_state()? == TdiState::Run, "the device's DOE says the TDI is not in RUN");
     expect_event("tdisp", "to=RUN via=tdx-module");
     let st = r.fill(DescFlags::T, GPA, 64, 0x1111)?;
     check!(st == DmaStatus::T1Refused, "T=1 before the TD accepted trusted DMA: status {st}");
@@ -133,7 +134,7 @@ pub fn stop_and_unbind(r: &mut Rig) -> R {
     let st = r.fill(DescFlags::T, GPA, 64, 0x8888)?;
     check!(st == DmaStatus::T1Refused, "T=1 after release: status {st}");
     check!(call(r, Call::TdhTdiUnbind, TD, 0, 0)? == TdxStatus::Success, "TDH.TDI.UNBIND");
-    check!(r.tdi_state()? == 0, "the device's DOE says the TDI is not CONFIG_UNLOCKED");
+    check!(r.tdi_state()? == TdiState::ConfigUnlocked, "the device's DOE says the TDI is not CONFIG_UNLOCKED");
     expect_event("tdisp", "from=RUN to=CONFIG_UNLOCKED via=tdx-module");
     check!(call(r, Call::TdhMemPageRemove, TD, GPA, 0)? == TdxStatus::Success, "TDH.MEM.PAGE.REMOVE after unbind");
     let p = td_page(r)?;

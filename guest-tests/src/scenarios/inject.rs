@@ -376,7 +376,7 @@ fn bind_and_run(r: &mut Rig) -> Result<u32, String> {
     };
     check!(r.mailbox(Mb::TioGuestRequest, sdte.as_bytes())? == 0, "SDTE_WRITE");
     r.mailbox(Mb::TioAsidFenceClear, mb::TioAsidFence { asid: U16::new(2), ..Default::default() }.as_bytes())?;
-    check!(r.tdi_state()? == 2, "the TDI is not in RUN after the bind");
+    check!(r.tdi_state()? == TdiState::Run, "the TDI is not in RUN after the bind");
     Ok(tdi)
 }
 
@@ -401,7 +401,7 @@ fn tdi_error(r: &mut Rig) -> R {
     let st = r.fill(DescFlags::T, iova, 0x4000, 0x3434)?;
     check!(st == DmaStatus::T1Refused, "T=1 FILL when the TDI went to ERROR mid-transfer: status {st}");
     check!(pages.iter().all(|&pa| r.mem.r64(pa) == 0x1212), "the refused FILL moved bytes");
-    check!(r.tdi_state()? == 3, "the device's DOE does not say ERROR");
+    check!(r.tdi_state()? == TdiState::Error, "the device's DOE does not say ERROR");
     check!(r.mailbox(Mb::TioTdiStatus, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 3, "the firmware does not see ERROR");
     expect_event("tdisp", "to=ERROR via=injected");
     expect_event("injected", "fault=tdi-error");
@@ -410,8 +410,8 @@ fn tdi_error(r: &mut Rig) -> R {
     r.map(shared, shared_pa, 12, Perm::RW)?;
     check!(r.fill(DescFlags::empty(), shared, 64, 0x7878)? == DmaStatus::Ok && r.mem.r64(shared_pa) == 0x7878, "T=0 DMA goes on");
     // The host STOPs the TDI; still no T=1 until it is bound and RUN again.
-    let stop = r.tdisp(0x87, &[])?;
-    check!(stop.len() >= 16 && stop[1] == 0x07 && r.tdi_state()? == 0, "STOP_INTERFACE from ERROR: {stop:02x?}");
+    let stop = r.tdisp(tdisp::req::STOP_INTERFACE, &[])?;
+    check!(stop == Response::Stopped && r.tdi_state()? == TdiState::ConfigUnlocked, "STOP_INTERFACE from ERROR: {stop:?}");
     check!(r.fill(DescFlags::T, iova, 64, 0x5656)? == DmaStatus::T1Refused, "T=1 DMA after STOP, before a bind");
     bind_and_run(r)?;
     check!(r.fill(DescFlags::T, iova, 0x4000, 0x9a9a)? == DmaStatus::Ok, "T=1 FILL after a clean re-bind");
@@ -530,9 +530,7 @@ fn doe_faults(r: &mut Rig) -> R {
     let mut host = Host::open()?;
     let cap = r.doe.ok_or("no DOE capability")?;
     let state = |r: &Rig| {
-        let mut m = vec![0x10, 0x85, 0, 0];
-        m.extend_from_slice(&u32::from(r.rid).to_le_bytes());
-        m.extend_from_slice(&[0; 8]);
+        let m = tdisp::request(tdisp::req::GET_DEVICE_INTERFACE_STATE, u32::from(r.rid), &[]);
         doe_exchange(&r.ep_cfg, cap, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &m)
     };
     check!(doe_abort(&r.ep_cfg, cap) && state(r).is_ok(), "the mailbox before any fault");
@@ -552,7 +550,7 @@ fn doe_faults(r: &mut Rig) -> R {
     check!(state(r) == Err("timeout"), "still hung before the abort");
     check!(doe_abort(&r.ep_cfg, cap), "pci_doe_abort failed");
     let s = state(r).map_err(|e| format!("after the abort: {e}"))?;
-    check!(s.len() > 16 && s[1] == 0x05, "DEVICE_INTERFACE_STATE after the abort: {s:02x?}");
+    check!(matches!(tdisp::parse_response(&s), Some(Response::State(_))), "DEVICE_INTERFACE_STATE after the abort: {s:02x?}");
     expect_event("injected", "fault=doe-needs-abort");
     Ok(())
 }
