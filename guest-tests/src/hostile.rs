@@ -16,12 +16,14 @@ use crate::rig::find_function;
 use crate::sys::{find, Bar, Config, DmaMem, HUGE};
 use abi::endpoint::{self as ep_abi, reg as ep_reg, Ctrl};
 use abi::mailbox::{self as mb, CmdResp};
-use abi::virtio_iommu::{req, TAIL_LEN};
+use abi::virtio_iommu::{self as vio, req, TAIL_LEN};
 use abi::virtio_pci::{common, layout, status as vstatus};
 use iommu_model::amdvi::command::COMPLETION_WAIT;
 use iommu_model::amdvi::mmio;
 use iommu_model::vtd::regs as vtd;
 use std::time::{Duration, Instant};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::IntoBytes;
 
 struct Rng(u64);
 
@@ -250,40 +252,49 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
                     let ep_id = u32::from(abi::pci::ENDPOINT.bdf.0);
                     let endpoint = if rng.below(2) == 0 && !quiet { ep_id } else { ep_id + 1 + rng.below(0xdf) as u32 };
                     let domain = if rng.below(4) == 0 { rng.next() as u32 } else { 1 + rng.below(3) as u32 };
-                    let mut body = vec![ty, 0, 0, 0];
-                    match ty {
-                        // ATTACH, DETACH: domain, endpoint, flags, reserved.
+                    let head = vio::ReqHead::new(ty);
+                    let body: Vec<u8> = match ty {
                         req::ATTACH | req::DETACH => {
-                            body.extend_from_slice(&domain.to_le_bytes());
-                            body.extend_from_slice(&endpoint.to_le_bytes());
-                            body.extend_from_slice(&(if rng.below(4) == 0 { rng.next() as u32 } else { 0 }).to_le_bytes());
-                            body.extend_from_slice(&[0; 4]);
+                            let flags = if rng.below(4) == 0 { rng.next() as u32 } else { 0 };
+                            let a = vio::Attach {
+                                head,
+                                domain: U32::new(domain),
+                                endpoint: U32::new(endpoint),
+                                flags: U32::new(flags),
+                                reserved: [0; 4],
+                            };
+                            a.as_bytes().to_vec()
                         }
-                        // MAP: domain, virt_start, virt_end, phys_start, flags.
                         req::MAP => {
                             let off = rng.below(HUGE / 4096) * 4096;
                             let len = (1 + rng.below((HUGE - off) / 4096)) * 4096;
                             let virt = rng.below(1 << 40) & !0xfff;
-                            body.extend_from_slice(&domain.to_le_bytes());
-                            body.extend_from_slice(&virt.to_le_bytes());
-                            body.extend_from_slice(&(virt + len - 1).to_le_bytes());
-                            body.extend_from_slice(&(pages[rng.below(pages.len() as u64) as usize] + off).to_le_bytes());
-                            body.extend_from_slice(&(rng.below(8) as u32).to_le_bytes());
+                            let phys = pages[rng.below(pages.len() as u64) as usize] + off;
+                            let flags = rng.below(8) as u32;
+                            let m = vio::Map {
+                                head,
+                                domain: U32::new(domain),
+                                virt_start: U64::new(virt),
+                                virt_end: U64::new(virt + len - 1),
+                                phys_start: U64::new(phys),
+                                flags: U32::new(flags),
+                            };
+                            m.as_bytes().to_vec()
                         }
-                        // UNMAP: domain, virt_start, virt_end, reserved.
                         req::UNMAP => {
                             let virt = rng.below(1 << 40) & !0xfff;
-                            body.extend_from_slice(&domain.to_le_bytes());
-                            body.extend_from_slice(&virt.to_le_bytes());
-                            body.extend_from_slice(&(virt + (rng.below(1 << 30) | 0xfff)).to_le_bytes());
-                            body.extend_from_slice(&[0; 4]);
+                            let end = virt + (rng.below(1 << 30) | 0xfff);
+                            let u = vio::Unmap {
+                                head,
+                                domain: U32::new(domain),
+                                virt_start: U64::new(virt),
+                                virt_end: U64::new(end),
+                                reserved: [0; 4],
+                            };
+                            u.as_bytes().to_vec()
                         }
-                        // PROBE: endpoint, reserved.
-                        _ => {
-                            body.extend_from_slice(&endpoint.to_le_bytes());
-                            body.extend_from_slice(&[0; 64]);
-                        }
-                    }
+                        _ => vio::Probe { head, endpoint: U32::new(endpoint), reserved: [0; 64] }.as_bytes().to_vec(),
+                    };
                     mem.wr(req, &body);
                     let h = rng.below(size);
                     let next = (h + 1) % size;

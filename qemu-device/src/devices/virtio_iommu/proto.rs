@@ -2,7 +2,10 @@
 //! decodes the same bytes): feature bits, the configuration layout, request types, status codes,
 //! and the decoding of a request's device-readable part.
 
-pub use abi::virtio_iommu::{config, feature, map_flag, req, status, ATTACH_F_BYPASS, PROBE_T_RESV_MEM, RESV_MEM_T_MSI, TAIL_LEN};
+use abi::virtio_iommu as vio;
+pub use abi::virtio_iommu::{config, fault, feature, map_flag, req, status, ATTACH_F_BYPASS, PROBE_T_RESV_MEM, RESV_MEM_T_MSI, TAIL_LEN};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
 
 /// A decoded request (device-readable part); reserved fields are ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,38 +21,35 @@ impl Request {
     /// The request in `b`, or the status to answer: UNSUPP for an unknown type, INVAL when the
     /// readable part is shorter than the type's structure.
     pub fn decode(b: &[u8]) -> Result<Request, u8> {
-        let u32_at = |i: usize| b.get(i..i.saturating_add(4)).map(|s| u32::from_le_bytes(s.try_into().unwrap_or_default()));
-        let u64_at = |i: usize| b.get(i..i.saturating_add(8)).map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()));
-        // Lengths of the readable part: head (4) + fields + reserved, up to the tail.
-        let need = |n: usize| if b.len() >= n { Ok(()) } else { Err(status::INVAL) };
+        /// The type's structure from the front of `b`, or INVAL when `b` is shorter.
+        fn read<T: FromBytes>(b: &[u8]) -> Result<T, u8> {
+            T::read_from_prefix(b).map(|(t, _)| t).map_err(|_| status::INVAL)
+        }
         let ty = *b.first().ok_or(status::INVAL)?;
         let r = match ty {
             req::ATTACH => {
-                need(20)?;
-                Request::Attach { domain: u32_at(4).unwrap_or(0), endpoint: u32_at(8).unwrap_or(0), flags: u32_at(12).unwrap_or(0) }
+                let a: vio::Attach = read(b)?;
+                Request::Attach { domain: a.domain.get(), endpoint: a.endpoint.get(), flags: a.flags.get() }
             }
             req::DETACH => {
-                need(20)?;
-                Request::Detach { domain: u32_at(4).unwrap_or(0), endpoint: u32_at(8).unwrap_or(0) }
+                let a: vio::Attach = read(b)?;
+                Request::Detach { domain: a.domain.get(), endpoint: a.endpoint.get() }
             }
             req::MAP => {
-                need(36)?;
+                let m: vio::Map = read(b)?;
                 Request::Map {
-                    domain: u32_at(4).unwrap_or(0),
-                    virt_start: u64_at(8).unwrap_or(0),
-                    virt_end: u64_at(16).unwrap_or(0),
-                    phys_start: u64_at(24).unwrap_or(0),
-                    flags: u32_at(32).unwrap_or(0),
+                    domain: m.domain.get(),
+                    virt_start: m.virt_start.get(),
+                    virt_end: m.virt_end.get(),
+                    phys_start: m.phys_start.get(),
+                    flags: m.flags.get(),
                 }
             }
             req::UNMAP => {
-                need(28)?;
-                Request::Unmap { domain: u32_at(4).unwrap_or(0), virt_start: u64_at(8).unwrap_or(0), virt_end: u64_at(16).unwrap_or(0) }
+                let u: vio::Unmap = read(b)?;
+                Request::Unmap { domain: u.domain.get(), virt_start: u.virt_start.get(), virt_end: u.virt_end.get() }
             }
-            req::PROBE => {
-                need(72)?;
-                Request::Probe { endpoint: u32_at(4).unwrap_or(0) }
-            }
+            req::PROBE => Request::Probe { endpoint: read::<vio::Probe>(b)?.endpoint.get() },
             _ => return Err(status::UNSUPP),
         };
         Ok(r)
@@ -59,24 +59,13 @@ impl Request {
     /// less the tail, and for PROBE less the properties).
     pub fn readable_len(ty: u8) -> usize {
         match ty {
-            req::ATTACH | req::DETACH => 20,
-            req::MAP => 36,
-            req::UNMAP => 28,
-            req::PROBE => 72,
-            _ => 4,
+            req::ATTACH | req::DETACH => size_of::<vio::Attach>(),
+            req::MAP => size_of::<vio::Map>(),
+            req::UNMAP => size_of::<vio::Unmap>(),
+            req::PROBE => size_of::<vio::Probe>(),
+            _ => size_of::<vio::ReqHead>(),
         }
     }
-}
-
-/// Fault reasons and flags of the event queue's fault record (§5.13.6.9).
-pub mod fault {
-    pub const R_UNKNOWN: u8 = 0;
-    pub const R_DOMAIN: u8 = 1;
-    pub const R_MAPPING: u8 = 2;
-    pub const F_READ: u32 = 1 << 0;
-    pub const F_WRITE: u32 = 1 << 1;
-    pub const F_EXEC: u32 = 1 << 2;
-    pub const F_ADDRESS: u32 = 1 << 8;
 }
 
 /// struct virtio_iommu_fault: what the device writes into an event queue buffer.
@@ -89,28 +78,36 @@ pub struct Fault {
 }
 
 impl Fault {
-    pub const LEN: usize = 24;
+    pub const LEN: usize = size_of::<vio::FaultRecord>();
 
     pub fn to_bytes(self) -> [u8; Self::LEN] {
+        let r = vio::FaultRecord {
+            reason: self.reason,
+            flags: U32::new(self.flags),
+            endpoint: U32::new(self.endpoint),
+            address: U64::new(self.address),
+            ..Default::default()
+        };
         let mut b = [0u8; Self::LEN];
-        b[0] = self.reason;
-        b[4..8].copy_from_slice(&self.flags.to_le_bytes());
-        b[8..12].copy_from_slice(&self.endpoint.to_le_bytes());
-        b[16..24].copy_from_slice(&self.address.to_le_bytes());
+        b.copy_from_slice(r.as_bytes());
         b
     }
 }
 
 /// One RESV_MEM property: `[start, end]` of subtype `subtype` (struct virtio_iommu_probe_resv_mem).
 pub fn resv_mem_property(subtype: u8, start: u64, end: u64) -> [u8; 24] {
-    let mut p = [0u8; 24];
-    p[0..2].copy_from_slice(&PROBE_T_RESV_MEM.to_le_bytes());
-    // length counts the bytes after the type and length fields.
-    p[2..4].copy_from_slice(&20u16.to_le_bytes());
-    p[4] = subtype;
-    p[8..16].copy_from_slice(&start.to_le_bytes());
-    p[16..24].copy_from_slice(&end.to_le_bytes());
-    p
+    let p = vio::ResvMem {
+        ty: U16::new(PROBE_T_RESV_MEM),
+        // The bytes after the type and length fields.
+        length: U16::new(20),
+        subtype,
+        reserved: [0; 3],
+        start: U64::new(start),
+        end: U64::new(end),
+    };
+    let mut b = [0u8; 24];
+    b.copy_from_slice(p.as_bytes());
+    b
 }
 
 #[cfg(test)]
