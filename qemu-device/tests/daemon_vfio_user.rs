@@ -43,7 +43,8 @@ impl Daemon {
             .unwrap();
         let d = Daemon { child, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !(d.sock("iommu").exists() && d.sock("endpoint").exists()) {
+        // The control socket is bound last: once it is there, every socket is.
+        while !(d.sock("iommu").exists() && d.sock("endpoint").exists() && d.sock("control").exists()) {
             assert!(Instant::now() < deadline, "the daemon made no sockets");
             std::thread::sleep(Duration::from_millis(10));
         }
