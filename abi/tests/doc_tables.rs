@@ -127,3 +127,14 @@ fn the_tdx_module_calls_and_statuses() {
         assert!(tdx.contains(&format!("{code} {s}")), "status {code} {s} is not in the text");
     }
 }
+
+#[test]
+fn the_functions_ids_classes_and_addresses() {
+    let doc = doc();
+    let table = section(&doc, "## PCI functions");
+    for (name, id) in abi::pci::FUNCTIONS {
+        let cells = format!("| {:04x}:{:04x} | {:#08x}", id.vendor, id.device, id.class);
+        let row = table.lines().find(|l| l.contains(&cells)).unwrap_or_else(|| panic!("{name}: no row with {cells}"));
+        assert!(row.contains(&format!("| {} |", id.bdf)), "{name} is not at {}: {row}", id.bdf);
+    }
+}
