@@ -16,17 +16,22 @@
 //! - [`ioat`]: the IOAT engine's registers and descriptor (Intel's, as Linux's ioatdma uses them).
 //! - [`virtio_pci`], [`virtio_iommu`]: the virtio-iommu function's transport registers and wire
 //!   format.
+//! - [`event`]: the records of the daemon's event stream, and [`expect!`] for a test to state
+//!   one it expects.
 #![forbid(unsafe_code)]
 
 mod bdf;
 mod codes;
 pub mod doe;
 pub mod endpoint;
+pub mod event;
 pub mod ioat;
 pub mod mailbox;
 pub mod pci;
 pub mod tdx;
 pub mod virtio_iommu;
 pub mod virtio_pci;
+mod serde_helpers;
 
 pub use bdf::Bdf;
+pub use serde_helpers::hex;
