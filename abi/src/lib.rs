@@ -28,10 +28,10 @@ pub mod event;
 pub mod ioat;
 pub mod mailbox;
 pub mod pci;
+mod serde_helpers;
 pub mod tdx;
 pub mod virtio_iommu;
 pub mod virtio_pci;
-mod serde_helpers;
 
 pub use bdf::Bdf;
 pub use serde_helpers::hex;

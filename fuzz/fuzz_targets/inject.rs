@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 struct Null;
 impl EventSink for Null {
-    fn emit(&self, _: serde_json::Value) {}
+    fn emit(&self, _: abi::event::Event) {}
 }
 impl Irq for Null {
     fn raise(&self, _: u16) {}

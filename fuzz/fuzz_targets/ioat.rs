@@ -18,7 +18,7 @@ use vfio_user::ServerBackend;
 
 struct Null;
 impl EventSink for Null {
-    fn emit(&self, _: serde_json::Value) {}
+    fn emit(&self, _: abi::event::Event) {}
 }
 
 const RAM: u64 = 1 << 20;

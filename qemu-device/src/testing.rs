@@ -29,13 +29,14 @@ impl Irq for Irqs {
     }
 }
 
-/// An event sink that keeps every record in memory.
+/// An event sink that keeps every record in memory, as JSON (the form the stream has).
 #[derive(Default)]
 pub struct Collect(pub Mutex<Vec<serde_json::Value>>);
 
 impl EventSink for Collect {
-    fn emit(&self, record: serde_json::Value) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+    fn emit(&self, event: abi::event::Event) {
+        let v = serde_json::to_value(&event).unwrap_or_default();
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(v);
     }
 }
 
@@ -43,7 +44,7 @@ impl EventSink for Collect {
 pub struct Null;
 
 impl EventSink for Null {
-    fn emit(&self, _: serde_json::Value) {}
+    fn emit(&self, _: abi::event::Event) {}
 }
 
 impl Irq for Null {

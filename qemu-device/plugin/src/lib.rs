@@ -5,8 +5,8 @@
 //! Load with `-plugin libtiommu_rmp_plugin.so,rmp=STATE,events=FILE[,mode=report|stop]`
 //! (the C API glue is ffi.rs):
 //! STATE is the file `tiommu daemon --rmp-state` keeps (raw 16-byte entries at pfn × 16, the
-//! daemon the only writer); every violation is one JSON line in FILE, in the daemon's event
-//! format; `mode=stop` ends the VM at the first one, as the hardware fault would end the host.
+//! daemon the only writer); every violation is one JSON line in FILE, an `abi::event` record
+//! (`rmp_cpu_violation`, without the daemon's `ts`); `mode=stop` ends the VM at the first one, as the hardware fault would end the host.
 //! All of it runs in the guest's "host" context: the guest kernel here plays the hypervisor.
 
 mod ffi;
@@ -55,14 +55,24 @@ fn on_store(vcpu: u32, pc: u64, vaddr: u64, spa: u64) {
     }
     if let Err((fault, e)) = rmp_model::cpu::host_write(|pfn| entry(s, pfn), spa, false) {
         s.reports.fetch_add(1, Ordering::Relaxed);
-        let rec = serde_json::json!({
-            "type": "rmp_cpu_violation", "vcpu": vcpu, "pc": format!("{pc:#x}"), "vaddr": format!("{vaddr:#x}"),
-            "spa": format!("{spa:#x}"), "error_code": format!("{:#x}", fault.error_code),
-            "rmp": {"assigned": e.assigned, "asid": e.asid, "gpa": format!("{:#x}", e.gpa), "page_size": e.page_size.bytes(),
-                    "immutable": e.immutable, "validated": e.validated},
+        let rec = abi::event::Event::RmpCpuViolation(abi::event::RmpCpuViolation {
+            vcpu,
+            pc,
+            vaddr,
+            spa,
+            error_code: fault.error_code.into(),
+            rmp: abi::event::RmpEntry {
+                assigned: e.assigned,
+                asid: e.asid.into(),
+                gpa: e.gpa,
+                page_size: e.page_size.bytes(),
+                immutable: e.immutable,
+                validated: e.validated,
+            },
         });
+        let line = serde_json::to_string(&rec).unwrap_or_default();
         let mut out = s.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(out, "{rec}");
+        let _ = writeln!(out, "{line}");
         let _ = out.flush();
         if s.stop {
             eprintln!("tiommu-rmp-plugin: RMP #PF (error code {:#x}) on a host write to {spa:#x}; stopping the VM", fault.error_code);

@@ -11,7 +11,7 @@
 //!
 //! Answers are `{"ok":true,...}` or `{"ok":false,"error":REASON}`.
 
-use crate::secure::inject::{self, when_json};
+use crate::secure::inject::{self, when_record};
 use crate::secure::SecureIommu;
 use crate::vfio::guest_mem::GuestRam;
 use iommu_model::amdvi::mmio;
@@ -120,7 +120,7 @@ impl Control {
                     if let (Some(id), true) = (id, gone.is_empty()) {
                         return Err(format!("no fault {id} is armed"));
                     }
-                    s.events.emit(json!({"type": "injected_cleared", "ids": gone}));
+                    s.events.emit(abi::event::Event::InjectedCleared(abi::event::InjectedCleared { ids: gone.clone() }));
                     Ok(json!({"ok": true, "cleared": gone}))
                 })
             }
@@ -145,8 +145,9 @@ impl Control {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
             let fired = s.arm(&mut ram.snapshot(), id, fault, when)?;
             let pending = s.pending_faults().iter().any(|p| p["id"] == id);
-            s.events.emit(json!({"type": "injected_armed", "id": id, "fault": fault.name(), "when": when_json(&when)}));
-            Ok(json!({"ok": true, "id": id, "fault": fault.name(), "when": when_json(&when), "pending": pending, "fired": fired}))
+            let armed = abi::event::InjectedArmed { id, fault: fault.name().into(), when: when_record(&when) };
+            s.events.emit(abi::event::Event::InjectedArmed(armed.clone()));
+            Ok(json!({"ok": true, "id": id, "fault": armed.fault, "when": armed.when, "pending": pending, "fired": fired}))
         })
     }
 

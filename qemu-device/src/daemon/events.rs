@@ -1,5 +1,6 @@
 //! The machine-readable event stream: one JSON object per line, to a file given on the command
-//! line, for scripts and CI to assert on. Every record has "type" and "ts" (seconds since start).
+//! line, for scripts and CI to assert on: the records of `abi::event`, each with "type" and "ts"
+//! (seconds since the stream was opened at the daemon's start, from the monotonic clock).
 //!
 //! Bounded, and off the IOMMU's lock: `emit` only queues the record (a bounded channel) for a
 //! writer thread, which serializes it into a buffered file and flushes whenever the queue runs
@@ -16,6 +17,7 @@
 //! shows each one).
 
 use crate::vfio::function::EventSink;
+use abi::event::{DropReason, Event, EventsDropped, EventsLimit, Record};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,10 +35,12 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// The longest a written record waits in the writer's buffer while the queue keeps it busy.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Records that are written whatever the limit: few (one per session), and what scripts wait on.
-const ALWAYS: &[&str] = &["power_cycle", "partial_attach", "daemon_exit"];
+fn always(e: &Event) -> bool {
+    matches!(e, Event::PowerCycle(_) | Event::PartialAttach(_) | Event::DaemonExit(_))
+}
 
 enum Msg {
-    Record(serde_json::Value),
+    Record(Record),
     /// Write what is pending, flush, write nothing more, then answer.
     Seal(Sender<()>),
 }
@@ -61,7 +65,9 @@ impl JsonLines {
     pub fn with_limit(out: Box<dyn Write + Send>, limit: u64) -> Self {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let queue_dropped = std::sync::Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
         let mut w = Writer {
+            start,
             out: std::io::BufWriter::with_capacity(64 << 10, out),
             limit,
             written: 0,
@@ -72,7 +78,7 @@ impl JsonLines {
             exit: None,
         };
         let writer = std::thread::Builder::new().name("events".into()).spawn(move || w.run(&rx)).ok();
-        JsonLines { tx, start: Instant::now(), queue_dropped, sealed: AtomicBool::new(false), writer: Mutex::new(writer) }
+        JsonLines { tx, start, queue_dropped, sealed: AtomicBool::new(false), writer: Mutex::new(writer) }
     }
 
     /// Write everything queued so far, flush, and write nothing more: a process exit after this
@@ -100,12 +106,9 @@ impl Drop for JsonLines {
 }
 
 impl EventSink for JsonLines {
-    fn emit(&self, mut record: serde_json::Value) {
-        if let Some(o) = record.as_object_mut() {
-            o.insert("ts".into(), serde_json::json!((self.start.elapsed().as_micros() as f64) / 1e6));
-        }
-        let always = record["type"].as_str().is_some_and(|t| ALWAYS.contains(&t));
-        let msg = Msg::Record(record);
+    fn emit(&self, event: Event) {
+        let always = always(&event);
+        let msg = Msg::Record(Record { event, ts: Some(seconds_since(self.start)) });
         let sent = if always {
             // Wait for room rather than lose a record a script waits on.
             self.tx.send_timeout(msg, Duration::from_secs(5)).is_ok()
@@ -122,7 +125,13 @@ impl EventSink for JsonLines {
     }
 }
 
+/// A record's `ts`: seconds, to the microsecond.
+fn seconds_since(start: Instant) -> f64 {
+    (start.elapsed().as_micros() as f64) / 1e6
+}
+
 struct Writer {
+    start: Instant,
     out: std::io::BufWriter<Box<dyn Write + Send>>,
     limit: u64,
     written: u64,
@@ -131,7 +140,7 @@ struct Writer {
     limit_said: bool,
     queue_dropped: std::sync::Arc<AtomicU64>,
     /// Records by type since the last summary in the log.
-    by_type: BTreeMap<String, u64>,
+    by_type: BTreeMap<&'static str, u64>,
     /// The daemon_exit record, written last when the stream is sealed (after the counts of
     /// whatever was dropped up to then).
     exit: Option<String>,
@@ -191,21 +200,22 @@ impl Writer {
         let _ = self.out.flush();
     }
 
-    fn record(&mut self, r: serde_json::Value) {
-        let ty = r["type"].as_str().unwrap_or("?").to_string();
-        tracing::debug!(target: "tiommu::event", "{r}");
+    fn record(&mut self, r: Record) {
+        let ty = r.event.kind();
+        // Serialized here, off the emitting thread (which may hold the IOMMU's lock).
+        let line = serde_json::to_string(&r).unwrap_or_default();
+        tracing::debug!(target: "tiommu::event", "{line}");
         if ty == "daemon_exit" {
-            self.exit = Some(r.to_string());
+            self.exit = Some(line);
             return;
         }
-        let always = ALWAYS.contains(&ty.as_str());
+        let always = always(&r.event);
         if always {
             self.report_drops();
         } else if self.queue_dropped.load(Ordering::Relaxed) > 0 && self.written < self.limit {
             let n = self.queue_dropped.swap(0, Ordering::Relaxed);
-            self.write(&serde_json::json!({"type": "events_dropped", "reason": "queue_full", "count": n}));
+            self.write(Event::EventsDropped(EventsDropped { reason: DropReason::QueueFull, count: n, limit_bytes: None }));
         }
-        let line = r.to_string();
         if !always && self.written.saturating_add(line.len() as u64).saturating_add(1) > self.limit {
             if !self.limit_said {
                 self.limit_said = true;
@@ -213,7 +223,7 @@ impl Writer {
                     "the event stream reached its limit of {} bytes (--events-limit): further records are counted, not written",
                     self.limit
                 );
-                self.write(&serde_json::json!({"type": "events_limit", "limit_bytes": self.limit}));
+                self.write(Event::EventsLimit(EventsLimit { limit_bytes: self.limit }));
             }
             self.limit_dropped = self.limit_dropped.saturating_add(1);
             return;
@@ -227,17 +237,18 @@ impl Writer {
     fn report_drops(&mut self) {
         let q = self.queue_dropped.swap(0, Ordering::Relaxed);
         if q > 0 {
-            self.write(&serde_json::json!({"type": "events_dropped", "reason": "queue_full", "count": q}));
+            self.write(Event::EventsDropped(EventsDropped { reason: DropReason::QueueFull, count: q, limit_bytes: None }));
         }
         if self.limit_dropped > 0 {
             let n = std::mem::take(&mut self.limit_dropped);
             tracing::warn!("{n} event records not written: the stream is at its limit of {} bytes", self.limit);
-            self.write(&serde_json::json!({"type": "events_dropped", "reason": "limit", "count": n, "limit_bytes": self.limit}));
+            self.write(Event::EventsDropped(EventsDropped { reason: DropReason::Limit, count: n, limit_bytes: Some(self.limit) }));
         }
     }
 
-    fn write(&mut self, r: &serde_json::Value) {
-        let line = r.to_string();
+    /// One of the writer's own records.
+    fn write(&mut self, event: Event) {
+        let line = serde_json::to_string(&Record { event, ts: Some(seconds_since(self.start)) }).unwrap_or_default();
         self.write_line(&line);
     }
 
@@ -282,6 +293,10 @@ mod tests {
         }
     }
 
+    fn dma(i: u32) -> Event {
+        Event::Dma(abi::event::Dma { index: Some(i), ..Default::default() })
+    }
+
     fn lines(s: &Shared) -> Vec<serde_json::Value> {
         String::from_utf8(s.0.lock().unwrap().clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
@@ -291,22 +306,22 @@ mod tests {
         let out = Shared::default();
         let ev = JsonLines::with_limit(Box::new(out.clone()), 4096);
         for i in 0..1000 {
-            ev.emit(serde_json::json!({"type": "rmp_violation", "i": i}));
+            ev.emit(dma(i));
         }
-        ev.emit(serde_json::json!({"type": "daemon_exit"}));
+        ev.emit(Event::DaemonExit(Default::default()));
         ev.seal();
-        ev.emit(serde_json::json!({"type": "dma", "after": "seal"}));
+        ev.emit(Event::Snp(Default::default()));
         let got = lines(&out);
         let bytes = out.0.lock().unwrap().len();
-        let written = got.iter().filter(|r| r["type"] == "rmp_violation").count();
-        assert!(written > 50 && written < 1000, "{written} records written");
+        let written = got.iter().filter(|r| r["type"] == "dma").count();
+        assert!(written > 20 && written < 1000, "{written} records written");
         let limit = got.iter().position(|r| r["type"] == "events_limit").expect("an events_limit record");
         assert_eq!(limit, written, "right after the last record that fit");
         let dropped: u64 = got.iter().filter(|r| r["type"] == "events_dropped").map(|r| r["count"].as_u64().unwrap()).sum();
         assert_eq!(written as u64 + dropped, 1000, "every record written or counted");
         assert_eq!(got.last().unwrap()["type"], "daemon_exit", "always written, last");
         assert!(bytes < 4096 + 512, "{bytes} bytes");
-        assert!(!got.iter().any(|r| r["after"] == "seal"), "nothing after seal");
+        assert!(!got.iter().any(|r| r["type"] == "snp"), "nothing after seal");
     }
 
     #[test]
@@ -314,7 +329,7 @@ mod tests {
         let out = Shared::default();
         let ev = JsonLines::new(Box::new(out.clone()));
         for i in 0..100 {
-            ev.emit(serde_json::json!({"type": "dma", "i": i}));
+            ev.emit(dma(i));
         }
         // Flushed without a seal once the writer has caught up.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -323,7 +338,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let got = lines(&out);
-        assert!(got.iter().enumerate().all(|(i, r)| r["i"] == i && r["ts"].is_f64()));
+        assert!(got.iter().enumerate().all(|(i, r)| r["index"] == i && r["ts"].is_f64()));
+        // Each line is a record of the one type, the ts among its fields.
+        let line = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let first: Record = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+        assert_eq!(first.event, dma(0));
     }
 
     #[test]
@@ -344,17 +363,17 @@ mod tests {
         let out = Shared::default();
         // A tiny BufWriter would not block; the writer blocks on its first flush (queue dry).
         let ev = JsonLines::new(Box::new(Gate(gate.clone(), out.clone())));
-        ev.emit(serde_json::json!({"type": "dma", "first": true}));
+        ev.emit(Event::Snp(Default::default()));
         std::thread::sleep(Duration::from_millis(100));
         let n = QUEUE + 500;
         for i in 0..n {
-            ev.emit(serde_json::json!({"type": "dma", "i": i}));
+            ev.emit(dma(i as u32));
         }
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
         ev.seal();
         let got = lines(&out);
-        let written = got.iter().filter(|r| r["type"] == "dma" && r["i"].is_u64()).count();
+        let written = got.iter().filter(|r| r["type"] == "dma").count();
         let dropped: u64 =
             got.iter().filter(|r| r["type"] == "events_dropped" && r["reason"] == "queue_full").map(|r| r["count"].as_u64().unwrap()).sum();
         assert!(dropped >= 500, "{dropped} dropped");

@@ -22,7 +22,7 @@ use crate::tools::walk::parse_bdf;
 use crate::vfio::function::EventSink;
 use crate::vfio::guest_mem::GuestRam;
 use crate::vfio::server::{listen, remove_socket, FunctionBackend, MsixIrq, ServeError};
-use serde_json::json;
+use abi::event::{AmdviCommands, DaemonExit, Event, PartialAttach, PowerCycle, VtdInvalidations};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,11 +181,15 @@ pub fn run(args: Args) -> Result<(), String> {
         tracing::info!("every function disconnected: powered off and on, waiting for the next QEMU");
         crate::vfio::function::EventSink::emit(
             events.as_ref(),
-            serde_json::json!({"type": "power_cycle", "session": sessions, "error": result.as_ref().err(), "peak_rss_kib": peak_rss_kib()}),
+            Event::PowerCycle(PowerCycle {
+                session: sessions,
+                error: result.as_ref().err().map(ToString::to_string),
+                peak_rss_kib: peak_rss_kib(),
+            }),
         );
     }
     socks.iter().for_each(|s| remove_socket(s));
-    crate::vfio::function::EventSink::emit(events.as_ref(), serde_json::json!({"type": "daemon_exit", "peak_rss_kib": peak_rss_kib()}));
+    crate::vfio::function::EventSink::emit(events.as_ref(), Event::DaemonExit(DaemonExit { peak_rss_kib: peak_rss_kib(), signal: None }));
     events.seal();
     result
 }
@@ -317,20 +321,20 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
         let s = secure.lock().unwrap_or_else(|p| p.into_inner());
         match &s.vtd {
             Some(v) => {
-                let counts: serde_json::Map<String, serde_json::Value> = iommu_model::vtd::unit::INVALIDATION_KINDS
+                let counts = iommu_model::vtd::unit::INVALIDATION_KINDS
                     .iter()
                     .zip(v.invalidations)
                     .filter(|(_, n)| *n > 0)
-                    .map(|(k, n)| (k.to_string(), n.into()))
+                    .map(|(k, n)| (k.to_string(), n))
                     .collect();
-                serde_json::json!({"type": "vtd_invalidations", "counts": counts})
+                Event::VtdInvalidations(VtdInvalidations { counts })
             }
             None => {
-                let counts: serde_json::Map<String, serde_json::Value> = (0u8..16)
+                let counts = (0u8..16)
                     .filter(|&op| s.amdvi.commands[usize::from(op)] > 0)
-                    .map(|op| (iommu_model::amdvi::command::name(op).to_string(), s.amdvi.commands[usize::from(op)].into()))
+                    .map(|op| (iommu_model::amdvi::command::name(op).to_string(), s.amdvi.commands[usize::from(op)]))
                     .collect();
-                serde_json::json!({"type": "amdvi_commands", "counts": counts})
+                Event::AmdviCommands(AmdviCommands { counts })
             }
         }
     };
@@ -407,7 +411,8 @@ fn wait_for_functions(
         if !live_clients && !never.is_empty() {
             let names: Vec<&str> = never.iter().map(|&j| functions[j].name).collect();
             tracing::warn!("{name}: client gone, and QEMU never attached {}: ending the session", names.join(", "));
-            events.emit(json!({"type": "partial_attach", "gone": name, "never_attached": names}));
+            let never_attached = names.iter().map(|n| n.to_string()).collect();
+            events.emit(Event::PartialAttach(PartialAttach { gone: name.to_string(), never_attached }));
             if !persist {
                 return (results, true);
             }
@@ -442,7 +447,7 @@ fn stop_on_signal(socks: Vec<PathBuf>, events: Arc<JsonLines>) -> Result<(), Str
                 socks.iter().for_each(|s| remove_socket(s));
                 crate::vfio::function::EventSink::emit(
                     events.as_ref(),
-                    serde_json::json!({"type": "daemon_exit", "signal": sig, "peak_rss_kib": peak_rss_kib()}),
+                    Event::DaemonExit(DaemonExit { peak_rss_kib: peak_rss_kib(), signal: Some(sig) }),
                 );
                 events.seal();
                 std::process::exit(0);

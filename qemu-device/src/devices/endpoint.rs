@@ -10,10 +10,11 @@ use crate::secure::inject::{FaultyDevice, RogueDma};
 use crate::secure::{bdf, Refusal, SecureIommu};
 use crate::vfio::function::{Bar, EventSink, Irq, PciFunction, PciIds};
 use crate::vfio::guest_mem::GuestRam;
+use abi::event::{self as ev, Event};
+use abi::Bdf;
 use crossbeam_channel::{Sender, TrySendError};
 use rmp_model::dma_check::DmaRefusal;
 use rmp_model::tdisp::TdispResponder;
-use serde_json::json;
 use std::sync::{Arc, Mutex, MutexGuard};
 use zerocopy::little_endian::U16;
 use zerocopy::{FromZeros, IntoBytes};
@@ -164,7 +165,13 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
         drop(g);
         // A guest can halt the engine at will: the dma_halted record says so, the log only at debug.
         tracing::debug!("endpoint {}: {what} of descriptor {index} at {iova:#x} failed ({e:?}); halted", bdf(rid));
-        events.emit(json!({"type": "dma_halted", "devid": bdf(rid), "index": index, "iova": format!("{iova:#x}"), "what": what, "status": status_of(e).code()}));
+        events.emit(Event::DmaHalted(ev::DmaHalted {
+            devid: Bdf(rid),
+            index,
+            iova,
+            what: what.into(),
+            status: ev::DmaStatus(status_of(e).code()),
+        }));
     };
     let mut raise = false;
     for _ in 0..entries {
@@ -193,11 +200,19 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
         }
         .and_then(|()| dma::write(&mut s, mem, rid, ring_t, at.wrapping_add(DESC_STATUS), d.status.as_bytes()));
         let irq_flag = d.flags & DescFlags::IRQ.bits() != 0;
-        events.emit(json!({
-            "type": "dma", "devid": bdf(rid), "index": head, "op": d.op, "t": d.flags & DescFlags::T.bits() != 0,
-            "len": d.len.get(), "status": d.status.get(), "status_written": wrote.is_ok(),
-            "src": format!("{:#x}", d.src.get()), "dst": format!("{:#x}", d.dst.get()),
-            "copy_us": out.timing.map(|t| (t.0 * 10.0).round() / 10.0), "memcpy_us": out.timing.map(|t| (t.1 * 10.0).round() / 10.0),
+        events.emit(Event::Dma(ev::Dma {
+            devid: Bdf(rid),
+            index: Some(head),
+            op: Some(ev::DmaOp(d.op)),
+            t: d.flags & DescFlags::T.bits() != 0,
+            len: d.len.get(),
+            status: ev::DmaStatus(d.status.get()),
+            status_written: Some(wrote.is_ok()),
+            src: Some(d.src.get()),
+            dst: Some(d.dst.get()),
+            copy_us: out.timing.map(|t| (t.0 * 10.0).round() / 10.0),
+            memcpy_us: out.timing.map(|t| (t.1 * 10.0).round() / 10.0),
+            ..Default::default()
         }));
         {
             let mut e = lock(engine);
@@ -234,9 +249,15 @@ pub fn rogue_dma<M: DmaMem + ?Sized, S: TranslateCheck<M>>(d: RogueDma, iommu: &
     };
     drop(s);
     let status = r.map_or_else(status_of, |()| DmaStatus::Ok).code();
-    events.emit(json!({
-        "type": "dma", "devid": bdf(d.devid), "op": if d.write { "write" } else { "read" }, "t": d.t, "len": d.len,
-        "iova": format!("{:#x}", d.iova), "status": status, "injected": true,
+    events.emit(Event::Dma(ev::Dma {
+        devid: Bdf(d.devid),
+        access: Some(crate::secure::direction(d.write)),
+        t: d.t,
+        len: d.len,
+        iova: Some(d.iova),
+        status: ev::DmaStatus(status),
+        injected: Some(true),
+        ..Default::default()
     }));
 }
 
@@ -322,7 +343,7 @@ impl DoeProtocol for TdispOverDoe {
         let resp = r.handle_request(payload);
         let after = r.state();
         if before != after {
-            self.events.emit(json!({"type": "tdisp", "devid": bdf(self.rid), "from": before.name(), "to": after.name(), "via": "doe"}));
+            self.events.emit(crate::secure::tdisp_record(self.rid, before, after, "doe"));
         }
         resp
     }
@@ -533,7 +554,7 @@ impl PciFunction for Endpoint {
         let before = r.state();
         r.config_changed();
         if r.state() != before {
-            self.events.emit(json!({"type": "tdisp", "devid": bdf(self.rid), "from": before.name(), "to": r.state().name(), "via": format!("config write at {offset:#x}")}));
+            self.events.emit(crate::secure::tdisp_record(self.rid, before, r.state(), format!("config write at {offset:#x}")));
         }
     }
 
@@ -771,10 +792,7 @@ mod tests {
         r.ring();
         assert_eq!(lock(&r.engine).status, Status::HALTED);
         let h = r.events_of("dma_halted");
-        assert_eq!(
-            (h.len(), h[0]["what"].as_str(), h[0]["status"].as_u64()),
-            (1, Some("status write-back"), Some(u64::from(DmaStatus::RmpPageFault.code())))
-        );
+        assert_eq!((h.len(), h[0]["what"].as_str(), h[0]["status"].as_str()), (1, Some("status write-back"), Some("RMP_PAGE_FAULT")));
         assert_eq!(r.desc(0).status(), Some(DmaStatus::Pending));
         r.mem.write(0x30_0000, &[0; 8]).unwrap();
         // CTRL.RING_T (after a reset): fetch and write-back are T=1, the T=1 FILL lands.
@@ -799,10 +817,7 @@ mod tests {
             assert_eq!((e.status, e.head, e.completed), (Status::HALTED, 0, 0));
         }
         let h = r.events_of("dma_halted");
-        assert_eq!(
-            (h.len(), h[0]["what"].as_str(), h[0]["status"].as_u64()),
-            (1, Some("fetch"), Some(u64::from(DmaStatus::IoPageFault.code())))
-        );
+        assert_eq!((h.len(), h[0]["what"].as_str(), h[0]["status"].as_str()), (1, Some("fetch"), Some("IO_PAGE_FAULT")));
         r.ring();
         assert_eq!(r.events_of("translation_fault").len(), 1, "a halted engine fetches nothing");
         // The ring's last descriptor at the top of the address space: the fetch wraps.
@@ -1025,11 +1040,11 @@ mod tests {
         assert_eq!(r.u64_at(0x30_0008), 0x5a5a_5a5a_5a5a_5a5a);
         rogue_dma(RogueDma { iova: 0x6000_0000, ..d }, &r.secure, &mut r.mem, r.events.as_ref());
         let dma = r.events_of("dma");
-        assert_eq!((dma[0]["status"].as_u64(), dma[0]["injected"].as_bool()), (Some(u64::from(DmaStatus::Ok.code())), Some(true)));
-        assert_eq!(dma[1]["status"].as_u64(), Some(u64::from(DmaStatus::IoPageFault.code())), "unmapped: refused and logged");
+        assert_eq!((dma[0]["status"].as_str(), dma[0]["injected"].as_bool()), (Some("OK"), Some(true)));
+        assert_eq!(dma[1]["status"].as_str(), Some("IO_PAGE_FAULT"), "unmapped: refused and logged");
         assert_eq!(r.events_of("translation_fault")[0]["iova"], "0x60000000");
         rogue_dma(RogueDma { t: true, ..d }, &r.secure, &mut r.mem, r.events.as_ref());
-        assert_eq!(r.events_of("dma")[2]["status"].as_u64(), Some(u64::from(DmaStatus::T1Refused.code())), "T=1 without a TDI");
+        assert_eq!(r.events_of("dma")[2]["status"].as_str(), Some("T1_REFUSED"), "T=1 without a TDI");
     }
 
     /// One DOE exchange through the endpoint's extended config space, as Linux's doe.c does it.

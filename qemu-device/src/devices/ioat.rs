@@ -14,10 +14,11 @@ mod tests;
 use crate::secure::{bdf, SecureIommu};
 use crate::vfio::function::{Bar, EventSink, Irq, PciFunction, PciIds};
 use crate::vfio::guest_mem::GuestRam;
+use abi::event::{Event, IoatChannel, IoatReset};
+use abi::Bdf;
 use channel::{run_channel, Engine};
 use crossbeam_channel::{Sender, TrySendError};
 use regs::{chancmd, chanctrl, chansts, global, intrctrl, CHANNEL_MMIO_SIZE};
-use serde_json::json;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use crate::devices::endpoint::Job;
@@ -197,7 +198,10 @@ impl Ioat {
             (fire, reset)
         };
         if reset {
-            self.events.emit(json!({"type": "ioat_reset", "devid": bdf(self.rid), "channel": ch}));
+            self.events.emit(Event::IoatReset(IoatReset {
+                devid: Bdf(self.rid),
+                channel: IoatChannel::One(u32::try_from(ch).unwrap_or(u32::MAX)),
+            }));
         }
         self.raise(fire);
         if kick {
@@ -356,6 +360,6 @@ impl PciFunction for Ioat {
             *e = Engine { channels, ..Engine::default() };
         }
         self.chanerrmask_int = 0;
-        self.events.emit(json!({"type": "ioat_reset", "devid": bdf(self.rid), "channel": "all"}));
+        self.events.emit(Event::IoatReset(IoatReset { devid: Bdf(self.rid), channel: IoatChannel::All }));
     }
 }

@@ -4,7 +4,7 @@
 //! on completion, as Linux drivers/crypto/ccp/psp-dev.c drives the PSP). Layouts:
 //! docs/device-abi.md.
 
-use crate::secure::{bdf, SecureIommu, RMP_ADDR_MASK};
+use crate::secure::{SecureIommu, RMP_ADDR_MASK};
 use crate::vfio::function::{Bar, PciFunction, PciIds};
 use crate::vfio::guest_mem::{GuestMem, GuestRam};
 use iommu_model::amdvi::mmio::MMIO_SIZE;
@@ -12,7 +12,6 @@ use iommu_model::mem::PhysMem;
 use rmp_model::ops::{AdjustAttrs, GuestCtx, GuestResult, RmpState};
 use rmp_model::tio::TioStatus;
 use rmp_model::PageSize;
-use serde_json::json;
 use std::sync::{Arc, Mutex};
 use zerocopy::little_endian::U32;
 use zerocopy::IntoBytes;
@@ -150,7 +149,7 @@ fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, command: Command, buf: u
         let resp = r.handle_request(m);
         let after = r.state();
         if before != after {
-            events.emit(json!({"type": "tdisp", "devid": bdf(devid), "from": before.name(), "to": after.name(), "via": "firmware"}));
+            events.emit(crate::secure::tdisp_record(devid, before, after, "firmware"));
         }
         Some(resp)
     };

@@ -8,6 +8,7 @@
 use crate::pci::doe::DoeFault;
 use crate::secure::{bdf, SecureIommu};
 use crate::tools::walk::parse_bdf;
+use abi::event as ev;
 use iommu_model::amdvi::event::{flags, Event};
 use iommu_model::amdvi::inject::{Fault as AmdViFault, Fired};
 use iommu_model::inject::{At, Chance, Injector, When};
@@ -86,7 +87,7 @@ pub struct State {
     /// Commands the AMD-Vi unit had executed when last counted for the platform faults.
     commands_seen: u64,
     /// The newest fired faults, for `status`.
-    pub fired: VecDeque<Value>,
+    pub fired: VecDeque<ev::Injected>,
 }
 
 const FIRED_KEPT: usize = 256;
@@ -300,33 +301,23 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
     Ok((fault, when))
 }
 
-/// The trigger as JSON, for answers and records.
-pub fn when_json(w: &When) -> Value {
-    let mut o = serde_json::Map::new();
-    if w.after_commands > 0 {
-        o.insert("after_commands".into(), w.after_commands.into());
+/// The trigger, for answers and records.
+pub fn when_record(w: &When) -> ev::InjectWhen {
+    ev::InjectWhen {
+        after_commands: Some(w.after_commands).filter(|&n| n > 0),
+        after_dma: Some(w.after_dma).filter(|&n| n > 0),
+        device: w.device.map(abi::Bdf),
+        iova: w.iova.map(|i| i & !0xfff),
+        probability: w.chance.map(|c| f64::from(c.per_million) / 1e6),
+        seed: w.chance.map(|c| c.seed),
+        times: w.times,
     }
-    if w.after_dma > 0 {
-        o.insert("after_dma".into(), w.after_dma.into());
-    }
-    if let Some(d) = w.device {
-        o.insert("device".into(), bdf(d).into());
-    }
-    if let Some(i) = w.iova {
-        o.insert("iova".into(), format!("{:#x}", i & !0xfff).into());
-    }
-    if let Some(c) = w.chance {
-        o.insert("probability".into(), (f64::from(c.per_million) / 1e6).into());
-        o.insert("seed".into(), c.seed.into());
-    }
-    o.insert("times".into(), w.times.into());
-    Value::Object(o)
 }
 
 impl SecureIommu {
     /// Arm a fault under `id`; one due at once fires before this returns. The records of what
     /// fired are in the event stream and returned.
-    pub fn arm<M: PhysMem + ?Sized>(&mut self, mem: &mut M, id: u32, fault: Fault, when: When) -> Result<Vec<Value>, String> {
+    pub fn arm<M: PhysMem + ?Sized>(&mut self, mem: &mut M, id: u32, fault: Fault, when: When) -> Result<Vec<ev::Injected>, String> {
         let full = |_| "too many faults armed (64 per unit); clear some first".to_string();
         let before = self.inject.fired.len();
         match fault {
@@ -365,14 +356,11 @@ impl SecureIommu {
         let platform = self.inject.injector.pending().iter().map(|a| (a.id, Fault::Platform(a.fault), a.when, a.fired));
         let mut all: Vec<_> = amdvi.chain(platform).collect();
         all.sort_by_key(|a| a.0);
-        all.into_iter().map(|(id, f, w, fired)| json!({"id": id, "fault": f.name(), "when": when_json(&w), "fired": fired})).collect()
+        all.into_iter().map(|(id, f, w, fired)| json!({"id": id, "fault": f.name(), "when": when_record(&w), "fired": fired})).collect()
     }
 
-    fn note(&mut self, mut record: Value) {
-        if let Some(o) = record.as_object_mut() {
-            o.insert("type".into(), "injected".into());
-        }
-        self.events.emit(record.clone());
+    fn note(&mut self, record: ev::Injected) {
+        self.events.emit(ev::Event::Injected(record.clone()));
         if self.inject.fired.len() >= FIRED_KEPT {
             self.inject.fired.pop_front();
         }
@@ -383,13 +371,16 @@ impl SecureIommu {
     pub fn collect_amdvi(&mut self) -> Vec<Fired> {
         let fired = self.amdvi.take_fired();
         for f in &fired {
-            let mut r = json!({"id": f.id, "fault": f.fault.name(), "effect": f.effect, "logged": f.logged});
-            if let Some(e) = f.event {
-                r["event"] = e.name().into();
-                r["devid"] = bdf(e.devid).into();
-                r["address"] = format!("{:#x}", e.address).into();
-            }
-            self.note(r);
+            self.note(ev::Injected {
+                id: f.id,
+                fault: f.fault.name().into(),
+                effect: f.effect.clone(),
+                logged: Some(f.logged),
+                event: f.event.map(|e| e.name().into()),
+                devid: f.event.map(|e| abi::Bdf(e.devid)),
+                address: f.event.map(|e| e.address),
+                ..Default::default()
+            });
         }
         fired
     }
@@ -425,16 +416,16 @@ impl SecureIommu {
     fn fire_platform<M: PhysMem + ?Sized>(&mut self, mem: &mut M, at: At) {
         for (id, p) in self.inject.injector.fire(at, |p| !p.at_rmp_check()) {
             let effect = self.apply(mem, p);
-            let mut r = json!({"id": id, "fault": p.name(), "effect": effect});
+            let mut r = ev::Injected { id, fault: p.name().into(), effect, ..Default::default() };
             match p {
                 Platform::TdiError { devid } | Platform::Doe { devid, .. } | Platform::RingStall { devid } => {
-                    r["devid"] = bdf(devid).into()
+                    r.devid = Some(abi::Bdf(devid))
                 }
                 Platform::EndpointDma(d) => {
-                    r["devid"] = bdf(d.devid).into();
-                    r["iova"] = format!("{:#x}", d.iova).into();
+                    r.devid = Some(abi::Bdf(d.devid));
+                    r.iova = Some(d.iova);
                 }
-                Platform::RmpEntryChanged { spa } => r["spa"] = format!("{spa:#x}").into(),
+                Platform::RmpEntryChanged { spa } => r.spa = Some(spa),
                 Platform::RmpHwError => {}
             }
             self.note(r);
@@ -470,7 +461,10 @@ impl SecureIommu {
                 if !r.fail() {
                     return format!("nothing: the TDI is {}, not locked", before.name());
                 }
-                self.events.emit(json!({"type": "tdisp", "devid": bdf(devid), "from": before.name(), "to": r.state().name(), "via": "injected", "injected": true}));
+                if let ev::Event::Tdisp(mut t) = super::tdisp_record(devid, before, r.state(), "injected") {
+                    t.injected = Some(true);
+                    self.events.emit(ev::Event::Tdisp(t));
+                }
                 format!("the TDI went from {} to ERROR", before.name())
             }
             Platform::Doe { devid, fault } => match device(self, devid) {
@@ -526,7 +520,16 @@ impl SecureIommu {
         if let Some((id, p)) = self.inject.injector.fire_one(At::Dma { devid: rid, iova }, Platform::at_rmp_check) {
             let logged = self.amdvi.log_event(mem, &ev);
             let effect = format!("RMP_HW_ERROR for {spa:#x}: {}'s request to {iova:#x} aborted", bdf(rid));
-            self.note(json!({"id": id, "fault": p.name(), "effect": effect, "event": "RMP_HW_ERROR", "devid": bdf(rid), "address": format!("{:#x}", spa & !0xfff), "logged": logged}));
+            self.note(ev::Injected {
+                id,
+                fault: p.name().into(),
+                effect,
+                logged: Some(u32::from(logged)),
+                event: Some("RMP_HW_ERROR".into()),
+                devid: Some(abi::Bdf(rid)),
+                address: Some(spa & !0xfff),
+                ..Default::default()
+            });
             return Some(ev);
         }
         if !self.inject.changed_rmp.contains(&pfn) {
@@ -543,9 +546,15 @@ impl SecureIommu {
             return None;
         }
         let logged = self.amdvi.log_event(mem, &ev);
-        self.events.emit(json!({
-            "type": "rmp_mirror_mismatch", "devid": bdf(rid), "iova": format!("{iova:#x}"), "spa": format!("{:#x}", spa & !0xfff),
-            "memory": hex(&have), "rmp": hex(&want), "event": "RMP_HW_ERROR", "logged": logged, "injected": true,
+        self.events.emit(ev::Event::RmpMirrorMismatch(ev::RmpMirrorMismatch {
+            devid: abi::Bdf(rid),
+            iova,
+            spa: spa & !0xfff,
+            memory: hex(&have),
+            rmp: hex(&want),
+            event: "RMP_HW_ERROR".into(),
+            logged,
+            injected: true,
         }));
         Some(ev)
     }
@@ -622,7 +631,7 @@ mod tests {
 
     fn arm(s: &mut SecureIommu, mem: &mut ByteMem, id: u32, req: &str) -> Vec<Value> {
         let (f, w) = parse(&serde_json::from_str(req).unwrap()).unwrap();
-        s.arm(mem, id, f, w).unwrap()
+        s.arm(mem, id, f, w).unwrap().iter().map(|r| serde_json::to_value(r).unwrap()).collect()
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod tdx_module;
 
 use crate::vfio::function::{EventSink, Irq};
 use crate::vfio::guest_mem::GuestMem;
+use abi::event as ev;
+use abi::Bdf;
 use iommu_model::amdvi::dte::DevTabBase;
 use iommu_model::amdvi::event::Event;
 use iommu_model::amdvi::mmio::AmdVi;
@@ -23,7 +25,6 @@ use rmp_model::ops::RmpState;
 use rmp_model::tdisp::TdispResponder;
 use rmp_model::tio::Tio;
 use rmp_model::{Rmp, RmpStatus};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -77,7 +78,21 @@ pub fn lock_for_registers(m: &Mutex<SecureIommu>) -> std::sync::MutexGuard<'_, S
 }
 
 pub fn bdf(devid: u16) -> String {
-    format!("{:02x}:{:02x}.{}", devid >> 8, (devid >> 3) & 0x1f, devid & 7)
+    Bdf(devid).to_string()
+}
+
+/// The record of a TDI's TDISP state change.
+pub fn tdisp_record(devid: u16, from: rmp_model::tdisp::TdiState, to: rmp_model::tdisp::TdiState, via: impl Into<String>) -> ev::Event {
+    ev::Event::Tdisp(ev::Tdisp { devid: Bdf(devid), from: from.name().into(), to: to.name().into(), via: via.into(), injected: None })
+}
+
+/// A request's direction, as the event records name it.
+pub fn direction(write: bool) -> ev::Access {
+    if write {
+        ev::Access::Write
+    } else {
+        ev::Access::Read
+    }
 }
 
 /// Bits 51:13 of RMP_BASE and RMP_END hold the address: the window starts and ends on 8 KiB
@@ -168,8 +183,7 @@ impl SecureIommu {
                 Interrupt::Fault(m) => ("fault", m),
                 Interrupt::InvalidationComplete(m) => ("invalidation_complete", m),
             };
-            self.events
-                .emit(json!({"type": "vtd_interrupt", "event": event, "addr": format!("{:#x}", m.addr), "data": format!("{:#x}", m.data)}));
+            self.events.emit(ev::Event::VtdInterrupt(ev::VtdInterrupt { event: event.into(), addr: m.addr, data: m.data.into() }));
             self.irq.raise(0);
         }
     }
@@ -184,8 +198,13 @@ impl SecureIommu {
         let ram_pages = ram_pages.min(rmp_model::rmp::MAX_PAGES);
         if let Err(e) = check_rmp_window(self.rmp_base, self.rmp_end, ram_pages, |a, n| mem.backed(a, n)) {
             crate::warn_limited!("SNP_CTL.SNP_EN refused: {e}");
-            self.events.emit(json!({"type": "snp", "enabled": false, "error": e,
-                "rmp_base": format!("{:#x}", self.rmp_base), "rmp_end": format!("{:#x}", self.rmp_end)}));
+            self.events.emit(ev::Event::Snp(ev::Snp {
+                enabled: false,
+                pages: None,
+                error: Some(e.clone()),
+                rmp_base: Some(self.rmp_base),
+                rmp_end: Some(self.rmp_end),
+            }));
             return Err(e);
         }
         // Translations cached before now were never checked against an RMP; dropping cached
@@ -197,7 +216,7 @@ impl SecureIommu {
         self.ram_pages = ram_pages;
         self.rmp = Some(Rmp::new(ram_pages));
         self.mirror(mem, 0, ram_pages);
-        self.events.emit(json!({"type": "snp", "enabled": true, "pages": ram_pages}));
+        self.events.emit(ev::Event::Snp(ev::Snp { enabled: true, pages: Some(ram_pages), ..Default::default() }));
         Ok(())
     }
 
@@ -250,10 +269,15 @@ impl SecureIommu {
                 continue;
             }
             reported.insert((h.mapping.requester, h.mapping.iova));
-            self.events.emit(json!({
-                "type": "hazard", "spa": format!("{:#x}", h.spa), "asid": h.asid,
-                "requester": bdf(h.mapping.requester), "iova": format!("{:#x}", h.mapping.iova),
-                "size": h.mapping.size, "write": h.mapping.write,
+            self.events.emit(ev::Event::Hazard(ev::Hazard {
+                spa: h.spa,
+                asid: h.asid,
+                devid: Bdf(h.mapping.requester),
+                iova: h.mapping.iova,
+                size: h.mapping.size,
+                write: h.mapping.write,
+                via: None,
+                domain: None,
             }));
         }
         // Tables a driver built in guest RAM (Linux's amd_iommu, intel_iommu): every translating
@@ -276,7 +300,10 @@ impl SecureIommu {
                             })
                             .collect()
                     };
-                    Some(("vt-d", vtd::reverse::mappings_of(mem, v.caps(), v.root_table(), spa, len, &mut budget).map(hits).map_err(hits)))
+                    Some((
+                        ev::Via::VtD,
+                        vtd::reverse::mappings_of(mem, v.caps(), v.root_table(), spa, len, &mut budget).map(hits).map_err(hits),
+                    ))
                 }
                 None if self.amdvi.enabled() => {
                     let hits = |ms: Vec<amdvi::reverse::Mapping>| {
@@ -291,7 +318,7 @@ impl SecureIommu {
                             })
                             .collect()
                     };
-                    Some(("amd-vi", amdvi::reverse::mappings_of(mem, devtab, spa, len, &mut budget).map(hits).map_err(hits)))
+                    Some((ev::Via::AmdVi, amdvi::reverse::mappings_of(mem, devtab, spa, len, &mut budget).map(hits).map_err(hits)))
                 }
                 _ => None,
             };
@@ -303,16 +330,21 @@ impl SecureIommu {
                     // hit >= m.spa, inside the mapping that starts at m.iova.
                     let iova = m.iova.wrapping_add(hit.wrapping_sub(m.spa));
                     if reported.insert((m.devid, iova)) {
-                        self.events.emit(json!({
-                            "type": "hazard", "spa": format!("{hit:#x}"), "asid": st.asid,
-                            "requester": bdf(m.devid), "iova": format!("{iova:#x}"), "size": 1u64 << m.size_log2,
-                            "write": m.write, "via": via, "domain": m.domain,
+                        self.events.emit(ev::Event::Hazard(ev::Hazard {
+                            spa: hit,
+                            asid: st.asid,
+                            devid: Bdf(m.devid),
+                            iova,
+                            size: 1u64 << m.size_log2,
+                            write: m.write,
+                            via: Some(via),
+                            domain: Some(m.domain),
                         }));
                     }
                 }
                 if !complete {
                     self.events
-                        .emit(json!({"type": "hazard_search_incomplete", "spa": format!("{spa:#x}"), "budget": HAZARD_SEARCH_BUDGET}));
+                        .emit(ev::Event::HazardSearchIncomplete(ev::HazardSearchIncomplete { spa, budget: HAZARD_SEARCH_BUDGET.into() }));
                 }
             }
         }
@@ -323,17 +355,26 @@ impl SecureIommu {
             for (endpoint, iova, first, write) in mappers {
                 let requester = endpoint as u16;
                 if reported.insert((requester, iova & !0xfff)) {
-                    self.events.emit(json!({
-                        "type": "hazard", "spa": format!("{:#x}", first & !0xfff), "asid": st.asid,
-                        "requester": bdf(requester), "iova": format!("{:#x}", iova & !0xfff),
-                        "size": 0x1000, "write": write, "via": "virtio-iommu",
+                    self.events.emit(ev::Event::Hazard(ev::Hazard {
+                        spa: first & !0xfff,
+                        asid: st.asid,
+                        devid: Bdf(requester),
+                        iova: iova & !0xfff,
+                        size: 0x1000,
+                        write,
+                        via: Some(ev::Via::VirtioIommu),
+                        domain: None,
                     }));
                 }
             }
         }
-        self.events.emit(json!({
-            "type": "rmpupdate", "spa": format!("{spa:#x}"), "gpa": format!("{:#x}", st.gpa), "assigned": st.assigned,
-            "asid": st.asid, "page_size": st.page_size.bytes(), "status": res.status.name(),
+        self.events.emit(ev::Event::Rmpupdate(ev::Rmpupdate {
+            spa,
+            gpa: st.gpa,
+            assigned: st.assigned,
+            asid: st.asid,
+            page_size: st.page_size.bytes(),
+            status: ev::RmpStatus(res.status.code()),
         }));
         if res.status == RmpStatus::Success {
             self.mirror(mem, res.changed.start, res.changed.end.saturating_sub(res.changed.start));
@@ -345,10 +386,15 @@ impl SecureIommu {
     /// `rmp_violation` (there is no IOMMU log record for it: on hardware an untrusted access to
     /// TD-private memory ends in a machine check, not a fault record).
     fn tdx_refused(&self, rid: u16, t: bool, iova: u64, spa: Option<u64>, write: bool, f: rmp_model::tdx::TdxRefusal) -> Refusal {
-        self.events.emit(json!({
-            "type": "tdx_violation", "event": "TDX_DMA_REFUSED", "devid": bdf(rid), "t": t,
-            "iova": format!("{iova:#x}"), "spa": spa.map(|a| format!("{a:#x}")), "access": if write { "write" } else { "read" },
-            "reason": f.name(), "logged": false,
+        self.events.emit(ev::Event::TdxViolation(ev::TdxViolation {
+            event: "TDX_DMA_REFUSED".into(),
+            devid: Bdf(rid),
+            t,
+            iova,
+            spa,
+            access: direction(write),
+            reason: f.name().into(),
+            logged: false,
         }));
         Refusal::Tdx(f)
     }
@@ -362,7 +408,7 @@ impl SecureIommu {
         let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
         if let Some(b) = self.tio.binding_for(rid, u32::from(rid), state).filter(|b| b.state == rmp_model::tdisp::TdiState::Run) {
             self.tio.fence(b.asid);
-            self.events.emit(json!({"type": "asid_fence", "asid": b.asid, "devid": bdf(rid), "iova": format!("{iova:#x}")}));
+            self.events.emit(ev::Event::AsidFence(ev::AsidFence { asid: b.asid, devid: Bdf(rid), iova }));
         }
     }
 
@@ -398,9 +444,9 @@ impl SecureIommu {
             None => (None, None),
         };
         let via = match (&through_viommu, &self.vtd) {
-            (Some(_), _) => "virtio-iommu",
-            (None, Some(_)) => "vt-d",
-            (None, None) => "amd-vi",
+            (Some(_), _) => ev::Via::VirtioIommu,
+            (None, Some(_)) => ev::Via::VtD,
+            (None, None) => ev::Via::AmdVi,
         };
         let outcome = match through_viommu {
             Some(Outcome::Fault { event, level, .. }) => Outcome::Fault { event, level, logged: false },
@@ -408,10 +454,18 @@ impl SecureIommu {
             None => match self.vtd.as_mut().map(|v| v.translate(&*mem, rid, iova, access)) {
                 Some(VtdOutcome::Ok(tr)) => Outcome::Ok(tr),
                 Some(VtdOutcome::Fault { record, level, recorded }) => {
-                    self.events.emit(json!({
-                        "type": "translation_fault", "event": "DMA_REMAP_FAULT", "devid": bdf(rid), "iova": format!("{iova:#x}"),
-                        "access": if write { "write" } else { "read" }, "level": level, "flags": record.reason.code(), "logged": recorded,
-                        "via": via, "reason": format!("{:#04x}", record.reason.code()), "description": record.reason.description(),
+                    self.events.emit(ev::Event::TranslationFault(ev::TranslationFault {
+                        event: "DMA_REMAP_FAULT".into(),
+                        devid: Bdf(rid),
+                        iova,
+                        access: direction(write),
+                        level,
+                        flags: record.reason.code().into(),
+                        logged: recorded,
+                        via,
+                        reason: Some(format!("{:#04x}", record.reason.code())),
+                        description: Some(record.reason.description().into()),
+                        injected: None,
                     }));
                     self.fence_if_running(rid, t, iova);
                     return Err(Refusal::Vtd(record));
@@ -420,21 +474,25 @@ impl SecureIommu {
             },
         };
         let injected = self.collect_amdvi();
-        let walked = via == "virtio-iommu" || (self.amdvi.walks, self.vtd.as_ref().map_or(0, |v| v.walks)) != walks;
+        let walked = via == ev::Via::VirtioIommu || (self.amdvi.walks, self.vtd.as_ref().map_or(0, |v| v.walks)) != walks;
         let tr = match outcome {
             Outcome::Ok(tr) => tr,
             Outcome::Fault { event, level, logged } => {
-                let mut record = json!({
-                    "type": "translation_fault", "event": event.name(), "devid": bdf(rid), "iova": format!("{iova:#x}"),
-                    "access": if write { "write" } else { "read" }, "level": level, "flags": event.flags, "logged": logged,
-                    "via": via,
-                });
-                if injected.iter().any(|f| f.event == Some(event)) {
-                    record["injected"] = true.into();
-                }
-                self.events.emit(record);
+                self.events.emit(ev::Event::TranslationFault(ev::TranslationFault {
+                    event: event.name().into(),
+                    devid: Bdf(rid),
+                    iova,
+                    access: direction(write),
+                    level,
+                    flags: event.flags.into(),
+                    logged,
+                    via,
+                    reason: None,
+                    description: None,
+                    injected: injected.iter().any(|f| f.event == Some(event)).then_some(true),
+                }));
                 // The virtio-iommu's driver hears of it on the event queue (no domain lock held).
-                if let (true, Some(report)) = (via == "virtio-iommu", reporter) {
+                if let (true, Some(report)) = (via == ev::Via::VirtioIommu, reporter) {
                     use crate::devices::virtio_iommu::proto::{fault, Fault};
                     let rw = if write { fault::F_WRITE } else { fault::F_READ };
                     report(Fault { reason: fault::R_MAPPING, flags: rw | fault::F_ADDRESS, endpoint: u32::from(rid), address: iova });
@@ -481,16 +539,23 @@ impl SecureIommu {
             Err(f) => {
                 let ev = Event::rmp_page_fault(f.devid, f.flags_rmp, f.vmg_tag, f.flags, f.gpa);
                 let logged = self.amdvi.log_event(mem, &ev);
-                self.events.emit(json!({
-                    "type": "rmp_violation", "event": "RMP_PAGE_FAULT", "devid": bdf(rid), "t": t,
-                    "iova": format!("{iova:#x}"), "spa": format!("{:#x}", tr.spa), "access": if write { "write" } else { "read" },
-                    "reason": f.reason.name(), "flags_rmp": f.flags_rmp, "vmg_tag": f.vmg_tag, "logged": logged,
+                self.events.emit(ev::Event::RmpViolation(ev::RmpViolation {
+                    event: "RMP_PAGE_FAULT".into(),
+                    devid: Bdf(rid),
+                    t,
+                    iova,
+                    spa: tr.spa,
+                    access: direction(write),
+                    reason: f.reason.name().into(),
+                    flags_rmp: f.flags_rmp,
+                    vmg_tag: f.vmg_tag,
+                    logged,
                 }));
                 // A host-caused fault on a request of a TDI in RUN fences its guest's ASID from all
                 // further I/O until TIO_ASID_FENCE_CLEAR (SEV-TIO FW spec §2.11, notes §1.7).
                 if let Some(asid) = f.fence_asid {
                     self.tio.fence(asid);
-                    self.events.emit(json!({"type": "asid_fence", "asid": asid, "devid": bdf(rid), "iova": format!("{iova:#x}")}));
+                    self.events.emit(ev::Event::AsidFence(ev::AsidFence { asid, devid: Bdf(rid), iova }));
                 }
                 Err(Refusal::Rmp(f.reason))
             }
@@ -576,7 +641,7 @@ mod tests {
             (Some("0x7000"), Some("0x300000"), Some(true))
         );
         assert_eq!(
-            (hazards[0]["via"].as_str(), hazards[0]["domain"].as_u64(), hazards[0]["requester"].as_str()),
+            (hazards[0]["via"].as_str(), hazards[0]["domain"].as_u64(), hazards[0]["devid"].as_str()),
             (Some("amd-vi"), Some(7), Some("00:04.0"))
         );
         // Inside the 2 MiB read-only mapping: the IOVA of that 4 KiB page within it.
@@ -734,6 +799,11 @@ mod tests {
         assert_eq!(s.page(&mut mem, RID, true, GPA, Access::Write), Err(Refusal::Tdx(TdxRefusal::NotRun)));
         assert_eq!(call(&mut s, Call::TdhMemPageRemove, 1, GPA, 0), 0);
         assert_eq!(s.page(&mut mem, RID, false, 0x5000, Access::Read), Ok(0x31_0000), "the host's page again");
-        assert!(events.0.lock().unwrap().iter().any(|e| e["type"] == "tdx_call" && e["call"] == "TDH.MEM.PAGE.REMOVE" && e["status"] == 3));
+        assert!(events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "tdx_call" && e["call"] == "TDH.MEM.PAGE.REMOVE" && e["status"] == "PAGE_IN_USE"));
     }
 }

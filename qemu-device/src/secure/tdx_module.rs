@@ -7,13 +7,13 @@
 //! (TDCALL stand-ins) are separate commands; no host call writes a trusted mapping to anything
 //! but a page it hands to the TD. What is modelled and what is not: docs/tdx-vs-sev-tio.md.
 
-use crate::secure::{bdf, SecureIommu};
+use crate::secure::SecureIommu;
+use abi::event as ev;
 use iommu_model::fmt::vtd_ss::{self, VtdSs};
 use iommu_model::mem::{ByteMem, PhysMem};
 use iommu_model::walk::{self, Perm};
 use rmp_model::tdisp::{self, Response, TdiState};
 use rmp_model::tdx::{PageType, TdId, Tdx, TdxRefusal, TdxStatus};
-use serde_json::json;
 use std::collections::BTreeMap;
 
 use abi::tdx::{Call, TdxCall, TdxStatus as Status};
@@ -193,9 +193,13 @@ pub fn command(s: &mut SecureIommu, id: u32, b: &[u8; abi::mailbox::CMDBUF_SIZE]
         Call::TdgDmarAccept => dmar(s, td, requester, true),
         Call::TdgDmarRelease => dmar(s, td, requester, false),
     };
-    s.events.emit(
-        json!({"type": "tdx_call", "call": call.name(), "td": td, "devid": bdf(requester), "gpa": format!("{gpa:#x}"), "status": status}),
-    );
+    s.events.emit(ev::Event::TdxCall(ev::TdxCall {
+        call: call.name().into(),
+        td,
+        devid: abi::Bdf(requester),
+        gpa,
+        status: ev::TdxStatus(status),
+    }));
     status
 }
 
@@ -207,7 +211,7 @@ fn tdisp_send(s: &SecureIommu, requester: u16, m: &[u8]) -> Option<Response> {
     let resp = r.handle_request(m);
     let after = r.state();
     if before != after {
-        s.events.emit(json!({"type": "tdisp", "devid": bdf(requester), "from": before.name(), "to": after.name(), "via": "tdx-module"}));
+        s.events.emit(crate::secure::tdisp_record(requester, before, after, "tdx-module"));
     }
     tdisp::parse_response(&resp)
 }

@@ -8,7 +8,7 @@
 //!   `ram.snapshot()` for each operation: a `GuestMem` implementing `iommu_model::mem::PhysMem`,
 //!   every access bounds-checked against the mapped regions, valid even if QEMU unmaps meanwhile;
 //! - interrupts: an `Arc<dyn Irq>`, `raise(vector)` signals that MSI-X vector's eventfd;
-//! - the event stream: an `Arc<dyn EventSink>`, `emit(json!({"type": ..., ...}))`;
+//! - the event stream: an `Arc<dyn EventSink>`, `emit(Event::...)` (the records: `abi::event`);
 //! - long work: a `crossbeam_channel::Sender<Job>` (`Job = Box<dyn FnOnce() + Send>`); the
 //!   daemon's DMA worker runs jobs in the order they were queued, off the socket thread.
 
@@ -38,9 +38,9 @@ pub trait Irq: Send + Sync {
 }
 
 /// The machine-readable event stream (JSON lines). Every translation fault, RMP violation, TDISP
-/// transition and hazard goes here; each record is one JSON object with at least a "type" field.
+/// transition and hazard goes here, as one of the records `abi::event::Event` defines.
 pub trait EventSink: Send + Sync {
-    fn emit(&self, record: serde_json::Value);
+    fn emit(&self, event: abi::event::Event);
 }
 
 /// A PCI function. BAR accesses arrive on the socket thread and must return quickly: long work

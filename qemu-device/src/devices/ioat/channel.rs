@@ -11,7 +11,6 @@ use crate::secure::dma::{self, DmaError, DmaMem, Request, TranslateCheck};
 use crate::secure::{bdf, Refusal};
 use crate::vfio::function::{EventSink, Irq};
 use iommu_model::walk::Access;
-use serde_json::json;
 use std::sync::{Mutex, MutexGuard};
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -399,8 +398,13 @@ fn halted(rid: u16, ch: usize, desc: u64, f: &Fault, events: &dyn EventSink) {
         _ => None,
     };
     tracing::warn!("ioat {} channel {ch}: {} at {:#x} (descriptor {desc:#x}); halted", bdf(rid), chanerr::name(f.chanerr), f.iova);
-    events.emit(json!({
-        "type": "ioat_halted", "devid": bdf(rid), "channel": ch, "chanerr": f.chanerr, "error": chanerr::name(f.chanerr),
-        "descriptor": format!("{desc:#x}"), "iova": format!("{:#x}", f.iova), "refusal": refusal,
+    events.emit(abi::event::Event::IoatHalted(abi::event::IoatHalted {
+        devid: abi::Bdf(rid),
+        channel: u32::try_from(ch).unwrap_or(u32::MAX),
+        chanerr: f.chanerr,
+        error: chanerr::name(f.chanerr).into(),
+        descriptor: desc,
+        iova: f.iova,
+        refusal,
     }));
 }

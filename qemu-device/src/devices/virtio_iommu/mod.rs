@@ -14,9 +14,9 @@ pub mod transport;
 
 use crate::vfio::function::{Bar, EventSink, Irq, PciFunction, PciIds};
 use crate::vfio::guest_mem::GuestRam;
+use abi::event::{self as ev, Event};
 use domains::{reply_len, Domains};
 use proto::{config, feature, Fault, Request};
-use serde_json::json;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use transport::{layout, Effect, Transport, NO_VECTOR, VIRTIO_F_VERSION_1};
@@ -32,10 +32,6 @@ pub const VECTORS: u16 = 3;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn status_name(s: u8) -> &'static str {
-    abi::virtio_iommu::ReqStatus::from_code(s).map_or("?", abi::virtio_iommu::ReqStatus::name)
 }
 
 pub struct VirtioIommu {
@@ -138,7 +134,24 @@ fn post_fault(transport: &Mutex<Transport>, ram: &GuestRam, irq: &dyn Irq, event
     } else {
         drop(t);
     }
-    events.emit(json!({"type": "viommu_fault", "endpoint": f.endpoint, "address": format!("{:#x}", f.address), "reason": f.reason, "flags": f.flags, "posted": posted}));
+    let (devid, endpoint) = endpoint_id(f.endpoint);
+    events.emit(Event::ViommuFault(ev::ViommuFault {
+        devid,
+        endpoint,
+        address: f.address,
+        reason: ev::ViommuFaultReason(f.reason),
+        flags: f.flags,
+        posted,
+    }));
+}
+
+/// An endpoint id as the records name it: the requester id it is (the VIOT's endpoint ids are
+/// requester ids), or as it came when it cannot be one.
+fn endpoint_id(endpoint: u32) -> (Option<abi::Bdf>, Option<u32>) {
+    match u16::try_from(endpoint) {
+        Ok(rid) => (Some(abi::Bdf(rid)), None),
+        Err(_) => (None, Some(endpoint)),
+    }
 }
 
 /// Answer one request chain; the bytes written to its device-writable part (0 when it has no
@@ -176,23 +189,42 @@ fn answer(
         }
     };
     reply[rlen.saturating_sub(proto::TAIL_LEN)] = st;
-    let mut record = match request {
-        Ok(Request::Attach { domain, endpoint, .. }) => json!({"req": "attach", "domain": domain, "endpoint": endpoint}),
-        Ok(Request::Detach { domain, endpoint }) => json!({"req": "detach", "domain": domain, "endpoint": endpoint}),
-        Ok(Request::Map { domain, virt_start, virt_end, phys_start, flags }) => json!({
-            "req": "map", "domain": domain, "virt_start": format!("{virt_start:#x}"), "virt_end": format!("{virt_end:#x}"),
-            "phys_start": format!("{phys_start:#x}"), "flags": flags,
-            // Pages the driver asked for (for VFIO type1: the pages the kernel pinned).
-            "pages": virt_end.checked_sub(virt_start).map(|n| (n >> 12).saturating_add(1))}),
-        Ok(Request::Unmap { domain, virt_start, virt_end }) => {
-            json!({"req": "unmap", "domain": domain, "virt_start": format!("{virt_start:#x}"), "virt_end": format!("{virt_end:#x}")})
-        }
-        Ok(Request::Probe { endpoint }) => json!({"req": "probe", "endpoint": endpoint}),
-        Err(_) => json!({"req": buf.first().copied().filter(|_| n > 0).map_or("short".to_string(), |t| format!("type {t}"))}),
+    let status = ev::ViommuStatus(st);
+    let with_endpoint = |req: &str, domain: Option<u32>, endpoint: u32| {
+        let (devid, endpoint) = endpoint_id(endpoint);
+        ev::Viommu { req: req.into(), domain, devid, endpoint, status, ..Default::default() }
     };
-    record["type"] = json!("viommu");
-    record["status"] = json!(status_name(st));
-    events.emit(record);
+    let record = match request {
+        Ok(Request::Attach { domain, endpoint, .. }) => with_endpoint("attach", Some(domain), endpoint),
+        Ok(Request::Detach { domain, endpoint }) => with_endpoint("detach", Some(domain), endpoint),
+        Ok(Request::Map { domain, virt_start, virt_end, phys_start, flags }) => ev::Viommu {
+            req: "map".into(),
+            domain: Some(domain),
+            virt_start: Some(virt_start),
+            virt_end: Some(virt_end),
+            phys_start: Some(phys_start),
+            flags: Some(flags),
+            // Pages the driver asked for (for VFIO type1: the pages the kernel pinned).
+            pages: virt_end.checked_sub(virt_start).map(|n| (n >> 12).saturating_add(1)),
+            status,
+            ..Default::default()
+        },
+        Ok(Request::Unmap { domain, virt_start, virt_end }) => ev::Viommu {
+            req: "unmap".into(),
+            domain: Some(domain),
+            virt_start: Some(virt_start),
+            virt_end: Some(virt_end),
+            status,
+            ..Default::default()
+        },
+        Ok(Request::Probe { endpoint }) => with_endpoint("probe", None, endpoint),
+        Err(_) => ev::Viommu {
+            req: buf.first().copied().filter(|_| n > 0).map_or("short".to_string(), |t| format!("type {t}")),
+            status,
+            ..Default::default()
+        },
+    };
+    events.emit(Event::Viommu(record));
     if writer.write_all(&reply).is_err() {
         return writer.bytes_written() as u32;
     }
@@ -575,7 +607,7 @@ mod tests {
             (h[0]["iova"].as_str(), h[0]["spa"].as_str(), h[0]["write"].as_bool()),
             (Some("0x90001000"), Some("0x301000"), Some(true))
         );
-        assert_eq!((h[0]["requester"].as_str(), h[0]["via"].as_str()), (Some("00:04.0"), Some("virtio-iommu")));
+        assert_eq!((h[0]["devid"].as_str(), h[0]["via"].as_str()), (Some("00:04.0"), Some("virtio-iommu")));
         // Back to shared is no hazard; a page nobody maps is none either.
         assert_eq!(sec.rmpupdate(&mut mem, spa + 0x1000, &RmpState::shared(PageSize::Size4K)), rmp_model::RmpStatus::Success);
         assert_eq!(sec.rmpupdate(&mut mem, 0x3f_0000, &private(0x2000)), rmp_model::RmpStatus::Success);
