@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 use qemu_device::daemon::{self, control};
-use qemu_device::tools::{dmar, ivrs, viot, walk};
+use qemu_device::tools::{check, dmar, events, ivrs, viot, walk};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +36,11 @@ enum Command {
     /// Make a running daemon's secure IOMMU, RMP, TDI or endpoint fail on purpose (its
     /// control.sock), or list and clear the faults armed.
     Inject(control::Args),
+    /// Print an event stream one decoded line per record, filtered by type and device, with the
+    /// counts by type at the end (--follow tails a stream still being written).
+    Events(events::Args),
+    /// Check a finished guest run: its KTAP results, the records and kernel messages it expects.
+    Check(check::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +70,8 @@ fn main() -> ExitCode {
         Command::Ivrs(args) => ivrs::run(args),
         Command::Dmar(args) => dmar::run(args),
         Command::Inject(args) => control::run(args),
+        Command::Events(args) => events::run(args),
+        Command::Check(args) => check::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
