@@ -12,7 +12,9 @@ use crate::rig::Rig;
 use crate::sys::iommufd::Iommufd;
 use crate::sys::vfio::{bind_vfio_pci, eventfd_count, open_cdev, Device, UserMem, Vfio, DEVICE_FLAGS_RESET};
 use crate::sys::{find, PciDev};
+use abi::event::{Access, ViommuStatus};
 use abi::ioat::{self as regs, chan, chancmd, chanctrl, chanerr, chansts, ctl, global, intrctrl, Descriptor};
+use abi::{expect, Bdf};
 use std::fs;
 use std::time::Instant;
 use zerocopy::little_endian::U64;
@@ -20,7 +22,8 @@ use zerocopy::IntoBytes;
 
 /// Where run-vm places it; its requester ID 0x30 is endpoint 48 for the virtio-iommu.
 const BDF: &str = "0000:00:06.0";
-const DEVID: &str = "00:06.0";
+/// The engine, as the event records name it.
+const IOAT: Bdf = Bdf::new(0, 6, 0);
 const CHANNELS: usize = 2;
 
 // Channel 0's registers (its block at 0x80, init.c) and the bits used here: abi::ioat, as
@@ -90,8 +93,8 @@ pub fn ioatdma_bound(_r: &mut Rig) -> R {
     if viommu_mode() {
         // Behind the virtio-iommu: the kernel attached it to a DMA domain, which its self-test's
         // buffers were mapped in.
-        expect_event("viommu", "req=attach endpoint=48 status=OK");
-        expect_event("viommu", "req=map status=OK");
+        expect_event(expect!(Viommu { req: "attach".into(), devid: Some(IOAT), status: ViommuStatus::OK }));
+        expect_event(expect!(Viommu { req: "map".into(), status: ViommuStatus::OK }));
     }
     if amdvi_mode() {
         // Behind Linux's amd_iommu (the IVRS names it): in an IOMMU group of its own.
@@ -296,8 +299,8 @@ fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem) -> R {
     check!(sts & chansts::STATUS == STS_HALTED && err == WRITE_DATA_ERR, "copy into an unmapped page: CHANSTS {sts:#x}, CHANERR {err:#x}");
     check!(page(data, 0x1000) == [0xeeu8; 0x1000], "the refused copy wrote its mapped half");
     check!(ch.completion() == RING_IOVA | STS_HALTED, "halt not written back: {:#x}", ch.completion());
-    expect_event("translation_fault", &format!("devid={DEVID} iova={UNMAPPED_IOVA:#x} access=write via={via}"));
-    expect_event("ioat_halted", &format!("devid={DEVID} channel=0 chanerr={WRITE_DATA_ERR} iova={UNMAPPED_IOVA:#x}"));
+    expect_event(expect!(TranslationFault { devid: IOAT, iova: UNMAPPED_IOVA, access: Access::Write, via }));
+    expect_event(expect!(IoatHalted { devid: IOAT, channel: 0, chanerr: WRITE_DATA_ERR, iova: UNMAPPED_IOVA }));
     if amdvi_mode() {
         // Linux's amd_iommu read the record from the model's event log.
         expect_dmesg(&format!(
@@ -314,7 +317,7 @@ fn copy_fault_reset(dev: &Device, ring: &UserMem, data: &UserMem) -> R {
     // A source in the unmapped page: read data error.
     let sts = ch.copy(UNMAPPED_IOVA, DST_IOVA, 64)?;
     check!(sts & chansts::STATUS == STS_HALTED && dev.r32(CHANERR)? == READ_DATA_ERR, "copy from an unmapped page: CHANSTS {sts:#x}");
-    expect_event("ioat_halted", &format!("devid={DEVID} channel=0 chanerr={READ_DATA_ERR}"));
+    expect_event(expect!(IoatHalted { devid: IOAT, channel: 0, chanerr: READ_DATA_ERR }));
     dev.msix_off()?;
     Ok(())
 }
@@ -331,7 +334,7 @@ fn private_under_mapping(r: &mut Rig, dev: &Device, ring: &UserMem, data: &UserM
     let before = page(data, 0x1000);
     let pa = data.phys(0x1000)?;
     check!(r.rmpupdate(pa, DST_IOVA, true, 1)? == 0, "RMPUPDATE of the mapped page to private");
-    expect_event("hazard", &format!("iova={DST_IOVA:#x} spa={pa:#x}"));
+    expect_event(expect!(Hazard { iova: DST_IOVA, spa: pa }));
     data.write(0, &[0x77u8; 0x1000]);
     let sts = ch.copy(SRC_IOVA, DST_IOVA, 0x1000)?;
     let err = dev.r32(CHANERR)?;
@@ -340,7 +343,7 @@ fn private_under_mapping(r: &mut Rig, dev: &Device, ring: &UserMem, data: &UserM
         "write to the page turned private: CHANSTS {sts:#x}, CHANERR {err:#x}"
     );
     check!(page(data, 0x1000) == before, "the refused write changed the private page");
-    expect_event("rmp_violation", &format!("devid={DEVID} iova={DST_IOVA:#x} access=write"));
+    expect_event(expect!(RmpViolation { devid: IOAT, iova: DST_IOVA, access: Access::Write }));
     if amdvi_mode() {
         expect_dmesg(&format!(
             r"0000:00:06\.0: AMD-Vi: Event logged \[RMP_PAGE_FAULT vmg_tag=0x0000, gpa={DST_IOVA:#x}, flags_rmp=0x0001, flags=0x0020\]"

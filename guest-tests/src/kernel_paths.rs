@@ -5,12 +5,14 @@
 //! each one takes, and what the daemon reported: docs/kernel-paths.md.
 
 use crate::modes::{amdvi_mode, viommu_mode, vtd_mode};
-use crate::report::{expect_dmesg, expect_event, R, SKIP};
+use crate::report::{expect_dmesg, expect_event, ENDPOINT, R, SKIP};
 use crate::rig::{descriptor, wait_status, Rig};
 use crate::sys::iommufd::Iommufd;
 use crate::sys::kvm::{self, Vm};
 use crate::sys::vfio::{bind_vfio_pci, open_cdev, Device, UserMem, Vfio};
 use abi::endpoint::{reg, Ctrl, DescFlags, DmaStatus, Op, DESC_SIZE, DESC_STATUS};
+use abi::event::{Via, ViommuStatus};
+use abi::expect;
 use abi::mailbox::{self as mb, SnpCtl};
 
 pub(crate) const BDF: &str = "0000:00:04.0";
@@ -65,7 +67,7 @@ pub(crate) fn holds(mem: &UserMem, off: usize, pattern: u64) -> bool {
 fn convert_in_place(r: &mut Rig, ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64, gpa: u64, last: u64) -> R {
     let pa = mem.phys(off)?;
     check!(r.rmpupdate(pa, gpa, true, 1)? == 0, "RMPUPDATE of the mapped page to private");
-    expect_event("hazard", &format!("iova={iova:#x} spa={pa:#x}"));
+    expect_event(expect!(Hazard { iova, spa: pa }));
     let st = ep.fill(iova, 0x0bad_0bad_0bad_0bad)?;
     check!(st == DmaStatus::RmpPageFault, "write to the page turned private: status {st}");
     check!(holds(mem, off, last), "the refused write changed the page");
@@ -87,7 +89,7 @@ fn unmapped_write_faults(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64
     let st = ep.fill(iova, 0xdead_beef_dead_beef)?;
     check!(st == DmaStatus::IoPageFault, "FILL after the unmap: status {st}");
     check!(holds(mem, off, 0), "the unmapped page was written");
-    expect_event("translation_fault", &format!("devid=00:04.0 via={} iova={iova:#x}", via()));
+    expect_event(expect!(TranslationFault { devid: ENDPOINT, via: via(), iova }));
     if amdvi_mode() {
         // Linux read the record from the model's event log (flags 0x20: a write).
         expect_dmesg(&format!(r"0000:00:04\.0: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={iova:#x} flags=0x0020\]"));
@@ -121,13 +123,13 @@ pub(crate) fn need_kernel_iommu() -> R {
 }
 
 /// Which front the daemon's records name for the endpoint's translations.
-pub(crate) fn via() -> &'static str {
+pub(crate) fn via() -> Via {
     if amdvi_mode() {
-        "amd-vi"
+        Via::AmdVi
     } else if vtd_mode() {
-        "vt-d"
+        Via::VtD
     } else {
-        "virtio-iommu"
+        Via::VirtioIommu
     }
 }
 
@@ -136,13 +138,13 @@ pub(crate) fn via() -> &'static str {
 /// walks them).
 pub(crate) fn expect_map(iova: u64) {
     if viommu_mode() {
-        expect_event("viommu", &format!("req=map virt_start={iova:#x} pages=1 status=OK"));
+        expect_event(expect!(Viommu { req: "map".into(), virt_start: Some(iova), pages: Some(1), status: ViommuStatus::OK }));
     }
 }
 
 fn expect_unmap(iova: u64) {
     if viommu_mode() {
-        expect_event("viommu", &format!("req=unmap virt_start={iova:#x} status=OK"));
+        expect_event(expect!(Viommu { req: "unmap".into(), virt_start: Some(iova), status: ViommuStatus::OK }));
     }
 }
 
@@ -200,7 +202,7 @@ fn unused_mapping_is_a_hazard(r: &mut Rig, v: &Vfio) -> R {
     v.map(spare.addr(), UNUSED_IOVA, 0x1000)?;
     let pa = spare.phys(0)?;
     check!(r.rmpupdate(pa, UNUSED_IOVA, true, 1)? == 0, "RMPUPDATE of the unused mapped page to private");
-    expect_event("hazard", &format!("iova={UNUSED_IOVA:#x} spa={pa:#x} via={}", via()));
+    expect_event(expect!(Hazard { iova: UNUSED_IOVA, spa: pa, via: Some(via()) }));
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     v.unmap(UNUSED_IOVA, 0x1000)
 }

@@ -29,14 +29,18 @@ pub(crate) fn poll(mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// A record of `kind` with these fields must be in the daemon's event stream.
-pub(crate) fn expect_event(kind: &str, kv: &str) {
-    println!("# expect-event {kind} {kv}");
+/// The endpoint, as the event records name it.
+pub(crate) const ENDPOINT: abi::Bdf = abi::Bdf::new(0, 4, 0);
+
+/// A record the daemon must have written in this boot (`abi::expect!` makes one: the record's
+/// type and the fields to compare), checked by the host after the run.
+pub(crate) fn expect_event(expected: String) {
+    println!("# expect-event {expected}");
 }
 
-/// At least `n` records of `kind` with these fields must be in the event stream.
-pub(crate) fn expect_count(n: u64, kind: &str, kv: &str) {
-    println!("# expect-count {n} {kind} {kv}");
+/// At least `n` records with these fields (`abi::expect!`) must be in the event stream.
+pub(crate) fn expect_count(n: u64, expected: String) {
+    println!("# expect-count {n} {expected}");
 }
 
 /// A line the kernel must log (a regular expression), checked by run-vm against the guest's

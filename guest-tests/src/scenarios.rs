@@ -5,12 +5,14 @@
 use crate::ioat;
 use crate::kernel_paths;
 use crate::modes::{amdvi_mode, plugin_mode, tdx_mode, viommu_mode, vtd_mode};
-use crate::report::{expect_count, expect_dmesg, expect_event, poll, R, SKIP};
+use crate::report::{expect_count, expect_dmesg, expect_event, poll, ENDPOINT, R, SKIP};
 use crate::rig::{descriptor, find_function, submit, wait_status, Rig, DOMAIN, RING_ENTRIES, RING_IOVA};
 use crate::sys::{online_cpus, pin_to_cpu};
 use crate::tdx;
 use abi::doe;
 use abi::endpoint::{reg, Ctrl, DescFlags, DmaStatus, Op, Status};
+use abi::event::{Access, Via, ViommuStatus};
+use abi::expect;
 use abi::mailbox::{self as mb, CmdResp, Command as Mb, GuestMessage, SnpCtl};
 use iommu_model::amdvi::command::Command;
 use iommu_model::amdvi::event::{self, flags};
@@ -238,7 +240,7 @@ fn io_page_faults(r: &mut Rig) -> R {
             && e.flags & flags::PR == 0),
         "no IO_PAGE_FAULT for {unmapped:#x} in the event log: {ev:?}"
     );
-    expect_event("translation_fault", &format!("event=IO_PAGE_FAULT iova={unmapped:#x}"));
+    expect_event(expect!(TranslationFault { event: "IO_PAGE_FAULT".into(), iova: unmapped }));
     let (ro, ro_pa) = r.small(2);
     r.map(ro, ro_pa, 12, Perm::new(true, false))?;
     let st = r.fill(DescFlags::empty(), ro, 64, 0x2222)?;
@@ -249,7 +251,7 @@ fn io_page_faults(r: &mut Rig) -> R {
         ev.iter().any(|e| e.address == ro && e.flags & (flags::PR | flags::PE | flags::RW) == flags::PR | flags::PE | flags::RW),
         "no permission IO_PAGE_FAULT for {ro:#x}: {ev:?}"
     );
-    expect_event("translation_fault", &format!("iova={ro:#x} access=write"));
+    expect_event(expect!(TranslationFault { iova: ro, access: Access::Write }));
     Ok(())
 }
 
@@ -284,7 +286,7 @@ fn rmp_blocks_t0(r: &mut Rig) -> R {
         ev.iter().any(|e| e.code == event::RMP_PAGE_FAULT && e.address == iova && e.devid == r.rid),
         "no RMP_PAGE_FAULT in the event log: {ev:?}"
     );
-    expect_event("rmp_violation", &format!("iova={iova:#x} t=false access=write"));
+    expect_event(expect!(RmpViolation { iova, t: false, access: Access::Write }));
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "RMPUPDATE to shared");
     check!(r.fill(DescFlags::empty(), iova, 4096, 0x5555)? == DmaStatus::Ok, "write after the page is shared again");
     check!(r.mem.r64(pa + 4088) == 0x5555, "the write did not land");
@@ -319,7 +321,7 @@ fn tdisp_t1(r: &mut Rig) -> R {
     let st = r.fill(DescFlags::T, iova, 64, 0x7777)?;
     check!(st == DmaStatus::T1Refused, "T=1 before RUN: status {st}");
     check!(r.mem.r64(pa) == 0, "T=1 before RUN wrote");
-    expect_event("rmp_violation", &format!("iova={iova:#x} t=true"));
+    expect_event(expect!(RmpViolation { iova, t: true }));
     let run = mb::TioGuestRequest { tdi: U32::new(tdi), message: U32::new(GuestMessage::Run.code()), ..Default::default() };
     check!(r.mailbox(Mb::TioGuestRequest, run.as_bytes())? == 0, "RUN request");
     let sdte = mb::TioGuestRequest { message: U32::new(GuestMessage::SdteWrite.code()), vtom: U64::new(VTOM), ..run };
@@ -329,7 +331,7 @@ fn tdisp_t1(r: &mut Rig) -> R {
         "TDI not in RUN"
     );
     check!(r.tdi_state()? == TdiState::Run, "the device's DOE says the TDI is not in RUN");
-    expect_event("tdisp", "to=RUN");
+    expect_event(expect!(Tdisp { to: "RUN".into() }));
     let st = r.fill(DescFlags::T, iova, 64, 0x8888)?;
     check!(st == DmaStatus::Ok, "T=1 in RUN to the TDI's private page: status {st}");
     check!(r.mem.r64(pa) == 0x8888, "T=1 write did not land");
@@ -342,7 +344,7 @@ fn tdisp_t1(r: &mut Rig) -> R {
     check!(st == DmaStatus::RmpPageFault, "T=1 to another ASID's page: status {st}");
     check!(r.mem.r64(pa3) == 0, "another ASID's page was written");
     // That host-caused fault on a TDI in RUN fenced ASID 2: no T=1 DMA until the fence is cleared.
-    expect_event("asid_fence", "asid=2");
+    expect_event(expect!(AsidFence { asid: 2 }));
     let fence = mb::TioAsidFence { asid: U16::new(2), ..Default::default() };
     check!(
         r.mailbox(Mb::TioAsidFenceStatus, fence.as_bytes())? == 0 && r.mailbox_out(mb::out::TIO_ASID_FENCE_STATUS, 1)[0] & 3 != 0,
@@ -399,7 +401,7 @@ fn vtom_shared(r: &mut Rig) -> R {
     let st = r.fill(DescFlags::T, up_priv, 64, 0xcdcd)?;
     check!(st == DmaStatus::RmpPageFault, "T=1 above vTOM to a private page: status {st}");
     check!(r.mem.r64(private_pa) == before, "private page written through the shared alias");
-    expect_event("rmp_violation", &format!("iova={up_priv:#x} t=true"));
+    expect_event(expect!(RmpViolation { iova: up_priv, t: true }));
     check!(r.mailbox(Mb::TioAsidFenceClear, &2u16.to_le_bytes())? == 0, "TIO_ASID_FENCE_CLEAR");
     Ok(())
 }
@@ -410,7 +412,7 @@ fn hazard(r: &mut Rig) -> R {
     check!(r.fill(DescFlags::empty(), iova, 64, 0x1234)? == DmaStatus::Ok, "DMA through the live mapping");
     // The hardware allows the conversion; the model reports the hazard on the event stream.
     check!(r.rmpupdate(pa, iova, true, 1)? == 0, "RMPUPDATE of a page with a live T=0 mapping");
-    expect_event("hazard", &format!("iova={iova:#x} spa={pa:#x}"));
+    expect_event(expect!(Hazard { iova, spa: pa }));
     check!(r.fill(DescFlags::empty(), iova, 64, 0x4321)? == DmaStatus::RmpPageFault, "the next T=0 write must fault");
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     Ok(())
@@ -444,7 +446,7 @@ fn tdisp_stop(r: &mut Rig) -> R {
     let r1 = r.tdisp(tdisp::req::STOP_INTERFACE, &[])?;
     check!(r1 == Response::Stopped, "STOP_INTERFACE answered {r1:?}");
     check!(r.tdi_state()? == TdiState::ConfigUnlocked, "TDI not CONFIG_UNLOCKED after STOP");
-    expect_event("tdisp", "via=doe to=CONFIG_UNLOCKED");
+    expect_event(expect!(Tdisp { via: "doe".into(), to: "CONFIG_UNLOCKED".into() }));
     let before = r.mem.r64(pa);
     let st = r.fill(DescFlags::T, iova, 64, 0x5a5a)?;
     check!(st == DmaStatus::T1Refused, "T=1 after STOP: status {st}");
@@ -462,7 +464,7 @@ fn cpu_write(r: &mut Rig) -> R {
     check!(r.rmpupdate(pa, iova, true, 1)? == 0, "RMPUPDATE to private");
     // One CPU store to the guest-assigned page: on SEV-SNP hardware an RMP #PF.
     r.mem.store64(pa + 0x18, 0xfeed);
-    expect_event("rmp_cpu_violation", &format!("spa={:#x}", pa + 0x18));
+    expect_event(expect!(RmpCpuViolation { spa: pa + 0x18 }));
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
     r.mem.store64(pa + 0x18, 0xbeef); // no report: the page is the host's again
     Ok(())
@@ -573,8 +575,8 @@ fn virtio_iommu_group(_r: &mut Rig) -> R {
     check!(members == ["0000:00:04.0"], "group {group} holds {members:?}");
     let ty = std::fs::read_to_string(format!("/sys/kernel/iommu_groups/{group}/type")).unwrap_or_default();
     println!("# 00:04.0 in IOMMU group {group} (default domain {}) of {vdev} (virtio_iommu)", ty.trim());
-    expect_event("viommu", "req=probe endpoint=32 status=OK");
-    expect_event("viommu", "req=attach endpoint=32 status=OK");
+    expect_event(expect!(Viommu { req: "probe".into(), devid: Some(ENDPOINT), status: ViommuStatus::OK }));
+    expect_event(expect!(Viommu { req: "attach".into(), devid: Some(ENDPOINT), status: ViommuStatus::OK }));
     Ok(())
 }
 
@@ -597,9 +599,9 @@ fn virtio_iommu_domain_decides_dma(r: &mut Rig) -> R {
         out.lines().any(|l| l.contains("page fault from EP 32 at") && l.contains("[R]"))
     });
     check!(logged, "the kernel logged no 'page fault from EP 32' from the event queue");
-    expect_event("viommu_fault", "endpoint=32 posted=true");
-    expect_event("translation_fault", "devid=00:04.0 via=virtio-iommu");
-    expect_event("dma_halted", "devid=00:04.0 what=fetch");
+    expect_event(expect!(ViommuFault { devid: Some(ENDPOINT), posted: true }));
+    expect_event(expect!(TranslationFault { devid: ENDPOINT, via: Via::VirtioIommu }));
+    expect_event(expect!(DmaHalted { devid: ENDPOINT, what: "fetch".into() }));
     Ok(())
 }
 
@@ -753,6 +755,13 @@ fn vcpus_at_once(r: &mut Rig) -> R {
     r.sem_seq = seq;
     result?;
     println!("# {ncpu} vCPUs: {SMP_ROUNDS} FILLs and {SMP_ROUNDS} command batches at once, {mailboxes} mailbox commands, {reads} register read pairs");
-    expect_count(SMP_ROUNDS, "dma", &format!("op={} len={SMP_FILL_LEN} status={}", Op::Fill.code(), DmaStatus::Ok.code()));
+    expect_count(
+        SMP_ROUNDS,
+        expect!(Dma {
+            op: Some(abi::event::DmaOp(Op::Fill.code())),
+            len: SMP_FILL_LEN,
+            status: abi::event::DmaStatus(DmaStatus::Ok.code())
+        }),
+    );
     Ok(())
 }

@@ -10,6 +10,8 @@ use crate::modes::tdx_mode;
 use crate::report::{expect_event, R, SKIP};
 use crate::rig::Rig;
 use abi::endpoint::{DescFlags, DmaStatus};
+use abi::event::Via;
+use abi::expect;
 use abi::tdx::{Call, TdxCall, TdxStatus};
 use rmp_model::tdisp::TdiState;
 use zerocopy::IntoBytes;
@@ -50,11 +52,11 @@ pub fn binds_and_runs_a_tdi(r: &mut Rig) -> R {
     check!(r.tdi_state()? == TdiState::ConfigLocked, "the device's DOE says the TDI is not CONFIG_LOCKED");
     let st = r.fill(DescFlags::T, GPA, 64, 0x1111)?;
     check!(st == DmaStatus::T1Refused, "T=1 before RUN: status {st}");
-    expect_event("tdx_violation", &format!("t=true iova={GPA:#x}"));
+    expect_event(expect!(TdxViolation { t: true, iova: GPA }));
     check!(call(r, Call::TdgTdiStart, TD + 1, 0, 0)? != TdxStatus::Success, "another TD started the TDI");
     check!(call(r, Call::TdgTdiStart, TD, 0, 0)? == TdxStatus::Success, "TDG.TDI.START");
     check!(r.tdi_state()? == TdiState::Run, "the device's DOE says the TDI is not in RUN");
-    expect_event("tdisp", "to=RUN via=tdx-module");
+    expect_event(expect!(Tdisp { to: "RUN".into(), via: "tdx-module".into() }));
     let st = r.fill(DescFlags::T, GPA, 64, 0x1111)?;
     check!(st == DmaStatus::T1Refused, "T=1 before the TD accepted trusted DMA: status {st}");
     check!(call(r, Call::TdgDmarAccept, TD, 0, 0)? == TdxStatus::Success, "TDG.DMAR.ACCEPT");
@@ -72,7 +74,7 @@ pub fn trusted_dma_lands(r: &mut Rig) -> R {
     check!(r.mem.r64(p + 0x40) == 0x2222_3333, "the trusted write did not land in the TD's page");
     let st = r.fill(DescFlags::empty(), GPA, 64, 0x4444)?;
     check!(st == DmaStatus::IoPageFault, "T=0 at GPA, which the host's tables do not map: status {st}");
-    expect_event("translation_fault", &format!("via=vt-d iova={GPA:#x}"));
+    expect_event(expect!(TranslationFault { via: Via::VtD, iova: GPA }));
     Ok(())
 }
 
@@ -111,7 +113,7 @@ pub fn t0_to_a_private_page_refused(r: &mut Rig) -> R {
     let st = r.fill(DescFlags::empty(), STOLEN_IOVA, 64, 0xbad)?;
     check!(st == DmaStatus::RmpPageFault, "T=0 to the TD's page: status {st}");
     check!(r.mem.r64(p) == 0x5555, "the refused write changed the TD's page");
-    expect_event("tdx_violation", &format!("t=false iova={STOLEN_IOVA:#x} spa={p:#x}"));
+    expect_event(expect!(TdxViolation { t: false, iova: STOLEN_IOVA, spa: Some(p) }));
     Ok(())
 }
 
@@ -119,7 +121,7 @@ pub fn t0_to_a_private_page_refused(r: &mut Rig) -> R {
 pub fn page_with_live_trusted_mapping_stays(r: &mut Rig) -> R {
     need_tdx(r)?;
     check!(call(r, Call::TdhMemPageRemove, TD, GPA, 0)? == TdxStatus::PageInUse, "TDH.MEM.PAGE.REMOVE with trusted DMA attached");
-    expect_event("tdx_call", "call=TDH.MEM.PAGE.REMOVE status=3");
+    expect_event(expect!(TdxCall { call: "TDH.MEM.PAGE.REMOVE".into(), status: abi::event::TdxStatus(TdxStatus::PageInUse.code()) }));
     let p = td_page(r)?;
     let st = r.fill(DescFlags::T, GPA, 64, 0x7777)?;
     check!(st == DmaStatus::Ok && r.mem.r64(p) == 0x7777, "T=1 after the refused removal: status {st}");
@@ -135,7 +137,7 @@ pub fn stop_and_unbind(r: &mut Rig) -> R {
     check!(st == DmaStatus::T1Refused, "T=1 after release: status {st}");
     check!(call(r, Call::TdhTdiUnbind, TD, 0, 0)? == TdxStatus::Success, "TDH.TDI.UNBIND");
     check!(r.tdi_state()? == TdiState::ConfigUnlocked, "the device's DOE says the TDI is not CONFIG_UNLOCKED");
-    expect_event("tdisp", "from=RUN to=CONFIG_UNLOCKED via=tdx-module");
+    expect_event(expect!(Tdisp { from: "RUN".into(), to: "CONFIG_UNLOCKED".into(), via: "tdx-module".into() }));
     check!(call(r, Call::TdhMemPageRemove, TD, GPA, 0)? == TdxStatus::Success, "TDH.MEM.PAGE.REMOVE after unbind");
     let p = td_page(r)?;
     let st = r.fill(DescFlags::empty(), STOLEN_IOVA, 64, 0x9999)?;

@@ -181,7 +181,7 @@ fn completion_wait_lost(_r: &mut Rig) -> R {
     check!(logged(TIMED_OUT, before), "Linux logged no \"{TIMED_OUT}\"");
     println!("# the unmap returned after {waited:.2} s (Linux's COMPLETION_WAIT loop)");
     expect_dmesg(r"AMD-Vi: IOMMU 0000:00:03\.0: Completion-Wait loop timed out");
-    expect_event("injected", "fault=completion-wait-lost");
+    expect_event(expect!(Injected { fault: "completion-wait-lost".into() }));
     check!(host.status()?.contains(r#""pending":[]"#), "the fault is still armed");
     // The INVALIDATE_IOMMU_PAGES before the lost wait ran: the unmapped IOVA faults.
     let st = ep.fill(DATA_IOVA, 0x2222)?;
@@ -207,7 +207,7 @@ fn event_log_overflow(_r: &mut Rig) -> R {
     host.inject("event-log-overflow", "")?;
     check!(logged(RESTARTING, before), "Linux did not restart the event log");
     expect_dmesg(r"AMD-Vi: IOMMU Event log restarting");
-    expect_event("injected", "fault=event-log-overflow");
+    expect_event(expect!(Injected { fault: "event-log-overflow".into() }));
     let st = host.reg("status")?;
     check!(st & (EVT_RUN | EVT_OVERFLOW) == EVT_RUN, "Status {st:#x} after the restart: EventLogRun should be set, EventOverflow clear");
     // A real fault after the restart is logged and consumed.
@@ -243,7 +243,7 @@ fn io_page_fault_storm(_r: &mut Rig) -> R {
     let shown = count(&dmesg(), &format!("address={storm:#x}"));
     println!("# Linux printed {shown} of the {written} IO_PAGE_FAULT records (rate-limited)");
     expect_dmesg(&format!(r"AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={storm:#x} flags=0x0020\]"));
-    expect_event("injected", "fault=io-page-fault");
+    expect_event(expect!(Injected { fault: "io-page-fault".into() }));
     fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x7777)
 }
 
@@ -276,7 +276,7 @@ fn command_hardware_error(_r: &mut Rig) -> R {
         check!(logged(event, errors), "Linux logged no {event}");
         check!(logged(TIMED_OUT, timeouts), "Linux's COMPLETION_WAIT did not time out after {event}");
         expect_dmesg(line);
-        expect_event("injected", &format!("fault={fault}"));
+        expect_event(expect!(Injected { fault: fault.into() }));
         check!(host.reg("status")? & CMD_RUN == 0, "CmdBufRun still set");
         // The stale translation: the invalidation never ran.
         let st = ep.fill(DATA_IOVA, 0x9999)?;
@@ -344,7 +344,7 @@ fn table_hardware_errors(r: &mut Rig) -> R {
         let st = ep.fill(DATA_IOVA, 0x1234)?;
         check!(st == st_want, "{fault}: FILL status {st}");
         expect_dmesg(line);
-        expect_event("injected", &format!("fault={fault}"));
+        expect_event(expect!(Injected { fault: fault.into() }));
         fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x4321)?;
     }
     Ok(())
@@ -403,8 +403,8 @@ fn tdi_error(r: &mut Rig) -> R {
     check!(pages.iter().all(|&pa| r.mem.r64(pa) == 0x1212), "the refused FILL moved bytes");
     check!(r.tdi_state()? == TdiState::Error, "the device's DOE does not say ERROR");
     check!(r.mailbox(Mb::TioTdiStatus, &tdi.to_le_bytes())? == 0 && r.page_bytes(r.mbox + 8, 1)[0] == 3, "the firmware does not see ERROR");
-    expect_event("tdisp", "to=ERROR via=injected");
-    expect_event("injected", "fault=tdi-error");
+    expect_event(expect!(Tdisp { to: "ERROR".into(), via: "injected".into() }));
+    expect_event(expect!(Injected { fault: "tdi-error".into() }));
     check!(r.fill(DescFlags::T, iova, 64, 0x5656)? == DmaStatus::T1Refused, "T=1 DMA in ERROR");
     let (shared, shared_pa) = r.small(16);
     r.map(shared, shared_pa, 12, Perm::RW)?;
@@ -434,7 +434,7 @@ fn rmp_hw_error(r: &mut Rig) -> R {
     check!(r.mem.r64(pa) == 0, "bytes moved");
     let ev = r.events();
     check!(ev.iter().any(|e| e.code == event::RMP_HW_ERROR && e.address == pa && e.devid == r.rid), "no RMP_HW_ERROR for {pa:#x}: {ev:?}");
-    expect_event("injected", &format!("fault=rmp-hw-error address={pa:#x}"));
+    expect_event(expect!(Injected { fault: "rmp-hw-error".into(), address: Some(pa) }));
     check!(r.fill(DescFlags::empty(), iova, 64, 0x2222)? == DmaStatus::Ok && r.mem.r64(pa) == 0x2222, "the next FILL");
     Ok(())
 }
@@ -459,7 +459,7 @@ fn rogue_dma(r: &mut Rig) -> R {
         }),
         "no IO_PAGE_FAULT for the rogue DMA: {ev:?}"
     );
-    expect_event("dma", &format!("injected=true iova={bad:#x} status={}", DmaStatus::IoPageFault.code()));
+    expect_event(expect!(Dma { injected: Some(true), iova: Some(bad), status: abi::event::DmaStatus(DmaStatus::IoPageFault.code()) }));
     Ok(())
 }
 
@@ -483,7 +483,7 @@ fn ring_stall(r: &mut Rig) -> R {
     r.tail = 0;
     check!(r.ep.r32(reg::STATUS as usize) == 0, "STATUS after CTRL.RESET");
     check!(r.fill(DescFlags::empty(), iova, 8, 0x4343)? == DmaStatus::Ok && r.mem.r64(pa) == 0x4343, "DMA after the reset");
-    expect_event("injected", "fault=ring-stall");
+    expect_event(expect!(Injected { fault: "ring-stall".into() }));
     Ok(())
 }
 
@@ -551,6 +551,6 @@ fn doe_faults(r: &mut Rig) -> R {
     check!(doe_abort(&r.ep_cfg, cap), "pci_doe_abort failed");
     let s = state(r).map_err(|e| format!("after the abort: {e}"))?;
     check!(matches!(tdisp::parse_response(&s), Some(Response::State(_))), "DEVICE_INTERFACE_STATE after the abort: {s:02x?}");
-    expect_event("injected", "fault=doe-needs-abort");
+    expect_event(expect!(Injected { fault: "doe-needs-abort".into() }));
     Ok(())
 }
