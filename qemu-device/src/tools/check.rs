@@ -30,6 +30,20 @@ pub struct Expectation {
     pub text: String,
 }
 
+impl std::fmt::Display for Expectation {
+    /// `hazard iova=0x200000 spa=0x300000`: the type, then each field as the stream writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind)?;
+        for (k, v) in &self.fields {
+            match v {
+                Value::String(s) => write!(f, " {k}={s}")?,
+                v => write!(f, " {k}={v}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Fields whose value is a map of names the records choose (counts by command name), not a
 /// structure whose every key is a field.
 const MAPS: &[&str] = &["counts"];
@@ -241,7 +255,7 @@ pub fn check(run: &Run) -> Verdict {
                 match (n, Expectation::parse(x)) {
                     (Some(n), Ok(x)) => {
                         let got = mine.iter().filter(|e| x.matches_value(e)).count();
-                        let line = format!("event stream has {got} of {n} {}{at}", x.text);
+                        let line = format!("event stream has {got} of {n} {x}{at}");
                         if got >= n {
                             v.say(line);
                         } else {
@@ -258,9 +272,9 @@ pub fn check(run: &Run) -> Verdict {
                             cpu_expected += 1;
                         }
                         if mine.iter().any(|e| x.matches_value(e)) {
-                            v.say(format!("event stream has {}{at}", x.text));
+                            v.say(format!("event stream has {x}{at}"));
                         } else {
-                            v.fail(format!("event stream LACKS {}{at}", x.text));
+                            v.fail(format!("event stream LACKS {x}{at}"));
                         }
                     }
                     Err(e) => v.fail(format!("bad expectation{at}: {e}")),
