@@ -60,7 +60,7 @@ fn on_store(vcpu: u32, pc: u64, vaddr: u64, spa: u64) {
             pc,
             vaddr,
             spa,
-            error_code: fault.error_code.into(),
+            error_code: fault.error_code,
             rmp: abi::event::RmpEntry {
                 assigned: e.assigned,
                 asid: e.asid.into(),
