@@ -15,6 +15,7 @@ use crate::secure::inject::{self, when_record};
 use crate::secure::SecureIommu;
 use crate::vfio::guest_mem::GuestRam;
 use iommu_model::amdvi::mmio;
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -47,7 +48,64 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn refuse(e: impl std::fmt::Display) -> Value {
-    json!({"ok": false, "error": e.to_string()})
+    answer(&Refused { ok: false, error: e.to_string() })
+}
+
+fn answer(a: &impl Serialize) -> Value {
+    serde_json::to_value(a).unwrap_or_default()
+}
+
+/// `{"ok":false,"error":REASON}`.
+#[derive(Serialize)]
+struct Refused {
+    ok: bool,
+    error: String,
+}
+
+/// The answer to `status`.
+#[derive(Serialize)]
+struct Status<'a> {
+    ok: bool,
+    pending: Vec<inject::PendingFault>,
+    /// Null when the command asked to leave the history out.
+    fired: Option<&'a std::collections::VecDeque<abi::event::Injected>>,
+    amdvi: AmdviRegs,
+}
+
+/// The AMD-Vi unit's registers a fault changes.
+#[derive(Serialize)]
+struct AmdviRegs {
+    #[serde(with = "abi::hex")]
+    control: u64,
+    #[serde(with = "abi::hex")]
+    status: u64,
+    #[serde(with = "abi::hex")]
+    cmd_head: u64,
+    #[serde(with = "abi::hex")]
+    cmd_tail: u64,
+    #[serde(with = "abi::hex")]
+    evt_head: u64,
+    #[serde(with = "abi::hex")]
+    evt_tail: u64,
+}
+
+/// The answer to `inject`.
+#[derive(Serialize)]
+struct Armed {
+    ok: bool,
+    id: u32,
+    fault: String,
+    when: abi::event::InjectWhen,
+    /// Still armed (false: it fired at once, as often as it may).
+    pending: bool,
+    fired: Vec<abi::event::Injected>,
+}
+
+/// The answer to `clear`.
+#[derive(Serialize)]
+struct Cleared {
+    ok: bool,
+    cleared: Vec<u32>,
 }
 
 impl Control {
@@ -95,17 +153,18 @@ impl Control {
         match v.get("cmd").and_then(Value::as_str) {
             Some("inject") => self.inject(&v),
             Some("status") => self.with_target(|s, _| {
-                let r = |off| format!("{:#x}", s.amdvi.mmio_read(off, 8));
+                let r = |off| s.amdvi.mmio_read(off, 8);
+                let amdvi = AmdviRegs {
+                    control: r(mmio::CONTROL),
+                    status: r(mmio::STATUS),
+                    cmd_head: r(mmio::CMD_BUF_HEAD),
+                    cmd_tail: r(mmio::CMD_BUF_TAIL),
+                    evt_head: r(mmio::EVENT_LOG_HEAD),
+                    evt_tail: r(mmio::EVENT_LOG_TAIL),
+                };
                 // "fired": false leaves the history out (a guest polling over a serial port).
-                let fired = if v.get("fired") == Some(&Value::Bool(false)) { Value::Null } else { json!(s.inject.fired) };
-                Ok(json!({
-                    "ok": true, "pending": s.pending_faults(), "fired": fired,
-                    "amdvi": {
-                        "control": r(mmio::CONTROL), "status": r(mmio::STATUS),
-                        "cmd_head": r(mmio::CMD_BUF_HEAD), "cmd_tail": r(mmio::CMD_BUF_TAIL),
-                        "evt_head": r(mmio::EVENT_LOG_HEAD), "evt_tail": r(mmio::EVENT_LOG_TAIL),
-                    },
-                }))
+                let fired = (v.get("fired") != Some(&Value::Bool(false))).then_some(&s.inject.fired);
+                Ok(answer(&Status { ok: true, pending: s.pending_faults(), fired, amdvi }))
             }),
             Some("clear") => {
                 let id = match v.get("id") {
@@ -121,7 +180,7 @@ impl Control {
                         return Err(format!("no fault {id} is armed"));
                     }
                     s.events.emit(abi::event::Event::InjectedCleared(abi::event::InjectedCleared { ids: gone.clone() }));
-                    Ok(json!({"ok": true, "cleared": gone}))
+                    Ok(answer(&Cleared { ok: true, cleared: gone }))
                 })
             }
             Some(other) => refuse(format!("no command {other:?} (inject, status, clear)")),
@@ -144,10 +203,10 @@ impl Control {
         self.with_target(|s, ram| {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
             let fired = s.arm(&mut ram.snapshot(), id, fault, when)?;
-            let pending = s.pending_faults().iter().any(|p| p["id"] == id);
+            let pending = s.pending_faults().iter().any(|p| p.id == id);
             let armed = abi::event::InjectedArmed { id, fault: fault.name().into(), when: when_record(&when) };
             s.events.emit(abi::event::Event::InjectedArmed(armed.clone()));
-            Ok(json!({"ok": true, "id": id, "fault": armed.fault, "when": armed.when, "pending": pending, "fired": fired}))
+            Ok(answer(&Armed { ok: true, id, fault: armed.fault, when: armed.when, pending, fired }))
         })
     }
 

@@ -14,7 +14,7 @@ use iommu_model::amdvi::inject::{Fault as AmdViFault, Fired};
 use iommu_model::inject::{At, Chance, Injector, When};
 use iommu_model::mem::PhysMem;
 use rmp_model::Rmp;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -301,6 +301,16 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
     Ok((fault, when))
 }
 
+/// An armed fault, as the control channel's `status` lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PendingFault {
+    pub id: u32,
+    pub fault: &'static str,
+    pub when: ev::InjectWhen,
+    /// Times it fired so far.
+    pub fired: u32,
+}
+
 /// The trigger, for answers and records.
 pub fn when_record(w: &When) -> ev::InjectWhen {
     ev::InjectWhen {
@@ -350,13 +360,13 @@ impl SecureIommu {
         gone
     }
 
-    /// Armed faults, as JSON.
-    pub fn pending_faults(&self) -> Vec<Value> {
+    /// Armed faults, by id.
+    pub fn pending_faults(&self) -> Vec<PendingFault> {
         let amdvi = self.amdvi.inject.pending().iter().map(|a| (a.id, Fault::AmdVi(a.fault), a.when, a.fired));
         let platform = self.inject.injector.pending().iter().map(|a| (a.id, Fault::Platform(a.fault), a.when, a.fired));
         let mut all: Vec<_> = amdvi.chain(platform).collect();
         all.sort_by_key(|a| a.0);
-        all.into_iter().map(|(id, f, w, fired)| json!({"id": id, "fault": f.name(), "when": when_record(&w), "fired": fired})).collect()
+        all.into_iter().map(|(id, f, w, fired)| PendingFault { id, fault: f.name(), when: when_record(&w), fired }).collect()
     }
 
     fn note(&mut self, record: ev::Injected) {
