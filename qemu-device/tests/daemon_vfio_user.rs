@@ -325,10 +325,20 @@ fn record(d: &Daemon, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::
     }
 }
 
+/// The stream's records as JSON; every line must be one of the records `abi::event` defines, with
+/// its `ts`.
 fn records(d: &Daemon) -> Vec<serde_json::Value> {
     let mut events = String::new();
     std::fs::File::open(d.dir.join("events.jsonl")).unwrap().read_to_string(&mut events).unwrap();
-    events.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    events
+        .lines()
+        .enumerate()
+        .map(|(n, l)| {
+            let r: abi::event::Record = serde_json::from_str(l).unwrap_or_else(|e| panic!("events.jsonl:{}: {e}: {l}", n + 1));
+            assert!(r.ts.is_some(), "events.jsonl:{}: no ts: {l}", n + 1);
+            serde_json::from_str(l).unwrap()
+        })
+        .collect()
 }
 
 /// A QEMU restarted against a --persist daemon: the first client's state is gone (an IOMMU that

@@ -201,6 +201,13 @@ impl Writer {
     }
 
     fn record(&mut self, r: Record) {
+        let always = always(&r.event);
+        // Past the limit a record is counted, not written: not even serialized, so a flood past
+        // the limit costs the writer little.
+        if !always && self.limit_said {
+            self.limit_dropped = self.limit_dropped.saturating_add(1);
+            return;
+        }
         let ty = r.event.kind();
         // Serialized here, off the emitting thread (which may hold the IOMMU's lock).
         let line = serde_json::to_string(&r).unwrap_or_default();
@@ -209,12 +216,18 @@ impl Writer {
             self.exit = Some(line);
             return;
         }
-        let always = always(&r.event);
         if always {
             self.report_drops();
-        } else if self.queue_dropped.load(Ordering::Relaxed) > 0 && self.written < self.limit {
+        } else if self.queue_dropped.load(Ordering::Relaxed) > 0 {
+            // Said now if it fits under the limit; otherwise at the next report, which is
+            // written whatever the limit.
             let n = self.queue_dropped.swap(0, Ordering::Relaxed);
-            self.write(Event::EventsDropped(EventsDropped { reason: DropReason::QueueFull, count: n, limit_bytes: None }));
+            let said = self.line_of(Event::EventsDropped(EventsDropped { reason: DropReason::QueueFull, count: n, limit_bytes: None }));
+            if self.written.saturating_add(said.len() as u64).saturating_add(1) <= self.limit {
+                self.write_line(&said);
+            } else {
+                self.queue_dropped.fetch_add(n, Ordering::Relaxed);
+            }
         }
         if !always && self.written.saturating_add(line.len() as u64).saturating_add(1) > self.limit {
             if !self.limit_said {
@@ -246,9 +259,14 @@ impl Writer {
         }
     }
 
+    /// One of the writer's own records, as a line.
+    fn line_of(&self, event: Event) -> String {
+        serde_json::to_string(&Record { event, ts: Some(seconds_since(self.start)) }).unwrap_or_default()
+    }
+
     /// One of the writer's own records.
     fn write(&mut self, event: Event) {
-        let line = serde_json::to_string(&Record { event, ts: Some(seconds_since(self.start)) }).unwrap_or_default();
+        let line = self.line_of(event);
         self.write_line(&line);
     }
 
