@@ -380,7 +380,10 @@ fn summarize(v: &mut Verdict, run: &Run, events: &[Record], cpu: &[Record]) {
             v.say(format!("{what}: {}", list.join(", ")));
         }
     }
-    v.say(format!("{:.1} s from launch to power-off", run.end - run.start));
+    // The times, when the caller gave them.
+    if run.end > run.start && run.start > 0.0 {
+        v.say(format!("{:.1} s from launch to power-off", run.end - run.start));
+    }
     // 1 MiB copies, as the daemon timed them (the guest maps 4 KiB pages from IOVA 0x60000000
     // and 2 MiB pages from 0x70000000 for them).
     let big: Vec<(u64, f64, f64)> = events
@@ -412,7 +415,7 @@ fn summarize(v: &mut Verdict, run: &Run, events: &[Record], cpu: &[Record]) {
         let l = line.trim_start();
         (l.starts_with("ok 1 ") || l.starts_with("not ok 1 ") || l.contains(" ok 1 ")).then_some(t)
     });
-    if let Some(t) = first {
+    if let Some(t) = first.filter(|_| run.start > 0.0) {
         v.say(format!("{:.1} s from launch to the first scenario result", t - run.start));
     }
 }
@@ -432,7 +435,7 @@ pub struct Args {
     /// result.
     #[arg(long)]
     pub console_ts: Option<PathBuf>,
-    /// Host time (seconds since the epoch) of the launch.
+    /// Host time (seconds since the epoch) of the launch (the run's times are printed when given).
     #[arg(long, default_value_t = 0.0)]
     pub start: f64,
     /// Host time of the last power-off.
