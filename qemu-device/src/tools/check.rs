@@ -576,6 +576,40 @@ mod tests {
     }
 
     #[test]
+    fn the_runs_figures() {
+        let exit = Event::DaemonExit(abi::event::DaemonExit { peak_rss_kib: Some(2 << 20), signal: None });
+        let copy = Event::Dma(Dma {
+            devid: Bdf(0x20),
+            op: Some(DmaOp::COPY),
+            len: 1 << 20,
+            status: DmaStatus::OK,
+            src: Some(0x6000_0000),
+            dst: Some(0x6800_0000),
+            copy_us: Some(100.0),
+            memcpy_us: Some(50.0),
+            ..Default::default()
+        });
+        let v = check(&Run {
+            results: "1 passed, 0 failed\n".into(),
+            events: stream(&[copy, exit]),
+            start: 10.0,
+            end: 12.5,
+            ..Default::default()
+        });
+        assert!(!v.ok, "over 1 GiB");
+        for want in [
+            "daemon peak memory 2048 MiB",
+            "the daemon used more than 1 GiB",
+            "daemon events: daemon_exit=1, dma=1",
+            "2.5 s from launch to power-off",
+            "  through 4 KiB mappings: best 10486 MB/s, plain memcpy 20972 MB/s (1 copies)",
+        ] {
+            assert!(v.lines.iter().any(|l| l == want), "{want:?} not in {:?}", v.lines);
+        }
+        assert_eq!(v.summary.by_type.get("dma"), Some(&1));
+    }
+
+    #[test]
     fn results_failures_dmesg_and_cpu_records() {
         assert!(!run("3 passed, 1 failed\n", &[]).ok);
         assert!(!run("0 passed, 0 failed\n", &[]).ok);
