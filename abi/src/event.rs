@@ -16,7 +16,11 @@
 //! A test states a record it expects with [`expect!`](crate::expect): a subset of one record's
 //! fields, checked field by field against the stream with typed values.
 
-use crate::serde_helpers::{codes, hex, words};
+use crate::codes::codes;
+use crate::endpoint::{DmaStatus, Op};
+use crate::serde_helpers::{hex, words};
+use crate::tdx::TdxStatus;
+use crate::virtio_iommu::ReqStatus;
 use crate::Bdf;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -213,7 +217,7 @@ impl Event {
                 reason: "untrusted access to a TD-private page".into(),
                 logged: false,
             }),
-            Event::TdxCall(TdxCall { call: "TDH.MEM.PAGE.ADD".into(), td: 1, devid, gpa: 0x5000, status: TdxStatus::PAGE_IN_USE }),
+            Event::TdxCall(TdxCall { call: "TDH.MEM.PAGE.ADD".into(), td: 1, devid, gpa: 0x5000, status: TdxStatus::PageInUse.into() }),
             Event::Hazard(Hazard {
                 spa: 0x30_0000,
                 asid: 2,
@@ -233,18 +237,18 @@ impl Event {
                 assigned: true,
                 asid: 2,
                 page_size: 4096,
-                status: RmpStatus::SUCCESS,
+                status: RmpStatus::Success.into(),
             }),
             Event::Tdisp(Tdisp { devid, from: "CONFIG_LOCKED".into(), to: "RUN".into(), via: "doe".into(), injected: Some(true) }),
             Event::AsidFence(AsidFence { asid: 2, devid, iova: 0x5000 }),
             Event::Dma(Dma {
                 devid,
                 index: Some(0),
-                op: Some(DmaOp::COPY),
+                op: Some(Op::Copy.into()),
                 access: Some(Access::Write),
                 t: false,
                 len: 4096,
-                status: DmaStatus::OK,
+                status: DmaStatus::Ok.into(),
                 status_written: Some(true),
                 src: Some(0x1000),
                 dst: Some(0x2000),
@@ -253,7 +257,7 @@ impl Event {
                 memcpy_us: Some(0.5),
                 injected: Some(true),
             }),
-            Event::DmaHalted(DmaHalted { devid, index: 1, iova: 0x1000, what: "fetch".into(), status: DmaStatus::IO_PAGE_FAULT }),
+            Event::DmaHalted(DmaHalted { devid, index: 1, iova: 0x1000, what: "fetch".into(), status: DmaStatus::IoPageFault.into() }),
             Event::IoatHalted(IoatHalted {
                 devid: Bdf::new(0, 6, 0),
                 channel: 0,
@@ -274,13 +278,13 @@ impl Event {
                 phys_start: Some(0x30_0000),
                 flags: Some(3),
                 pages: Some(1),
-                status: ViommuStatus::OK,
+                status: ReqStatus::Ok.into(),
             }),
             Event::ViommuFault(ViommuFault {
                 devid: Some(devid),
                 endpoint: Some(0x1_0000),
                 address: 0x5000,
-                reason: ViommuFaultReason::MAPPING,
+                reason: ViommuFaultReason::Mapping.into(),
                 flags: 0x102,
                 posted: true,
             }),
@@ -376,76 +380,121 @@ words! {
 }
 
 codes! {
-    /// The DMA endpoint's descriptor status (docs/device-abi.md, "Descriptor").
-    DmaStatus(u16) {
-        PENDING = 0;
-        OK = 1;
-        IO_PAGE_FAULT = 2;
-        RMP_PAGE_FAULT = 3;
-        T1_REFUSED = 4;
-        BAD_DESCRIPTOR = 5;
-        NO_MEMORY = 6;
-        HW_ERROR = 7;
+    /// An RMP instruction's return code (AMD APM vol. 3, RMPUPDATE; rmp-model's `RmpStatus`):
+    /// the `rmpupdate` record's status.
+    pub enum RmpStatus: u8 {
+        Success = 0 => "SUCCESS",
+        FailInput = 1 => "FAIL_INPUT",
+        FailPermission = 2 => "FAIL_PERMISSION",
+        FailInuse = 3 => "FAIL_INUSE",
+        FailOverlap = 4 => "FAIL_OVERLAP",
+        FailSizeMismatch = 6 => "FAIL_SIZEMISMATCH",
+        NoUpdate = 255 => "FAIL_NOUPDATE",
     }
 }
 
 codes! {
-    /// The DMA endpoint's descriptor op.
-    DmaOp(u8) {
-        COPY = 1;
-        FILL = 2;
-        READ_HASH = 3;
+    /// A virtio-iommu fault's reason (virtio 1.3 §5.13.6.9, VIRTIO_IOMMU_FAULT_R_*; the fault
+    /// record's byte is [`crate::virtio_iommu::fault`]).
+    pub enum ViommuFaultReason: u8 {
+        Unknown = 0 => "UNKNOWN",
+        Domain = 1 => "DOMAIN",
+        Mapping = 2 => "MAPPING",
     }
 }
 
-codes! {
-    /// The TDX module stand-in's call status (the model's numbers, docs/device-abi.md).
-    TdxStatus(u32) {
-        SUCCESS = 0;
-        OPERAND_INVALID = 1;
-        PAGE_OWNER_MISMATCH = 2;
-        PAGE_IN_USE = 3;
-        MAPPING_EXISTS = 4;
-        MAPPING_NOT_FOUND = 5;
-        INVALID_COMMAND = 0x11;
-        TDI_STATE_INVALID = 0x20;
+/// An enum of codes the ABI names (made by `codes!`), as a record's [`Code`] uses it.
+pub trait Named: Copy + PartialEq + 'static {
+    fn all() -> &'static [Self];
+    fn name(self) -> &'static str;
+    fn number(self) -> u64;
+}
+
+macro_rules! named {
+    ($($t:ty),*) => {
+        $(impl Named for $t {
+            fn all() -> &'static [Self] {
+                <$t>::ALL
+            }
+            fn name(self) -> &'static str {
+                <$t>::name(self)
+            }
+            fn number(self) -> u64 {
+                u64::from(self.code())
+            }
+        })*
+    };
+}
+
+named!(DmaStatus, Op, TdxStatus, ReqStatus, RmpStatus, ViommuFaultReason);
+
+/// A status or reason in a record: a code the ABI names, written as its name, or a number it
+/// does not define (a guest can write any op byte), written as the number. Read from the name
+/// in any case, a number, or a number in a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code<E> {
+    Known(E),
+    Unknown(u64),
+}
+
+impl<E: Named> Code<E> {
+    pub fn from_number(n: u64) -> Self {
+        E::all().iter().copied().find(|e| e.number() == n).map_or(Code::Unknown(n), Code::Known)
+    }
+
+    pub fn number(self) -> u64 {
+        match self {
+            Code::Known(e) => e.number(),
+            Code::Unknown(n) => n,
+        }
+    }
+
+    pub fn known(self) -> Option<E> {
+        match self {
+            Code::Known(e) => Some(e),
+            Code::Unknown(_) => None,
+        }
     }
 }
 
-codes! {
-    /// An RMP instruction's return code (AMD APM vol. 3, RMPUPDATE).
-    RmpStatus(u8) {
-        SUCCESS = 0;
-        FAIL_INPUT = 1;
-        FAIL_PERMISSION = 2;
-        FAIL_INUSE = 3;
-        FAIL_OVERLAP = 4;
-        FAIL_SIZEMISMATCH = 6;
-        FAIL_NOUPDATE = 255;
+impl<E> From<E> for Code<E> {
+    fn from(e: E) -> Self {
+        Code::Known(e)
     }
 }
 
-codes! {
-    /// A virtio-iommu request's status (virtio 1.3 §5.13.6, VIRTIO_IOMMU_S_*).
-    ViommuStatus(u8) {
-        OK = 0;
-        IOERR = 1;
-        UNSUPP = 2;
-        DEVERR = 3;
-        INVAL = 4;
-        RANGE = 5;
-        NOENT = 6;
-        FAULT = 7;
-        NOMEM = 8;
+impl<E: Named> Default for Code<E> {
+    fn default() -> Self {
+        Code::from_number(0)
     }
 }
 
-codes! {
-    /// A virtio-iommu fault's reason (virtio 1.3 §5.13.6.9, VIRTIO_IOMMU_FAULT_R_*).
-    ViommuFaultReason(u8) {
-        UNKNOWN = 0;
-        DOMAIN = 1;
-        MAPPING = 2;
+impl<E: Named> std::fmt::Display for Code<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Code::Known(e) => f.write_str(e.name()),
+            Code::Unknown(n) => write!(f, "{n:#x}"),
+        }
+    }
+}
+
+impl<E: Named> Serialize for Code<E> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Code::Known(e) => s.serialize_str(e.name()),
+            Code::Unknown(n) => s.serialize_u64(*n),
+        }
+    }
+}
+
+impl<'de, E: Named> Deserialize<'de> for Code<E> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = crate::serde_helpers::code(
+            d,
+            |name| E::all().iter().find(|e| e.name().eq_ignore_ascii_case(name)).map(|e| e.number()),
+            || E::all().iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
+        )?;
+        Ok(Code::from_number(n))
     }
 }
 
@@ -562,7 +611,7 @@ pub struct TdxCall {
     pub devid: Bdf,
     #[serde(with = "hex")]
     pub gpa: u64,
-    pub status: TdxStatus,
+    pub status: Code<TdxStatus>,
 }
 
 /// A page made private while a T=0 mapping of it is live.
@@ -612,7 +661,7 @@ pub struct Rmpupdate {
     pub assigned: bool,
     pub asid: u16,
     pub page_size: u64,
-    pub status: RmpStatus,
+    pub status: Code<RmpStatus>,
 }
 
 /// A TDI's TDISP state changed.
@@ -644,12 +693,12 @@ pub struct Dma {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub op: Option<DmaOp>,
+    pub op: Option<Code<Op>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<Access>,
     pub t: bool,
     pub len: u32,
-    pub status: DmaStatus,
+    pub status: Code<DmaStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_written: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "hex::opt")]
@@ -677,7 +726,7 @@ pub struct DmaHalted {
     pub iova: u64,
     /// "fetch" or "status write-back".
     pub what: String,
-    pub status: DmaStatus,
+    pub status: Code<DmaStatus>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -724,7 +773,7 @@ pub struct Viommu {
     /// A MAP's 4 KiB pages (for VFIO type1: the pages the kernel pinned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pages: Option<u64>,
-    pub status: ViommuStatus,
+    pub status: Code<ReqStatus>,
 }
 
 /// A fault the virtio-iommu reported on its event queue (`posted`: it found a buffer there).
@@ -736,7 +785,7 @@ pub struct ViommuFault {
     pub endpoint: Option<u32>,
     #[serde(with = "hex")]
     pub address: u64,
-    pub reason: ViommuFaultReason,
+    pub reason: Code<ViommuFaultReason>,
     pub flags: u32,
     pub posted: bool,
 }
@@ -928,13 +977,17 @@ mod tests {
 
     #[test]
     fn codes_are_written_as_names_and_read_from_either() {
-        assert_eq!(serde_json::to_string(&DmaStatus::RMP_PAGE_FAULT).unwrap(), r#""RMP_PAGE_FAULT""#);
-        assert_eq!(serde_json::to_string(&DmaStatus(99)).unwrap(), "99", "a code without a name");
+        type Status = Code<DmaStatus>;
+        let fault = Status::from(DmaStatus::RmpPageFault);
+        assert_eq!(serde_json::to_string(&fault).unwrap(), r#""RMP_PAGE_FAULT""#);
+        assert_eq!(serde_json::to_string(&Status::from_number(99)).unwrap(), "99", "a code without a name");
+        assert_eq!(Status::from_number(3), fault);
         for s in [r#""rmp_page_fault""#, "3", r#""0x3""#] {
-            assert_eq!(serde_json::from_str::<DmaStatus>(s).unwrap(), DmaStatus::RMP_PAGE_FAULT, "{s}");
+            assert_eq!(serde_json::from_str::<Status>(s).unwrap(), fault, "{s}");
         }
-        assert!(serde_json::from_str::<DmaStatus>(r#""RMP_PAGE_FALT""#).is_err());
-        assert!(serde_json::from_str::<DmaStatus>("70000").is_err(), "out of range");
+        assert!(serde_json::from_str::<Status>(r#""RMP_PAGE_FALT""#).is_err());
+        assert_eq!(serde_json::from_str::<Status>("70000").unwrap(), Status::Unknown(70000), "kept as the number");
+        assert_eq!(Status::default(), DmaStatus::Pending.into());
         assert_eq!(serde_json::from_str::<Via>(r#""VT-D""#).unwrap(), Via::VtD);
         assert_eq!(serde_json::from_str::<IoatChannel>(r#""all""#).unwrap(), IoatChannel::All);
         assert_eq!(serde_json::from_str::<IoatChannel>("1").unwrap(), IoatChannel::One(1));

@@ -86,80 +86,41 @@ pub mod hex {
     }
 }
 
-/// A code read from its name (any case), a number, or a number in a string.
-pub(crate) fn code<'de, D: Deserializer<'de>>(d: D, names: &'static [(u64, &'static str)], what: &'static str) -> Result<u64, D::Error> {
-    struct CodeVisitor(&'static [(u64, &'static str)], &'static str);
-    impl Visitor<'_> for CodeVisitor {
-        type Value = u64;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            let names: Vec<&str> = self.0.iter().map(|n| n.1).collect();
-            write!(f, "a {} ({}) or its number", self.1, names.join(", "))
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
-            Ok(v)
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
-            U64Visitor.visit_i64(v)
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-            if let Some((c, _)) = self.0.iter().find(|(_, n)| n.eq_ignore_ascii_case(v.trim())) {
-                return Ok(*c);
+/// A code read from its name (any case, `find` knows the names), a number, or a number in a
+/// string; `names` lists them for the error.
+pub(crate) fn code<'de, D: Deserializer<'de>>(
+    d: D,
+    find: impl Fn(&str) -> Option<u64>,
+    names: impl Fn() -> String,
+) -> Result<u64, D::Error> {
+    struct Raw(Result<u64, String>);
+    impl<'de> serde::Deserialize<'de> for Raw {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Raw;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a code's name or number")
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw, E> {
+                    Ok(Raw(Ok(v)))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw, E> {
+                    U64Visitor.visit_i64(v).map(|v| Raw(Ok(v)))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
+                    Ok(Raw(Err(v.to_string())))
+                }
             }
-            parse_u64(v).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+            d.deserialize_any(V)
         }
     }
-    d.deserialize_any(CodeVisitor(names, what))
-}
-
-/// A status or reason code that is written as its name (a code without a name as its number),
-/// and read from either.
-macro_rules! codes {
-    ($(#[$m:meta])* $name:ident($int:ty) { $($(#[$cm:meta])* $c:ident = $v:expr;)* }) => {
-        $(#[$m])*
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(pub $int);
-
-        impl $name {
-            $($(#[$cm])* pub const $c: $name = $name($v);)*
-            const NAMES: &'static [(u64, &'static str)] = &[$(($v as u64, stringify!($c))),*];
-
-            /// The code's name, if it has one.
-            pub fn name(self) -> Option<&'static str> {
-                Self::NAMES.iter().find(|n| n.0 == self.0 as u64).map(|n| n.1)
-            }
-        }
-
-        impl From<$int> for $name {
-            fn from(c: $int) -> Self {
-                $name(c)
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                match self.name() {
-                    Some(n) => f.write_str(n),
-                    None => write!(f, "{:#x}", self.0),
-                }
-            }
-        }
-
-        impl serde::Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                match self.name() {
-                    Some(n) => s.serialize_str(n),
-                    None => s.serialize_u64(self.0 as u64),
-                }
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let c = $crate::serde_helpers::code(d, Self::NAMES, stringify!($name))?;
-                <$int>::try_from(c).map($name).map_err(|_| serde::de::Error::custom(format!("{c:#x} is out of range")))
-            }
-        }
-    };
+    match <Raw as serde::Deserialize>::deserialize(d)?.0 {
+        Ok(n) => Ok(n),
+        Err(s) => find(s.trim())
+            .or_else(|| parse_u64(&s))
+            .ok_or_else(|| de::Error::custom(format!("{s:?} is not one of {} or a number", names()))),
+    }
 }
 
 /// An enum of a few words, written as the word and read in any case.
@@ -204,4 +165,4 @@ macro_rules! words {
     };
 }
 
-pub(crate) use {codes, words};
+pub(crate) use words;

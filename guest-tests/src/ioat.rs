@@ -12,8 +12,9 @@ use crate::rig::Rig;
 use crate::sys::iommufd::Iommufd;
 use crate::sys::vfio::{bind_vfio_pci, eventfd_count, open_cdev, Device, UserMem, Vfio, DEVICE_FLAGS_RESET};
 use crate::sys::{find, PciDev};
-use abi::event::{Access, ViommuStatus};
+use abi::event::Access;
 use abi::ioat::{self as regs, chan, chancmd, chanctrl, chanerr, chansts, ctl, global, intrctrl, Descriptor};
+use abi::virtio_iommu::ReqStatus;
 use abi::{expect, Bdf};
 use std::fs;
 use std::time::Instant;
@@ -93,8 +94,8 @@ pub fn ioatdma_bound(_r: &mut Rig) -> R {
     if viommu_mode() {
         // Behind the virtio-iommu: the kernel attached it to a DMA domain, which its self-test's
         // buffers were mapped in.
-        expect_event(expect!(Viommu { req: "attach".into(), devid: Some(IOAT), status: ViommuStatus::OK }));
-        expect_event(expect!(Viommu { req: "map".into(), status: ViommuStatus::OK }));
+        expect_event(expect!(Viommu { req: "attach".into(), devid: Some(IOAT), status: ReqStatus::Ok.into() }));
+        expect_event(expect!(Viommu { req: "map".into(), status: ReqStatus::Ok.into() }));
     }
     if amdvi_mode() {
         // Behind Linux's amd_iommu (the IVRS names it): in an IOMMU group of its own.

@@ -11,9 +11,10 @@ use crate::sys::iommufd::Iommufd;
 use crate::sys::kvm::{self, Vm};
 use crate::sys::vfio::{bind_vfio_pci, open_cdev, Device, UserMem, Vfio};
 use abi::endpoint::{reg, Ctrl, DescFlags, DmaStatus, Op, DESC_SIZE, DESC_STATUS};
-use abi::event::{Via, ViommuStatus};
+use abi::event::Via;
 use abi::expect;
 use abi::mailbox::{self as mb, SnpCtl};
+use abi::virtio_iommu::ReqStatus;
 
 pub(crate) const BDF: &str = "0000:00:04.0";
 pub(crate) const RING_IOVA: u64 = 0x10_0000;
@@ -138,13 +139,13 @@ pub(crate) fn via() -> Via {
 /// walks them).
 pub(crate) fn expect_map(iova: u64) {
     if viommu_mode() {
-        expect_event(expect!(Viommu { req: "map".into(), virt_start: Some(iova), pages: Some(1), status: ViommuStatus::OK }));
+        expect_event(expect!(Viommu { req: "map".into(), virt_start: Some(iova), pages: Some(1), status: ReqStatus::Ok.into() }));
     }
 }
 
 fn expect_unmap(iova: u64) {
     if viommu_mode() {
-        expect_event(expect!(Viommu { req: "unmap".into(), virt_start: Some(iova), status: ViommuStatus::OK }));
+        expect_event(expect!(Viommu { req: "unmap".into(), virt_start: Some(iova), status: ReqStatus::Ok.into() }));
     }
 }
 

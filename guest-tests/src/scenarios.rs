@@ -11,9 +11,10 @@ use crate::sys::{online_cpus, pin_to_cpu};
 use crate::tdx;
 use abi::doe;
 use abi::endpoint::{reg, Ctrl, DescFlags, DmaStatus, Op, Status};
-use abi::event::{Access, Via, ViommuStatus};
+use abi::event::{Access, Via};
 use abi::expect;
 use abi::mailbox::{self as mb, CmdResp, Command as Mb, GuestMessage, SnpCtl};
+use abi::virtio_iommu::ReqStatus;
 use iommu_model::amdvi::command::Command;
 use iommu_model::amdvi::event::{self, flags};
 use iommu_model::amdvi::mmio;
@@ -575,8 +576,8 @@ fn virtio_iommu_group(_r: &mut Rig) -> R {
     check!(members == ["0000:00:04.0"], "group {group} holds {members:?}");
     let ty = std::fs::read_to_string(format!("/sys/kernel/iommu_groups/{group}/type")).unwrap_or_default();
     println!("# 00:04.0 in IOMMU group {group} (default domain {}) of {vdev} (virtio_iommu)", ty.trim());
-    expect_event(expect!(Viommu { req: "probe".into(), devid: Some(ENDPOINT), status: ViommuStatus::OK }));
-    expect_event(expect!(Viommu { req: "attach".into(), devid: Some(ENDPOINT), status: ViommuStatus::OK }));
+    expect_event(expect!(Viommu { req: "probe".into(), devid: Some(ENDPOINT), status: ReqStatus::Ok.into() }));
+    expect_event(expect!(Viommu { req: "attach".into(), devid: Some(ENDPOINT), status: ReqStatus::Ok.into() }));
     Ok(())
 }
 
@@ -755,13 +756,6 @@ fn vcpus_at_once(r: &mut Rig) -> R {
     r.sem_seq = seq;
     result?;
     println!("# {ncpu} vCPUs: {SMP_ROUNDS} FILLs and {SMP_ROUNDS} command batches at once, {mailboxes} mailbox commands, {reads} register read pairs");
-    expect_count(
-        SMP_ROUNDS,
-        expect!(Dma {
-            op: Some(abi::event::DmaOp(Op::Fill.code())),
-            len: SMP_FILL_LEN,
-            status: abi::event::DmaStatus(DmaStatus::Ok.code())
-        }),
-    );
+    expect_count(SMP_ROUNDS, expect!(Dma { op: Some(Op::Fill.into()), len: SMP_FILL_LEN, status: DmaStatus::Ok.into() }));
     Ok(())
 }

@@ -121,7 +121,7 @@ pub fn t0_to_a_private_page_refused(r: &mut Rig) -> R {
 pub fn page_with_live_trusted_mapping_stays(r: &mut Rig) -> R {
     need_tdx(r)?;
     check!(call(r, Call::TdhMemPageRemove, TD, GPA, 0)? == TdxStatus::PageInUse, "TDH.MEM.PAGE.REMOVE with trusted DMA attached");
-    expect_event(expect!(TdxCall { call: "TDH.MEM.PAGE.REMOVE".into(), status: abi::event::TdxStatus(TdxStatus::PageInUse.code()) }));
+    expect_event(expect!(TdxCall { call: "TDH.MEM.PAGE.REMOVE".into(), status: TdxStatus::PageInUse.into() }));
     let p = td_page(r)?;
     let st = r.fill(DescFlags::T, GPA, 64, 0x7777)?;
     check!(st == DmaStatus::Ok && r.mem.r64(p) == 0x7777, "T=1 after the refused removal: status {st}");

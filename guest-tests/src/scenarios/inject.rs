@@ -459,7 +459,7 @@ fn rogue_dma(r: &mut Rig) -> R {
         }),
         "no IO_PAGE_FAULT for the rogue DMA: {ev:?}"
     );
-    expect_event(expect!(Dma { injected: Some(true), iova: Some(bad), status: abi::event::DmaStatus(DmaStatus::IoPageFault.code()) }));
+    expect_event(expect!(Dma { injected: Some(true), iova: Some(bad), status: DmaStatus::IoPageFault.into() }));
     Ok(())
 }
 

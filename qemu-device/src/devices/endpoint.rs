@@ -165,13 +165,7 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
         drop(g);
         // A guest can halt the engine at will: the dma_halted record says so, the log only at debug.
         tracing::debug!("endpoint {}: {what} of descriptor {index} at {iova:#x} failed ({e:?}); halted", bdf(rid));
-        events.emit(Event::DmaHalted(ev::DmaHalted {
-            devid: Bdf(rid),
-            index,
-            iova,
-            what: what.into(),
-            status: ev::DmaStatus(status_of(e).code()),
-        }));
+        events.emit(Event::DmaHalted(ev::DmaHalted { devid: Bdf(rid), index, iova, what: what.into(), status: status_of(e).into() }));
     };
     let mut raise = false;
     for _ in 0..entries {
@@ -203,10 +197,10 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
         events.emit(Event::Dma(ev::Dma {
             devid: Bdf(rid),
             index: Some(head),
-            op: Some(ev::DmaOp(d.op)),
+            op: Some(ev::Code::from_number(d.op.into())),
             t: d.flags & DescFlags::T.bits() != 0,
             len: d.len.get(),
-            status: ev::DmaStatus(d.status.get()),
+            status: ev::Code::from_number(d.status.get().into()),
             status_written: Some(wrote.is_ok()),
             src: Some(d.src.get()),
             dst: Some(d.dst.get()),
@@ -248,14 +242,14 @@ pub fn rogue_dma<M: DmaMem + ?Sized, S: TranslateCheck<M>>(d: RogueDma, iommu: &
         dma::read(&mut *s, mem, d.devid, d.t, d.iova, &mut vec![0; d.len as usize])
     };
     drop(s);
-    let status = r.map_or_else(status_of, |()| DmaStatus::Ok).code();
+    let status = r.map_or_else(status_of, |()| DmaStatus::Ok);
     events.emit(Event::Dma(ev::Dma {
         devid: Bdf(d.devid),
         access: Some(crate::secure::direction(d.write)),
         t: d.t,
         len: d.len,
         iova: Some(d.iova),
-        status: ev::DmaStatus(status),
+        status: status.into(),
         injected: Some(true),
         ..Default::default()
     }));

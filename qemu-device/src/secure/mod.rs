@@ -374,7 +374,7 @@ impl SecureIommu {
             assigned: st.assigned,
             asid: st.asid,
             page_size: st.page_size.bytes(),
-            status: ev::RmpStatus(res.status.code()),
+            status: ev::Code::from_number(res.status.code().into()),
         }));
         if res.status == RmpStatus::Success {
             self.mirror(mem, res.changed.start, res.changed.end.saturating_sub(res.changed.start));

@@ -198,7 +198,7 @@ pub fn command(s: &mut SecureIommu, id: u32, b: &[u8; abi::mailbox::CMDBUF_SIZE]
         td,
         devid: abi::Bdf(requester),
         gpa,
-        status: ev::TdxStatus(status),
+        status: ev::Code::from_number(status.into()),
     }));
     status
 }

@@ -17,7 +17,8 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 use super::events::{parse_line, Summary};
-use abi::event::{DmaStatus, Event, Record, KINDS};
+use abi::endpoint::DmaStatus;
+use abi::event::{Event, Record, KINDS};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 
@@ -389,7 +390,7 @@ fn summarize(v: &mut Verdict, run: &Run, events: &[Record], cpu: &[Record]) {
     let big: Vec<(u64, f64, f64)> = events
         .iter()
         .filter_map(|r| match &r.event {
-            Event::Dma(d) if d.len == 1 << 20 && d.status == DmaStatus::OK => Some((d.src?, d.copy_us?, d.memcpy_us?)),
+            Event::Dma(d) if d.len == 1 << 20 && d.status == DmaStatus::Ok.into() => Some((d.src?, d.copy_us?, d.memcpy_us?)),
             _ => None,
         })
         .filter(|&(_, c, _)| c > 0.0)
@@ -476,7 +477,8 @@ pub fn run(a: Args) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use abi::event::{Dma, DmaOp, Hazard, PowerCycle, Via};
+    use abi::endpoint::Op;
+    use abi::event::{Dma, Hazard, PowerCycle, Via};
     use abi::{expect, Bdf};
 
     fn stream(events: &[Event]) -> String {
@@ -497,7 +499,14 @@ mod tests {
     }
 
     fn fill(n: u32) -> Event {
-        Event::Dma(Dma { devid: Bdf(0x20), index: Some(n), op: Some(DmaOp::FILL), len: 4096, status: DmaStatus::OK, ..Default::default() })
+        Event::Dma(Dma {
+            devid: Bdf(0x20),
+            index: Some(n),
+            op: Some(Op::Fill.into()),
+            len: 4096,
+            status: DmaStatus::Ok.into(),
+            ..Default::default()
+        })
     }
 
     fn run(results: &str, events: &[Event]) -> Verdict {
@@ -580,9 +589,9 @@ mod tests {
         let exit = Event::DaemonExit(abi::event::DaemonExit { peak_rss_kib: Some(2 << 20), signal: None });
         let copy = Event::Dma(Dma {
             devid: Bdf(0x20),
-            op: Some(DmaOp::COPY),
+            op: Some(Op::Copy.into()),
             len: 1 << 20,
-            status: DmaStatus::OK,
+            status: DmaStatus::Ok.into(),
             src: Some(0x6000_0000),
             dst: Some(0x6800_0000),
             copy_us: Some(100.0),

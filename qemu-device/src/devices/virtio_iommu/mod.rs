@@ -139,7 +139,7 @@ fn post_fault(transport: &Mutex<Transport>, ram: &GuestRam, irq: &dyn Irq, event
         devid,
         endpoint,
         address: f.address,
-        reason: ev::ViommuFaultReason(f.reason),
+        reason: ev::Code::from_number(f.reason.into()),
         flags: f.flags,
         posted,
     }));
@@ -189,7 +189,7 @@ fn answer(
         }
     };
     reply[rlen.saturating_sub(proto::TAIL_LEN)] = st;
-    let status = ev::ViommuStatus(st);
+    let status = ev::Code::from_number(st.into());
     let with_endpoint = |req: &str, domain: Option<u32>, endpoint: u32| {
         let (devid, endpoint) = endpoint_id(endpoint);
         ev::Viommu { req: req.into(), domain, devid, endpoint, status, ..Default::default() }
