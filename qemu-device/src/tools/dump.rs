@@ -105,6 +105,7 @@ pub fn run(a: Args) -> Result<(), String> {
             for f in answer["files"].as_array().into_iter().flatten().filter_map(Value::as_str) {
                 move_file(&from.join(f), &dir.join(f))?;
             }
+            let _ = std::fs::remove_dir(&from);
             dir.clone()
         }
     };
