@@ -33,10 +33,12 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(after_help = "A dump of a running guest (`tiommu dump`, or `scripts/run-vm --keep DIR` with a dump) gives the image, \
-the registers and the RMP in one directory: tiommu walk --dump DIR --devid 00:04.0 --iova 0x1000 --trace")]
+#[command(after_help = "A dump of a running guest (`scripts/run-vm --dump DIR`, or `tiommu dump` against a running daemon) \
+gives the image, the registers and the RMP in one directory: tiommu walk --dump DIR --devid 00:04.0 --iova 0x1000 --trace \
+(docs/amd-vi.md, \"Walking a dump\").")]
 pub struct Args {
-    /// A `tiommu dump` directory: its ram.img, regs.json and (with SNP on) rmp.bin.
+    /// A `tiommu dump` directory: its ram.img, regs.json and (with SNP on) rmp.bin, as --image,
+    /// --regs and --rmp.
     #[arg(long, conflicts_with_all = ["image", "regs", "devtab"])]
     dump: Option<PathBuf>,
     /// Raw memory image (e.g. a dump of guest RAM).
