@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 use qemu_device::daemon::{self, control};
-use qemu_device::tools::{check, dmar, events, ivrs, viot, walk};
+use qemu_device::tools::{check, dmar, dump, events, ivrs, viot, walk};
 
 #[derive(Parser)]
 #[command(
@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Serve the secure IOMMU's PCI functions to QEMU over vfio-user.
     Daemon(daemon::Args),
-    /// Translate IOVAs through AMD-Vi tables found in a raw memory image.
+    /// Translate IOVAs through AMD-Vi tables found in a raw memory image or a dump (`tiommu dump`).
     Walk(walk::Args),
     /// Write the ACPI VIOT table that puts endpoints behind a virtio-pci IOMMU (for QEMU's
     /// -acpitable file=).
@@ -33,6 +33,9 @@ enum Command {
     /// Write the ACPI DMAR table that describes the VT-d unit (`daemon --iommu vtd`) to Linux's
     /// intel_iommu (for QEMU's -acpitable file=).
     Dmar(dmar::Args),
+    /// Have a running daemon write guest RAM, its IOMMU's registers and the RMP into a directory
+    /// (for `tiommu walk --dump DIR`).
+    Dump(dump::Args),
     /// Make a running daemon's secure IOMMU, RMP, TDI or endpoint fail on purpose (its
     /// control.sock), or list and clear the faults armed.
     Inject(control::Args),
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => control::run(args),
         Command::Events(args) => events::run(args),
         Command::Check(args) => check::run(args),
+        Command::Dump(args) => dump::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

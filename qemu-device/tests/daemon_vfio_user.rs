@@ -893,3 +893,58 @@ fn without_persist_a_half_attached_qemu_ends_the_daemon() {
         .any(|e| e["type"] == "partial_attach" && e["gone"] == "endpoint" && e["never_attached"] == serde_json::json!(["iommu"])));
     assert_eq!(r.last().unwrap()["type"], "daemon_exit");
 }
+
+/// `tiommu dump` against a running daemon whose guest RAM (two DMA regions) holds a device table
+/// and v1 tables the "guest" wrote, then `tiommu walk --dump` through what it wrote: the same
+/// translation the unit makes, and the directory refused when it is not empty.
+#[test]
+fn tiommu_dump_then_walk_translates_what_the_guest_built() {
+    use iommu_model::amdvi::builder::V1Builder;
+    use iommu_model::amdvi::dte::Dte;
+    use iommu_model::mem::{ByteMem, PhysMem};
+    use iommu_model::walk::Perm;
+
+    let d = Daemon::start("dump");
+    let mut c = d.connect("iommu");
+    let ram = ram_file(&d.dir, 0x20_0000);
+    // GPA 0x10_0000-0x1f_ffff is file 0-0xf_ffff; GPA 0x40_0000-0x4f_ffff is file 0x10_0000-.
+    c.dma_map(0, 0x10_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
+    c.dma_map(0x10_0000, 0x40_0000, 0x10_0000, ram.as_raw_fd()).unwrap();
+    let mut m = ByteMem::new(0x10_0000, 0x10_0000);
+    let mut b = V1Builder::new(&mut m, 0x18_0000, 0x20_0000, 3).unwrap();
+    b.map(&mut m, 0x7000, 0x40_3000, 12, Perm::new(true, false)).unwrap();
+    m.write(0x11_0000 + 0x20 * 32, &Dte::translated(b.root, 3, 9, Perm::RW).to_bytes()).unwrap();
+    ram.write_all_at(&m.bytes, 0).unwrap();
+    w64(&mut c, BAR0, mmio::DEV_TABLE_BASE, 0x11_0000);
+    w64(&mut c, BAR0, mmio::CONTROL, control::IOMMU_EN);
+
+    let out = d.dir.join("out");
+    let tiommu = |args: &[&str]| Process::new(env!("CARGO_BIN_EXE_tiommu")).args(args).output().unwrap();
+    let o = tiommu(&["dump", "--socket-dir", d.dir.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), out.to_str().unwrap());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("2 MiB of guest RAM"), "{}", String::from_utf8_lossy(&o.stderr));
+    let regs: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("regs.json")).unwrap()).unwrap();
+    assert_eq!(regs["iommu"]["amdvi"]["dev_tab_base"], "0x110000");
+    assert_eq!(regs["ram"], serde_json::json!([{"gpa": "0x100000", "size": "0x100000"}, {"gpa": "0x400000", "size": "0x100000"}]));
+    assert_eq!(regs["snp"]["enabled"], false);
+    assert!(!d.dir.join("dump").exists(), "moved, not copied");
+
+    let o = tiommu(&["walk", "--dump", out.to_str().unwrap(), "--devid", "00:04.0", "--iova", "0x7abc", "--iova", "0x8000"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().collect::<Vec<_>>(),
+        [
+            r#"{"iova":"0x7abc","result":"ok","spa":"0x403abc","page_size":4096,"read":true,"write":false}"#,
+            r#"{"iova":"0x8000","result":"fault","event":"IO_PAGE_FAULT","level":1}"#,
+        ]
+    );
+    // The image holds RAM at its guest physical addresses, and nothing between the regions.
+    let img = std::fs::read(out.join("ram.img")).unwrap();
+    assert_eq!(img.len(), 0x50_0000);
+    assert!(img[0x11_0000 + 0x20 * 32..][..32] == m.bytes[0x1_0000 + 0x20 * 32..][..32], "00:04.0's DTE where the guest wrote it");
+    assert!(img[0x20_0000..0x40_0000].iter().all(|&b| b == 0));
+
+    let o = tiommu(&["dump", "--socket-dir", d.dir.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is not empty"));
+}

@@ -281,6 +281,24 @@ impl Rmp {
         }
     }
 
+    /// The RMP an image of the table holds (bytes from RMP_BASE, as [`Rmp::read_image`] renders
+    /// them or a dump of guest memory holds them): one entry per whole 16 bytes after the
+    /// bookkeeping area. The counters (the bookkeeping area, each 2 MiB head's subpage_count) are
+    /// recounted from the entries, not read, so they are what the entries say.
+    pub fn from_image(image: &[u8]) -> Rmp {
+        let entries = image.get(BOOKKEEPING as usize..).unwrap_or_default();
+        let mut rmp = Rmp::new((entries.len() as u64) / ENTRY_SIZE);
+        for (pfn, raw) in entries.chunks_exact(ENTRY_SIZE as usize).take(rmp.entries.len()).enumerate() {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(raw);
+            let e = RmpEntry::from_raw(&b);
+            if e != RmpEntry::default() {
+                rmp.put(pfn as u64, e);
+            }
+        }
+        rmp
+    }
+
     /// The entry that governs `pfn` (its own entry; see [`Rmp::entry`]).
     pub fn lookup(&self, pfn: u64) -> Option<RmpEntry> {
         self.entry(pfn).copied()
@@ -387,6 +405,29 @@ impl Rmp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An image rendered by read_image comes back as the same table, counters recounted.
+    #[test]
+    fn from_image_round_trips() {
+        let mut rmp = Rmp::new(2048);
+        let private = RmpEntry { assigned: true, asid: 5, validated: true, gpa: 0x7000, ..Default::default() };
+        assert!(rmp.firmware_set(0x203, private));
+        assert!(rmp.firmware_set(0x400, RmpEntry { page_size: PageSize::Size2M, gpa: 0x20_0000, ..private }));
+        assert!(rmp.firmware_set(7, RmpEntry::firmware()));
+        let mut image = vec![0u8; Rmp::table_bytes(rmp.pages()) as usize];
+        rmp.read_image(0, &mut image);
+        let back = Rmp::from_image(&image);
+        assert_eq!(back.pages(), 2048);
+        for pfn in 0..2048 {
+            assert_eq!(back.entry(pfn), rmp.entry(pfn), "pfn {pfn:#x}");
+        }
+        assert_eq!(back.asid_pages(5), 513);
+        assert_eq!(back.assigned_in_region(0x200), 1);
+        assert_eq!(back.assigned_in_region(0x5ff), 512);
+        // A short image: the whole entries it holds, none past them.
+        assert_eq!(Rmp::from_image(&image[..BOOKKEEPING as usize + 40]).pages(), 2);
+        assert_eq!(Rmp::from_image(&image[..100]).pages(), 0);
+    }
 
     /// Golden vectors: the raw qwords Linux's rmpentry_raw bitfields give for these entries.
     #[test]

@@ -63,9 +63,22 @@ pub fn translate<M: PhysMem + ?Sized>(mem: &M, devtab: DevTabBase, devid: u16, i
 
 /// The access check of a DTE that is already in hand, then the walk.
 pub fn translate_with_dte<M: PhysMem + ?Sized>(mem: &M, d: &Dte, devid: u16, iova: u64, access: Access) -> Outcome {
+    translate_with_dte_traced(mem, d, devid, iova, access, |_| {})
+}
+
+/// As [`translate_with_dte`], calling `trace` with each page-table entry the walk reads, top
+/// level first (for tools that show the walk).
+pub fn translate_with_dte_traced<M: PhysMem + ?Sized>(
+    mem: &M,
+    d: &Dte,
+    devid: u16,
+    iova: u64,
+    access: Access,
+    trace: impl FnMut(&walk::Step),
+) -> Outcome {
     match check_dte(d, devid, iova, access) {
         DteVerdict::Walk { root, levels } => {
-            let res = walk::walk(&AmdV1, mem, root, levels, iova);
+            let res = walk::walk_traced(&AmdV1, mem, root, levels, iova, trace);
             finish_walk(d, devid, iova, access, res)
         }
         DteVerdict::Done(o) => o,

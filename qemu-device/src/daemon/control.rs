@@ -7,7 +7,9 @@
 //!   id and what it did if it fired at once;
 //! - `{"cmd":"status"}`: armed faults, fired ones (newest 256; `"fired":false` leaves them
 //!   out), the AMD-Vi registers;
-//! - `{"cmd":"clear"}` or `{"cmd":"clear","id":N}`: disarm.
+//! - `{"cmd":"clear"}` or `{"cmd":"clear","id":N}`: disarm;
+//! - `{"cmd":"dump"}`: write guest RAM, the IOMMU's registers and the RMP to the daemon's dump
+//!   directory (daemon/dump.rs), for `tiommu walk`; the answer names the files.
 //!
 //! Answers are `{"ok":true,...}` or `{"ok":false,"error":REASON}`.
 
@@ -41,6 +43,10 @@ pub struct Control {
     clients: AtomicUsize,
     /// Faults armed at the start of every session (`tiommu daemon --inject-plan`).
     plan: Vec<Value>,
+    /// Where `dump` writes; none: dumps are refused.
+    dump_dir: Option<PathBuf>,
+    /// One dump at a time (they share the directory).
+    dumping: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,6 +135,11 @@ impl Control {
         Ok(Control { plan, ..Control::default() })
     }
 
+    /// Dumps go to `dir` (replaced by each).
+    pub fn with_dump_dir(self, dir: PathBuf) -> Control {
+        Control { dump_dir: Some(dir), ..self }
+    }
+
     /// A session began: commands act on it from now on, and the plan is armed.
     pub fn attach(&self, target: Target) {
         *lock(&self.target) = Some(target);
@@ -183,7 +194,8 @@ impl Control {
                     Ok(answer(&Cleared { ok: true, cleared: gone }))
                 })
             }
-            Some(other) => refuse(format!("no command {other:?} (inject, status, clear)")),
+            Some("dump") => self.dump(),
+            Some(other) => refuse(format!("no command {other:?} (inject, status, clear, dump)")),
             None => refuse("no \"cmd\""),
         }
     }
@@ -193,6 +205,20 @@ impl Control {
         let Some(t) = target.as_ref() else { return refuse("no session: the daemon is between QEMUs") };
         let mut s = lock(&t.secure);
         f(&mut s, &t.ram).unwrap_or_else(refuse)
+    }
+
+    /// The registers and the RMP under the secure IOMMU's lock, guest RAM after it is released
+    /// (the guest keeps running: tables it changes meanwhile may be caught half-written).
+    fn dump(&self) -> Value {
+        let Some(dir) = &self.dump_dir else { return refuse("this daemon takes no dumps") };
+        let _one = lock(&self.dumping);
+        let (snap, mem, regions) = {
+            let target = lock(&self.target);
+            let Some(t) = target.as_ref() else { return refuse("no session: the daemon is between QEMUs") };
+            let snap = crate::daemon::dump::snapshot(&lock(&t.secure));
+            (snap, t.ram.snapshot(), t.ram.regions())
+        };
+        crate::daemon::dump::write(dir, snap, &mem, &regions).unwrap_or_else(refuse)
     }
 
     fn inject(&self, v: &Value) -> Value {

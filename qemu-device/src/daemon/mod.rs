@@ -8,6 +8,7 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 pub mod control;
+pub mod dump;
 pub mod events;
 pub mod log_limit;
 
@@ -18,11 +19,11 @@ use crate::devices::ioat::Ioat;
 use crate::devices::iommu::IommuFunction;
 use crate::devices::virtio_iommu::VirtioIommu;
 use crate::secure::SecureIommu;
-use crate::tools::walk::parse_bdf;
 use crate::vfio::function::EventSink;
 use crate::vfio::guest_mem::GuestRam;
 use crate::vfio::server::{listen, remove_socket, FunctionBackend, MsixIrq, ServeError};
 use abi::event::{AmdviCommands, DaemonExit, Event, PartialAttach, PowerCycle, VtdInvalidations};
+use abi::Bdf;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,8 +45,8 @@ pub struct Args {
     #[arg(long)]
     rmp_state: Option<PathBuf>,
     /// Requester ID of the DMA endpoint: the PCI address QEMU places it at (bus:dev.fn).
-    #[arg(long, value_parser = parse_bdf, default_value = "00:04.0")]
-    endpoint_bdf: u16,
+    #[arg(long, default_value = "00:04.0")]
+    endpoint_bdf: Bdf,
     /// Also serve a virtio-iommu (virtio-iommu.sock) that translates the DMA endpoint (and the
     /// IOAT engine); QEMU must then connect to every socket.
     #[arg(long)]
@@ -64,8 +65,8 @@ pub struct Args {
     #[arg(long)]
     ioat: bool,
     /// Requester ID of the IOAT engine: the PCI address QEMU places it at (bus:dev.fn).
-    #[arg(long, value_parser = parse_bdf, default_value = "00:06.0")]
-    ioat_bdf: u16,
+    #[arg(long, default_value = "00:06.0")]
+    ioat_bdf: Bdf,
     /// Serve QEMU after QEMU on the same sockets: when every function's client has gone, the
     /// model powers off and on (registers, caches, RMP and TDIs start afresh; the last guest's
     /// tables were in its RAM, which went with it) and waits for the next QEMU. Ends on SIGTERM
@@ -132,10 +133,13 @@ pub fn run(args: Args) -> Result<(), String> {
     };
     let limit = if args.events_limit == 0 { u64::MAX } else { args.events_limit };
     let events = Arc::new(JsonLines::with_limit(out, limit));
-    let control = Arc::new(match &args.inject_plan {
-        Some(p) => Control::with_plan(p)?,
-        None => Control::default(),
-    });
+    let control = Arc::new(
+        match &args.inject_plan {
+            Some(p) => Control::with_plan(p)?,
+            None => Control::default(),
+        }
+        .with_dump_dir(args.socket_dir.join("dump")),
+    );
     let mut socks = vec![args.socket_dir.join("iommu.sock"), args.socket_dir.join("endpoint.sock")];
     if args.virtio_iommu {
         socks.push(args.socket_dir.join("virtio-iommu.sock"));
@@ -273,13 +277,13 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
     let ep_irq = Arc::new(MsixIrq::default());
     let ioat = args.ioat.then(|| {
         let irq = Arc::new(MsixIrq::default());
-        FunctionBackend::new("ioat", Ioat::new(args.ioat_bdf, secure.clone(), ram.clone(), irq.clone(), tx.clone()), ram.clone(), irq)
+        FunctionBackend::new("ioat", Ioat::new(args.ioat_bdf.0, secure.clone(), ram.clone(), irq.clone(), tx.clone()), ram.clone(), irq)
     });
-    let endpoint = Endpoint::new(args.endpoint_bdf, secure.clone(), ram.clone(), ep_irq.clone(), tx);
+    let endpoint = Endpoint::new(args.endpoint_bdf.0, secure.clone(), ram.clone(), ep_irq.clone(), tx);
     let endpoint = FunctionBackend::new("endpoint", endpoint, ram.clone(), ep_irq);
     let viommu = args.virtio_iommu.then(|| {
         let irq = Arc::new(MsixIrq::default());
-        let translated: Vec<u16> = std::iter::once(args.endpoint_bdf).chain(args.ioat.then_some(args.ioat_bdf)).collect();
+        let translated: Vec<u16> = std::iter::once(args.endpoint_bdf.0).chain(args.ioat.then_some(args.ioat_bdf.0)).collect();
         let dev = VirtioIommu::new(&translated, ram.clone(), irq.clone(), events.clone());
         // The endpoint's DMA takes the virtio-iommu's tables while it is attached to a domain.
         secure.lock().unwrap_or_else(|p| p.into_inner()).viommu = Some(dev.domains.clone());

@@ -7,7 +7,6 @@
 
 use crate::pci::doe::DoeFault;
 use crate::secure::{bdf, SecureIommu};
-use crate::tools::walk::parse_bdf;
 use abi::event as ev;
 use iommu_model::amdvi::event::{flags, Event};
 use iommu_model::amdvi::inject::{Fault as AmdViFault, Fired};
@@ -171,7 +170,7 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
     let name = v.get("fault").and_then(Value::as_str).ok_or("no fault named (\"fault\": one of the names `tiommu inject --help` lists)")?;
     let device = match v.get("device") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(parse_bdf(s).map_err(|e| format!("device: {e}"))?),
+        Some(Value::String(s)) => Some(s.parse::<abi::Bdf>().map_err(|e| format!("device: {e}"))?.0),
         Some(other) => Err(format!("device: {other} is not a bus:device.function"))?,
     };
     let iova = num(v, "iova")?;

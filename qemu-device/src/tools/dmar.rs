@@ -12,7 +12,8 @@
 // An offline tool: lengths of a table built from the command line.
 #![allow(clippy::arithmetic_side_effects)]
 
-use crate::tools::walk::{parse_bdf, parse_u64};
+use crate::tools::walk::parse_u64;
+use abi::Bdf;
 use iommu_model::vtd::Caps;
 use std::path::PathBuf;
 
@@ -32,8 +33,8 @@ pub struct Args {
     #[arg(long, value_parser = parse_u64)]
     mmio: u64,
     /// PCI address of a function the unit translates (on the root bus); repeat for more.
-    #[arg(long = "endpoint", value_parser = parse_bdf, required = true)]
-    endpoints: Vec<u16>,
+    #[arg(long = "endpoint", required = true)]
+    endpoints: Vec<Bdf>,
     /// Where to write the table.
     #[arg(short = 'o', long)]
     output: PathBuf,
@@ -68,10 +69,11 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.mmio == 0 || args.mmio & 0xfff != 0 || args.mmio >> haw != 0 {
         return Err(format!("--mmio {:#x}: the BAR0 address must be a non-zero, 4 KiB aligned address below 2^{haw}", args.mmio));
     }
-    if let Some(ep) = args.endpoints.iter().find(|&&ep| ep >> 8 != 0) {
+    let endpoints: Vec<u16> = args.endpoints.iter().map(|b| b.0).collect();
+    if let Some(ep) = endpoints.iter().find(|&&ep| ep >> 8 != 0) {
         return Err(format!("--endpoint {}: only functions on the root bus (00) can be named", crate::secure::bdf(*ep)));
     }
-    let t = table(args.mmio, &args.endpoints);
+    let t = table(args.mmio, &endpoints);
     std::fs::write(&args.output, &t).map_err(|e| format!("cannot write {}: {e}", args.output.display()))
 }
 
@@ -147,7 +149,7 @@ mod tests {
     #[test]
     fn bad_arguments_are_refused() {
         let out = std::env::temp_dir().join(format!("tiommu-dmar-{}", std::process::id()));
-        let args = |mmio, endpoints: Vec<u16>| Args { mmio, endpoints, output: out.clone() };
+        let args = |mmio, endpoints: Vec<u16>| Args { mmio, endpoints: endpoints.into_iter().map(Bdf).collect(), output: out.clone() };
         assert!(run(args(0, vec![0x20])).unwrap_err().contains("non-zero"));
         assert!(run(args(0xfebf_0800, vec![0x20])).is_err(), "not page aligned");
         assert!(run(args(1 << 48, vec![0x20])).is_err(), "above the host address width");

@@ -13,7 +13,8 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 use crate::devices::iommu;
-use crate::tools::walk::{parse_bdf, parse_u64};
+use crate::tools::walk::parse_u64;
+use abi::Bdf;
 use iommu_model::amdvi::mmio::{AmdVi, EXT_FEATURES, EXT_FEATURES2};
 use std::path::PathBuf;
 
@@ -35,14 +36,14 @@ pub const DEV_SELECT: u8 = 0x02;
 #[derive(clap::Args)]
 pub struct Args {
     /// PCI address of the secure IOMMU function (bus:dev.fn, segment 0).
-    #[arg(long, value_parser = parse_bdf, default_value = "00:03.0")]
-    iommu: u16,
+    #[arg(long, default_value = "00:03.0")]
+    iommu: Bdf,
     /// Physical address of the function's BAR0 (the AMD-Vi registers) as the firmware placed it.
     #[arg(long, value_parser = parse_u64)]
     mmio: u64,
     /// PCI address of a function the IOMMU translates; repeat for more.
-    #[arg(long = "endpoint", value_parser = parse_bdf, required = true)]
-    endpoints: Vec<u16>,
+    #[arg(long = "endpoint", required = true)]
+    endpoints: Vec<Bdf>,
     /// Where to write the table.
     #[arg(short = 'o', long)]
     output: PathBuf,
@@ -98,7 +99,7 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.mmio == 0 || args.mmio & 0x3fff != 0 || args.mmio >= 1 << PA_SIZE {
         return Err(format!("--mmio {:#x}: the BAR0 address must be a non-zero, 16 KiB aligned physical address", args.mmio));
     }
-    let t = table(args.iommu, args.mmio, &args.endpoints);
+    let t = table(args.iommu.0, args.mmio, &args.endpoints.iter().map(|b| b.0).collect::<Vec<_>>());
     std::fs::write(&args.output, &t).map_err(|e| format!("cannot write {}: {e}", args.output.display()))
 }
 

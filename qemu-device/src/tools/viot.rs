@@ -9,7 +9,7 @@
 // An offline tool: lengths of a table built from the command line.
 #![allow(clippy::arithmetic_side_effects)]
 
-use crate::tools::walk::parse_bdf;
+use abi::Bdf;
 use std::path::PathBuf;
 
 pub const HEADER_LEN: usize = 48;
@@ -22,11 +22,11 @@ pub const NODE_VIRTIO_PCI_IOMMU: u8 = 3;
 #[derive(clap::Args)]
 pub struct Args {
     /// PCI address of the virtio-iommu (bus:dev.fn, segment 0).
-    #[arg(long, value_parser = parse_bdf)]
-    iommu: u16,
+    #[arg(long)]
+    iommu: Bdf,
     /// PCI address of an endpoint it translates; repeat for more.
-    #[arg(long = "endpoint", value_parser = parse_bdf, required = true)]
-    endpoints: Vec<u16>,
+    #[arg(long = "endpoint", required = true)]
+    endpoints: Vec<Bdf>,
     /// Where to write the table.
     #[arg(short = 'o', long)]
     output: PathBuf,
@@ -66,7 +66,7 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.endpoints.contains(&args.iommu) {
         return Err("the IOMMU cannot be one of its own endpoints".into());
     }
-    let t = table(args.iommu, &args.endpoints);
+    let t = table(args.iommu.0, &args.endpoints.iter().map(|b| b.0).collect::<Vec<_>>());
     std::fs::write(&args.output, &t).map_err(|e| format!("cannot write {}: {e}", args.output.display()))
 }
 

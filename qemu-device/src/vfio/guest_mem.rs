@@ -66,6 +66,11 @@ impl GuestRam {
         GuestMem(self.inner.read().unwrap_or_else(|p| p.into_inner()).mem.clone())
     }
 
+    /// The mapped regions, (guest physical address, size), lowest first.
+    pub fn regions(&self) -> Vec<(u64, u64)> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).list.iter().map(|r| (r.start_addr().0, r.len())).collect()
+    }
+
     /// One past the highest mapped guest physical address.
     pub fn top(&self) -> u64 {
         self.inner
