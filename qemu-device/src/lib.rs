@@ -14,6 +14,8 @@ pub mod daemon;
 pub mod devices;
 /// PCI configuration space and the DOE mailbox, shared by the functions.
 pub mod pci;
+/// `tiommu run` (the VM runner) and `tiommu qemu-args`.
+pub mod run;
 /// The secure core: the IOMMU units, the RMP / TDX checks, the DMA path, fault injection.
 pub mod secure;
 /// Helpers for tests, benches and fuzz targets.

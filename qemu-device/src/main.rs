@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 use qemu_device::daemon::{self, control};
+use qemu_device::run;
 use qemu_device::tools::{check, dmar, dump, events, ivrs, viot, walk};
 
 #[derive(Parser)]
@@ -44,6 +45,12 @@ enum Command {
     Events(events::Args),
     /// Check a finished guest run: its KTAP results, the records and kernel messages it expects.
     Check(check::Args),
+    /// Boot a kernel under QEMU with the functions attached, run the guest scenarios and check
+    /// the daemon's event stream against them (what scripts/run-vm runs).
+    Run(run::Args),
+    /// Print the daemon command, QEMU arguments and kernel command line that attach the
+    /// functions to a QEMU command line of your own.
+    QemuArgs(run::qemu_args::Args),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +83,8 @@ fn main() -> ExitCode {
         Command::Events(args) => events::run(args),
         Command::Check(args) => check::run(args),
         Command::Dump(args) => dump::run(args),
+        Command::Run(args) => return run::main(args),
+        Command::QemuArgs(args) => run::qemu_args::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

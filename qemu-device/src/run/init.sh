@@ -1,0 +1,76 @@
+#!/bin/busybox sh
+# The initramfs's /init (`tiommu run` writes it into the archive): mounts, loads the modules the
+# runner packed, checks the IOMMU's BAR0 is where the ACPI table says, runs the guest program
+# and powers off. Its results go to ttyS1, where no kernel message interleaves with them.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs dev /dev
+echo 32 > /proc/sys/vm/nr_hugepages
+stty -F /dev/ttyS1 raw -echo 2>/dev/null
+# The third serial port is the daemon's control channel (tiommu run --inject): JSON lines both ways.
+grep -q tiommu.inject=1 /proc/cmdline && stty -F /dev/ttyS2 raw -echo 2>/dev/null
+# The IVRS (DMAR) named BAR0's address before boot; amd_iommu (intel_iommu) drives the registers
+# it found there.
+for table in ivrs dmar; do
+    want="$(sed -n "s/.*tiommu.${table}_mmio=\(0x[0-9a-f]*\).*/\1/p" /proc/cmdline)"
+    [ -n "$want" ] || continue
+    have="$(head -1 /sys/bus/pci/devices/0000:00:03.0/resource | cut -d' ' -f1)"
+    if [ "$((want))" != "$((have))" ]; then
+        echo "tiommu-guest: FATAL: the $table table names the IOMMU registers at $want but 00:03.0's BAR0 is at $have" | tee /dev/ttyS1
+        poweroff -f
+    fi
+done
+# The model has no interrupt remapping, so type1 must be told MSIs are not isolated (built in,
+# the kernel command line tells it and iommufd).
+for m in $(cat /lib/modules/order 2>/dev/null); do
+    args=""; [ "$m" = vfio_iommu_type1 ] && args=allow_unsafe_interrupts=1
+    insmod "/lib/modules/$m.ko" $args || echo "tiommu-guest: insmod $m failed"
+done
+if grep -qE 'tiommu.(viommu|amdvi|vtd)=1' /proc/cmdline; then
+    sleep 0.2
+    dmesg | grep -iE 'viot|virtio|iommu|AMD-Vi|DMAR' | sed 's/^/tiommu-guest: dmesg: /'
+    grep -q tiommu.viommu=1 /proc/cmdline &&
+    echo "tiommu-guest: 00:05.0 driver $(basename "$(readlink /sys/bus/pci/devices/0000:00:05.0/driver)"), 00:04.0 iommu_group $(basename "$(readlink /sys/bus/pci/devices/0000:00:04.0/iommu_group)")"
+fi
+if [ -e /sys/bus/pci/devices/0000:00:06.0 ]; then
+    # ioatdma's probe runs its self-test (a 2000-byte copy on channel 0) before it binds.
+    for _ in $(seq 50); do [ -e /sys/bus/pci/devices/0000:00:06.0/driver ] && break; sleep 0.1; done
+    { dmesg | grep -iE 'ioat|dca' | sed 's/^/tiommu-guest: dmesg: /'
+    echo "tiommu-guest: 00:06.0 driver $(basename "$(readlink /sys/bus/pci/devices/0000:00:06.0/driver)" 2>/dev/null), $(ls -d /sys/bus/pci/devices/0000:00:06.0/dma/dma*chan* 2>/dev/null | wc -l) DMA channels, iommu_group $(basename "$(readlink /sys/bus/pci/devices/0000:00:06.0/iommu_group)" 2>/dev/null)"
+    grep -E 'ioat|vfio' /proc/interrupts | sed 's/^/tiommu-guest: interrupts: /'
+    } | tee /dev/ttyS1
+fi
+# tiommu run --shell: a shell on the console instead of the scenarios (the guest program is
+# /bin/tiommu-guest-tests); the guest powers off when it exits.
+if grep -q tiommu.shell=1 /proc/cmdline; then
+    echo "tiommu-guest: shell (the scenarios: /bin/tiommu-guest-tests; exit powers off)"
+    setsid cttyhack sh
+    poweroff -f
+fi
+echo "tiommu-guest: start $(cut -d' ' -f1 /proc/uptime)"
+{ /bin/tiommu-guest-tests; echo "tiommu-guest: exit $?"; } 2>&1 | tee /dev/ttyS1
+# What Linux's amd_iommu (intel_iommu) made of the model's event log, for the runner to check.
+if grep -q tiommu.amdvi=1 /proc/cmdline; then
+    dmesg | grep 'AMD-Vi' | sed 's/^/tiommu-guest: dmesg: /' >/dev/ttyS1
+    grep AMD-Vi /proc/interrupts | sed 's/^/tiommu-guest: interrupts: /' >/dev/ttyS1
+fi
+if grep -q tiommu.vtd=1 /proc/cmdline; then
+    dmesg | grep 'DMAR' | sed 's/^/tiommu-guest: dmesg: /' >/dev/ttyS1
+    grep DMAR /proc/interrupts | sed 's/^/tiommu-guest: interrupts: /' >/dev/ttyS1
+fi
+# tiommu run --dump: the daemon writes guest RAM (the scenarios' tables still in it), its
+# registers and the RMP, and answers on the control channel once the files are complete.
+if grep -q tiommu.dump=1 /proc/cmdline; then
+    stty -F /dev/ttyS2 raw -echo 2>/dev/null
+    exec 3<>/dev/ttyS2
+    echo '{"cmd":"dump"}' >&3
+    # The dump's answer names its files (or says why not); any line left from the scenarios'
+    # exchanges is skipped.
+    answer="no answer"
+    while read -t 120 -r line <&3; do
+        case "$line" in *'"files"'*|*'"ok":false'*) answer="$line"; break ;; esac
+    done
+    echo "tiommu-guest: dump: $answer" | tee /dev/ttyS1
+fi
+poweroff -f
