@@ -100,7 +100,7 @@ fn guest_results_become_the_table_the_json_and_the_verdict() {
     let q = r.qemu(
         r#"printf '\033c\033[?7lSeaBIOS\r\n'
 { echo 'tiommu-guest: start 1.00'; echo 'KTAP version 1'; echo '1..3'; echo 'ok 1 first'
-  echo '# expect-event dma status=1'; echo 'not ok 2 second # wrong bytes'; echo 'ok 3 third # SKIP not here'
+  echo '# expect-event {"type":"hazard","iova":"0x200000"}'; echo 'not ok 2 second # wrong bytes'; echo 'ok 3 third # SKIP not here'
   echo '1 passed, 1 failed, 1 skipped'; } | tee -a "$results" | sed 's/$/\r/'
 exit 0"#,
     );
@@ -113,7 +113,7 @@ exit 0"#,
     assert!(err.contains("tiommu run: scenario 2 of 3: second: FAILED: wrong bytes"), "{err}");
     assert!(out.contains("  2  second    FAIL"), "{out}");
     assert!(out.contains("1 passed, 1 failed, 1 skipped"), "{out}");
-    assert!(out.contains("  FAILED: event stream LACKS dma status=1"), "{out}");
+    assert!(out.contains("\nevent stream LACKS hazard"), "the checker's line: {out}");
     assert!(out.contains("FAILED: scenario 2 second failed: wrong bytes"), "{out}");
     assert!(out.contains("FAILED: the daemon was still running 5 s after QEMU exited"), "{out}");
     let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

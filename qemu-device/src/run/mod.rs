@@ -5,13 +5,13 @@
 //! The pieces: [`machine`] (the functions, QEMU arguments, ACPI tables and kernel command line
 //! of a mode, shared with `tiommu qemu-args`), [`qemu`] (the system's QEMU or the set-up's
 //! Debian 13 root), [`probe`] (where the firmware puts BAR0), [`initramfs`] and [`cpio`] (the
-//! guest's archive), [`console`] (the serial console), [`check`] and [`report`].
+//! guest's archive), [`console`] (the serial console) and [`report`]; the run is checked by
+//! `tiommu check`'s checker (crate::tools::check), called in process.
 
 // Host-side set-up, timing and counting, like the offline tools: nothing here runs in the daemon
 // or takes part in what the guest can make it do.
 #![allow(clippy::arithmetic_side_effects)]
 
-pub mod check;
 pub mod console;
 pub mod cpio;
 pub mod initramfs;
@@ -698,15 +698,24 @@ impl Runner {
             }
         }
 
-        // What the guest said against what the daemon recorded.
+        // What the guest said against what the daemon recorded: `tiommu check`'s checker, in
+        // process (the run's times are this table's, not its lines).
         let results = std::fs::read_to_string(work.join("results.log")).unwrap_or_default();
         let boots = report::split_boots(&results);
-        let cpu = read_jsonl(&work.join("cpu-events.jsonl"));
+        let verdict = crate::tools::check::check(&crate::tools::check::Run {
+            results: results.clone(),
+            events: std::fs::read_to_string(&events_path).unwrap_or_default(),
+            cpu_events: std::fs::read_to_string(work.join("cpu-events.jsonl")).unwrap_or_default(),
+            console_ts: stamped.iter().map(|(t, l)| format!("{t:.6} {l}\n")).collect(),
+            start: 0.0,
+            end: 0.0,
+            ioat: a.ioat,
+        });
         let mut summary = report::Summary {
             kernel: kernel.display().to_string(),
             mode: mode_name(&machine),
             boots: outcomes.len(),
-            event_counts: report::event_counts(&events),
+            event_counts: verdict.summary.by_type.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             peak_rss_kib: report::peak_rss_kib(&events),
             ..report::Summary::default()
         };
@@ -714,17 +723,16 @@ impl Runner {
             say("your own initramfs, root fs or a shell: no scenarios to check");
         } else if !qemu_failed {
             summary.scenarios = report::scenarios(&boots, &stamped);
-            summary.findings = check::check(&check::Input { boots: &boots, events: &events, cpu_events: &cpu, ioat: a.ioat });
+            summary.checks = verdict.lines.clone();
             for s in summary.scenarios.iter().filter(|s| s.result == "FAIL") {
                 let b = if a.boots > 1 { format!(" (boot {})", s.boot) } else { String::new() };
                 failures.push(format!("scenario {} {}{b} failed: {}", s.n, s.name, s.reason));
             }
-            let bad = summary.findings.iter().filter(|f| !f.ok).count();
-            if bad > 0 {
-                failures.push(format!("{bad} of {} checks against the event stream failed (listed above)", summary.findings.len()));
+            let failed_scenarios = summary.scenarios.iter().any(|s| s.result == "FAIL");
+            if !verdict.ok && !failed_scenarios {
+                failures.push("the checks against the event stream and the guest's report failed (the lines above)".into());
             }
         }
-        summary.notes = notes(&events);
         timings.extend(
             stamped
                 .iter()
@@ -1312,61 +1320,6 @@ fn keep_files(work: &Path, keep: &Path) -> Result<Vec<String>, String> {
         .map_err(|e| e.to_string())?;
     names.sort();
     Ok(names)
-}
-
-/// Lines worth a person's eye from the event stream: faults injected, what the kernel's IOMMU
-/// driver sent, the 1 MiB copy rates.
-fn notes(events: &[Value]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut injected = std::collections::BTreeMap::<String, u32>::new();
-    for e in events.iter().filter(|e| e["type"] == "injected") {
-        *injected.entry(e["fault"].as_str().unwrap_or("?").to_string()).or_default() += 1;
-    }
-    if !injected.is_empty() {
-        let v: Vec<String> = injected.iter().map(|(k, n)| format!("{k} x{n}")).collect();
-        out.push(format!("faults injected (artificial, marked in the event stream): {}", v.join(", ")));
-    }
-    for e in events {
-        let counts = |e: &Value| {
-            e["counts"]
-                .as_object()
-                .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
-                .filter(|s| !s.is_empty())
-        };
-        if e["type"] == "amdvi_commands" {
-            if let Some(c) = counts(e) {
-                out.push(format!("AMD-Vi commands the guest sent: {c}"));
-            }
-        }
-        if e["type"] == "vtd_invalidations" {
-            if let Some(c) = counts(e) {
-                out.push(format!("VT-d invalidations the guest made: {c}"));
-            }
-        }
-    }
-    // 1 MiB copies as the daemon timed them (the guest maps 4 KiB pages from IOVA 0x60000000 and
-    // 2 MiB pages from 0x70000000 for them).
-    let big: Vec<&Value> = events
-        .iter()
-        .filter(|e| {
-            e["type"] == "dma" && e["len"].as_u64() == Some(1 << 20) && e["status"] == 1 && e["copy_us"].as_f64().is_some_and(|c| c > 0.0)
-        })
-        .collect();
-    for (label, prefix) in [("4 KiB", "0x6"), ("2 MiB", "0x7")] {
-        let rows: Vec<&&Value> = big.iter().filter(|e| e["src"].as_str().is_some_and(|s| s.starts_with(prefix) && s.len() == 10)).collect();
-        let best =
-            rows.iter().min_by(|a, b| a["copy_us"].as_f64().partial_cmp(&b["copy_us"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
-        if let Some(b) = best {
-            let mbs = |us: f64| (1u64 << 20) as f64 / us;
-            out.push(format!(
-                "1 MiB copies through {label} mappings: best {:.0} MB/s, plain memcpy {:.0} MB/s ({} copies)",
-                mbs(b["copy_us"].as_f64().unwrap_or(1.0)),
-                mbs(b["memcpy_us"].as_f64().unwrap_or(1.0)),
-                rows.len()
-            ));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -180,20 +180,6 @@ fn the_setup_env() {
 }
 
 #[test]
-fn notes_from_the_event_stream() {
-    let ev = [
-        serde_json::json!({"type":"injected","fault":"cmd-hw-error"}),
-        serde_json::json!({"type":"injected","fault":"cmd-hw-error"}),
-        serde_json::json!({"type":"amdvi_commands","counts":{"COMPLETION_WAIT":3}}),
-        serde_json::json!({"type":"dma","len":1048576,"status":1,"copy_us":1000.0,"memcpy_us":100.0,"src":"0x60000000"}),
-    ];
-    let n = notes(&ev);
-    assert_eq!(n[0], "faults injected (artificial, marked in the event stream): cmd-hw-error x2");
-    assert_eq!(n[1], "AMD-Vi commands the guest sent: COMPLETION_WAIT=3");
-    assert_eq!(n[2], "1 MiB copies through 4 KiB mappings: best 1049 MB/s, plain memcpy 10486 MB/s (1 copies)");
-}
-
-#[test]
 fn qemu_failures_quote_qemu_not_its_register_dump() {
     let lines: Vec<String> = [
         "qemu-system-x86_64: -device {...}: warning: vfio vfio-user:/run/tiommu/iommu.sock: Could not enable error recovery for the device",
