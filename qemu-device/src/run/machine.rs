@@ -275,7 +275,7 @@ pub fn device(id: &str, addr: &str, socket: &str, extra: &str) -> String {
 }
 
 fn bdf(s: &str) -> u16 {
-    crate::tools::walk::parse_bdf(s).unwrap_or(0)
+    s.parse::<abi::Bdf>().map(|b| b.0).unwrap_or(0)
 }
 
 /// "512M", "2G", "1024" (MiB, as QEMU's -m) into bytes.
