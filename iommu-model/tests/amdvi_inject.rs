@@ -177,8 +177,11 @@ fn page_tab_hardware_error_only_at_a_walk_of_the_chosen_device_and_iova() {
         o => panic!("{o:?}"),
     }
     let walks = vi.walks;
-    assert!(vi.translate(&mut m, DEVID, 0x5000, Access::Read).translation().is_some());
-    assert_eq!(vi.walks, walks + 1, "the cached translation was dropped: walked again");
+    let (o, walked) = vi.translate_walked(&mut m, DEVID, 0x5000, Access::Read);
+    assert!(o.translation().is_some() && walked, "the cached translation was dropped: walked again");
+    assert_eq!(vi.walks, walks + 1);
+    let (o, walked) = vi.translate_walked(&mut m, DEVID, 0x5000, Access::Read);
+    assert!(o.translation().is_some() && !walked, "then an IOTLB hit");
 }
 
 #[test]

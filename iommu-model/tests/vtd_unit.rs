@@ -262,6 +262,8 @@ fn caches_hold_until_invalidated(qi: bool) {
     assert_eq!(d.unit.walks, 1);
     assert_eq!(d.spa(0x5800, Access::Read), Some(0x30_0800));
     assert_eq!(d.unit.walks, 1, "IOTLB hit");
+    let (o, walked) = d.unit.translate_walked(&d.mem, SID, 0x5800, Access::Read);
+    assert_eq!((o.translation().map(|t| t.spa), walked), (Some(0x30_0800), false), "a hit says so");
     // The driver remaps IOVA 0x5000 in memory; the unit still uses the cached translation.
     d.mem.write_u64(PT + 0x3000 + 5 * 8, 0x32_0000 | 3).unwrap();
     assert_eq!(d.spa(0x5000, Access::Write), Some(0x30_0000), "stale until invalidated");

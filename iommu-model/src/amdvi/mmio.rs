@@ -355,20 +355,26 @@ impl AmdVi {
     /// Translate a DMA request through the caches, walking the tables on a miss; a fault is
     /// logged in the event log unless the DTE suppresses it.
     pub fn translate<M: PhysMem + ?Sized>(&mut self, mem: &mut M, devid: u16, iova: u64, access: Access) -> Outcome {
+        self.translate_walked(mem, devid, iova, access).0
+    }
+
+    /// [`AmdVi::translate`], and whether the request walked the I/O page tables (an IOTLB miss;
+    /// false for an IOTLB hit and for a request the DTE decides alone).
+    pub fn translate_walked<M: PhysMem + ?Sized>(&mut self, mem: &mut M, devid: u16, iova: u64, access: Access) -> (Outcome, bool) {
         if !self.enabled() {
-            return Outcome::Ok(untranslated(iova, Perm::RW));
+            return (Outcome::Ok(untranslated(iova, Perm::RW)), false);
         }
         let at = At::Dma { devid, iova };
         self.fire_any(mem, at);
         let rw = if access == Access::Write { flags::RW } else { 0 };
-        let (outcome, injected) = match self.inject.fire_one(at, |f| f.site() == Site::DevTabRead) {
+        let (outcome, injected, walked) = match self.inject.fire_one(at, |f| f.site() == Site::DevTabRead) {
             // The DTE is read again (a cached copy may be dropped at any time) and the read fails.
             Some(hit) => {
                 self.dte_cache.invalidate(devid);
                 // base() has bits 51:12 and devid × 32 < 2^21: the sum cannot wrap.
                 let dte_addr = DevTabBase(self.devtab).base().wrapping_add(u64::from(devid) << 5);
                 let event = Event::dev_tab_hw_error(devid, rw | flags::TYPE_DATA_ERROR, dte_addr);
-                (Outcome::Fault { event, level: None, logged: true }, Some(hit))
+                (Outcome::Fault { event, level: None, logged: true }, Some(hit), false)
             }
             None => self.translate_cached(mem, devid, iova, access),
         };
@@ -383,10 +389,17 @@ impl AmdVi {
                 format!("{} at {:#x} for {devid:#06x}'s request to {iova:#x}; the request was aborted", event.name(), event.address);
             self.record(id, fault, Some(*event), u32::from(logged), effect);
         }
-        outcome
+        (outcome, walked)
     }
 
-    fn translate_cached<M: PhysMem + ?Sized>(&mut self, mem: &M, devid: u16, iova: u64, access: Access) -> (Outcome, Option<(u32, Fault)>) {
+    /// The outcome, the injected fault that caused it, and whether the tables were walked.
+    fn translate_cached<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        devid: u16,
+        iova: u64,
+        access: Access,
+    ) -> (Outcome, Option<(u32, Fault)>, bool) {
         let rw = if access == Access::Write { flags::RW } else { 0 };
         let d = match self.dte_cache.get(devid) {
             Some(d) => d,
@@ -396,16 +409,16 @@ impl AmdVi {
                     d
                 }
                 Err(DteFetchError::OutOfTable) => {
-                    return (Outcome::Fault { event: Event::illegal_dte(devid, rw, iova), level: None, logged: true }, None)
+                    return (Outcome::Fault { event: Event::illegal_dte(devid, rw, iova), level: None, logged: true }, None, false)
                 }
                 Err(DteFetchError::Memory { dte_addr, .. }) => {
                     let event = Event::dev_tab_hw_error(devid, rw | flags::TYPE_MASTER_ABORT, dte_addr);
-                    return (Outcome::Fault { event, level: None, logged: true }, None);
+                    return (Outcome::Fault { event, level: None, logged: true }, None, false);
                 }
             },
         };
         match check_dte(&d, devid, iova, access) {
-            DteVerdict::Done(o) => (o, None),
+            DteVerdict::Done(o) => (o, None, false),
             DteVerdict::Walk { root, levels } => {
                 // An injected table-read failure: the page's cached translation is dropped and
                 // the walk's first read (the top-level entry) fails.
@@ -415,17 +428,17 @@ impl AmdVi {
                     let shift = 9u32.saturating_mul(u32::from(levels).saturating_sub(1)).saturating_add(12);
                     let entry = root.wrapping_add((iova.checked_shr(shift).unwrap_or(0) & 0x1ff) << 3);
                     let event = Event::page_tab_hw_error(devid, d.domain_id(), rw | flags::TYPE_DATA_ERROR, entry);
-                    return (Outcome::Fault { event, level: Some(levels), logged: true }, Some(hit));
+                    return (Outcome::Fault { event, level: Some(levels), logged: true }, Some(hit), false);
                 }
                 if let Some(t) = self.iotlb.lookup(d.domain_id(), iova) {
-                    return (finish_walk(&d, devid, iova, access, Ok(t)), None);
+                    return (finish_walk(&d, devid, iova, access, Ok(t)), None, false);
                 }
                 let res = walk::walk(&AmdV1, mem, root, levels, iova);
                 self.walks = self.walks.wrapping_add(1);
                 if let Ok(t) = &res {
                     self.iotlb.insert(d.domain_id(), iova, t);
                 }
-                (finish_walk(&d, devid, iova, access, res), None)
+                (finish_walk(&d, devid, iova, access, res), None, true)
             }
         }
     }

@@ -59,7 +59,7 @@ pub struct VtdUnit {
     ctx_cache: DevCache<ContextEntry>,
     iotlb: Iotlb,
     interrupts: Vec<Interrupt>,
-    /// Second-stage walks done (IOTLB misses), for statistics and the hazard check.
+    /// Second-stage walks done (IOTLB misses), for statistics.
     pub walks: u64,
     /// Invalidation requests software made, by kind (`INVALIDATION_KINDS`), for statistics.
     pub invalidations: [u64; 5],
@@ -559,17 +559,23 @@ impl VtdUnit {
     /// to a fault recording register unless FPD suppresses it. In the returned fault, `recorded`
     /// says whether it was written (false when suppressed, or dropped on overflow).
     pub fn translate<M: PhysMem + ?Sized>(&mut self, mem: &M, sid: u16, iova: u64, access: Access) -> VtdOutcome {
+        self.translate_walked(mem, sid, iova, access).0
+    }
+
+    /// [`VtdUnit::translate`], and whether the request walked the second-stage tables (an IOTLB
+    /// miss; false for an IOTLB hit, pass-through and a fault before the walk).
+    pub fn translate_walked<M: PhysMem + ?Sized>(&mut self, mem: &M, sid: u16, iova: u64, access: Access) -> (VtdOutcome, bool) {
         // TE = 0: requests are not remapped.
         if !self.enabled() {
-            return VtdOutcome::Ok(Translation { spa: iova, size_log2: 12, perm: Perm::RW, level: 0 });
+            return (VtdOutcome::Ok(Translation { spa: iova, size_log2: 12, perm: Perm::RW, level: 0 }), false);
         }
-        let mut outcome = self.translate_cached(mem, sid, iova, access);
+        let (mut outcome, walked) = self.translate_cached(mem, sid, iova, access);
         if let VtdOutcome::Fault { record, recorded, .. } = &mut outcome {
             if *recorded {
                 *recorded = self.record_fault(*record);
             }
         }
-        outcome
+        (outcome, walked)
     }
 
     /// What the tables in memory say now, bypassing the caches and recording nothing (for tools
@@ -581,7 +587,7 @@ impl VtdUnit {
         super::translate(mem, &self.caps, self.root, sid, iova, access)
     }
 
-    fn translate_cached<M: PhysMem + ?Sized>(&mut self, mem: &M, sid: u16, iova: u64, access: Access) -> VtdOutcome {
+    fn translate_cached<M: PhysMem + ?Sized>(&mut self, mem: &M, sid: u16, iova: u64, access: Access) -> (VtdOutcome, bool) {
         let ctx = match self.ctx_cache.get(sid) {
             Some(c) => c,
             None => match fetch_context(mem, &self.caps, self.root, sid) {
@@ -593,7 +599,7 @@ impl VtdUnit {
                     c
                 }
                 Err(reason) => {
-                    return VtdOutcome::Fault { record: FaultRecord::new(sid, iova, access, reason), level: None, recorded: true }
+                    return (VtdOutcome::Fault { record: FaultRecord::new(sid, iova, access, reason), level: None, recorded: true }, false)
                 }
             },
         };
@@ -601,7 +607,7 @@ impl VtdUnit {
         if walks {
             // A cached translation lacking the right is looked up again in the tables.
             if let Some(t) = self.iotlb.lookup(ctx.did(), iova).filter(|t| t.perm.allows(access)) {
-                return VtdOutcome::Ok(t);
+                return (VtdOutcome::Ok(t), false);
             }
             self.walks = self.walks.wrapping_add(1);
         }
@@ -609,6 +615,6 @@ impl VtdUnit {
         if let (true, VtdOutcome::Ok(t)) = (walks, &outcome) {
             self.iotlb.insert(ctx.did(), iova, t);
         }
-        outcome
+        (outcome, walks)
     }
 }
