@@ -31,8 +31,8 @@ pub fn run(data: &[u8]) {
     mem.bytes.resize(RAM, 0);
     let mut s = SecureIommu::new(Arc::new(Null), Arc::new(Null));
     let devtab = if word(0) >> 63 != 0 { word(0) } else { base | (word(0) & 0xf_f1ff) };
-    s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, devtab);
-    s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
+    s.bar0_write(&mut mem, mmio::DEV_TABLE_BASE, 8, devtab);
+    s.bar0_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
     if word(1) & 1 == 1 {
         let mut rmp = Rmp::new((RAM >> 12) as u64);
         for i in 0..4 {
@@ -40,7 +40,7 @@ pub fn run(data: &[u8]) {
             let size = if w & 2 == 0 { PageSize::Size4K } else { PageSize::Size2M };
             rmp.rmpupdate((w >> 4) & 0xf_f000, &RmpState::private(w & 0xf_f000, (w >> 20) as u16 & 0x3f, size));
         }
-        s.rmp = Some(rmp);
+        s.enable_snp_with(rmp);
     }
     let w = word(2);
     let ring_base = if word(3) != 0 { word(3) & !0x1f } else { base | (w & 0xf_ffe0) };

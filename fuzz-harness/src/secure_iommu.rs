@@ -273,9 +273,10 @@ pub fn run(data: &[u8]) {
 /// whole RMP inside guest RAM.
 pub fn check_invariants(secure: &Mutex<SecureIommu>, ram: &GuestRam) {
     let s = secure.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(rmp) = &s.rmp {
+    if let Some(rmp) = s.rmp() {
         let mem = ram.snapshot();
-        let ok = check_rmp_window(s.rmp_base, s.rmp_end, rmp.pages(), |a, n| mem.backed(a, n));
-        assert!(ok.is_ok(), "SNP on with RMP window {:#x}..={:#x}: {ok:?}", s.rmp_base, s.rmp_end);
+        let (base, end) = s.rmp_window();
+        let ok = check_rmp_window(base, end, rmp.pages(), |a, n| mem.backed(a, n));
+        assert!(ok.is_ok(), "SNP on with RMP window {base:#x}..={end:#x}: {ok:?}");
     }
 }

@@ -30,14 +30,9 @@ fuzz_target!(|data: &[u8]| {
     let secure = Arc::new(Mutex::new(SecureIommu::new(Arc::new(Null), Arc::new(Null))));
     {
         let mut s = secure.lock().unwrap();
-        s.amdvi.mmio_write(&mut mem, mmio::CMD_BUF_BASE, 8, 0x1_0000 | 8 << 56);
-        s.amdvi.mmio_write(&mut mem, mmio::EVENT_LOG_BASE, 8, 0x2_0000 | 8 << 56);
-        s.amdvi.mmio_write(
-            &mut mem,
-            mmio::CONTROL,
-            8,
-            control::IOMMU_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN | control::EVENT_INT_EN,
-        );
+        s.bar0_write(&mut mem, mmio::CMD_BUF_BASE, 8, 0x1_0000 | 8 << 56);
+        s.bar0_write(&mut mem, mmio::EVENT_LOG_BASE, 8, 0x2_0000 | 8 << 56);
+        s.bar0_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN | control::EVENT_INT_EN);
     }
     let channel = Control::default();
     channel.attach(Target { secure: secure.clone(), ram: GuestRam::default() });
@@ -57,8 +52,7 @@ fuzz_target!(|data: &[u8]| {
         let val = u64::from_le_bytes(op[4..12].try_into().unwrap());
         match op[0] % 3 {
             0 => {
-                s.amdvi.mmio_write(&mut mem, (u64::from(u16::from_le_bytes([op[1], op[2]])) % MMIO_SIZE) & !7, 8, val);
-                s.after_register_write(&mut mem);
+                s.bar0_write(&mut mem, (u64::from(u16::from_le_bytes([op[1], op[2]])) % MMIO_SIZE) & !7, 8, val);
             }
             1 => {
                 let access = if op[3] & 1 == 0 { Access::Read } else { Access::Write };
@@ -69,6 +63,6 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert!(s.pending_faults().len() <= 2 * iommu_model::inject::MAX_ARMED);
-        assert!(s.inject.fired.len() <= 256);
+        assert!(s.fired_faults().len() <= 256);
     }
 });

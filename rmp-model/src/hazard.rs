@@ -55,6 +55,11 @@ impl HazardRegistry {
         Ok(())
     }
 
+    /// Whether exactly this mapping is registered.
+    pub fn holds(&self, m: &LiveMapping) -> bool {
+        self.maps.get(&(m.spa, m.requester, m.iova)) == Some(m)
+    }
+
     /// Remove the mapping of `requester` at `iova`; true if there was one.
     pub fn unregister(&mut self, requester: u16, iova: u64) -> bool {
         match self.by_iova.remove(&(requester, iova)) {
@@ -114,6 +119,7 @@ mod tests {
         assert_eq!(r.overlapping(0x3f_f000, 0x1000).len(), 1, "inside the 2 MiB mapping");
         assert_eq!(r.overlapping(0x40_0000, 0x1000).len(), 0, "just past it");
         assert_eq!(r.overlapping(0x4f_f000, 0x2000).len(), 1);
+        assert!(r.holds(&m(0x50_0000, 0x1000)) && !r.holds(&LiveMapping { write: false, ..m(0x50_0000, 0x1000) }));
         assert!(r.unregister(0x20, 0x50_0000));
         assert!(!r.unregister(0x20, 0x50_0000), "already gone");
         assert!(r.overlapping(0x50_0000, 0x1000).is_empty());

@@ -164,7 +164,7 @@ impl Control {
         match v.get("cmd").and_then(Value::as_str) {
             Some("inject") => self.inject(&v),
             Some("status") => self.with_target(|s, _| {
-                let r = |off| s.amdvi.mmio_read(off, 8);
+                let r = |off| s.amdvi_register(off);
                 let amdvi = AmdviRegs {
                     control: r(mmio::CONTROL),
                     status: r(mmio::STATUS),
@@ -174,7 +174,7 @@ impl Control {
                     evt_tail: r(mmio::EVENT_LOG_TAIL),
                 };
                 // "fired": false leaves the history out (a guest polling over a serial port).
-                let fired = (v.get("fired") != Some(&Value::Bool(false))).then_some(&s.inject.fired);
+                let fired = (v.get("fired") != Some(&Value::Bool(false))).then_some(s.fired_faults());
                 Ok(answer(&Status { ok: true, pending: s.pending_faults(), fired, amdvi }))
             }),
             Some("clear") => {
@@ -190,7 +190,7 @@ impl Control {
                     if let (Some(id), true) = (id, gone.is_empty()) {
                         return Err(format!("no fault {id} is armed"));
                     }
-                    s.events.emit(abi::event::Event::InjectedCleared(abi::event::InjectedCleared { ids: gone.clone() }));
+                    s.events().emit(abi::event::Event::InjectedCleared(abi::event::InjectedCleared { ids: gone.clone() }));
                     Ok(answer(&Cleared { ok: true, cleared: gone }))
                 })
             }
@@ -231,7 +231,7 @@ impl Control {
             let fired = s.arm(&mut ram.snapshot(), id, fault, when)?;
             let pending = s.pending_faults().iter().any(|p| p.id == id);
             let armed = abi::event::InjectedArmed { id, fault: fault.name().into(), when: when_record(&when) };
-            s.events.emit(abi::event::Event::InjectedArmed(armed.clone()));
+            s.events().emit(abi::event::Event::InjectedArmed(armed.clone()));
             Ok(answer(&Armed { ok: true, id, fault: armed.fault, when: armed.when, pending, fired }))
         })
     }

@@ -33,37 +33,37 @@ fn hex(v: u64) -> Value {
 /// The registers, by the names the specs give them, and the RMP image (RMP_BASE onwards:
 /// bookkeeping, then one entry per page, as rmp-model renders it).
 pub fn snapshot(s: &SecureIommu) -> Snapshot {
-    let iommu = match &s.vtd {
-        Some(v) => {
-            let r = |off, size| hex(v.mmio_read(off, size));
-            json!({"kind": "vt-d", "vtd": {
-                "ver": r(vtd::VER, 4), "cap": r(vtd::CAP, 8), "ecap": r(vtd::ECAP, 8), "gsts": r(vtd::GSTS, 4),
-                "rtaddr": r(vtd::RTADDR, 8), "fsts": r(vtd::FSTS, 4), "iqh": r(vtd::IQH, 8), "iqt": r(vtd::IQT, 8),
-                "iqa": r(vtd::IQA, 8), "ics": r(vtd::ICS, 4),
-            }})
-        }
-        None => {
-            let r = |off| hex(s.amdvi.mmio_read(off, 8));
-            // AMD IOMMU spec 48882 §3.4 (MMIO offsets 0x0000-0x0030, 0x01a0, 0x2000-0x2020).
-            json!({"kind": "amd-vi", "amdvi": {
-                "dev_tab_base": r(mmio::DEV_TABLE_BASE), "cmd_buf_base": r(mmio::CMD_BUF_BASE),
-                "event_log_base": r(mmio::EVENT_LOG_BASE), "control": r(mmio::CONTROL),
-                "excl_base": r(mmio::EXCL_BASE), "excl_limit": r(mmio::EXCL_LIMIT),
-                "ext_features": r(mmio::EXT_FEATURES), "ext_features2": r(mmio::EXT_FEATURES2),
-                "cmd_buf_head": r(mmio::CMD_BUF_HEAD), "cmd_buf_tail": r(mmio::CMD_BUF_TAIL),
-                "event_log_head": r(mmio::EVENT_LOG_HEAD), "event_log_tail": r(mmio::EVENT_LOG_TAIL),
-                "status": r(mmio::STATUS),
-            }})
-        }
+    let iommu = if s.is_vtd() {
+        let r = |off, size| hex(s.bar0_read(off, size));
+        json!({"kind": "vt-d", "vtd": {
+            "ver": r(vtd::VER, 4), "cap": r(vtd::CAP, 8), "ecap": r(vtd::ECAP, 8), "gsts": r(vtd::GSTS, 4),
+            "rtaddr": r(vtd::RTADDR, 8), "fsts": r(vtd::FSTS, 4), "iqh": r(vtd::IQH, 8), "iqt": r(vtd::IQT, 8),
+            "iqa": r(vtd::IQA, 8), "ics": r(vtd::ICS, 4),
+        }})
+    } else {
+        let r = |off| hex(s.amdvi_register(off));
+        // AMD IOMMU spec 48882 §3.4 (MMIO offsets 0x0000-0x0030, 0x01a0, 0x2000-0x2020).
+        json!({"kind": "amd-vi", "amdvi": {
+            "dev_tab_base": r(mmio::DEV_TABLE_BASE), "cmd_buf_base": r(mmio::CMD_BUF_BASE),
+            "event_log_base": r(mmio::EVENT_LOG_BASE), "control": r(mmio::CONTROL),
+            "excl_base": r(mmio::EXCL_BASE), "excl_limit": r(mmio::EXCL_LIMIT),
+            "ext_features": r(mmio::EXT_FEATURES), "ext_features2": r(mmio::EXT_FEATURES2),
+            "cmd_buf_head": r(mmio::CMD_BUF_HEAD), "cmd_buf_tail": r(mmio::CMD_BUF_TAIL),
+            "event_log_head": r(mmio::EVENT_LOG_HEAD), "event_log_tail": r(mmio::EVENT_LOG_TAIL),
+            "status": r(mmio::STATUS),
+        }})
     };
-    let rmp = s.rmp.as_ref().map(|rmp| {
+    let rmp = s.rmp().map(|rmp| {
         let len = rmp_model::Rmp::table_bytes(rmp.pages());
         let mut image = vec![0u8; usize::try_from(len).unwrap_or(0)];
         rmp.read_image(0, &mut image);
         image
     });
     let snp = match &rmp {
-        Some(_) => json!({"enabled": true, "pages": s.ram_pages, "rmp": RMP, "rmp_base": hex(s.rmp_base), "rmp_end": hex(s.rmp_end)}),
+        Some(_) => {
+            let (base, end) = s.rmp_window();
+            json!({"enabled": true, "pages": s.ram_pages(), "rmp": RMP, "rmp_base": hex(base), "rmp_end": hex(end)})
+        }
         None => json!({"enabled": false}),
     };
     Snapshot { regs: json!({"iommu": iommu, "snp": snp}), rmp }
@@ -154,11 +154,12 @@ mod tests {
         b.map(&mut mem, 0x5000, 0x30_0000, 12, Perm::RW).unwrap();
         mem.write(0x8000 + 0x20 * 32, &Dte::translated(b.root, 3, 1, Perm::RW).to_bytes()).unwrap();
         let mut s = SecureIommu::new(Arc::new(Null), Arc::new(Null));
-        s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x8000);
-        s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, mmio::control::IOMMU_EN);
-        s.enable_snp(&mut mem, RAM >> 12).unwrap();
+        s.bar0_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x8000);
+        s.bar0_write(&mut mem, mmio::CONTROL, 8, mmio::control::IOMMU_EN);
+        let mut rmp = rmp_model::Rmp::new(RAM >> 12);
         let guest = rmp_model::RmpEntry { assigned: true, asid: 1, gpa: 0x30_0000, ..Default::default() };
-        assert!(s.rmp.as_mut().unwrap().firmware_set(0x300, guest));
+        assert!(rmp.firmware_set(0x300, guest));
+        s.enable_snp_with(rmp);
 
         let dir = std::env::temp_dir().join(format!("tiommu-dump-test-{}", std::process::id()));
         let control = Control::default().with_dump_dir(dir.clone());

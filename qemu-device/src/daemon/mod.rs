@@ -22,7 +22,7 @@ use crate::secure::SecureIommu;
 use crate::vfio::function::EventSink;
 use crate::vfio::guest_mem::GuestRam;
 use crate::vfio::server::{listen, remove_socket, FunctionBackend, MsixIrq, ServeError};
-use abi::event::{AmdviCommands, DaemonExit, Event, PartialAttach, PowerCycle, VtdInvalidations};
+use abi::event::{DaemonExit, Event, PartialAttach, PowerCycle};
 use abi::Bdf;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -248,17 +248,18 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
     let iommu_irq = Arc::new(MsixIrq::default());
     let mut sec = SecureIommu::new(events.clone(), iommu_irq.clone());
     if args.iommu == Some(IommuKind::Vtd) || args.personality == Personality::TdxConnect {
-        sec.vtd = Some(iommu_model::vtd::unit::VtdUnit::default());
+        let mut unit = iommu_model::vtd::unit::VtdUnit::default();
+        if args.personality == Personality::TdxConnect {
+            // The unit says it takes part in TDX Connect (ECAP.TDXCS, Linux ecap_tdxc).
+            unit.set_ecap_bits(iommu_model::vtd::regs::ecap::TDXCS);
+        }
+        sec.use_vtd(unit);
     }
     if args.personality == Personality::TdxConnect {
-        // The unit says it takes part in TDX Connect (ECAP.TDXCS, Linux ecap_tdxc).
-        if let Some(v) = &mut sec.vtd {
-            v.set_ecap_bits(iommu_model::vtd::regs::ecap::TDXCS);
-        }
-        sec.tdx = Some(crate::secure::tdx_module::TdxModule::default());
+        sec.use_tdx_module(crate::secure::tdx_module::TdxModule::default());
     }
     if let Some(path) = &args.rmp_state {
-        sec.publisher = Some(crate::secure::rmp_state::RmpPublisher::create(path).map_err(|e| e.to_string())?);
+        sec.publish_rmp(crate::secure::rmp_state::RmpPublisher::create(path).map_err(|e| e.to_string())?);
     }
     let secure = Arc::new(Mutex::new(sec));
     control.attach(Target { secure: secure.clone(), ram: ram.clone() });
@@ -286,7 +287,7 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
         let translated: Vec<u16> = std::iter::once(args.endpoint_bdf.0).chain(args.ioat.then_some(args.ioat_bdf.0)).collect();
         let dev = VirtioIommu::new(&translated, ram.clone(), irq.clone(), events.clone());
         // The endpoint's DMA takes the virtio-iommu's tables while it is attached to a domain.
-        secure.lock().unwrap_or_else(|p| p.into_inner()).viommu = Some(dev.domains.clone());
+        secure.lock().unwrap_or_else(|p| p.into_inner()).attach_virtio_iommu(dev.domains.clone(), Some(dev.event_queue()));
         FunctionBackend::new("virtio-iommu", dev, ram.clone(), irq)
     });
     let mut listeners = listeners.into_iter();
@@ -321,27 +322,7 @@ fn session(args: &Args, events: &Arc<JsonLines>, control: &Control, listeners: V
     let (results, abandoned) = wait_for_functions(&mut functions, &done_rx, events.as_ref(), args.persist);
     control.detach();
     // What the guest's IOMMU driver asked of the AMD-Vi (or VT-d) unit this session.
-    let record = {
-        let s = secure.lock().unwrap_or_else(|p| p.into_inner());
-        match &s.vtd {
-            Some(v) => {
-                let counts = iommu_model::vtd::unit::INVALIDATION_KINDS
-                    .iter()
-                    .zip(v.invalidations)
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(k, n)| (k.to_string(), n))
-                    .collect();
-                Event::VtdInvalidations(VtdInvalidations { counts })
-            }
-            None => {
-                let counts = (0u8..16)
-                    .filter(|&op| s.amdvi.commands[usize::from(op)] > 0)
-                    .map(|op| (iommu_model::amdvi::command::name(op).to_string(), s.amdvi.commands[usize::from(op)]))
-                    .collect();
-                Event::AmdviCommands(AmdviCommands { counts })
-            }
-        }
-    };
+    let record = secure.lock().unwrap_or_else(|p| p.into_inner()).usage_record();
     crate::vfio::function::EventSink::emit(events.as_ref(), record);
     if abandoned {
         // Functions still waiting for a client hold the job channel open: the daemon ends

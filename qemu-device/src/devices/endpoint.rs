@@ -7,6 +7,7 @@
 use crate::pci::doe::{self, Doe, DoeFault, DoeProtocol};
 use crate::secure::dma::{self, DmaError, DmaMem, TranslateCheck};
 use crate::secure::inject::{FaultyDevice, RogueDma};
+use crate::secure::tdi::{Tdis, Via};
 use crate::secure::{bdf, Refusal, SecureIommu};
 use crate::vfio::function::{Bar, EventSink, Irq, PciFunction, PciIds};
 use crate::vfio::guest_mem::GuestRam;
@@ -14,7 +15,6 @@ use abi::event::{self as ev, Event};
 use abi::Bdf;
 use crossbeam_channel::{Sender, TrySendError};
 use rmp_model::dma_check::DmaRefusal;
-use rmp_model::tdisp::TdispResponder;
 use std::sync::{Arc, Mutex, MutexGuard};
 use zerocopy::little_endian::U16;
 use zerocopy::{FromZeros, IntoBytes};
@@ -63,7 +63,7 @@ pub type RingFn = dyn Fn(&Mutex<Engine>) + Send + Sync;
 fn status_of(e: DmaError) -> DmaStatus {
     match e {
         DmaError::Length => DmaStatus::BadDescriptor,
-        DmaError::Refused { refusal: Refusal::Translation(_) | Refusal::Vtd(_), .. } => DmaStatus::IoPageFault,
+        DmaError::Refused { refusal: Refusal::Translation(_) | Refusal::Viommu { .. } | Refusal::Vtd(_), .. } => DmaStatus::IoPageFault,
         DmaError::Refused { refusal: Refusal::Rmp(DmaRefusal::TdiNotRun), .. } => DmaStatus::T1Refused,
         DmaError::Refused { refusal: Refusal::Tdx(rmp_model::tdx::TdxRefusal::NotRun), .. } => DmaStatus::T1Refused,
         DmaError::Refused { refusal: Refusal::Tdx(_), .. } => DmaStatus::RmpPageFault,
@@ -77,17 +77,14 @@ fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
-/// What one descriptor did: its status, the value to write back, and for a COPY how long it took
-/// through the DMA path and, right after, the same bytes moved again without it (µs, for
-/// docs/performance.md).
+/// What one descriptor did: its status, and the value to write back.
 struct Outcome {
     status: DmaStatus,
     value: Option<u64>,
-    timing: Option<(f64, f64)>,
 }
 
 fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem: &mut M, rid: u16, d: &Descriptor) -> Outcome {
-    let fail = |status| Outcome { status, value: None, timing: None };
+    let fail = |status| Outcome { status, value: None };
     let len = u64::from(d.len.get());
     let Some(flags) = DescFlags::from_bits(d.flags).filter(|_| len != 0 && len <= MAX_LEN) else {
         return fail(DmaStatus::BadDescriptor);
@@ -95,7 +92,6 @@ fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem
     let (t, src, dst) = (flags.contains(DescFlags::T), d.src.get(), d.dst.get());
     match Op::from_code(d.op) {
         Some(Op::Copy) => {
-            let start = std::time::Instant::now();
             let plan = match dma::plan_copy(iommu, mem, rid, t, src, dst, len) {
                 Ok(p) => p,
                 Err(e) => return fail(status_of(e)),
@@ -103,28 +99,20 @@ fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem
             if dma::move_copy(mem, &plan).is_err() {
                 return fail(DmaStatus::NoMemory);
             }
-            let through = start.elapsed().as_secs_f64() * 1e6;
-            // The baseline: the same bytes again between the same pages, no translation or
-            // check. Moving them twice changes nothing unless the sides overlap.
-            let timing = (!plan.overlaps()).then(|| {
-                let t0 = std::time::Instant::now();
-                let _ = dma::move_copy(mem, &plan);
-                (through, t0.elapsed().as_secs_f64() * 1e6)
-            });
-            Outcome { status: DmaStatus::Ok, value: None, timing }
+            Outcome { status: DmaStatus::Ok, value: None }
         }
         Some(Op::Fill) => {
             let pattern = d.value.to_bytes();
             let data: Vec<u8> = (0..len as usize).map(|i| pattern[i % 8]).collect();
             match dma::write(iommu, mem, rid, t, dst, &data) {
-                Ok(()) => Outcome { status: DmaStatus::Ok, value: None, timing: None },
+                Ok(()) => Outcome { status: DmaStatus::Ok, value: None },
                 Err(e) => fail(status_of(e)),
             }
         }
         Some(Op::ReadHash) => {
             let mut data = vec![0u8; len as usize];
             match dma::read(iommu, mem, rid, t, src, &mut data) {
-                Ok(()) => Outcome { status: DmaStatus::Ok, value: Some(fnv1a(&data)), timing: None },
+                Ok(()) => Outcome { status: DmaStatus::Ok, value: Some(fnv1a(&data)) },
                 Err(e) => fail(status_of(e)),
             }
         }
@@ -135,10 +123,10 @@ fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(iommu: &mut S, mem
 /// Process descriptors HEAD..TAIL: at most one ring's worth per call, whatever the guest does
 /// meanwhile. The descriptor fetch and the write-back are DMA like any other, T=0 unless
 /// CTRL.RING_T; when either is refused the engine halts (the driver could not see a status anyway).
-pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
+pub fn run_ring<M: DmaMem + ?Sized>(
     rid: u16,
     engine: &Mutex<Engine>,
-    iommu: &Mutex<S>,
+    iommu: &Mutex<SecureIommu>,
     mem: &mut M,
     events: &dyn EventSink,
     irq: &dyn Irq,
@@ -204,8 +192,6 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
             status_written: Some(wrote.is_ok()),
             src: Some(d.src.get()),
             dst: Some(d.dst.get()),
-            copy_us: out.timing.map(|t| (t.0 * 10.0).round() / 10.0),
-            memcpy_us: out.timing.map(|t| (t.1 * 10.0).round() / 10.0),
             ..Default::default()
         }));
         {
@@ -234,14 +220,13 @@ pub fn run_ring<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
 /// A DMA the device makes on its own (an injected fault: a misbehaving device), through the
 /// same path as its descriptors' DMA; written bytes are 0x5a. Reported as a `dma` record with
 /// `"injected": true` and the status a descriptor would have had.
-pub fn rogue_dma<M: DmaMem + ?Sized, S: TranslateCheck<M>>(d: RogueDma, iommu: &Mutex<S>, mem: &mut M, events: &dyn EventSink) {
-    let mut s = lock(iommu);
+pub fn rogue_dma<M: DmaMem + ?Sized>(d: RogueDma, iommu: &Mutex<SecureIommu>, mem: &mut M, events: &dyn EventSink) {
+    let mut s = dma::PerPage(iommu);
     let r = if d.write {
-        dma::write(&mut *s, mem, d.devid, d.t, d.iova, &vec![0x5a; d.len as usize])
+        dma::write(&mut s, mem, d.devid, d.t, d.iova, &vec![0x5a; d.len as usize])
     } else {
-        dma::read(&mut *s, mem, d.devid, d.t, d.iova, &mut vec![0; d.len as usize])
+        dma::read(&mut s, mem, d.devid, d.t, d.iova, &mut vec![0; d.len as usize])
     };
-    drop(s);
     let status = r.map_or_else(status_of, |()| DmaStatus::Ok);
     events.emit(Event::Dma(ev::Dma {
         devid: Bdf(d.devid),
@@ -320,8 +305,7 @@ fn queue(engine: &Arc<Mutex<Engine>>, runner: &RingRunner, jobs: &Sender<Job>) {
 
 struct TdispOverDoe {
     rid: u16,
-    responder: Arc<Mutex<TdispResponder>>,
-    events: Arc<dyn EventSink>,
+    tdis: Tdis,
 }
 
 impl DoeProtocol for TdispOverDoe {
@@ -332,24 +316,16 @@ impl DoeProtocol for TdispOverDoe {
         abi::doe::TDISP_TYPE
     }
     fn respond(&mut self, payload: &[u8]) -> Vec<u8> {
-        let mut r = lock(&self.responder);
-        let before = r.state();
-        let resp = r.handle_request(payload);
-        let after = r.state();
-        if before != after {
-            self.events.emit(crate::secure::tdisp_record(self.rid, before, after, "doe"));
-        }
-        resp
+        self.tdis.request(self.rid, payload, Via::Doe).unwrap_or_default()
     }
 }
 
 pub struct Endpoint {
     rid: u16,
     doe: Doe,
-    tdisp: Arc<Mutex<TdispResponder>>,
+    tdis: Tdis,
     engine: Arc<Mutex<Engine>>,
     secure: Arc<Mutex<SecureIommu>>,
-    events: Arc<dyn EventSink>,
     runner: RingRunner,
     jobs: Sender<Job>,
     faults: Arc<EndpointFaults>,
@@ -358,18 +334,18 @@ pub struct Endpoint {
 impl Endpoint {
     /// The daemon's endpoint: its ring is processed over guest RAM through `secure`.
     pub fn new(rid: u16, secure: Arc<Mutex<SecureIommu>>, ram: GuestRam, irq: Arc<dyn Irq>, jobs: Sender<Job>) -> Self {
-        let (iommu, events) = (secure.clone(), lock(&secure).events.clone());
+        let (iommu, events) = (secure.clone(), lock(&secure).events());
         let ev = events.clone();
         let (ev2, ram2, weak) = (events.clone(), ram.clone(), Arc::downgrade(&secure));
         let runner: RingRunner = Arc::new(move |engine: &Mutex<Engine>| {
             let mut mem = ram.snapshot();
-            run_ring(rid, engine, &*iommu, &mut mem, ev.as_ref(), irq.as_ref());
+            run_ring(rid, engine, &iommu, &mut mem, ev.as_ref(), irq.as_ref());
         });
         // Held by the secure IOMMU's injection state: a weak reference, so the two do not keep
         // each other alive.
         let rogue: Arc<dyn Fn(RogueDma) + Send + Sync> = Arc::new(move |d| {
             if let Some(secure) = weak.upgrade() {
-                rogue_dma(d, &*secure, &mut ram2.snapshot(), ev2.as_ref());
+                rogue_dma(d, &secure, &mut ram2.snapshot(), ev2.as_ref());
             }
         });
         Self::build(rid, secure, runner, Some(rogue), jobs)
@@ -390,13 +366,9 @@ impl Endpoint {
     ) -> Self {
         // The interface report lists BAR0 (range 0) as the TDI's MMIO.
         let ranges = vec![rmp_model::tdisp::MmioRange { first_page: 0, pages: 1, attributes: 0, range_id: 0 }];
-        let tdisp = Arc::new(Mutex::new(TdispResponder::new(u32::from(rid), ranges)));
-        let events = {
-            let mut s = lock(&secure);
-            s.tdisp.insert(rid, tdisp.clone());
-            s.events.clone()
-        };
-        let doe = Doe::new(vec![Box::new(TdispOverDoe { rid, responder: tdisp.clone(), events: events.clone() })]);
+        let tdis = lock(&secure).tdis();
+        tdis.add(rid, ranges);
+        let doe = Doe::new(vec![Box::new(TdispOverDoe { rid, tdis: tdis.clone() })]);
         let engine: Arc<Mutex<Engine>> = Arc::default();
         let faults = Arc::new(EndpointFaults {
             doe: Mutex::new(None),
@@ -406,8 +378,8 @@ impl Endpoint {
             rogue,
             jobs: Mutex::new(Some(jobs.clone())),
         });
-        lock(&secure).inject.devices.insert(rid, faults.clone());
-        Endpoint { rid, doe, tdisp, engine, secure, events, runner, jobs, faults }
+        lock(&secure).add_faulty_device(rid, faults.clone());
+        Endpoint { rid, doe, tdis, engine, secure, runner, jobs, faults }
     }
 
     /// Queue one job unless one is queued and not yet started (it will see this TAIL). Never
@@ -544,12 +516,7 @@ impl PciFunction for Endpoint {
 
     fn config_written(&mut self, offset: u64) {
         // TDISP: a configuration change while locked moves the TDI to ERROR.
-        let mut r = lock(&self.tdisp);
-        let before = r.state();
-        r.config_changed();
-        if r.state() != before {
-            self.events.emit(crate::secure::tdisp_record(self.rid, before, r.state(), format!("config write at {offset:#x}")));
-        }
+        self.tdis.config_written(self.rid, offset);
     }
 
     fn reset(&mut self) {
@@ -559,9 +526,7 @@ impl PciFunction for Endpoint {
             *e = Engine { epoch, ..Engine::default() };
         }
         self.doe.write(doe::CTRL, doe::CTRL_ABORT);
-        if let Some(r) = lock(&self.secure).rmp.as_mut() {
-            r.hazards.unregister_requester(self.rid);
-        }
+        lock(&self.secure).forget_mappings_of(self.rid);
     }
 }
 
@@ -599,10 +564,10 @@ mod tests {
         let pt = V1Builder::new(mem, pt_pool.0, pt_pool.1, 4).unwrap();
         mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
         let mut s = SecureIommu::new(events, Arc::new(Irqs::default()));
-        s.amdvi.mmio_write(mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
+        s.bar0_write(mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
         // 256 entries (EventLen 8).
-        s.amdvi.mmio_write(mem, mmio::EVENT_LOG_BASE, 8, EVENT_LOG | 8 << 56);
-        s.amdvi.mmio_write(mem, mmio::CONTROL, 8, control::IOMMU_EN | control::EVENT_LOG_EN);
+        s.bar0_write(mem, mmio::EVENT_LOG_BASE, 8, EVENT_LOG | 8 << 56);
+        s.bar0_write(mem, mmio::CONTROL, 8, control::IOMMU_EN | control::EVENT_LOG_EN);
         (s, pt)
     }
 
@@ -674,7 +639,12 @@ mod tests {
         assert_eq!(r.desc(2).value, fnv1a(&got));
         let dma = r.events_of("dma");
         assert_eq!(dma.len(), 3);
-        assert!(dma[1]["copy_us"].is_number() && dma[1]["memcpy_us"].is_number(), "{:?}", dma[1]);
+        assert_eq!(
+            (dma[1]["op"].as_str(), dma[1]["len"].as_u64(), dma[1]["status"].as_str()),
+            (Some("COPY"), Some(0x1800), Some("OK")),
+            "{:?}",
+            dma[1]
+        );
     }
 
     #[test]
@@ -720,7 +690,7 @@ mod tests {
             .collect();
         assert!(log.iter().all(|e| e.code == event::IO_PAGE_FAULT && e.devid == RID), "{log:?}");
         assert_eq!(log.iter().map(|e| e.address).collect::<Vec<_>>(), [0x5000_1000, 0x5000_2000, 0x5000_3000]);
-        assert_eq!(lock(&r.secure).amdvi.mmio_read(mmio::EVENT_LOG_TAIL, 8), 3 * 16);
+        assert_eq!(lock(&r.secure).amdvi_register(mmio::EVENT_LOG_TAIL), 3 * 16);
         assert_eq!(r.run(1, desc(Op::Fill, DescFlags::empty(), 8, 0, 0x7000_0000, 1)), DmaStatus::NoMemory, "past guest RAM");
         assert_eq!(r.events_of("translation_fault").len(), 3, "past RAM is no IOMMU event");
         // A refused source: the destination is not even asked for.
@@ -769,7 +739,7 @@ mod tests {
             rmp.pvalidate(GuestCtx { asid: 2, vmpl: 0 }, spa, gpa, PageSize::Size4K, true);
         }
         let mut s = lock(&r.secure);
-        s.rmp = Some(rmp);
+        s.enable_snp_with(rmp);
         crate::secure::bind_running_tdi(&mut s, RID, 2, 1 << 40);
     }
 
@@ -966,7 +936,7 @@ mod tests {
         }
         ep.bar_write(0, reg::RING_BASE, &RING.to_le_bytes());
         w32(&mut ep, reg::RING_SIZE, 3);
-        let dev = lock(&ep.secure).inject.devices[&RID].clone();
+        let dev = lock(&ep.secure).faulty_device(RID).unwrap();
         dev.stall_ring();
         w32(&mut ep, reg::TAIL, 2);
         rx.try_recv().unwrap()();
@@ -1008,7 +978,7 @@ mod tests {
             ep.ext_config_read(DOE_OFFSET + reg, &mut b);
             u32::from_le_bytes(b)
         };
-        let dev = lock(&ep.secure).inject.devices[&RID].clone();
+        let dev = lock(&ep.secure).faulty_device(RID).unwrap();
         dev.doe(DoeFault::Error);
         assert_eq!(rd(&mut ep, doe::STATUS), doe::STATUS_ERROR);
         ep.ext_config_write(DOE_OFFSET + doe::CTRL, &doe::CTRL_ABORT.to_le_bytes());
@@ -1096,7 +1066,7 @@ mod tests {
         assert_eq!(tdisp::parse_response(&m), Some(Response::Started));
         assert_eq!(state(&mut ep), Some(Response::State(TdiState::Run)));
         // The firmware's view (the responder the TIO commands reach) is the same TDI.
-        assert_eq!(lock(&ep.secure).tdisp[&RID].lock().unwrap().state(), TdiState::Run);
+        assert_eq!(lock(&ep.secure).tdis().state(RID), TdiState::Run);
         let m = doe_exchange(&mut ep, abi::doe::TDISP_VENDOR, abi::doe::TDISP_TYPE, &tdisp::request(tdisp::req::STOP_INTERFACE, fid, &[]));
         assert_eq!(tdisp::parse_response(&m), Some(Response::Stopped));
         // START with a nonce other than LOCK's: INVALID_NONCE, and the TDI is in ERROR.

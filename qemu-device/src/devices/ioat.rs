@@ -53,11 +53,11 @@ pub struct Ioat {
 impl Ioat {
     /// The daemon's engine: its channels run over guest RAM through `secure`.
     pub fn new(rid: u16, secure: Arc<Mutex<SecureIommu>>, ram: GuestRam, irq: Arc<dyn Irq>, jobs: Sender<Job>) -> Self {
-        let events = lock(&secure).events.clone();
+        let events = lock(&secure).events();
         let (ev, ir) = (events.clone(), irq.clone());
         let runner: ChannelRunner = Arc::new(move |engine: &Mutex<Engine>, ch: usize| {
             let mut mem = ram.snapshot();
-            run_channel(rid, engine, ch, &*secure, &mut mem, ev.as_ref(), ir.as_ref())
+            run_channel(rid, engine, ch, &secure, &mut mem, ev.as_ref(), ir.as_ref())
         });
         Self::with_runner(rid, runner, irq, events, jobs)
     }

@@ -4,13 +4,13 @@
 //! on completion, as Linux drivers/crypto/ccp/psp-dev.c drives the PSP). Layouts:
 //! docs/device-abi.md.
 
-use crate::secure::{SecureIommu, RMP_ADDR_MASK};
+use crate::secure::SecureIommu;
 use crate::vfio::function::{Bar, PciFunction, PciIds};
 use crate::vfio::guest_mem::{GuestMem, GuestRam};
 use iommu_model::amdvi::mmio::MMIO_SIZE;
 use iommu_model::mem::PhysMem;
 use rmp_model::ops::{AdjustAttrs, GuestCtx, GuestResult, RmpState};
-use rmp_model::tio::TioStatus;
+use rmp_model::tio::{Tio, TioStatus, Transport};
 use rmp_model::PageSize;
 use std::sync::{Arc, Mutex};
 use zerocopy::little_endian::U32;
@@ -75,7 +75,7 @@ impl IommuFunction {
         };
         let mut s = self.lock();
         // TDX Connect: the mailbox is the TDX module's, and only its calls exist.
-        if s.tdx.is_some() {
+        if s.is_tdx() {
             return crate::secure::tdx_module::command(&mut s, id, &b);
         }
         let status = match Command::from_code(id) {
@@ -95,31 +95,26 @@ impl IommuFunction {
                     u32::from(s.rmpupdate(&mut mem, c.spa.get(), &st).code())
                 }
             }
-            Some(Command::Psmash | Command::Pvalidate | Command::Rmpadjust | Command::Rmpread) if s.rmp.is_none() => RMP_FAIL_INPUT,
+            Some(Command::Psmash | Command::Pvalidate | Command::Rmpadjust | Command::Rmpread) if !s.snp_enabled() => RMP_FAIL_INPUT,
             Some(Command::Psmash) => {
                 let spa = mb::parse::<mb::Psmash>(&b).spa.get();
-                let st = s.rmp.as_mut().map(|r| r.psmash(spa)).map_or(RMP_FAIL_INPUT, |c| u32::from(c.code()));
-                s.mirror(&mut mem, spa >> 12, 512);
-                st
+                s.rmp_op(&mut mem, spa, |r| r.psmash(spa)).map_or(RMP_FAIL_INPUT, |c| u32::from(c.code()))
             }
             Some(Command::Pvalidate) => {
                 let c: mb::Pvalidate = mb::parse(&b);
                 let spa = c.spa.get();
                 let g = GuestCtx { asid: c.asid.get(), vmpl: 0 };
-                let r = s.rmp.as_mut().map(|r| r.pvalidate(g, spa, c.gpa.get(), size(c.page_size), c.validate != 0));
-                s.mirror(&mut mem, spa >> 12, 512);
-                r.map_or(RMP_FAIL_INPUT, guest)
+                s.rmp_op(&mut mem, spa, |r| r.pvalidate(g, spa, c.gpa.get(), size(c.page_size), c.validate != 0))
+                    .map_or(RMP_FAIL_INPUT, guest)
             }
             Some(Command::Rmpadjust) => {
                 let c: mb::RmpAdjust = mb::parse(&b);
                 let spa = c.spa.get();
                 let g = GuestCtx { asid: c.asid.get(), vmpl: c.vmpl };
                 let a = AdjustAttrs { target_vmpl: c.target_vmpl, perms: c.perms, vmsa: c.vmsa != 0 };
-                let r = s.rmp.as_mut().map(|r| r.rmpadjust(g, spa, c.gpa.get(), size(c.page_size), a));
-                s.mirror(&mut mem, spa >> 12, 512);
-                r.map_or(RMP_FAIL_INPUT, guest)
+                s.rmp_op(&mut mem, spa, |r| r.rmpadjust(g, spa, c.gpa.get(), size(c.page_size), a)).map_or(RMP_FAIL_INPUT, guest)
             }
-            Some(Command::Rmpread) => match s.rmp.as_ref().and_then(|r| r.rmpread(mb::parse::<mb::RmpRead>(&b).spa.get())) {
+            Some(Command::Rmpread) => match s.rmp().and_then(|r| r.rmpread(mb::parse::<mb::RmpRead>(&b).spa.get())) {
                 Some(e) => {
                     if mem.write(buf.wrapping_add(mb::out::RMPREAD), &e.to_bytes()).is_err() {
                         INVALID_ADDRESS
@@ -140,25 +135,16 @@ impl IommuFunction {
 /// The TIO commands; TDISP messages reach the endpoint's responder directly (the host's DOE
 /// relay collapsed: the model carries the bytes unchanged).
 fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, command: Command, buf: u64, b: &[u8; mb::CMDBUF_SIZE]) -> u32 {
-    let responders = s.tdisp.clone();
-    let events = s.events.clone();
-    let mut transport = |devid: u16, m: &[u8]| -> Option<Vec<u8>> {
-        let r = responders.get(&devid)?;
-        let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
-        let before = r.state();
-        let resp = r.handle_request(m);
-        let after = r.state();
-        if before != after {
-            events.emit(crate::secure::tdisp_record(devid, before, after, "firmware"));
-        }
-        Some(resp)
-    };
+    s.with_tio(|tio, transport| tio_call(tio, transport, mem, command, buf, b))
+}
+
+fn tio_call(tio: &mut Tio, transport: Transport, mem: &mut GuestMem, command: Command, buf: u64, b: &[u8; mb::CMDBUF_SIZE]) -> u32 {
     let code = |st: TioStatus| st.code();
     // An output written back into the command buffer: 0, or INVALID_ADDRESS if it cannot be.
     let mut output = |at: u64, bytes: &[u8]| if mem.write(buf.wrapping_add(at), bytes).is_err() { INVALID_ADDRESS } else { 0 };
     match command {
         Command::TioStatus => {
-            let (init, devs, tdis) = s.tio.status();
+            let (init, devs, tdis) = tio.status();
             let out = mb::TioStatus {
                 initialized: U32::new(u32::from(init)),
                 devices: U32::new(devs as u32),
@@ -167,37 +153,37 @@ fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, command: Command, buf: u
             };
             output(mb::out::TIO_STATUS, &out.as_bytes()[mb::out::TIO_STATUS as usize..])
         }
-        Command::TioInit => code(s.tio.init()),
+        Command::TioInit => code(tio.init()),
         Command::TioDevCreate => {
             let c: mb::TioDev = mb::parse(b);
-            code(s.tio.dev_create(c.device_id.get(), c.arg))
+            code(tio.dev_create(c.device_id.get(), c.arg))
         }
-        Command::TioDevReclaim => code(s.tio.dev_reclaim(mb::parse::<mb::TioDev>(b).device_id.get())),
+        Command::TioDevReclaim => code(tio.dev_reclaim(mb::parse::<mb::TioDev>(b).device_id.get())),
         Command::TioDevConnect => {
             let c: mb::TioDevConnect = mb::parse(b);
-            code(s.tio.dev_connect(c.device_id.get(), c.ide_stream_id, &mut transport))
+            code(tio.dev_connect(c.device_id.get(), c.ide_stream_id, transport))
         }
         Command::TioDevDisconnect => {
             let c: mb::TioDev = mb::parse(b);
-            code(s.tio.dev_disconnect(c.device_id.get(), c.arg != 0))
+            code(tio.dev_disconnect(c.device_id.get(), c.arg != 0))
         }
         Command::TioTdiCreate => {
             let c: mb::TioTdiCreate = mb::parse(b);
-            match s.tio.tdi_create(c.device_id.get(), c.function_id.get()) {
+            match tio.tdi_create(c.device_id.get(), c.function_id.get()) {
                 Ok(tdi) => output(mb::out::TIO_TDI_CREATE, &tdi.to_le_bytes()),
                 Err(st) => code(st),
             }
         }
-        Command::TioTdiReclaim => code(s.tio.tdi_reclaim(mb::parse::<mb::TioTdi>(b).tdi.get())),
+        Command::TioTdiReclaim => code(tio.tdi_reclaim(mb::parse::<mb::TioTdi>(b).tdi.get())),
         Command::TioTdiBind => {
             let c: mb::TioTdiBind = mb::parse(b);
-            code(s.tio.tdi_bind(c.tdi.get(), c.asid.get(), c.guest_device_id.get(), c.lock_flags.get(), c.run != 0, &mut transport))
+            code(tio.tdi_bind(c.tdi.get(), c.asid.get(), c.guest_device_id.get(), c.lock_flags.get(), c.run != 0, transport))
         }
         Command::TioTdiUnbind => {
             let c: mb::TioTdi = mb::parse(b);
-            code(s.tio.tdi_unbind(c.tdi.get(), c.force != 0, &mut transport))
+            code(tio.tdi_unbind(c.tdi.get(), c.force != 0, transport))
         }
-        Command::TioTdiStatus => match s.tio.tdi_status(mb::parse::<mb::TioTdi>(b).tdi.get(), &mut transport) {
+        Command::TioTdiStatus => match tio.tdi_status(mb::parse::<mb::TioTdi>(b).tdi.get(), transport) {
             Ok(st) => output(mb::out::TIO_TDI_STATUS, &[st as u8]),
             Err(st) => code(st),
         },
@@ -205,15 +191,15 @@ fn tio_command(s: &mut SecureIommu, mem: &mut GuestMem, command: Command, buf: u
             let c: mb::TioGuestRequest = mb::parse(b);
             let tdi = c.tdi.get();
             let r = match GuestMessage::from_code(c.message.get()) {
-                Some(GuestMessage::SdteWrite) => s.tio.sdte_write(tdi, c.vtom.get()) as u32,
-                Some(GuestMessage::Run) => code(s.tio.tdi_run(tdi, &mut transport)),
+                Some(GuestMessage::SdteWrite) => tio.sdte_write(tdi, c.vtom.get()) as u32,
+                Some(GuestMessage::Run) => code(tio.tdi_run(tdi, transport)),
                 None => return INVALID_COMMAND,
             };
             output(mb::out::TIO_GUEST_REQUEST, &r.to_le_bytes())
         }
-        Command::TioAsidFenceClear => code(s.tio.asid_fence_clear(mb::parse::<mb::TioAsidFence>(b).asid.get())),
+        Command::TioAsidFenceClear => code(tio.asid_fence_clear(mb::parse::<mb::TioAsidFence>(b).asid.get())),
         Command::TioAsidFenceStatus => {
-            let st = s.tio.asid_fence_status(mb::parse::<mb::TioAsidFence>(b).asid.get());
+            let st = tio.asid_fence_status(mb::parse::<mb::TioAsidFence>(b).asid.get());
             output(mb::out::TIO_ASID_FENCE_STATUS, &st.to_le_bytes())
         }
         _ => INVALID_COMMAND,
@@ -240,7 +226,7 @@ impl PciFunction for IommuFunction {
     }
 
     fn bars(&self) -> Vec<Bar> {
-        let bar0 = if self.lock().vtd.is_some() { iommu_model::vtd::regs::MMIO_SIZE } else { MMIO_SIZE };
+        let bar0 = if self.lock().is_vtd() { iommu_model::vtd::regs::MMIO_SIZE } else { MMIO_SIZE };
         vec![Bar { index: 0, size: bar0 }, Bar { index: 2, size: mb::BAR2_SIZE }]
     }
 
@@ -252,7 +238,7 @@ impl PciFunction for IommuFunction {
 
     /// The AMD IOMMU capability block; a VT-d unit has none (the ACPI DMAR alone describes it).
     fn std_caps(&self) -> Vec<Vec<u8>> {
-        if self.lock().vtd.is_some() {
+        if self.lock().is_vtd() {
             return Vec::new();
         }
         vec![capability()]
@@ -267,23 +253,17 @@ impl PciFunction for IommuFunction {
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         let v = match bar {
-            0 => {
-                let s = self.lock();
-                match &s.vtd {
-                    Some(v) => v.mmio_read(offset, data.len()),
-                    None => s.amdvi.mmio_read(offset, data.len()),
-                }
-            }
+            0 => self.lock().bar0_read(offset, data.len()),
             2 => {
                 let s = self.lock();
                 let r = match offset & !7 {
-                    bar2::RMP_BASE => s.rmp_base,
-                    bar2::RMP_END => s.rmp_end,
+                    bar2::RMP_BASE => s.rmp_window().0,
+                    bar2::RMP_END => s.rmp_window().1,
                     bar2::SNP_CTL => self.snp_ctl,
                     bar2::CMDRESP => u64::from(self.cmdresp),
                     bar2::CMDBUF_LO => self.cmdbuf,
-                    bar2::FE_MSG_ADDR => s.vtd.as_ref().map_or(0, |v| v.mmio_read(iommu_model::vtd::regs::FEADDR, 8)),
-                    bar2::FE_MSG_DATA => s.vtd.as_ref().map_or(0, |v| v.mmio_read(iommu_model::vtd::regs::FEDATA, 4)),
+                    bar2::FE_MSG_ADDR => s.vtd_fault_message().0,
+                    bar2::FE_MSG_DATA => s.vtd_fault_message().1,
                     _ => 0,
                 };
                 r >> ((offset & 7) << 3)
@@ -299,28 +279,15 @@ impl PciFunction for IommuFunction {
             0 => {
                 tracing::trace!("AMD-Vi write {offset:#06x} <- {v:#x} ({} bytes)", data.len());
                 let mut mem = self.ram.snapshot();
-                let mut s = self.lock();
-                match &mut s.vtd {
-                    Some(vtd) => vtd.mmio_write(&mut mem, offset, data.len(), v),
-                    None => s.amdvi.mmio_write(&mut mem, offset, data.len(), v),
-                }
-                s.after_register_write(&mut mem);
-                s.irq_if_pending();
+                self.lock().bar0_write(&mut mem, offset, data.len(), v);
             }
             // TDX Connect: the RMP registers do not exist; only the module's mailbox does.
-            2 if self.lock().tdx.is_some() && offset < bar2::CMDRESP => {}
+            2 if self.lock().is_tdx() && offset < bar2::CMDRESP => {}
             2 => match offset {
                 // The window is checked when SNP is enabled and locked from then on, as the
                 // MSRs are once SYSCFG.SNPEn is set (docs/device-abi.md, "RMP_BASE and RMP_END").
-                bar2::RMP_BASE | bar2::RMP_END => {
-                    let mut s = self.lock();
-                    if s.rmp.is_none() {
-                        match offset {
-                            bar2::RMP_BASE => s.rmp_base = v & RMP_ADDR_MASK,
-                            _ => s.rmp_end = (v & RMP_ADDR_MASK) | 0x1fff,
-                        }
-                    }
-                }
+                bar2::RMP_BASE => self.lock().set_rmp_base(v),
+                bar2::RMP_END => self.lock().set_rmp_end(v),
                 bar2::SNP_CTL => {
                     // SNP_EN stays set once SNP is on; a refused enable reads back 0.
                     let on = if SnpCtl::from_bits_truncate(v).contains(SnpCtl::SNP_EN) {
@@ -328,7 +295,7 @@ impl PciFunction for IommuFunction {
                         let mut mem = self.ram.snapshot();
                         self.lock().enable_snp(&mut mem, pages).is_ok()
                     } else {
-                        self.lock().rmp.is_some()
+                        self.lock().snp_enabled()
                     };
                     self.snp_ctl = u64::from(on);
                 }
@@ -346,15 +313,7 @@ impl PciFunction for IommuFunction {
     }
 
     fn reset(&mut self) {
-        let mut s = self.lock();
-        s.amdvi.reset();
-        if let Some(v) = &mut s.vtd {
-            v.reset();
-        }
-        if let Some(m) = &mut s.tdx {
-            m.reset();
-        }
-        drop(s);
+        self.lock().reset_units();
         self.cmdresp = 0;
     }
 }

@@ -1,7 +1,8 @@
 //! The path every endpoint access takes: translate, check, then move bytes.
 //!
 //! A transfer is split at 4 KiB boundaries (a TLP never crosses one, PCIe 6.x §2.2.7) and every
-//! page goes through the secure IOMMU (`TranslateCheck`): the AMD-Vi walk, then the RMP check.
+//! page goes through the secure IOMMU (`TranslateCheck`): the device's front translates, then the
+//! RMP (or the TDX module's PAMT) checks (the stages: secure/mod.rs).
 //! Nothing moves unless every page of the transfer is allowed and backed by guest RAM; each
 //! refused page is logged by the IOMMU, one event per page, as the hardware logs one per request.
 //! The choices (maximum length, what a copy whose two sides overlap does) are in
@@ -36,13 +37,23 @@ impl<M: PhysMem + ?Sized> TranslateCheck<M> for SecureIommu {
 /// device's long transfer never keeps the IOMMU's registers and command buffer waiting longer
 /// than one page (a 16 MiB descriptor is 4096 of them). The bytes move after the check without
 /// the lock: an RMPUPDATE may land between the check of a page and the move, as a conversion may
-/// land while a DMA is in flight on hardware; the mapping was registered live when it was walked,
-/// so that RMPUPDATE reports the hazard.
-pub struct PerPage<'a, S>(pub &'a std::sync::Mutex<S>);
+/// land while a DMA is in flight on hardware; the mapping was registered live when it was
+/// translated, so that RMPUPDATE reports the hazard. This is the caller the secure IOMMU returns
+/// the virtio-iommu's faults to: each is posted on the device's event queue once the lock is
+/// released.
+pub struct PerPage<'a>(pub &'a std::sync::Mutex<SecureIommu>);
 
-impl<M: ?Sized, S: TranslateCheck<M>> TranslateCheck<M> for PerPage<'_, S> {
+impl<M: PhysMem + ?Sized> TranslateCheck<M> for PerPage<'_> {
     fn translate_page(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
-        let r = self.0.lock().unwrap_or_else(|p| p.into_inner()).translate_page(mem, rid, t, iova, access);
+        let (r, queue) = {
+            let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let r = s.translate_page(mem, rid, t, iova, access);
+            let queue = matches!(r, Err(Refusal::Viommu { .. })).then(|| s.fault_queue()).flatten();
+            (r, queue)
+        };
+        if let (Err(Refusal::Viommu { fault, .. }), Some(q)) = (&r, queue) {
+            q.post(*fault);
+        }
         // A register access is waiting: let it have the lock before the next page (for at most
         // 2 ms, should it never come).
         use std::sync::atomic::Ordering;

@@ -359,6 +359,21 @@ impl SecureIommu {
         gone
     }
 
+    /// The device `rid` takes the platform faults aimed at it (its mailbox, ring, worker).
+    pub fn add_faulty_device(&mut self, rid: u16, device: Arc<dyn FaultyDevice>) {
+        self.inject.devices.insert(rid, device);
+    }
+
+    /// The device that takes the platform faults aimed at `rid`.
+    pub fn faulty_device(&self, rid: u16) -> Option<Arc<dyn FaultyDevice>> {
+        self.inject.devices.get(&rid).cloned()
+    }
+
+    /// The newest fired faults' records, oldest first (the control socket's status).
+    pub fn fired_faults(&self) -> &VecDeque<ev::Injected> {
+        &self.inject.fired
+    }
+
     /// Armed faults, by id.
     pub fn pending_faults(&self) -> Vec<PendingFault> {
         let amdvi = self.amdvi.inject.pending().iter().map(|a| (a.id, Fault::AmdVi(a.fault), a.when, a.fired));
@@ -396,7 +411,7 @@ impl SecureIommu {
 
     /// After the guest's driver wrote an AMD-Vi register: the commands it ran count for the
     /// platform faults, and what the AMD-Vi faults did is reported.
-    pub fn after_register_write<M: PhysMem + ?Sized>(&mut self, mem: &mut M) {
+    pub(crate) fn after_register_write<M: PhysMem + ?Sized>(&mut self, mem: &mut M) {
         self.collect_amdvi();
         let executed: u64 = self.amdvi.commands.iter().sum();
         // A reset of the unit starts its count again.
@@ -463,19 +478,11 @@ impl SecureIommu {
                 self.inject.changed_rmp.insert(pfn);
                 format!("the RMP entry of {spa:#x} reads {} in memory while the RMP holds {}", hex(&changed), hex(&raw))
             }
-            Platform::TdiError { devid } => {
-                let Some(r) = self.tdisp.get(&devid).cloned() else { return format!("nothing: {} has no TDI", bdf(devid)) };
-                let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
-                let before = r.state();
-                if !r.fail() {
-                    return format!("nothing: the TDI is {}, not locked", before.name());
-                }
-                if let ev::Event::Tdisp(mut t) = super::tdisp_record(devid, before, r.state(), "injected") {
-                    t.injected = Some(true);
-                    self.events.emit(ev::Event::Tdisp(t));
-                }
-                format!("the TDI went from {} to ERROR", before.name())
-            }
+            Platform::TdiError { devid } => match self.tdis.fail(devid) {
+                Ok(before) => format!("the TDI went from {} to ERROR", before.name()),
+                Err(Some(state)) => format!("nothing: the TDI is {}, not locked", state.name()),
+                Err(None) => format!("nothing: {} has no TDI", bdf(devid)),
+            },
             Platform::Doe { devid, fault } => match device(self, devid) {
                 Some(d) => {
                     d.doe(fault);
@@ -576,6 +583,7 @@ fn hex(b: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secure::tdi::Via;
     use crate::secure::{bind_running_tdi, Refusal};
     use crate::testing::Collect;
     use crate::testing::Irqs;
@@ -698,21 +706,23 @@ mod tests {
         assert!(matches!(s.page(&mut mem, RID, true, 0x5000, Access::Write), Err(Refusal::Rmp(DmaRefusal::TdiNotRun))));
         assert!(s.page(&mut mem, RID, false, 0x9000, Access::Write).is_ok(), "T=0 DMA goes on");
         assert_eq!(s.tio.asid_fence_status(2), 0, "the device's own error fences nothing");
-        let t = of(&events, "tdisp");
+        let t: Vec<_> = of(&events, "tdisp").into_iter().filter(|e| e["via"] == "injected").collect();
+        assert_eq!(t.len(), 1);
         assert_eq!((t[0]["from"].as_str(), t[0]["to"].as_str(), t[0]["injected"].as_bool()), (Some("RUN"), Some("ERROR"), Some(true)));
         // The host STOPs the TDI; T=1 stays refused until it is bound and RUN again.
-        let responder = s.tdisp[&RID].clone();
-        responder.lock().unwrap().handle_request(&rmp_model::tdisp::request(rmp_model::tdisp::req::STOP_INTERFACE, u32::from(RID), &[]));
-        assert_eq!(responder.lock().unwrap().state(), TdiState::ConfigUnlocked);
+        let tdis = s.tdis();
+        let stop = rmp_model::tdisp::request(rmp_model::tdisp::req::STOP_INTERFACE, u32::from(RID), &[]);
+        tdis.request(RID, &stop, Via::Firmware);
+        assert_eq!(tdis.state(RID), TdiState::ConfigUnlocked);
         assert!(s.page(&mut mem, RID, true, 0x5000, Access::Write).is_err());
         let tdi = *s.tio.tdis.keys().next().unwrap();
-        let mut tr = |_: u16, m: &[u8]| Some(responder.lock().unwrap().handle_request(m));
+        let mut tr = |rid: u16, m: &[u8]| tdis.request(rid, m, Via::Firmware);
         assert_eq!(s.tio.tdi_unbind(tdi, false, &mut tr), rmp_model::tio::TioStatus::Success);
         assert_eq!(s.tio.tdi_bind(tdi, 2, 0x100, 0, true, &mut tr), rmp_model::tio::TioStatus::Success);
         s.tio.sdte_write(tdi, 1 << 40);
         assert!(s.page(&mut mem, RID, true, 0x5000, Access::Write).is_ok(), "a clean re-bind");
         // Not locked: nothing to move.
-        responder.lock().unwrap().handle_request(&rmp_model::tdisp::request(rmp_model::tdisp::req::STOP_INTERFACE, u32::from(RID), &[]));
+        tdis.request(RID, &stop, Via::Firmware);
         let fired = arm(&mut s, &mut mem, 2, r#"{"fault":"tdi-error","device":"00:04.0"}"#);
         assert!(fired[0]["effect"].as_str().unwrap().starts_with("nothing"), "{fired:?}");
     }

@@ -1,65 +1,115 @@
-//! The secure IOMMU as the daemon runs it: the AMD-Vi unit (iommu-model) and the security state
-//! (rmp-model) behind one lock, the path every endpoint access takes (translate, then check, then
-//! and only then move bytes), and the event stream records of what it allowed and refused.
+//! The secure core: the IOMMU units and the security state (rmp-model's RMP and TIO, or the TDX
+//! module stand-in) behind one lock, and the path every device access takes through them.
+//!
+//! A DMA request of one page (`SecureIommu::page`, run by `dma::plan` for every page of a
+//! transfer) passes these stages, in `SecureIommu::stages`:
+//!
+//! 1. **Translate** (`front.rs`): the device's front, one implementation of the `Front` trait
+//!    each: the virtio-iommu's domains when the device is attached to one (virtio 1.2 §5.13,
+//!    `devices/virtio_iommu/domains.rs`), else the VT-d unit with `--iommu vtd` (VT-d 4.1 ch. 3,
+//!    iommu-model `vtd`), else the AMD-Vi unit (spec 48882 §2.2, iommu-model `amdvi`). The answer
+//!    is typed: which front, the translation (SPA, permissions, page size), whether the tables
+//!    were walked for it, or that front's fault. A fault is recorded where the front records it
+//!    (the AMD-Vi event log, a VT-d fault recording register; the virtio-iommu's is returned for
+//!    the caller to post on the device's event queue), a `translation_fault` record is emitted,
+//!    and a host fault on a T=1 request of a TDI in RUN fences its ASID (SEV-TIO firmware spec
+//!    §2.11). Under TDX Connect a T=1 request for a private GPA skips the host's fronts: the TD's
+//!    S-EPT translates it alone (`tdx_module.rs`).
+//! 2. **Check** the system physical page: under TDX Connect the PAMT's ownership rule (rmp-model
+//!    `tdx`), else the RMP (rmp-model `dma_check`: the SEV-SNP / SEV-TIO rules, T=1 requests
+//!    through the TDI's binding in `Tio`); a refusal is logged as RMP_PAGE_FAULT and may fence
+//!    the ASID. Injected faults (`inject.rs`) can fail the check here (RMP_HW_ERROR).
+//! 3. **Note the mapping live** for the conversion hazard check: an allowed T=0 access through a
+//!    front's tables registers its page with the RMP's hazard registry. RMPUPDATE (`hazard.rs`)
+//!    reports a page turned private while a registered mapping, or one found by searching the
+//!    drivers' tables, can still reach it; "live" is decided from the units' state (unit
+//!    enabled, the device's entry translating, the mapping present), never from a counter.
+//! 4. **Move** the bytes (`dma.rs`): only after every page of the transfer passed 1-3, with the
+//!    lock released between pages.
+//!
+//! The TDISP responders have one owner (`tdi.rs`), which alone changes a TDI's state and emits
+//! `tdisp` records. The fields are private: the PCI functions, the control socket, the TDX
+//! module stand-in and fault injection use the named operations below.
 
 pub mod dma;
+pub mod front;
+mod hazard;
 pub mod inject;
 pub mod rmp_state;
+pub mod tdi;
 pub mod tdx_module;
 
+use crate::devices::virtio_iommu::domains::Domains;
+use crate::devices::virtio_iommu::proto::Fault;
 use crate::vfio::function::{EventSink, Irq};
 use crate::vfio::guest_mem::GuestMem;
 use abi::event as ev;
 use abi::Bdf;
-use iommu_model::amdvi::dte::DevTabBase;
+use front::{Answer, Front, FrontFault, Translated};
 use iommu_model::amdvi::event::Event;
 use iommu_model::amdvi::mmio::AmdVi;
-use iommu_model::amdvi::{self, Outcome};
 use iommu_model::mem::PhysMem;
 use iommu_model::vtd::unit::{Interrupt, VtdUnit};
-use iommu_model::vtd::{self, FaultRecord, VtdOutcome};
-use iommu_model::walk::Access;
-use rmp_model::dma_check::{DmaRefusal, DmaRequest};
+use iommu_model::vtd::FaultRecord;
+use iommu_model::walk::{Access, Translation};
+use rmp_model::dma_check::{DmaRefusal, DmaRequest, RmpFault};
 use rmp_model::hazard::LiveMapping;
-use rmp_model::ops::RmpState;
-use rmp_model::tdisp::TdispResponder;
-use rmp_model::tio::Tio;
-use rmp_model::{Rmp, RmpStatus};
-use std::collections::BTreeMap;
+use rmp_model::tdx::TdxRefusal;
+use rmp_model::tio::{Tio, Transport};
+use rmp_model::Rmp;
 use std::sync::{Arc, Mutex};
+use tdi::{Tdis, Via};
+use tdx_module::TdxModule;
 
 /// Why a DMA moved nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// The translation faulted (IO_PAGE_FAULT and friends).
+    /// The AMD-Vi unit's translation faulted (IO_PAGE_FAULT and friends).
     Translation(Event),
+    /// The virtio-iommu's domain did not map the page: the walk's event, and the fault the
+    /// caller posts on the device's event queue.
+    Viommu { event: Event, fault: Fault },
     /// The RMP check refused the access (RMP_PAGE_FAULT).
     Rmp(DmaRefusal),
     /// The VT-d unit's translation faulted (the record it holds for the fault recording
     /// registers).
     Vtd(FaultRecord),
     /// The TDX Connect personality's ownership check refused the access.
-    Tdx(rmp_model::tdx::TdxRefusal),
+    Tdx(TdxRefusal),
     /// The RMP check could not be made (RMP_HW_ERROR: an injected fault, docs/fault-injection.md).
     HwError(Event),
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Where the virtio-iommu's faults go: its event queue (virtio 1.2 §5.13.6.9). The DMA path posts
+/// a `Refusal::Viommu` there after the translation returned, with the secure IOMMU's lock
+/// released (`dma::PerPage`).
+pub trait FaultQueue: Send + Sync {
+    fn post(&self, fault: Fault);
 }
 
-/// 4 KiB reads (device table and page tables) one conversion may spend looking for mappings of
-/// its page: 16 MiB, a full 64K-entry device table (512 reads) and thousands of page tables.
-pub const HAZARD_SEARCH_BUDGET: u32 = 4096;
+/// The virtio-iommu front: its domains, and its event queue.
+struct Viommu {
+    domains: Arc<Mutex<Domains>>,
+    queue: Option<Arc<dyn FaultQueue>>,
+}
 
-/// A mapping of a converted page found in a driver's tables (AMD-Vi or VT-d).
-struct TableHit {
-    devid: u16,
-    domain: u16,
+/// One page-bounded request.
+#[derive(Clone, Copy, Debug)]
+struct Req {
+    rid: u16,
+    t: bool,
     iova: u64,
-    spa: u64,
-    size_log2: u8,
-    write: bool,
+    access: Access,
+}
+
+impl Req {
+    fn write(self) -> bool {
+        self.access == Access::Write
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Register accesses waiting for the secure IOMMU. std's Mutex does not hand a released lock to
@@ -79,11 +129,6 @@ pub fn lock_for_registers(m: &Mutex<SecureIommu>) -> std::sync::MutexGuard<'_, S
 
 pub fn bdf(devid: u16) -> String {
     Bdf(devid).to_string()
-}
-
-/// The record of a TDI's TDISP state change.
-pub fn tdisp_record(devid: u16, from: rmp_model::tdisp::TdiState, to: rmp_model::tdisp::TdiState, via: impl Into<String>) -> ev::Event {
-    ev::Event::Tdisp(ev::Tdisp { devid: Bdf(devid), from: from.name().into(), to: to.name().into(), via: via.into(), injected: None })
 }
 
 /// A request's direction, as the event records name it.
@@ -124,30 +169,30 @@ pub fn check_rmp_window(base: u64, end: u64, pages: u64, backed: impl Fn(u64, u6
 }
 
 pub struct SecureIommu {
-    pub amdvi: AmdVi,
+    amdvi: AmdVi,
     /// With `--iommu vtd`: the VT-d unit is the IOMMU (BAR0, translation) instead of `amdvi`.
-    pub vtd: Option<VtdUnit>,
+    vtd: Option<VtdUnit>,
     /// With `--personality tdx-connect`: the TDX-module stand-in, whose ownership check replaces
     /// the RMP's and whose trusted table alone translates T=1 requests.
-    pub tdx: Option<crate::secure::tdx_module::TdxModule>,
+    tdx: Option<TdxModule>,
     /// Created when SNP is enabled, covering guest RAM.
-    pub rmp: Option<Rmp>,
-    pub rmp_base: u64,
-    pub rmp_end: u64,
-    pub tio: Tio,
-    /// The TDISP responder of each endpoint, by requester ID (the "DOE" the firmware reaches).
-    pub tdisp: BTreeMap<u16, Arc<Mutex<TdispResponder>>>,
-    pub events: Arc<dyn EventSink>,
-    pub irq: Arc<dyn Irq>,
+    rmp: Option<Rmp>,
+    rmp_base: u64,
+    rmp_end: u64,
+    tio: Tio,
+    /// The TDISP responder of each endpoint (the "DOE" the firmware reaches).
+    tdis: Tdis,
+    events: Arc<dyn EventSink>,
+    irq: Arc<dyn Irq>,
     /// Pages of guest RAM (the RMP covers them).
-    pub ram_pages: u64,
+    ram_pages: u64,
     /// The RMP state file the TCG plugin reads, when the daemon publishes one.
-    pub publisher: Option<crate::secure::rmp_state::RmpPublisher>,
-    /// The virtio-iommu's domains: an endpoint attached to one is translated by that domain's
-    /// tables instead of the AMD-Vi unit (the second translation source; the RMP check is the same).
-    pub viommu: Option<Arc<Mutex<crate::devices::virtio_iommu::domains::Domains>>>,
-    /// Faults armed outside the AMD-Vi unit, and the devices that take them (crate::secure::inject).
-    pub inject: crate::secure::inject::State,
+    publisher: Option<rmp_state::RmpPublisher>,
+    /// The virtio-iommu: an endpoint attached to one of its domains is translated by that
+    /// domain's tables instead of the IOMMU unit's (the RMP check is the same).
+    viommu: Option<Viommu>,
+    /// Faults armed outside the AMD-Vi unit, and the devices that take them (inject.rs).
+    inject: inject::State,
 }
 
 impl SecureIommu {
@@ -160,13 +205,389 @@ impl SecureIommu {
             rmp_base: 0,
             rmp_end: 0,
             tio: Tio::default(),
-            tdisp: BTreeMap::new(),
+            tdis: Tdis::new(events.clone()),
             events,
             irq,
             ram_pages: 0,
             publisher: None,
             viommu: None,
             inject: Default::default(),
+        }
+    }
+
+    // ---- Set-up (the daemon's session, tests, fuzz targets) ----
+
+    /// The VT-d unit is the IOMMU (`--iommu vtd`, and TDX Connect): BAR0 and translation.
+    pub fn use_vtd(&mut self, unit: VtdUnit) {
+        self.vtd = Some(unit);
+    }
+
+    /// TDX Connect: the TDX module stand-in owns the mailbox and the ownership check.
+    pub fn use_tdx_module(&mut self, module: TdxModule) {
+        self.tdx = Some(module);
+    }
+
+    /// Publish the RMP's entries to a file the TCG plugin maps.
+    pub fn publish_rmp(&mut self, publisher: rmp_state::RmpPublisher) {
+        self.publisher = Some(publisher);
+    }
+
+    /// The virtio-iommu's domains translate the endpoints attached to them; their faults go to
+    /// `queue` (none: not reported).
+    pub fn attach_virtio_iommu(&mut self, domains: Arc<Mutex<Domains>>, queue: Option<Arc<dyn FaultQueue>>) {
+        self.viommu = Some(Viommu { domains, queue });
+    }
+
+    /// The event stream.
+    pub fn events(&self) -> Arc<dyn EventSink> {
+        self.events.clone()
+    }
+
+    /// The owner of the devices' TDISP responders.
+    pub fn tdis(&self) -> Tdis {
+        self.tdis.clone()
+    }
+
+    // ---- The DMA path ----
+
+    /// Translate and check one page-bounded access: its SPA, or why it was refused (recorded
+    /// where the hardware records it, and on the event stream). `dma::plan` runs it for every
+    /// page of a transfer; the platform faults armed for a DMA request fire around it.
+    pub fn page<M: PhysMem + ?Sized>(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
+        self.before_request(mem, rid, iova);
+        let r = self.stages(mem, Req { rid, t, iova, access });
+        self.after_request(rid, iova);
+        r
+    }
+
+    /// The stages of one request (the module's documentation says what each one holds).
+    fn stages<M: PhysMem + ?Sized>(&mut self, mem: &mut M, req: Req) -> Result<u64, Refusal> {
+        if let Some(trusted) = self.trusted_tdx(req) {
+            return trusted;
+        }
+        let answer = self.translate(mem, req);
+        let translated = answer.map_err(|fault| self.translation_refused(mem, req, fault))?;
+        let spa = self.check(mem, req, &translated)?;
+        self.note_live(req, &translated);
+        Ok(spa)
+    }
+
+    /// TDX Connect: a T=1 request for a private GPA is translated by the TD's trusted table
+    /// alone; the host's tables are never consulted for it. None for every other request.
+    fn trusted_tdx(&self, req: Req) -> Option<Result<u64, Refusal>> {
+        let m = self.tdx.as_ref().filter(|m| req.t && !m.tdx.is_shared_gpa(req.iova))?;
+        Some(m.trusted_dma(req.rid, self.tdis.state(req.rid), req.iova).map_err(|f| self.tdx_refused(req, None, f)))
+    }
+
+    /// Stage 1: the device's front translates the request.
+    fn translate<M: PhysMem + ?Sized>(&mut self, mem: &mut M, req: Req) -> Answer {
+        let Req { rid, iova, access, .. } = req;
+        if let Some(v) = &self.viommu {
+            let mut domains = lock(&v.domains);
+            if domains.translates(rid) {
+                return domains.request(mem, rid, iova, access);
+            }
+        }
+        match &mut self.vtd {
+            Some(v) => v.request(mem, rid, iova, access),
+            None => self.amdvi.request(mem, rid, iova, access),
+        }
+    }
+
+    /// A front's fault: on the stream as a `translation_fault`, fencing a running TDI's ASID.
+    fn translation_refused<M: PhysMem + ?Sized>(&mut self, mem: &mut M, req: Req, fault: FrontFault) -> Refusal {
+        let _ = mem;
+        // What injected AMD-Vi faults did at this request (docs/fault-injection.md).
+        let injected = self.collect_amdvi();
+        let (record, refusal) = match fault {
+            FrontFault::AmdVi { event, level, logged } => {
+                let injected = injected.iter().any(|f| f.event == Some(event)).then_some(true);
+                (fault_record(req, event, level, logged, front::Which::AmdVi, injected), Refusal::Translation(event))
+            }
+            FrontFault::VirtioIommu { event, level, report } => {
+                (fault_record(req, event, level, false, front::Which::VirtioIommu, None), Refusal::Viommu { event, fault: report })
+            }
+            FrontFault::Vtd { record, level, recorded } => (
+                ev::TranslationFault {
+                    event: "DMA_REMAP_FAULT".into(),
+                    devid: Bdf(req.rid),
+                    iova: req.iova,
+                    access: direction(req.write()),
+                    level,
+                    flags: record.reason.code().into(),
+                    logged: recorded,
+                    via: front::Which::Vtd.via(),
+                    reason: Some(format!("{:#04x}", record.reason.code())),
+                    description: Some(record.reason.description().into()),
+                    injected: None,
+                },
+                Refusal::Vtd(record),
+            ),
+        };
+        self.events.emit(ev::Event::TranslationFault(record));
+        self.fence_if_running(req);
+        refusal
+    }
+
+    /// Stage 2: the ownership check of the translated page, the PAMT's (TDX Connect) or the
+    /// RMP's (SEV-SNP / SEV-TIO).
+    fn check<M: PhysMem + ?Sized>(&mut self, mem: &mut M, req: Req, tr: &Translated) -> Result<u64, Refusal> {
+        let Req { rid, t, iova, .. } = req;
+        let spa = tr.translation.spa;
+        if let Some(m) = &self.tdx {
+            return m.tdx.check_dma(rid, t, self.tdis.state(rid), iova, spa).map_err(|f| self.tdx_refused(req, Some(spa), f));
+        }
+        if let Some(ev) = self.rmp_read_fails(mem, rid, iova, spa, req.write()) {
+            return Err(Refusal::HwError(ev));
+        }
+        let Some(rmp) = &self.rmp else {
+            // Without SNP there is no TIO: T=1 requests have nothing to be checked against.
+            return if t { Err(Refusal::Rmp(DmaRefusal::TdiNotRun)) } else { Ok(spa) };
+        };
+        let tdi = if t { self.tio.binding_for(rid, u32::from(rid), self.tdis.state(rid)) } else { None };
+        let dreq = DmaRequest { requester: rid, t, tdi, iova, spa, write: req.write(), mapping_size_log2: tr.translation.size_log2 };
+        match rmp.check_dma(&dreq) {
+            Ok(()) => Ok(spa),
+            Err(f) => Err(self.rmp_refused(mem, req, spa, f)),
+        }
+    }
+
+    /// Stage 3: an allowed T=0 access through a front's tables (not an untranslated one) keeps
+    /// its mapping registered for the hazard check, whether the tables were walked for it or
+    /// the IOTLB answered: what counts is that the unit translates the device through them.
+    fn note_live(&mut self, req: Req, tr: &Translated) {
+        let Some(rmp) = self.rmp.as_mut().filter(|_| !req.t && tr.translation.level > 0) else { return };
+        let t = tr.translation;
+        let m = LiveMapping { requester: req.rid, iova: req.iova & !0xfff, spa: t.spa & !0xfff, size: 0x1000, write: t.perm.write };
+        if !rmp.hazards.holds(&m) {
+            let _ = rmp.hazards.register(m);
+        }
+    }
+
+    /// An RMP refusal: RMP_PAGE_FAULT in the AMD-Vi event log and on the stream; a host-caused
+    /// fault on a request of a TDI in RUN fences its guest's ASID from all further I/O until
+    /// TIO_ASID_FENCE_CLEAR (SEV-TIO FW spec §2.11).
+    fn rmp_refused<M: PhysMem + ?Sized>(&mut self, mem: &mut M, req: Req, spa: u64, f: RmpFault) -> Refusal {
+        let ev = Event::rmp_page_fault(f.devid, f.flags_rmp, f.vmg_tag, f.flags, f.gpa);
+        let logged = self.amdvi.log_event(mem, &ev);
+        self.events.emit(ev::Event::RmpViolation(ev::RmpViolation {
+            event: "RMP_PAGE_FAULT".into(),
+            devid: Bdf(req.rid),
+            t: req.t,
+            iova: req.iova,
+            spa,
+            access: direction(req.write()),
+            reason: f.reason.name().into(),
+            flags_rmp: f.flags_rmp,
+            vmg_tag: f.vmg_tag,
+            logged,
+        }));
+        if let Some(asid) = f.fence_asid {
+            self.tio.fence(asid);
+            self.events.emit(ev::Event::AsidFence(ev::AsidFence { asid, devid: Bdf(req.rid), iova: req.iova }));
+        }
+        Refusal::Rmp(f.reason)
+    }
+
+    /// A refusal of the TDX Connect ownership check, on the stream with the fields of an
+    /// `rmp_violation` (there is no IOMMU log record for it: on hardware an untrusted access to
+    /// TD-private memory ends in a machine check, not a fault record).
+    fn tdx_refused(&self, req: Req, spa: Option<u64>, f: TdxRefusal) -> Refusal {
+        self.events.emit(ev::Event::TdxViolation(ev::TdxViolation {
+            event: "TDX_DMA_REFUSED".into(),
+            devid: Bdf(req.rid),
+            t: req.t,
+            iova: req.iova,
+            spa,
+            access: direction(req.write()),
+            reason: f.name().into(),
+            logged: false,
+        }));
+        Refusal::Tdx(f)
+    }
+
+    /// A host page-table fault on a request of a TDI in RUN fences its ASID too (SEV-TIO FW spec
+    /// §2.11: "a host page table fault or an RMP check violation").
+    fn fence_if_running(&mut self, req: Req) {
+        if !req.t {
+            return;
+        }
+        let state = self.tdis.state(req.rid);
+        if let Some(b) = self.tio.binding_for(req.rid, u32::from(req.rid), state).filter(|b| b.state == rmp_model::tdisp::TdiState::Run) {
+            self.tio.fence(b.asid);
+            self.events.emit(ev::Event::AsidFence(ev::AsidFence { asid: b.asid, devid: Bdf(req.rid), iova: req.iova }));
+        }
+    }
+
+    /// Where the virtio-iommu's faults are posted (`dma::PerPage` posts them).
+    pub(crate) fn fault_queue(&self) -> Option<Arc<dyn FaultQueue>> {
+        self.viommu.as_ref().and_then(|v| v.queue.clone())
+    }
+
+    /// What the device's front maps `iova` to now, if the mapping is live (front.rs, `live`).
+    fn live_mapping<M: PhysMem + ?Sized>(&self, mem: &M, rid: u16, iova: u64) -> Option<Translation> {
+        if let Some(v) = &self.viommu {
+            let domains = lock(&v.domains);
+            if domains.translates(rid) {
+                return domains.live(mem, rid, iova);
+            }
+        }
+        match &self.vtd {
+            Some(v) => v.live(mem, rid, iova),
+            None => self.amdvi.live(mem, rid, iova),
+        }
+    }
+
+    /// The device was reset: none of its mappings are live for the hazard check any more.
+    pub fn forget_mappings_of(&mut self, rid: u16) {
+        if let Some(r) = self.rmp.as_mut() {
+            r.hazards.unregister_requester(rid);
+        }
+    }
+
+    // ---- The secure IOMMU function's registers and mailbox (devices/iommu.rs) ----
+
+    /// Whether BAR0 is the VT-d unit's (else the AMD-Vi unit's).
+    pub fn is_vtd(&self) -> bool {
+        self.vtd.is_some()
+    }
+
+    /// Whether the TDX module stand-in owns the mailbox (TDX Connect).
+    pub fn is_tdx(&self) -> bool {
+        self.tdx.is_some()
+    }
+
+    /// A BAR0 register read: the VT-d unit's or the AMD-Vi unit's.
+    pub fn bar0_read(&self, offset: u64, size: usize) -> u64 {
+        match &self.vtd {
+            Some(v) => v.mmio_read(offset, size),
+            None => self.amdvi.mmio_read(offset, size),
+        }
+    }
+
+    /// A BAR0 register write, with what follows it: commands run count for the platform
+    /// faults, injected AMD-Vi faults are reported, a pending interrupt is raised.
+    pub fn bar0_write<M: PhysMem + ?Sized>(&mut self, mem: &mut M, offset: u64, size: usize, value: u64) {
+        match &mut self.vtd {
+            Some(v) => v.mmio_write(mem, offset, size, value),
+            None => self.amdvi.mmio_write(mem, offset, size, value),
+        }
+        self.after_register_write(mem);
+        self.irq_if_pending();
+    }
+
+    /// An AMD-Vi register, whatever BAR0 is (the control socket's status).
+    pub fn amdvi_register(&self, offset: u64) -> u64 {
+        self.amdvi.mmio_read(offset, 8)
+    }
+
+    /// The VT-d unit's fault event message: (FEUADDR:FEADDR, FEDATA); zeroes without one.
+    pub fn vtd_fault_message(&self) -> (u64, u64) {
+        use iommu_model::vtd::regs;
+        self.vtd.as_ref().map_or((0, 0), |v| (v.mmio_read(regs::FEADDR, 8), v.mmio_read(regs::FEDATA, 4)))
+    }
+
+    /// The function's reset: the IOMMU unit and the TDX module to their power-on state.
+    pub fn reset_units(&mut self) {
+        self.amdvi.reset();
+        if let Some(v) = &mut self.vtd {
+            v.reset();
+        }
+        if let Some(m) = &mut self.tdx {
+            m.reset();
+        }
+    }
+
+    /// RMP_BASE and RMP_END.
+    pub fn rmp_window(&self) -> (u64, u64) {
+        (self.rmp_base, self.rmp_end)
+    }
+
+    /// RMP_BASE: locked once SNP is on, as the MSR is once SYSCFG.SNPEn is set.
+    pub fn set_rmp_base(&mut self, value: u64) {
+        if self.rmp.is_none() {
+            self.rmp_base = value & RMP_ADDR_MASK;
+        }
+    }
+
+    /// RMP_END (bits 12:0 read as ones): locked once SNP is on.
+    pub fn set_rmp_end(&mut self, value: u64) {
+        if self.rmp.is_none() {
+            self.rmp_end = (value & RMP_ADDR_MASK) | 0x1fff;
+        }
+    }
+
+    pub fn snp_enabled(&self) -> bool {
+        self.rmp.is_some()
+    }
+
+    /// Pages of guest RAM the RMP covers (0 before SNP).
+    pub fn ram_pages(&self) -> u64 {
+        self.ram_pages
+    }
+
+    /// The RMP, once SNP is on.
+    pub fn rmp(&self) -> Option<&Rmp> {
+        self.rmp.as_ref()
+    }
+
+    /// SNP on with an RMP set up beforehand, no mirror (tests and fuzz targets build one page by
+    /// page).
+    pub fn enable_snp_with(&mut self, rmp: Rmp) {
+        self.ram_pages = rmp.pages();
+        self.rmp = Some(rmp);
+    }
+
+    /// An RMP instruction on the page at `spa` (PSMASH, PVALIDATE, RMPADJUST), then the 2 MiB
+    /// of entries around it written where the guest and the TCG plugin read them. None before SNP.
+    pub fn rmp_op<R>(&mut self, mem: &mut GuestMem, spa: u64, op: impl FnOnce(&mut Rmp) -> R) -> Option<R> {
+        let r = op(self.rmp.as_mut()?);
+        self.mirror(mem, spa >> 12, 512);
+        Some(r)
+    }
+
+    /// The SEV firmware's TIO state, with the transport its commands reach the devices' TDISP
+    /// responders over.
+    pub fn with_tio<R>(&mut self, f: impl FnOnce(&mut Tio, Transport) -> R) -> R {
+        let tdis = self.tdis.clone();
+        let mut transport = |rid: u16, m: &[u8]| tdis.request(rid, m, Via::Firmware);
+        f(&mut self.tio, &mut transport)
+    }
+
+    /// The TIO state, read-only.
+    pub fn tio(&self) -> &Tio {
+        &self.tio
+    }
+
+    /// The TDX module stand-in (TDX Connect).
+    pub fn tdx_module(&self) -> Option<&TdxModule> {
+        self.tdx.as_ref()
+    }
+
+    pub fn tdx_module_mut(&mut self) -> Option<&mut TdxModule> {
+        self.tdx.as_mut()
+    }
+
+    /// What the guest's IOMMU driver asked of the AMD-Vi (or VT-d) unit: the session's last
+    /// record.
+    pub fn usage_record(&self) -> ev::Event {
+        match &self.vtd {
+            Some(v) => {
+                let counts = iommu_model::vtd::unit::INVALIDATION_KINDS
+                    .iter()
+                    .zip(v.invalidations)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(k, n)| (k.to_string(), n))
+                    .collect();
+                ev::Event::VtdInvalidations(ev::VtdInvalidations { counts })
+            }
+            None => {
+                let counts = (0u8..16)
+                    .filter(|&op| self.amdvi.commands[usize::from(op)] > 0)
+                    .map(|op| (iommu_model::amdvi::command::name(op).to_string(), self.amdvi.commands[usize::from(op)]))
+                    .collect();
+                ev::Event::AmdviCommands(ev::AmdviCommands { counts })
+            }
         }
     }
 
@@ -222,7 +643,7 @@ impl SecureIommu {
 
     /// Write the raw entries of pages `[first, first + n)` where the guest reads the RMP, and to
     /// the published state file.
-    pub fn mirror(&self, mem: &mut GuestMem, first: u64, n: u64) {
+    fn mirror(&self, mem: &mut GuestMem, first: u64, n: u64) {
         let Some(rmp) = &self.rmp else { return };
         let range = first..first.saturating_add(n).min(rmp.pages());
         if let Some(p) = &self.publisher {
@@ -247,335 +668,43 @@ impl SecureIommu {
             }
         }
     }
+}
 
-    /// RMPUPDATE from the firmware mailbox, reporting hazards of mappings still live in the
-    /// tables (re-walked now: a mapping the driver has since removed is no hazard).
-    pub fn rmpupdate(&mut self, mem: &mut GuestMem, spa: u64, st: &RmpState) -> RmpStatus {
-        let Some(rmp) = self.rmp.as_mut() else { return RmpStatus::FailInput };
-        let res = rmp.rmpupdate(spa, st);
-        let devtab = DevTabBase(self.amdvi.mmio_read(0, 8));
-        let mut reported = std::collections::BTreeSet::new();
-        for h in &res.hazards {
-            let through_viommu =
-                self.viommu.as_ref().and_then(|v| lock(v).translate(u32::from(h.mapping.requester), h.mapping.iova, Access::Read));
-            let outcome = match (through_viommu, &self.vtd) {
-                (Some(o), _) => o.translation(),
-                (None, Some(v)) => v.lookup(mem, h.mapping.requester, h.mapping.iova, Access::Read).translation(),
-                (None, None) => amdvi::translate(mem, devtab, h.mapping.requester, h.mapping.iova, Access::Read).translation(),
-            };
-            let live = matches!(outcome, Some(t) if t.spa & !0xfff == h.mapping.spa & !0xfff);
-            if !live {
-                rmp.hazards.unregister(h.mapping.requester, h.mapping.iova);
-                continue;
-            }
-            reported.insert((h.mapping.requester, h.mapping.iova));
-            self.events.emit(ev::Event::Hazard(ev::Hazard {
-                spa: h.spa,
-                asid: h.asid,
-                devid: Bdf(h.mapping.requester),
-                iova: h.mapping.iova,
-                size: h.mapping.size,
-                write: h.mapping.write,
-                via: None,
-                domain: None,
-            }));
-        }
-        // Tables a driver built in guest RAM (Linux's amd_iommu, intel_iommu): every translating
-        // device-table or context entry's tables are searched for the page, so a mapping counts
-        // whether or not a device has walked it yet.
-        if st.assigned && res.status == RmpStatus::Success {
-            let mut budget = HAZARD_SEARCH_BUDGET;
-            let len = st.page_size.bytes();
-            let found = match &self.vtd {
-                Some(v) if v.enabled() => {
-                    let hits = |ms: Vec<vtd::reverse::Mapping>| {
-                        ms.iter()
-                            .map(|m| TableHit {
-                                devid: m.sid,
-                                domain: m.did,
-                                iova: m.iova,
-                                spa: m.spa,
-                                size_log2: m.size_log2,
-                                write: m.perm.write,
-                            })
-                            .collect()
-                    };
-                    Some((
-                        ev::Via::VtD,
-                        vtd::reverse::mappings_of(mem, v.caps(), v.root_table(), spa, len, &mut budget).map(hits).map_err(hits),
-                    ))
-                }
-                None if self.amdvi.enabled() => {
-                    let hits = |ms: Vec<amdvi::reverse::Mapping>| {
-                        ms.iter()
-                            .map(|m| TableHit {
-                                devid: m.devid,
-                                domain: m.domain_id,
-                                iova: m.iova,
-                                spa: m.spa,
-                                size_log2: m.size_log2,
-                                write: m.perm.write,
-                            })
-                            .collect()
-                    };
-                    Some((ev::Via::AmdVi, amdvi::reverse::mappings_of(mem, devtab, spa, len, &mut budget).map(hits).map_err(hits)))
-                }
-                _ => None,
-            };
-            if let Some((via, found)) = found {
-                let complete = found.is_ok();
-                for m in found.unwrap_or_else(|partial: Vec<TableHit>| partial) {
-                    // The first converted 4 KiB page the mapping reaches, and its IOVA there.
-                    let hit = (spa & !0xfff).max(m.spa);
-                    // hit >= m.spa, inside the mapping that starts at m.iova.
-                    let iova = m.iova.wrapping_add(hit.wrapping_sub(m.spa));
-                    if reported.insert((m.devid, iova)) {
-                        self.events.emit(ev::Event::Hazard(ev::Hazard {
-                            spa: hit,
-                            asid: st.asid,
-                            devid: Bdf(m.devid),
-                            iova,
-                            size: 1u64 << m.size_log2,
-                            write: m.write,
-                            via: Some(via),
-                            domain: Some(m.domain),
-                        }));
-                    }
-                }
-                if !complete {
-                    self.events
-                        .emit(ev::Event::HazardSearchIncomplete(ev::HazardSearchIncomplete { spa, budget: HAZARD_SEARCH_BUDGET.into() }));
-                }
-            }
-        }
-        // The virtio-iommu's domains are tables the daemon owns: every mapping of the page is
-        // known, whether or not a device has used it yet.
-        if st.assigned && res.status == RmpStatus::Success {
-            let mappers = self.viommu.as_ref().map(|v| lock(v).mappers_of(spa, st.page_size.bytes())).unwrap_or_default();
-            for (endpoint, iova, first, write) in mappers {
-                let requester = endpoint as u16;
-                if reported.insert((requester, iova & !0xfff)) {
-                    self.events.emit(ev::Event::Hazard(ev::Hazard {
-                        spa: first & !0xfff,
-                        asid: st.asid,
-                        devid: Bdf(requester),
-                        iova: iova & !0xfff,
-                        size: 0x1000,
-                        write,
-                        via: Some(ev::Via::VirtioIommu),
-                        domain: None,
-                    }));
-                }
-            }
-        }
-        self.events.emit(ev::Event::Rmpupdate(ev::Rmpupdate {
-            spa,
-            gpa: st.gpa,
-            assigned: st.assigned,
-            asid: st.asid,
-            page_size: st.page_size.bytes(),
-            status: ev::Code::from_number(res.status.code().into()),
-        }));
-        if res.status == RmpStatus::Success {
-            self.mirror(mem, res.changed.start, res.changed.end.saturating_sub(res.changed.start));
-        }
-        res.status
-    }
-
-    /// A refusal of the TDX Connect ownership check, on the stream with the fields of an
-    /// `rmp_violation` (there is no IOMMU log record for it: on hardware an untrusted access to
-    /// TD-private memory ends in a machine check, not a fault record).
-    fn tdx_refused(&self, rid: u16, t: bool, iova: u64, spa: Option<u64>, write: bool, f: rmp_model::tdx::TdxRefusal) -> Refusal {
-        self.events.emit(ev::Event::TdxViolation(ev::TdxViolation {
-            event: "TDX_DMA_REFUSED".into(),
-            devid: Bdf(rid),
-            t,
-            iova,
-            spa,
-            access: direction(write),
-            reason: f.name().into(),
-            logged: false,
-        }));
-        Refusal::Tdx(f)
-    }
-
-    /// A host page-table fault on a request of a TDI in RUN fences its ASID too (SEV-TIO FW spec
-    /// §2.11: "a host page table fault or an RMP check violation").
-    fn fence_if_running(&mut self, rid: u16, t: bool, iova: u64) {
-        if !t {
-            return;
-        }
-        let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
-        if let Some(b) = self.tio.binding_for(rid, u32::from(rid), state).filter(|b| b.state == rmp_model::tdisp::TdiState::Run) {
-            self.tio.fence(b.asid);
-            self.events.emit(ev::Event::AsidFence(ev::AsidFence { asid: b.asid, devid: Bdf(rid), iova }));
-        }
-    }
-
-    /// Translate and check one page-bounded access, logging a refusal (event log record and
-    /// event stream) as the IOMMU does; `dma::plan` runs it for every page of a transfer.
-    pub fn page<M: PhysMem + ?Sized>(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
-        self.before_request(mem, rid, iova);
-        let r = self.check_page(mem, rid, t, iova, access);
-        self.after_request(rid, iova);
-        r
-    }
-
-    fn check_page<M: PhysMem + ?Sized>(&mut self, mem: &mut M, rid: u16, t: bool, iova: u64, access: Access) -> Result<u64, Refusal> {
-        let write = access == Access::Write;
-        // TDX Connect: a T=1 request for a private GPA is translated by the TD's trusted table
-        // alone; the host's tables are never consulted for it.
-        if let Some(m) = self.tdx.as_ref().filter(|m| t && !m.tdx.is_shared_gpa(iova)) {
-            let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
-            return match m.trusted_dma(rid, state, iova) {
-                Ok(spa) => Ok(spa),
-                Err(f) => Err(self.tdx_refused(rid, t, iova, None, write, f)),
-            };
-        }
-        let walks = (self.amdvi.walks, self.vtd.as_ref().map_or(0, |v| v.walks));
-        // An endpoint attached to a virtio-iommu domain is translated by that domain's tables
-        // (owned by the daemon, walked uncached: an UNMAP holds from the next access on); its
-        // faults are not the AMD-Vi unit's to log.
-        let (through_viommu, reporter) = match &self.viommu {
-            Some(v) => {
-                let d = lock(v);
-                (d.translate(u32::from(rid), iova, access), d.reporter.clone())
-            }
-            None => (None, None),
-        };
-        let via = match (&through_viommu, &self.vtd) {
-            (Some(_), _) => ev::Via::VirtioIommu,
-            (None, Some(_)) => ev::Via::VtD,
-            (None, None) => ev::Via::AmdVi,
-        };
-        let outcome = match through_viommu {
-            Some(Outcome::Fault { event, level, .. }) => Outcome::Fault { event, level, logged: false },
-            Some(o) => o,
-            None => match self.vtd.as_mut().map(|v| v.translate(&*mem, rid, iova, access)) {
-                Some(VtdOutcome::Ok(tr)) => Outcome::Ok(tr),
-                Some(VtdOutcome::Fault { record, level, recorded }) => {
-                    self.events.emit(ev::Event::TranslationFault(ev::TranslationFault {
-                        event: "DMA_REMAP_FAULT".into(),
-                        devid: Bdf(rid),
-                        iova,
-                        access: direction(write),
-                        level,
-                        flags: record.reason.code().into(),
-                        logged: recorded,
-                        via,
-                        reason: Some(format!("{:#04x}", record.reason.code())),
-                        description: Some(record.reason.description().into()),
-                        injected: None,
-                    }));
-                    self.fence_if_running(rid, t, iova);
-                    return Err(Refusal::Vtd(record));
-                }
-                None => self.amdvi.translate(mem, rid, iova, access),
-            },
-        };
-        let injected = self.collect_amdvi();
-        let walked = via == ev::Via::VirtioIommu || (self.amdvi.walks, self.vtd.as_ref().map_or(0, |v| v.walks)) != walks;
-        let tr = match outcome {
-            Outcome::Ok(tr) => tr,
-            Outcome::Fault { event, level, logged } => {
-                self.events.emit(ev::Event::TranslationFault(ev::TranslationFault {
-                    event: event.name().into(),
-                    devid: Bdf(rid),
-                    iova,
-                    access: direction(write),
-                    level,
-                    flags: event.flags.into(),
-                    logged,
-                    via,
-                    reason: None,
-                    description: None,
-                    injected: injected.iter().any(|f| f.event == Some(event)).then_some(true),
-                }));
-                // The virtio-iommu's driver hears of it on the event queue (no domain lock held).
-                if let (true, Some(report)) = (via == ev::Via::VirtioIommu, reporter) {
-                    use crate::devices::virtio_iommu::proto::{fault, Fault};
-                    let rw = if write { fault::F_WRITE } else { fault::F_READ };
-                    report(Fault { reason: fault::R_MAPPING, flags: rw | fault::F_ADDRESS, endpoint: u32::from(rid), address: iova });
-                }
-                self.fence_if_running(rid, t, iova);
-                return Err(Refusal::Translation(event));
-            }
-        };
-        // TDX Connect: T=0 and shared T=1 requests go through the host's tables, then the PAMT.
-        if let Some(m) = &self.tdx {
-            let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
-            return match m.tdx.check_dma(rid, t, state, iova, tr.spa) {
-                Ok(spa) => Ok(spa),
-                Err(f) => Err(self.tdx_refused(rid, t, iova, Some(tr.spa), write, f)),
-            };
-        }
-        if let Some(ev) = self.rmp_read_fails(mem, rid, iova, tr.spa, write) {
-            return Err(Refusal::HwError(ev));
-        }
-        let Some(rmp) = &mut self.rmp else {
-            // Without SNP there is no TIO: T=1 requests have nothing to be checked against.
-            if t {
-                return Err(Refusal::Rmp(DmaRefusal::TdiNotRun));
-            }
-            return Ok(tr.spa);
-        };
-        let tdi = if t {
-            let state = self.tdisp.get(&rid).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).state()).unwrap_or_default();
-            self.tio.binding_for(rid, u32::from(rid), state)
-        } else {
-            None
-        };
-        let req = DmaRequest { requester: rid, t, tdi, iova, spa: tr.spa, write, mapping_size_log2: tr.size_log2 };
-        match rmp.check_dma(&req) {
-            Ok(()) => {
-                // A mapping becomes live for the hazard check when the IOMMU walks it (an IOTLB
-                // hit is one already registered).
-                if !t && tr.level > 0 && walked {
-                    let m = LiveMapping { requester: rid, iova: iova & !0xfff, spa: tr.spa & !0xfff, size: 0x1000, write: tr.perm.write };
-                    let _ = rmp.hazards.register(m);
-                }
-                Ok(tr.spa)
-            }
-            Err(f) => {
-                let ev = Event::rmp_page_fault(f.devid, f.flags_rmp, f.vmg_tag, f.flags, f.gpa);
-                let logged = self.amdvi.log_event(mem, &ev);
-                self.events.emit(ev::Event::RmpViolation(ev::RmpViolation {
-                    event: "RMP_PAGE_FAULT".into(),
-                    devid: Bdf(rid),
-                    t,
-                    iova,
-                    spa: tr.spa,
-                    access: direction(write),
-                    reason: f.reason.name().into(),
-                    flags_rmp: f.flags_rmp,
-                    vmg_tag: f.vmg_tag,
-                    logged,
-                }));
-                // A host-caused fault on a request of a TDI in RUN fences its guest's ASID from all
-                // further I/O until TIO_ASID_FENCE_CLEAR (SEV-TIO FW spec §2.11, notes §1.7).
-                if let Some(asid) = f.fence_asid {
-                    self.tio.fence(asid);
-                    self.events.emit(ev::Event::AsidFence(ev::AsidFence { asid, devid: Bdf(rid), iova }));
-                }
-                Err(Refusal::Rmp(f.reason))
-            }
-        }
+/// A front's fault on the event stream.
+fn fault_record(
+    req: Req,
+    event: Event,
+    level: Option<u8>,
+    logged: bool,
+    via: front::Which,
+    injected: Option<bool>,
+) -> ev::TranslationFault {
+    ev::TranslationFault {
+        event: event.name().into(),
+        devid: Bdf(req.rid),
+        iova: req.iova,
+        access: direction(req.write()),
+        level,
+        flags: event.flags.into(),
+        logged,
+        via: via.via(),
+        reason: None,
+        description: None,
+        injected,
     }
 }
 
-/// For tests: the device `rid`'s TDI through the TIO flow to RUN, bound to `asid`, its sDTE
-/// written with `vtom`, answered by a TDISP responder registered for it.
 #[cfg(test)]
 pub(crate) fn bind_running_tdi(s: &mut SecureIommu, rid: u16, asid: u16, vtom: u64) {
-    let responder = Arc::new(Mutex::new(TdispResponder::new(u32::from(rid), Vec::new())));
-    s.tdisp.insert(rid, responder.clone());
-    let mut tr = |_: u16, m: &[u8]| Some(responder.lock().unwrap_or_else(|p| p.into_inner()).handle_request(m));
-    s.tio.init();
-    s.tio.dev_create(rid, 0);
-    s.tio.dev_connect(rid, [0; 8], &mut tr);
-    let tdi = s.tio.tdi_create(rid, u32::from(rid)).expect("a TDI for the device");
-    s.tio.tdi_bind(tdi, asid, 0x100, 0, true, &mut tr);
-    s.tio.sdte_write(tdi, vtom);
+    s.tdis.add(rid, Vec::new());
+    s.with_tio(|tio, tr| {
+        tio.init();
+        tio.dev_create(rid, 0);
+        tio.dev_connect(rid, [0; 8], tr);
+        let tdi = tio.tdi_create(rid, u32::from(rid)).expect("a TDI for the device");
+        tio.tdi_bind(tdi, asid, 0x100, 0, true, tr);
+        tio.sdte_write(tdi, vtom);
+    });
 }
 
 #[cfg(test)]
@@ -588,10 +717,11 @@ mod tests {
     use iommu_model::amdvi::mmio::{self, control};
     use iommu_model::mem::ByteMem;
     use iommu_model::walk::Perm;
-    use rmp_model::ops::GuestCtx;
+    use rmp_model::ops::{GuestCtx, RmpState};
     use rmp_model::tdisp::TdiState;
     use rmp_model::tdx::TdxRefusal;
     use rmp_model::PageSize;
+    use rmp_model::RmpStatus;
 
     const RID: u16 = 0x20;
 
@@ -604,12 +734,12 @@ mod tests {
         mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
         let events = Arc::new(Collect::default());
         let mut s = SecureIommu::new(events.clone(), Arc::new(Irqs::default()));
-        s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
-        s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
+        s.bar0_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
+        s.bar0_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
         let mut rmp = Rmp::new(1024);
         assert_eq!(rmp.rmpupdate(0x30_0000, &RmpState::private(0x5000, 2, PageSize::Size4K)).status, RmpStatus::Success);
         rmp.pvalidate(GuestCtx { asid: 2, vmpl: 0 }, 0x30_0000, 0x5000, PageSize::Size4K, true);
-        s.rmp = Some(rmp);
+        s.enable_snp_with(rmp);
         bind_running_tdi(&mut s, RID, 2, 1 << 40);
         (s, mem, events)
     }
@@ -626,10 +756,10 @@ mod tests {
         mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 3, 7, Perm::RW).to_bytes()).unwrap();
         let events = Arc::new(Collect::default());
         let mut s = SecureIommu::new(events.clone(), Arc::new(Irqs::default()));
-        s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
-        s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
+        s.bar0_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
+        s.bar0_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
         s.enable_snp(&mut mem, 1024).unwrap();
-        assert_eq!(s.amdvi.walks, 0, "nothing walked");
+        assert!(s.rmp().unwrap().hazards.is_empty(), "nothing walked, nothing registered");
         assert_eq!(s.rmpupdate(&mut mem, 0x30_0000, &RmpState::private(0x7000, 2, PageSize::Size4K)), RmpStatus::Success);
         assert_eq!(s.rmpupdate(&mut mem, 0x20_5000, &RmpState::private(0x5000, 2, PageSize::Size4K)), RmpStatus::Success);
         let ev = events.0.lock().unwrap();
@@ -710,7 +840,7 @@ mod tests {
         v.mmio_write(&mut mem, regs::FEADDR, 4, 0xfee0_0000);
         v.mmio_write(&mut mem, regs::FECTL, 4, 0);
         v.mmio_write(&mut mem, regs::GCMD, 4, u64::from(regs::gcmd::TE));
-        s.vtd = Some(v);
+        s.use_vtd(v);
         (s, mem, events)
     }
 
@@ -745,7 +875,7 @@ mod tests {
         let (mut s, mut mem, events) = vtd();
         let mut rmp = Rmp::new(1024);
         assert_eq!(rmp.rmpupdate(0x30_0000, &RmpState::private(0x5000, 2, PageSize::Size4K)).status, RmpStatus::Success);
-        s.rmp = Some(rmp);
+        s.enable_snp_with(rmp);
         // T=0 to a page assigned to a guest: translated by VT-d, refused by the RMP.
         assert_eq!(s.page(&mut mem, RID, false, 0x5000, Access::Write), Err(Refusal::Rmp(DmaRefusal::AssignedPage)));
         let v = last(&events, "rmp_violation");
@@ -760,12 +890,12 @@ mod tests {
         use crate::secure::tdx_module::{command, TdxModule};
         use abi::tdx::{Call, TdxCall};
         let (mut s, mut mem, events) = vtd();
-        s.tdx = Some(TdxModule::default());
-        s.tdisp.insert(RID, Arc::new(Mutex::new(TdispResponder::new(u32::from(RID), Vec::new()))));
+        s.use_tdx_module(TdxModule::default());
+        s.tdis().add(RID, Vec::new());
         let call = |s: &mut SecureIommu, c: Call, td: u32, gpa: u64, spa: u64| {
             command(s, c.code(), &abi::mailbox::buffer(&TdxCall::new(td, RID, gpa, spa)))
         };
-        let state = |s: &SecureIommu| s.tdisp[&RID].lock().unwrap().state();
+        let state = |s: &SecureIommu| s.tdis().state(RID);
         const GPA: u64 = 0x4000_0000;
         assert_eq!(call(&mut s, Call::TdhMngCreate, 1, 0, 0), 0);
         assert_eq!(call(&mut s, Call::TdhMemPageAdd, 1, GPA, 0x31_0000), 0);

@@ -7,6 +7,7 @@
 //! (TDCALL stand-ins) are separate commands; no host call writes a trusted mapping to anything
 //! but a page it hands to the TD. What is modelled and what is not: docs/tdx-vs-sev-tio.md.
 
+use crate::secure::tdi::Via;
 use crate::secure::SecureIommu;
 use abi::event as ev;
 use iommu_model::fmt::vtd_ss::{self, VtdSs};
@@ -182,7 +183,7 @@ impl TdxModule {
 pub fn command(s: &mut SecureIommu, id: u32, b: &[u8; abi::mailbox::CMDBUF_SIZE]) -> u32 {
     let c: TdxCall = abi::mailbox::parse(b);
     let (td, requester, gpa) = (c.td.get(), c.requester.get(), c.gpa.get());
-    let (Some(m), Some(call)) = (s.tdx.as_mut(), Call::from_code(id)) else { return INVALID_COMMAND };
+    let (Some(m), Some(call)) = (s.tdx_module_mut(), Call::from_code(id)) else { return INVALID_COMMAND };
     let status = match call {
         Call::TdhMngCreate => code(m.create_td(td)),
         Call::TdhMemPageAdd => code(m.page_add(td, gpa, c.spa.get())),
@@ -193,7 +194,7 @@ pub fn command(s: &mut SecureIommu, id: u32, b: &[u8; abi::mailbox::CMDBUF_SIZE]
         Call::TdgDmarAccept => dmar(s, td, requester, true),
         Call::TdgDmarRelease => dmar(s, td, requester, false),
     };
-    s.events.emit(ev::Event::TdxCall(ev::TdxCall {
+    s.events().emit(ev::Event::TdxCall(ev::TdxCall {
         call: call.name().into(),
         td,
         devid: abi::Bdf(requester),
@@ -205,19 +206,11 @@ pub fn command(s: &mut SecureIommu, id: u32, b: &[u8; abi::mailbox::CMDBUF_SIZE]
 
 /// One TDISP request to the requester's device, with the state change on the event stream.
 fn tdisp_send(s: &SecureIommu, requester: u16, m: &[u8]) -> Option<Response> {
-    let r = s.tdisp.get(&requester)?;
-    let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
-    let before = r.state();
-    let resp = r.handle_request(m);
-    let after = r.state();
-    if before != after {
-        s.events.emit(crate::secure::tdisp_record(requester, before, after, "tdx-module"));
-    }
-    tdisp::parse_response(&resp)
+    tdisp::parse_response(&s.tdis().request(requester, m, Via::TdxModule)?)
 }
 
 fn tdi_bind(s: &mut SecureIommu, td: TdId, requester: u16) -> u32 {
-    let Some(m) = s.tdx.as_ref() else { return INVALID_COMMAND };
+    let Some(m) = s.tdx_module() else { return INVALID_COMMAND };
     if !m.sept.contains_key(&td) {
         return code(TdxStatus::OperandInvalid);
     }
@@ -228,14 +221,14 @@ fn tdi_bind(s: &mut SecureIommu, td: TdId, requester: u16) -> u32 {
         Some(Response::Locked { nonce }) => nonce,
         _ => return TDI_STATE_INVALID,
     };
-    if let Some(m) = s.tdx.as_mut() {
+    if let Some(m) = s.tdx_module_mut() {
         m.tdis.insert(requester, Tdi { td, nonce });
     }
     0
 }
 
 fn tdi_unbind(s: &mut SecureIommu, requester: u16) -> u32 {
-    let Some(m) = s.tdx.as_mut() else { return INVALID_COMMAND };
+    let Some(m) = s.tdx_module_mut() else { return INVALID_COMMAND };
     if m.tdis.remove(&requester).is_none() {
         return code(TdxStatus::MappingNotFound);
     }
@@ -247,7 +240,7 @@ fn tdi_unbind(s: &mut SecureIommu, requester: u16) -> u32 {
 }
 
 fn tdi_start(s: &mut SecureIommu, td: TdId, requester: u16) -> u32 {
-    let Some(tdi) = s.tdx.as_ref().and_then(|m| m.tdis.get(&requester)) else { return code(TdxStatus::MappingNotFound) };
+    let Some(tdi) = s.tdx_module().and_then(|m| m.tdis.get(&requester)) else { return code(TdxStatus::MappingNotFound) };
     if tdi.td != td {
         return code(TdxStatus::PageOwnerMismatch);
     }
@@ -259,7 +252,7 @@ fn tdi_start(s: &mut SecureIommu, td: TdId, requester: u16) -> u32 {
 }
 
 fn dmar(s: &mut SecureIommu, td: TdId, requester: u16, accept: bool) -> u32 {
-    let Some(m) = s.tdx.as_mut() else { return INVALID_COMMAND };
+    let Some(m) = s.tdx_module_mut() else { return INVALID_COMMAND };
     match m.tdis.get(&requester) {
         Some(t) if t.td == td => {}
         Some(_) => return code(TdxStatus::PageOwnerMismatch),

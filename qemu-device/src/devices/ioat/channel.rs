@@ -8,7 +8,7 @@
 use super::regs::{chanctrl, chanerr, chansts, ctl, intrctrl, Descriptor, DESC_SIZE, OP_COPY};
 use super::XFERCAP_LOG;
 use crate::secure::dma::{self, DmaError, DmaMem, Request, TranslateCheck};
-use crate::secure::{bdf, Refusal};
+use crate::secure::{bdf, Refusal, SecureIommu};
 use crate::vfio::function::{EventSink, Irq};
 use iommu_model::walk::Access;
 use std::sync::{Mutex, MutexGuard};
@@ -274,11 +274,11 @@ pub fn execute<M: DmaMem + ?Sized, S: TranslateCheck<M> + ?Sized>(
 
 /// What the engine does for one channel's job: run descriptors while DMACOUNT is ahead, up to
 /// `BUDGET` of them. Returns whether work is left (the caller queues the job again).
-pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
+pub fn run_channel<M: DmaMem + ?Sized>(
     rid: u16,
     engine: &Mutex<Engine>,
     ch: usize,
-    iommu: &Mutex<S>,
+    iommu: &Mutex<SecureIommu>,
     mem: &mut M,
     events: &dyn EventSink,
     irq: &dyn Irq,
@@ -302,10 +302,8 @@ pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
             c.in_flight = Some(c.epoch);
             (addr, c.epoch, c.next.is_none(), c.chancmp, c.chanctrl)
         };
-        let result = {
-            let mut s = lock(iommu);
-            execute(&mut *s, mem, rid, addr, from_chain)
-        };
+        // The secure IOMMU's lock is taken page by page (dma::PerPage), never for a descriptor.
+        let result = execute(&mut dma::PerPage(iommu), mem, rid, addr, from_chain);
         // The completion the descriptor writes back: the CHANSTS it will leave (the descriptor
         // still in flight, so a reset meanwhile waits for the write).
         let (sts, write_back, interrupt) = {
@@ -335,12 +333,7 @@ pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
         };
         // Written before the registers show the completion, so a driver that sees CHANSTS move
         // finds the same in memory.
-        let wrote = if write_back {
-            let mut s = lock(iommu);
-            dma::write(&mut *s, mem, rid, false, chancmp, &sts.to_le_bytes())
-        } else {
-            Ok(())
-        };
+        let wrote = if write_back { dma::write(&mut dma::PerPage(iommu), mem, rid, false, chancmp, &sts.to_le_bytes()) } else { Ok(()) };
         // Commit, unless a reset came meanwhile: the descriptor completed or the channel halted.
         let mut faults = Vec::new();
         let (halted_now, v) = {
@@ -390,7 +383,9 @@ pub fn run_channel<M: DmaMem + ?Sized, S: TranslateCheck<M>>(
 /// The event stream record of a halt; the refusal itself was logged by the IOMMU.
 fn halted(rid: u16, ch: usize, desc: u64, f: &Fault, events: &dyn EventSink) {
     let refusal = match f.cause {
-        Some(DmaError::Refused { refusal: Refusal::Translation(ev), .. }) => Some(ev.name().to_string()),
+        Some(DmaError::Refused { refusal: Refusal::Translation(ev) | Refusal::Viommu { event: ev, .. }, .. }) => {
+            Some(ev.name().to_string())
+        }
         Some(DmaError::Refused { refusal: Refusal::Rmp(r), .. }) => Some(format!("RMP: {}", r.name())),
         Some(DmaError::Refused { refusal: Refusal::Vtd(f), .. }) => Some(format!("DMA_REMAP_FAULT: {}", f.reason.description())),
         Some(DmaError::Refused { refusal: Refusal::Tdx(t), .. }) => Some(format!("TDX: {}", t.name())),

@@ -50,9 +50,9 @@ fn rig() -> Rig {
     let pt = V1Builder::new(&mut mem, 0x10_0000, 0x20_0000, 4).unwrap();
     mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
     let mut s = SecureIommu::new(events.clone(), Arc::new(Irqs::default()));
-    s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
-    s.amdvi.mmio_write(&mut mem, mmio::EVENT_LOG_BASE, 8, EVENT_LOG | 8 << 56);
-    s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN | control::EVENT_LOG_EN);
+    s.bar0_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
+    s.bar0_write(&mut mem, mmio::EVENT_LOG_BASE, 8, EVENT_LOG | 8 << 56);
+    s.bar0_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN | control::EVENT_LOG_EN);
     let shared = Arc::new(Mutex::new(Shared { mem, secure: Mutex::new(s), pt }));
     let irqs = Arc::new(Irqs::default());
     let (sh, ev, ir) = (shared.clone(), events.clone(), irqs.clone());
@@ -516,8 +516,8 @@ fn rmp_refuses_a_write_to_a_page_turned_private() {
     let mut pt = V1Builder::new(&mut mem, 0x10_0000, 0x20_0000, 4).unwrap();
     mem.write(0x1000 + u64::from(RID) * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
     let mut s = SecureIommu::new(events.clone(), Arc::new(Irqs::default()));
-    s.amdvi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
-    s.amdvi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
+    s.bar0_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
+    s.bar0_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
     for (iova, spa) in [(RING, 0x28_0000), (COMPLETION, 0x29_0000), (SRC, SRC_SPA), (DST, DST_SPA)] {
         pt.map(&mut mem, iova, spa, 12, Perm::RW).unwrap();
     }

@@ -4,7 +4,7 @@
 //! the AMD-Vi unit. The request semantics are virtio 1.2 §5.13.6; where it says SHOULD the device
 //! does it, and the choices are in docs/kernel-paths.md.
 
-use super::proto::{map_flag, resv_mem_property, status, Fault, ATTACH_F_BYPASS, RESV_MEM_T_MSI, TAIL_LEN};
+use super::proto::{map_flag, resv_mem_property, status, ATTACH_F_BYPASS, RESV_MEM_T_MSI, TAIL_LEN};
 use iommu_model::amdvi::builder::{BuildError, V1Builder};
 use iommu_model::amdvi::dte::Dte;
 use iommu_model::amdvi::{translate::translate_with_dte, Outcome};
@@ -135,16 +135,10 @@ fn pages(start: u64, end: u64, phys: u64) -> impl Iterator<Item = (u64, u64, u8)
     })
 }
 
-/// Where faults of DMA through a domain go: the device's event queue. Call it without holding
-/// the `Domains` lock (the device takes its transport lock, then `Domains`, when it answers
-/// requests).
-pub type FaultReporter = std::sync::Arc<dyn Fn(Fault) + Send + Sync>;
-
 /// The device's state: domains, which endpoint is attached where, and the endpoints it
 /// translates (those the VIOT puts behind it; endpoint ID = PCI requester ID).
 #[derive(Default)]
 pub struct Domains {
-    pub reporter: Option<FaultReporter>,
     pub domains: BTreeMap<u32, Domain>,
     pub attached: BTreeMap<u32, u32>,
     pub endpoints: BTreeSet<u32>,
@@ -299,6 +293,11 @@ impl Domains {
     pub fn domain_of(&self, endpoint: u32) -> Option<(u32, &Domain)> {
         let id = *self.attached.get(&endpoint)?;
         Some((id, self.domains.get(&id)?))
+    }
+
+    /// Whether `endpoint` is attached to a domain: its DMA is this device's to translate.
+    pub fn translates(&self, endpoint: u16) -> bool {
+        self.domain_of(u32::from(endpoint)).is_some()
     }
 
     /// Translate a DMA of `endpoint` through its domain's tables with the iommu-model walk;

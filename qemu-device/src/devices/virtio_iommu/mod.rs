@@ -35,7 +35,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub struct VirtioIommu {
-    /// Shared with the fault reporter, which posts to the event queue from the DMA worker.
+    /// Shared with the event queue, which the DMA worker posts faults to.
     transport: Arc<Mutex<Transport>>,
     pub domains: Arc<Mutex<Domains>>,
     ram: GuestRam,
@@ -43,14 +43,37 @@ pub struct VirtioIommu {
     events: Arc<dyn EventSink>,
 }
 
+/// The device's event queue, where the DMA path posts the faults the secure IOMMU returned for
+/// DMA through a domain.
+pub struct EventQueue {
+    transport: Arc<Mutex<Transport>>,
+    ram: GuestRam,
+    irq: Arc<dyn Irq>,
+    events: Arc<dyn EventSink>,
+}
+
+impl crate::secure::FaultQueue for EventQueue {
+    fn post(&self, fault: Fault) {
+        post_fault(&self.transport, &self.ram, self.irq.as_ref(), self.events.as_ref(), fault);
+    }
+}
+
 impl VirtioIommu {
     /// A virtio-iommu translating `endpoints` (their requester IDs, as the VIOT lists them).
     pub fn new(endpoints: &[u16], ram: GuestRam, irq: Arc<dyn Irq>, events: Arc<dyn EventSink>) -> Self {
         let transport = Arc::new(Mutex::new(Transport::new(FEATURES, &[QUEUE_MAX, QUEUE_MAX], VECTORS)));
-        let mut domains = Domains::new(endpoints.iter().map(|&e| u32::from(e)));
-        let (t, r, i, e) = (transport.clone(), ram.clone(), irq.clone(), events.clone());
-        domains.reporter = Some(Arc::new(move |f: Fault| post_fault(&t, &r, i.as_ref(), e.as_ref(), f)));
+        let domains = Domains::new(endpoints.iter().map(|&e| u32::from(e)));
         VirtioIommu { transport, domains: Arc::new(Mutex::new(domains)), ram, irq, events }
+    }
+
+    /// The event queue, for the secure IOMMU's DMA path.
+    pub fn event_queue(&self) -> Arc<EventQueue> {
+        Arc::new(EventQueue {
+            transport: self.transport.clone(),
+            ram: self.ram.clone(),
+            irq: self.irq.clone(),
+            events: self.events.clone(),
+        })
     }
 
     fn config_bytes() -> [u8; config::LEN] {
@@ -537,13 +560,13 @@ mod tests {
         use rmp_model::ops::RmpState;
         let mut r = Rig::new();
         let mut sec = SecureIommu::new(r.events.clone(), Arc::new(Irqs::default()));
-        sec.viommu = Some(r.dev.domains.clone());
+        sec.attach_virtio_iommu(r.dev.domains.clone(), Some(r.dev.event_queue()));
         let mut mem = r.ram.snapshot();
         let (iova, spa) = (0x9000_0000u64, 0x30_0000u64);
         // Not attached: the AMD-Vi unit decides, and it is off (untranslated).
         assert_eq!(sec.page(&mut mem, EP, false, 0x1000, Access::Write), Ok(0x1000));
         assert_eq!(r.status(&attach(1, u32::from(EP))), status::OK);
-        assert!(matches!(sec.page(&mut mem, EP, false, 0x1000, Access::Write), Err(Refusal::Translation(_))), "attached, nothing mapped");
+        assert!(matches!(sec.page(&mut mem, EP, false, 0x1000, Access::Write), Err(Refusal::Viommu { .. })), "attached, nothing mapped");
         assert_eq!(r.status(&map(1, iova, iova + 0xfff, spa, 3)), status::OK);
         dma::write(&mut sec, &mut mem, EP, false, iova + 0x10, b"through the domain").unwrap();
         let mut b = [0u8; 18];
@@ -558,20 +581,29 @@ mod tests {
         let evs = lock(&r.events.0).clone();
         assert!(evs.iter().any(|e| e["type"] == "hazard" && e["iova"] == format!("{iova:#x}")), "live virtio-iommu mapping reported");
         assert!(matches!(sec.page(&mut mem, EP, false, iova, Access::Write), Err(Refusal::Rmp(_))));
-        // UNMAP: refused by translation from the next access on, and reported on the event queue.
+        // UNMAP: refused by translation from the next access on. The fault comes back to the
+        // caller, which posts it on the event queue once the secure IOMMU is released.
         assert_eq!(r.status(&unmap(1, iova, iova + 0xfff)), status::OK);
         r.fill_events(1, 24);
-        assert_eq!(r.first_event().0, 0);
-        assert!(matches!(sec.page(&mut mem, EP, false, iova + 8, Access::Read), Err(Refusal::Translation(_))));
+        let fault = match sec.page(&mut mem, EP, false, iova + 8, Access::Read) {
+            Err(Refusal::Viommu { fault, .. }) => fault,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(r.first_event().0, 0, "nothing posted from inside the secure IOMMU");
+        let sec = Mutex::new(sec);
+        let mut per_page = dma::PerPage(&sec);
+        let mut b = [0u8; 8];
+        assert!(matches!(dma::read(&mut per_page, &mut mem, EP, false, iova + 8, &mut b), Err(dma::DmaError::Refused { .. })));
         let (used, len, rec) = r.first_event();
         assert_eq!((used, len), (1, 24));
         assert_eq!(rec[0], proto::fault::R_MAPPING);
         assert_eq!(u32::from_le_bytes(rec[4..8].try_into().unwrap()), 0x101, "read, address valid");
         assert_eq!(u32::from_le_bytes(rec[8..12].try_into().unwrap()), u32::from(EP));
         assert_eq!(u64::from_le_bytes(rec[16..24].try_into().unwrap()), iova + 8);
+        assert_eq!(fault.to_bytes()[..], rec[..], "the record is the fault the secure IOMMU returned");
         assert_eq!(lock(&r.irqs.0).last(), Some(&2), "the event queue's vector");
         // No buffer left: the next fault is dropped, and says so on the event stream.
-        assert!(sec.page(&mut mem, EP, false, iova, Access::Write).is_err());
+        assert!(dma::write(&mut per_page, &mut mem, EP, false, iova, &[0; 8]).is_err());
         assert_eq!(r.first_event().0, 1);
         let evs = lock(&r.events.0).clone();
         let posted: Vec<_> = evs.iter().filter(|e| e["type"] == "viommu_fault").map(|e| e["posted"].as_bool()).collect();
@@ -590,7 +622,7 @@ mod tests {
         use rmp_model::PageSize;
         let mut r = Rig::new();
         let mut sec = SecureIommu::new(r.events.clone(), Arc::new(Irqs::default()));
-        sec.viommu = Some(r.dev.domains.clone());
+        sec.attach_virtio_iommu(r.dev.domains.clone(), Some(r.dev.event_queue()));
         let mut mem = r.ram.snapshot();
         sec.enable_snp(&mut mem, RAM >> 12).unwrap();
         let events = r.events.clone();
