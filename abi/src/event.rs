@@ -253,8 +253,6 @@ impl Event {
                 src: Some(0x1000),
                 dst: Some(0x2000),
                 iova: Some(0x3000),
-                copy_us: Some(1.5),
-                memcpy_us: Some(0.5),
                 injected: Some(true),
             }),
             Event::DmaHalted(DmaHalted { devid, index: 1, iova: 0x1000, what: "fetch".into(), status: DmaStatus::IoPageFault.into() }),
@@ -707,12 +705,6 @@ pub struct Dma {
     pub dst: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "hex::opt")]
     pub iova: Option<u64>,
-    /// A COPY's time through the DMA path, µs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub copy_us: Option<f64>,
-    /// The same bytes copied again without it, µs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memcpy_us: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected: Option<bool>,
 }

@@ -132,3 +132,52 @@ impl Front for Domains {
         self.translate(u32::from(rid), iova, Access::Read).and_then(|o| o.translation())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iommu_model::amdvi::builder::V1Builder;
+    use iommu_model::amdvi::dte::Dte;
+    use iommu_model::amdvi::mmio::control;
+    use iommu_model::mem::ByteMem;
+    use iommu_model::walk::Perm;
+
+    #[test]
+    fn each_front_says_which_it_is_and_whether_it_walked() {
+        let mut mem = ByteMem::new(0, 4 << 20);
+        let mut pt = V1Builder::new(&mut mem, 0x10_0000, 0x20_0000, 4).unwrap();
+        pt.map(&mut mem, 0x5000, 0x30_0000, 12, Perm::RW).unwrap();
+        mem.write(0x1000 + 0x20 * 32, &Dte::translated(pt.root, 4, 1, Perm::RW).to_bytes()).unwrap();
+        let mut vi = AmdVi::new();
+        assert_eq!(vi.live(&mem, 0x20, 0x5000), None, "the unit is off");
+        let off = vi.request(&mut mem, 0x20, 0x5000, Access::Read).unwrap();
+        assert_eq!((off.translation.spa, off.translation.level, off.fresh_walk), (0x5000, 0, false), "untranslated");
+        vi.mmio_write(&mut mem, mmio::DEV_TABLE_BASE, 8, 0x1000);
+        vi.mmio_write(&mut mem, mmio::CONTROL, 8, control::IOMMU_EN);
+        let first = vi.request(&mut mem, 0x20, 0x5008, Access::Write).unwrap();
+        assert_eq!((first.front, first.translation.spa, first.fresh_walk), (Which::AmdVi, 0x30_0008, true));
+        let again = vi.request(&mut mem, 0x20, 0x5010, Access::Write).unwrap();
+        assert_eq!((again.translation.spa, again.fresh_walk), (0x30_0010, false), "an IOTLB hit");
+        assert_eq!(vi.live(&mem, 0x20, 0x5000).map(|t| t.spa), Some(0x30_0000));
+        assert!(matches!(vi.request(&mut mem, 0x20, 0x9000, Access::Read), Err(FrontFault::AmdVi { .. })));
+
+        // The same tables as a virtio-iommu domain: walked every time, the fault to post.
+        let mut d = Domains::new([0x20]);
+        assert_eq!(d.live(&mem, 0x20, 0x5000), None, "attached to no domain");
+        d.attach(1, 0x20, 0);
+        d.map(1, 0x5000, 0x5fff, 0x30_0000, 3);
+        for _ in 0..2 {
+            let t = d.request(&mut mem, 0x20, 0x5008, Access::Read).unwrap();
+            assert_eq!((t.front, t.translation.spa, t.fresh_walk), (Which::VirtioIommu, 0x30_0008, true));
+        }
+        match d.request(&mut mem, 0x20, 0x9000, Access::Write) {
+            Err(FrontFault::VirtioIommu { report, .. }) => {
+                assert_eq!(
+                    (report.reason, report.flags, report.endpoint, report.address),
+                    (fault::R_MAPPING, fault::F_WRITE | fault::F_ADDRESS, 0x20, 0x9000)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -802,6 +802,33 @@ mod tests {
         }
     }
 
+    /// Liveness comes from the unit's state: a mapping a device used is a hazard while the unit
+    /// still translates the device through it, whether the next access walked or hit the IOTLB,
+    /// and none once the unit is off (requests are then untranslated, whatever the tables say).
+    #[test]
+    fn a_used_mapping_is_live_while_the_unit_translates_through_it() {
+        let (mut s, mut mem, _) = bound();
+        let live = LiveMapping { requester: RID, iova: 0x5000, spa: 0x30_0000, size: 0x1000, write: true };
+        s.rmp.as_mut().unwrap().rmpupdate(0x30_0000, &RmpState::shared(PageSize::Size4K));
+        assert_eq!(s.page(&mut mem, RID, false, 0x5010, Access::Write), Ok(0x30_0010));
+        assert!(s.rmp().unwrap().hazards.holds(&live), "walked: registered");
+        // A device reset forgets it; the next access is an IOTLB hit and registers it again.
+        s.forget_mappings_of(RID);
+        assert!(!s.rmp().unwrap().hazards.holds(&live));
+        let hit = s.amdvi.request(&mut mem, RID, 0x5000, Access::Write).unwrap();
+        assert!(!hit.fresh_walk && hit.front == front::Which::AmdVi, "{hit:?}");
+        assert_eq!(s.page(&mut mem, RID, false, 0x5020, Access::Write), Ok(0x30_0020));
+        assert!(s.rmp().unwrap().hazards.holds(&live), "an IOTLB hit is as live as a walk");
+        assert!(s.live_mapping(&mem, RID, 0x5000).is_some_and(|t| t.spa == 0x30_0000));
+        // The unit off: untranslated, so not live; the registered mapping is dropped, not reported.
+        s.bar0_write(&mut mem, mmio::CONTROL, 8, 0);
+        assert_eq!(s.live_mapping(&mem, RID, 0x5000), None);
+        let ram = crate::testing::guest_ram("secure-live", 4 << 20).0;
+        let mut gm = ram.snapshot();
+        assert_eq!(s.rmpupdate(&mut gm, 0x30_0000, &RmpState::private(0x5000, 2, PageSize::Size4K)), RmpStatus::Success);
+        assert!(!s.rmp().unwrap().hazards.holds(&live));
+    }
+
     #[test]
     fn host_faults_on_a_running_tdi_fence_its_asid() {
         // A page-table fault (IOVA not mapped) on a T=1 request.

@@ -1,7 +1,7 @@
 //! The checker of a guest run (`tiommu check`, and the VM runner in-process): the guest's KTAP
 //! result of each boot, the records it expects in the event stream, the kernel messages it
 //! expects in its dmesg, and a summary of the run (peak memory, counts by type, the faults
-//! injected, the commands the driver sent, the COPY figures, the launch-to-first-result time).
+//! injected, the commands the driver sent, the launch-to-first-result time).
 //!
 //! The guest states what it expects on its results port, one line each:
 //! - `# expect-event {"type":"hazard","iova":"0x200000"}`: a record of that type whose listed
@@ -17,7 +17,6 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 use super::events::{parse_line, Summary};
-use abi::endpoint::DmaStatus;
 use abi::event::{Event, Record, KINDS};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -385,31 +384,6 @@ fn summarize(v: &mut Verdict, run: &Run, events: &[Record], cpu: &[Record]) {
     if run.end > run.start && run.start > 0.0 {
         v.say(format!("{:.1} s from launch to power-off", run.end - run.start));
     }
-    // 1 MiB copies, as the daemon timed them (the guest maps 4 KiB pages from IOVA 0x60000000
-    // and 2 MiB pages from 0x70000000 for them).
-    let big: Vec<(u64, f64, f64)> = events
-        .iter()
-        .filter_map(|r| match &r.event {
-            Event::Dma(d) if d.len == 1 << 20 && d.status == DmaStatus::Ok.into() => Some((d.src?, d.copy_us?, d.memcpy_us?)),
-            _ => None,
-        })
-        .filter(|&(_, c, _)| c > 0.0)
-        .collect();
-    if !big.is_empty() {
-        v.say("1 MiB copies through the daemon (MB/s, copy / plain memcpy of the same bytes beside it):");
-        for (label, from) in [("4 KiB", 0x6000_0000u64), ("2 MiB", 0x7000_0000)] {
-            let rows: Vec<_> = big.iter().filter(|(src, ..)| (from..from + 0x1000_0000).contains(src)).collect();
-            if let Some(best) = rows.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
-                let mb = |us: f64| (1u64 << 20) as f64 / us;
-                v.say(format!(
-                    "  through {label} mappings: best {:.0} MB/s, plain memcpy {:.0} MB/s ({} copies)",
-                    mb(best.1),
-                    mb(best.2),
-                    rows.len()
-                ));
-            }
-        }
-    }
     let first = run.console_ts.lines().find_map(|l| {
         let (t, line) = l.split_once(' ')?;
         let t: f64 = t.parse().ok()?;
@@ -477,7 +451,7 @@ pub fn run(a: Args) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use abi::endpoint::Op;
+    use abi::endpoint::{DmaStatus, Op};
     use abi::event::{Dma, Hazard, PowerCycle, Via};
     use abi::{expect, Bdf};
 
@@ -594,8 +568,6 @@ mod tests {
             status: DmaStatus::Ok.into(),
             src: Some(0x6000_0000),
             dst: Some(0x6800_0000),
-            copy_us: Some(100.0),
-            memcpy_us: Some(50.0),
             ..Default::default()
         });
         let v = check(&Run {
@@ -611,7 +583,6 @@ mod tests {
             "the daemon used more than 1 GiB",
             "daemon events: daemon_exit=1, dma=1",
             "2.5 s from launch to power-off",
-            "  through 4 KiB mappings: best 10486 MB/s, plain memcpy 20972 MB/s (1 copies)",
         ] {
             assert!(v.lines.iter().any(|l| l == want), "{want:?} not in {:?}", v.lines);
         }

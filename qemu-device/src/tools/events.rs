@@ -196,9 +196,6 @@ pub fn describe(r: &Record) -> String {
             if e.status_written == Some(false) {
                 b += " (status not written back)";
             }
-            if let (Some(c), Some(m)) = (e.copy_us, e.memcpy_us) {
-                let _ = write!(b, ", {c} us (memcpy {m} us)");
-            }
             b + &yes(e.injected == Some(true), "[injected]")
         }
         Event::DmaHalted(e) => format!("ring halted: {} of descriptor {} at IOVA {:#x}: {}", e.what, e.index, e.iova, e.status),
