@@ -19,11 +19,12 @@
 //!    `tdx`), else the RMP (rmp-model `dma_check`: the SEV-SNP / SEV-TIO rules, T=1 requests
 //!    through the TDI's binding in `Tio`); a refusal is logged as RMP_PAGE_FAULT and may fence
 //!    the ASID. Injected faults (`inject.rs`) can fail the check here (RMP_HW_ERROR).
-//! 3. **Note the mapping live** for the conversion hazard check: an allowed T=0 access through a
-//!    front's tables registers its page with the RMP's hazard registry. RMPUPDATE (`hazard.rs`)
-//!    reports a page turned private while a registered mapping, or one found by searching the
-//!    drivers' tables, can still reach it; "live" is decided from the units' state (unit
-//!    enabled, the device's entry translating, the mapping present), never from a counter.
+//! 3. **Note the mapping live** for the conversion hazard check: an allowed T=0 access whose
+//!    translation the front walked its tables for (the answer's `fresh_walk`) registers its page
+//!    with the RMP's hazard registry. RMPUPDATE (`hazard.rs`) reports a page turned private while
+//!    a registered mapping, or one found by searching the drivers' tables, can still reach it;
+//!    "live" is decided from the units' state (unit enabled, the device's entry translating, the
+//!    mapping present, or its virtio-iommu domain attached), never from a counter.
 //! 4. **Move** the bytes (`dma.rs`): only after every page of the transfer passed 1-3, with the
 //!    lock released between pages.
 //!
@@ -352,16 +353,15 @@ impl SecureIommu {
         }
     }
 
-    /// Stage 3: an allowed T=0 access through a front's tables (not an untranslated one) keeps
-    /// its mapping registered for the hazard check, whether the tables were walked for it or
-    /// the IOTLB answered: what counts is that the unit translates the device through them.
+    /// Stage 3: an allowed T=0 access through a front's tables (not an untranslated one) whose
+    /// translation was read from the tables now (`fresh_walk`, from the front's answer) registers
+    /// the mapping for the hazard check; an IOTLB hit was registered by the walk that filled the
+    /// IOTLB. Whether it is still live is decided at RMPUPDATE from the tables (`live_mapping`).
     fn note_live(&mut self, req: Req, tr: &Translated) {
-        let Some(rmp) = self.rmp.as_mut().filter(|_| !req.t && tr.translation.level > 0) else { return };
+        let Some(rmp) = self.rmp.as_mut().filter(|_| !req.t && tr.fresh_walk && tr.translation.level > 0) else { return };
         let t = tr.translation;
         let m = LiveMapping { requester: req.rid, iova: req.iova & !0xfff, spa: t.spa & !0xfff, size: 0x1000, write: t.perm.write };
-        if !rmp.hazards.holds(&m) {
-            let _ = rmp.hazards.register(m);
-        }
+        let _ = rmp.hazards.register(m);
     }
 
     /// An RMP refusal: RMP_PAGE_FAULT in the AMD-Vi event log and on the stream; a host-caused
@@ -802,23 +802,26 @@ mod tests {
         }
     }
 
-    /// Liveness comes from the unit's state: a mapping a device used is a hazard while the unit
-    /// still translates the device through it, whether the next access walked or hit the IOTLB,
-    /// and none once the unit is off (requests are then untranslated, whatever the tables say).
+    /// Liveness comes from the state, not a counter: a mapping is registered when the front's
+    /// answer says the tables were walked for it (not on an IOTLB hit), and at RMPUPDATE it is a
+    /// hazard only while the unit still translates the device through it: once the unit is off
+    /// (requests untranslated, whatever the tables say) it is dropped, not reported.
     #[test]
     fn a_used_mapping_is_live_while_the_unit_translates_through_it() {
-        let (mut s, mut mem, _) = bound();
+        let (mut s, mut mem, events) = bound();
         let live = LiveMapping { requester: RID, iova: 0x5000, spa: 0x30_0000, size: 0x1000, write: true };
         s.rmp.as_mut().unwrap().rmpupdate(0x30_0000, &RmpState::shared(PageSize::Size4K));
         assert_eq!(s.page(&mut mem, RID, false, 0x5010, Access::Write), Ok(0x30_0010));
         assert!(s.rmp().unwrap().hazards.holds(&live), "walked: registered");
-        // A device reset forgets it; the next access is an IOTLB hit and registers it again.
+        // A device reset forgets it; an IOTLB hit is no fresh walk and registers nothing.
         s.forget_mappings_of(RID);
-        assert!(!s.rmp().unwrap().hazards.holds(&live));
         let hit = s.amdvi.request(&mut mem, RID, 0x5000, Access::Write).unwrap();
         assert!(!hit.fresh_walk && hit.front == front::Which::AmdVi, "{hit:?}");
         assert_eq!(s.page(&mut mem, RID, false, 0x5020, Access::Write), Ok(0x30_0020));
-        assert!(s.rmp().unwrap().hazards.holds(&live), "an IOTLB hit is as live as a walk");
+        assert!(s.rmp().unwrap().hazards.is_empty());
+        s.amdvi.flush_caches();
+        assert_eq!(s.page(&mut mem, RID, false, 0x5020, Access::Write), Ok(0x30_0020));
+        assert!(s.rmp().unwrap().hazards.holds(&live), "walked again: registered again");
         assert!(s.live_mapping(&mem, RID, 0x5000).is_some_and(|t| t.spa == 0x30_0000));
         // The unit off: untranslated, so not live; the registered mapping is dropped, not reported.
         s.bar0_write(&mut mem, mmio::CONTROL, 8, 0);
@@ -827,6 +830,7 @@ mod tests {
         let mut gm = ram.snapshot();
         assert_eq!(s.rmpupdate(&mut gm, 0x30_0000, &RmpState::private(0x5000, 2, PageSize::Size4K)), RmpStatus::Success);
         assert!(!s.rmp().unwrap().hazards.holds(&live));
+        assert!(!events.0.lock().unwrap().iter().any(|e| e["type"] == "hazard"));
     }
 
     #[test]
