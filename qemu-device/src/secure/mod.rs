@@ -267,7 +267,7 @@ impl SecureIommu {
             return trusted;
         }
         let answer = self.translate(mem, req);
-        let translated = answer.map_err(|fault| self.translation_refused(mem, req, fault))?;
+        let translated = answer.map_err(|fault| self.translation_refused(req, fault))?;
         let spa = self.check(mem, req, &translated)?;
         self.note_live(req, &translated);
         Ok(spa)
@@ -296,8 +296,7 @@ impl SecureIommu {
     }
 
     /// A front's fault: on the stream as a `translation_fault`, fencing a running TDI's ASID.
-    fn translation_refused<M: PhysMem + ?Sized>(&mut self, mem: &mut M, req: Req, fault: FrontFault) -> Refusal {
-        let _ = mem;
+    fn translation_refused(&mut self, req: Req, fault: FrontFault) -> Refusal {
         // What injected AMD-Vi faults did at this request (docs/fault-injection.md).
         let injected = self.collect_amdvi();
         let (record, refusal) = match fault {
