@@ -695,6 +695,20 @@ mod tests {
         assert!(s.inject.changed_rmp.is_empty());
     }
 
+    /// An AMD-Vi fault that fires at a DMA request the unit then allows (here: records logged
+    /// for another address) is reported at that request, not at the next register write.
+    #[test]
+    fn an_amdvi_fault_firing_at_an_allowed_request_is_reported_at_once() {
+        let (mut s, mut mem, events) = rig();
+        arm(&mut s, &mut mem, 1, r#"{"fault":"io-page-fault","device":"00:04.0","iova":"0xdead0000","after_dma":1}"#);
+        assert!(of(&events, "injected").is_empty(), "not due yet");
+        assert!(s.page(&mut mem, RID, false, 0x9000, Access::Read).is_ok());
+        assert!(s.page(&mut mem, RID, false, 0x9000, Access::Read).is_ok(), "allowed: the fault is a logged record, not this request's");
+        let fired = of(&events, "injected");
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert_eq!((fired[0]["event"].as_str(), fired[0]["address"].as_str()), (Some("IO_PAGE_FAULT"), Some("0xdead0000")));
+    }
+
     /// The TDI goes to ERROR in the middle of a T=1 transfer: the pages before passed, the
     /// one at which it fired and all after are refused (T=1 from a TDI not in RUN).
     #[test]

@@ -48,6 +48,7 @@ use abi::event as ev;
 use abi::Bdf;
 use front::{Answer, Front, FrontFault, Translated};
 use iommu_model::amdvi::event::Event;
+use iommu_model::amdvi::inject::Fired;
 use iommu_model::amdvi::mmio::AmdVi;
 use iommu_model::mem::PhysMem;
 use iommu_model::vtd::unit::{Interrupt, VtdUnit};
@@ -267,7 +268,9 @@ impl SecureIommu {
             return trusted;
         }
         let answer = self.translate(mem, req);
-        let translated = answer.map_err(|fault| self.translation_refused(req, fault))?;
+        // What injected AMD-Vi faults did at this request, whatever its answer (fault-injection.md).
+        let injected = self.collect_amdvi();
+        let translated = answer.map_err(|fault| self.translation_refused(req, fault, &injected))?;
         let spa = self.check(mem, req, &translated)?;
         self.note_live(req, &translated);
         Ok(spa)
@@ -296,9 +299,7 @@ impl SecureIommu {
     }
 
     /// A front's fault: on the stream as a `translation_fault`, fencing a running TDI's ASID.
-    fn translation_refused(&mut self, req: Req, fault: FrontFault) -> Refusal {
-        // What injected AMD-Vi faults did at this request (docs/fault-injection.md).
-        let injected = self.collect_amdvi();
+    fn translation_refused(&mut self, req: Req, fault: FrontFault, injected: &[Fired]) -> Refusal {
         let (record, refusal) = match fault {
             FrontFault::AmdVi { event, level, logged } => {
                 let injected = injected.iter().any(|f| f.event == Some(event)).then_some(true);
