@@ -8,8 +8,9 @@
 //! - The virtio-iommu's domains (`Domains`, virtio 1.2 §5.13): tables the daemon owns, walked
 //!   uncached; a fault goes to the driver on the device's event queue, which the caller posts
 //!   (the front only says what to post).
-//! - The VT-d unit (iommu-model `VtdUnit`, VT-d 4.1 ch. 3 and 7): root and context tables,
-//!   second-stage tables, IOTLB; a fault is a fault-recording register unless FPD suppresses it.
+//! - The VT-d unit (iommu-model `VtdUnit`, legacy mode, fault reasons of VT-d §7.2): root and
+//!   context tables, second-stage tables, IOTLB; a fault is a fault recording register unless
+//!   FPD suppresses it.
 
 use crate::devices::virtio_iommu::domains::Domains;
 use crate::devices::virtio_iommu::proto::{fault, Fault};

@@ -6,7 +6,7 @@
 //!
 //! 1. **Translate** (`front.rs`): the device's front, one implementation of the `Front` trait
 //!    each: the virtio-iommu's domains when the device is attached to one (virtio 1.2 §5.13,
-//!    `devices/virtio_iommu/domains.rs`), else the VT-d unit with `--iommu vtd` (VT-d 4.1 ch. 3,
+//!    `devices/virtio_iommu/domains.rs`), else the VT-d unit with `--iommu vtd` (legacy mode,
 //!    iommu-model `vtd`), else the AMD-Vi unit (spec 48882 §2.2, iommu-model `amdvi`). The answer
 //!    is typed: which front, the translation (SPA, permissions, page size), whether the tables
 //!    were walked for it, or that front's fault. A fault is recorded where the front records it
