@@ -8,7 +8,7 @@ use crate::pci::doe::{self, Doe, DoeFault, DoeProtocol};
 use crate::secure::dma::{self, DmaError, DmaMem, TranslateCheck};
 use crate::secure::inject::{FaultyDevice, RogueDma};
 use crate::secure::tdi::{Tdis, Via};
-use crate::secure::{bdf, Refusal, SecureIommu};
+use crate::secure::{Refusal, SecureIommu};
 use crate::vfio::function::{Bar, EventSink, Irq, PciFunction, PciIds};
 use crate::vfio::guest_mem::GuestRam;
 use abi::event::{self as ev, Event};
@@ -152,7 +152,7 @@ pub fn run_ring<M: DmaMem + ?Sized>(
         }
         drop(g);
         // A guest can halt the engine at will: the dma_halted record says so, the log only at debug.
-        tracing::debug!("endpoint {}: {what} of descriptor {index} at {iova:#x} failed ({e:?}); halted", bdf(rid));
+        tracing::debug!("endpoint {}: {what} of descriptor {index} at {iova:#x} failed ({e:?}); halted", abi::Bdf(rid));
         events.emit(Event::DmaHalted(ev::DmaHalted { devid: Bdf(rid), index, iova, what: what.into(), status: status_of(e).into() }));
     };
     let mut raise = false;

@@ -11,7 +11,7 @@ pub use abi::ioat as regs;
 #[cfg(test)]
 mod tests;
 
-use crate::secure::{bdf, SecureIommu};
+use crate::secure::SecureIommu;
 use crate::vfio::function::{Bar, EventSink, Irq, PciFunction, PciIds};
 use crate::vfio::guest_mem::GuestRam;
 use abi::event::{Event, IoatChannel, IoatReset};
@@ -227,8 +227,10 @@ impl Drop for Ioat {
 fn schedule(rid: u16, engine: Arc<Mutex<Engine>>, runner: ChannelRunner, jobs: Sender<Job>, ch: usize) {
     if let Err(err) = jobs.try_send(job(engine.clone(), runner, jobs.clone(), ch)) {
         match err {
-            TrySendError::Full(_) => tracing::warn!("ioat {}: DMA worker queue full; channel {ch} waits for the next doorbell", bdf(rid)),
-            TrySendError::Disconnected(_) => tracing::error!("ioat {}: DMA worker is gone", bdf(rid)),
+            TrySendError::Full(_) => {
+                tracing::warn!("ioat {}: DMA worker queue full; channel {ch} waits for the next doorbell", abi::Bdf(rid))
+            }
+            TrySendError::Disconnected(_) => tracing::error!("ioat {}: DMA worker is gone", abi::Bdf(rid)),
         }
         lock(&engine).channels[ch].scheduled = false;
     }

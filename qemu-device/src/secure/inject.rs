@@ -6,7 +6,7 @@
 //! `"injected": true`.
 
 use crate::pci::doe::DoeFault;
-use crate::secure::{bdf, SecureIommu};
+use crate::secure::SecureIommu;
 use abi::event as ev;
 use iommu_model::amdvi::event::{flags, Event};
 use iommu_model::amdvi::inject::{Fault as AmdViFault, Fired};
@@ -481,7 +481,7 @@ impl SecureIommu {
             Platform::TdiError { devid } => match self.tdis.fail(devid) {
                 Ok(before) => format!("the TDI went from {} to ERROR", before.name()),
                 Err(Some(state)) => format!("nothing: the TDI is {}, not locked", state.name()),
-                Err(None) => format!("nothing: {} has no TDI", bdf(devid)),
+                Err(None) => format!("nothing: {} has no TDI", abi::Bdf(devid)),
             },
             Platform::Doe { devid, fault } => match device(self, devid) {
                 Some(d) => {
@@ -492,14 +492,14 @@ impl SecureIommu {
                         DoeFault::NeedsAbort => "the DOE mailbox answers nothing until an Abort".into(),
                     }
                 }
-                None => format!("nothing: {} has no DOE mailbox", bdf(devid)),
+                None => format!("nothing: {} has no DOE mailbox", abi::Bdf(devid)),
             },
             Platform::RingStall { devid } => match device(self, devid) {
                 Some(d) => {
                     d.stall_ring();
                     "the ring stopped making progress (BUSY stays set until CTRL.RESET)".into()
                 }
-                None => format!("nothing: {} has no ring", bdf(devid)),
+                None => format!("nothing: {} has no ring", abi::Bdf(devid)),
             },
             Platform::EndpointDma(dma) => match device(self, dma.devid) {
                 Some(d) if d.rogue_dma(dma) => format!(
@@ -509,7 +509,7 @@ impl SecureIommu {
                     dma.iova,
                     u8::from(dma.t)
                 ),
-                _ => format!("nothing: {} cannot DMA now", bdf(dma.devid)),
+                _ => format!("nothing: {} cannot DMA now", abi::Bdf(dma.devid)),
             },
         }
     }
@@ -535,7 +535,7 @@ impl SecureIommu {
         let ev = Event::rmp_hw_error(rid, 0, rw | flags::TYPE_DATA_ERROR, spa & !0xfff);
         if let Some((id, p)) = self.inject.injector.fire_one(At::Dma { devid: rid, iova }, Platform::at_rmp_check) {
             let logged = self.amdvi.log_event(mem, &ev);
-            let effect = format!("RMP_HW_ERROR for {spa:#x}: {}'s request to {iova:#x} aborted", bdf(rid));
+            let effect = format!("RMP_HW_ERROR for {spa:#x}: {}'s request to {iova:#x} aborted", abi::Bdf(rid));
             self.note(ev::Injected {
                 id,
                 fault: p.name().into(),

@@ -129,10 +129,6 @@ pub fn lock_for_registers(m: &Mutex<SecureIommu>) -> std::sync::MutexGuard<'_, S
     g
 }
 
-pub fn bdf(devid: u16) -> String {
-    Bdf(devid).to_string()
-}
-
 /// A request's direction, as the event records name it.
 pub fn direction(write: bool) -> ev::Access {
     if write {

@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     let endpoints: Vec<u16> = args.endpoints.iter().map(|b| b.0).collect();
     if let Some(ep) = endpoints.iter().find(|&&ep| ep >> 8 != 0) {
-        return Err(format!("--endpoint {}: only functions on the root bus (00) can be named", crate::secure::bdf(*ep)));
+        return Err(format!("--endpoint {}: only functions on the root bus (00) can be named", abi::Bdf(*ep)));
     }
     let t = table(args.mmio, &endpoints);
     std::fs::write(&args.output, &t).map_err(|e| format!("cannot write {}: {e}", args.output.display()))

@@ -8,7 +8,7 @@
 use super::regs::{chanctrl, chanerr, chansts, ctl, intrctrl, Descriptor, DESC_SIZE, OP_COPY};
 use super::XFERCAP_LOG;
 use crate::secure::dma::{self, DmaError, DmaMem, Request, TranslateCheck};
-use crate::secure::{bdf, Refusal, SecureIommu};
+use crate::secure::{Refusal, SecureIommu};
 use crate::vfio::function::{EventSink, Irq};
 use iommu_model::walk::Access;
 use std::sync::{Mutex, MutexGuard};
@@ -392,7 +392,7 @@ fn halted(rid: u16, ch: usize, desc: u64, f: &Fault, events: &dyn EventSink) {
         Some(DmaError::NoMemory { .. }) => Some("no memory".into()),
         _ => None,
     };
-    tracing::warn!("ioat {} channel {ch}: {} at {:#x} (descriptor {desc:#x}); halted", bdf(rid), chanerr::name(f.chanerr), f.iova);
+    tracing::warn!("ioat {} channel {ch}: {} at {:#x} (descriptor {desc:#x}); halted", abi::Bdf(rid), chanerr::name(f.chanerr), f.iova);
     events.emit(abi::event::Event::IoatHalted(abi::event::IoatHalted {
         devid: abi::Bdf(rid),
         channel: u32::try_from(ch).unwrap_or(u32::MAX),
