@@ -146,24 +146,37 @@ pub use abi::mailbox::RMP_ADDR_MASK;
 /// (`backed(addr, len)`); `base` 0 is no mirror. The checks Linux makes of the RMP_BASE/RMP_END
 /// MSRs before enabling SNP (snp_probe_rmptable_info: base below end, the table covers all of
 /// RAM), plus one the model needs: every byte of the window is guest RAM the daemon can write.
-pub fn check_rmp_window(base: u64, end: u64, pages: u64, backed: impl Fn(u64, u64) -> bool) -> Result<(), String> {
+pub fn check_rmp_window(base: u64, end: u64, pages: u64, backed: impl Fn(u64, u64) -> bool) -> Result<(), RmpWindowError> {
     if base == 0 {
         return Ok(());
     }
     if base & !RMP_ADDR_MASK != 0 || end & !RMP_ADDR_MASK != 0x1fff {
-        return Err(format!("RMP_BASE {base:#x} or RMP_END {end:#x} is not on an 8 KiB boundary below 4 PiB"));
+        return Err(RmpWindowError::Unaligned { base, end });
     }
     let Some(size) = end.checked_sub(base).and_then(|d| d.checked_add(1)) else {
-        return Err(format!("RMP_END {end:#x} is below RMP_BASE {base:#x}"));
+        return Err(RmpWindowError::EndBelowBase { base, end });
     };
     let need = Rmp::table_bytes(pages);
     if size < need {
-        return Err(format!("the RMP window holds {size:#x} bytes; {pages} pages of guest RAM need {need:#x}"));
+        return Err(RmpWindowError::TooSmall { size, pages, need });
     }
     if !backed(base, size) {
-        return Err(format!("the RMP window {base:#x}..={end:#x} is not all guest RAM"));
+        return Err(RmpWindowError::NotGuestRam { base, end });
     }
     Ok(())
+}
+
+/// Why SNP_EN was refused: the RMP_BASE/RMP_END window cannot hold the RMP.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RmpWindowError {
+    #[error("RMP_BASE {base:#x} or RMP_END {end:#x} is not on an 8 KiB boundary below 4 PiB")]
+    Unaligned { base: u64, end: u64 },
+    #[error("RMP_END {end:#x} is below RMP_BASE {base:#x}")]
+    EndBelowBase { base: u64, end: u64 },
+    #[error("the RMP window holds {size:#x} bytes; {pages} pages of guest RAM need {need:#x}")]
+    TooSmall { size: u64, pages: u64, need: u64 },
+    #[error("the RMP window {base:#x}..={end:#x} is not all guest RAM")]
+    NotGuestRam { base: u64, end: u64 },
 }
 
 pub struct SecureIommu {
@@ -608,7 +621,7 @@ impl SecureIommu {
     /// Turn SNP on: an RMP covering guest RAM, every page hypervisor-owned, mirrored to RMP_BASE.
     /// Refused, SNP staying off, when the mirror window RMP_BASE..=RMP_END is set but cannot hold
     /// the RMP in guest RAM (`check_rmp_window`); the "snp" record says why.
-    pub fn enable_snp(&mut self, mem: &mut GuestMem, ram_pages: u64) -> Result<(), String> {
+    pub fn enable_snp(&mut self, mem: &mut GuestMem, ram_pages: u64) -> Result<(), RmpWindowError> {
         if self.rmp.is_some() {
             return Ok(());
         }
@@ -618,7 +631,7 @@ impl SecureIommu {
             self.events.emit(ev::Event::Snp(ev::Snp {
                 enabled: false,
                 pages: None,
-                error: Some(e.clone()),
+                error: Some(e.to_string()),
                 rmp_base: Some(self.rmp_base),
                 rmp_end: Some(self.rmp_end),
             }));
