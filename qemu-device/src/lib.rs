@@ -1,9 +1,11 @@
-//! The tiommu daemon as a library: the vfio-user glue, the PCI functions, the secure DMA path and
-//! the offline tools, so the `tiommu` binary, the tests and the fuzz targets share one build.
+//! The `tiommu` binary as a library: the vfio-user glue, the PCI functions, the secure DMA path,
+//! the daemon, the offline tools and the VM runner, so the binary, the tests, the benches and the
+//! fuzz targets share one build. docs/architecture.md walks through it.
 
 // The functions, the DMA path and the vfio-user glue take registers, descriptors, mailbox buffers
 // and virtio requests from the guest: arithmetic on them is checked, wrapping or saturating by
-// choice, never an overflow. The offline tools (walk, viot, ivrs, acpi) and the daemon's set-up opt out.
+// choice, never an overflow. The offline tools, the runner and the daemon's set-up opt
+// out.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
 
@@ -20,7 +22,8 @@ pub mod run;
 pub mod secure;
 /// Helpers for tests, benches and fuzz targets.
 pub mod testing;
-/// Offline tools: ACPI tables (IVRS, DMAR, VIOT) and the page-table walker.
+/// Offline tools: ACPI tables (IVRS, DMAR, VIOT), the page-table walker, the dump client, the
+/// event stream reader and the run checker.
 pub mod tools;
 /// The vfio-user plumbing: the server loop, guest memory, the function trait.
 pub mod vfio;
