@@ -8,6 +8,7 @@ use iommu_model::mem::{ByteMem, PhysMem};
 use iommu_model::walk::Perm;
 use rmp_model::{Rmp, RmpEntry};
 use serde_json::Value;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -266,9 +267,11 @@ fn dump_dir(name: &str, control: u64, kind: &str) -> PathBuf {
     let dir = tmp(&format!("{name}.dump"));
     std::fs::create_dir_all(&dir).unwrap();
     let f = fixture();
-    let mut bytes = vec![0u8; BASE as usize];
-    bytes.extend_from_slice(&f.mem.bytes);
-    std::fs::write(dir.join("ram.img"), bytes).unwrap();
+    // Sparse, as the daemon writes it: GPA 0 up to the image's base is a hole.
+    let mut img = std::fs::File::create(dir.join("ram.img")).unwrap();
+    img.set_len(BASE).unwrap();
+    img.seek(SeekFrom::Start(BASE)).unwrap();
+    img.write_all(&f.mem.bytes).unwrap();
     std::fs::copy(rmp_file(name), dir.join("rmp.bin")).unwrap();
     // Size 0: one 4 KiB page of DTEs, 128 of them (00:00.0 to 00:0f.7).
     let regs = serde_json::json!({
