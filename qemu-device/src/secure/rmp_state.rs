@@ -20,17 +20,28 @@ pub struct PublishError {
     detail: String,
 }
 
+impl PublishError {
+    fn new(what: &'static str, path: &Path, e: impl std::fmt::Display) -> Self {
+        PublishError { what, path: path.to_path_buf(), detail: e.to_string() }
+    }
+}
+
 pub struct RmpPublisher {
     region: GuestRegionMmap,
 }
 
 impl RmpPublisher {
     pub fn create(path: &Path) -> Result<RmpPublisher, PublishError> {
-        let err = |what| move |e: &dyn std::fmt::Display| PublishError { what, path: path.to_path_buf(), detail: e.to_string() };
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(|e| err("create")(&e))?;
-        f.set_len(PAGES * 16).map_err(|e| err("size")(&e))?;
-        let region =
-            GuestRegionMmap::from_range(GuestAddress(0), (PAGES * 16) as usize, Some(FileOffset::new(f, 0))).map_err(|e| err("map")(&e))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| PublishError::new("create", path, e))?;
+        f.set_len(PAGES * 16).map_err(|e| PublishError::new("size", path, e))?;
+        let region = GuestRegionMmap::from_range(GuestAddress(0), (PAGES * 16) as usize, Some(FileOffset::new(f, 0)))
+            .map_err(|e| PublishError::new("map", path, e))?;
         Ok(RmpPublisher { region })
     }
 
