@@ -2,6 +2,8 @@
 //! arguments that attach them, the ACPI tables and the kernel command line that go with them.
 //! `tiommu run` boots it; `tiommu qemu-args` prints it for a command line of the user's own.
 
+// The slots of the secure IOMMU function, the DMA endpoint, the virtio-iommu and the IOAT engine.
+use abi::pci::{ENDPOINT, IOAT, SECURE_IOMMU, VIRTIO_IOMMU};
 use std::path::Path;
 
 /// Who translates the endpoint's DMA in the guest.
@@ -19,17 +21,26 @@ pub enum Mode {
     IntelIommu,
 }
 
+impl Mode {
+    /// The mode the command-line flags choose (clap lets at most one be set).
+    pub fn of_flags(virtio_iommu: bool, amd_iommu: bool, intel_iommu: bool) -> Mode {
+        if virtio_iommu {
+            Mode::VirtioIommu
+        } else if amd_iommu {
+            Mode::AmdIommu
+        } else if intel_iommu {
+            Mode::IntelIommu
+        } else {
+            Mode::Plain
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Personality {
     SevTio,
     TdxConnect,
 }
-
-/// The secure IOMMU function, the DMA endpoint, the virtio-iommu and the IOAT engine's slots.
-pub const IOMMU_BDF: &str = "00:03.0";
-pub const ENDPOINT_BDF: &str = "00:04.0";
-pub const VIOMMU_BDF: &str = "00:05.0";
-pub const IOAT_BDF: &str = "00:06.0";
 
 #[derive(Clone, Debug)]
 pub struct Machine {
@@ -94,7 +105,7 @@ impl Machine {
 
     /// The daemon's options that choose its functions (the BAR0 probe's daemon serves the same).
     pub fn daemon_functions(&self) -> Vec<String> {
-        let mut a = vec!["--endpoint-bdf".to_string(), ENDPOINT_BDF.into()];
+        let mut a = vec!["--endpoint-bdf".to_string(), ENDPOINT.bdf.to_string()];
         if matches!(self.mode, Mode::VirtioIommu | Mode::VirtioIommuRaw) {
             a.push("--virtio-iommu".into());
         }
@@ -102,7 +113,7 @@ impl Machine {
             a.extend(["--iommu".into(), "vtd".into()]);
         }
         if self.ioat {
-            a.extend(["--ioat".into(), "--ioat-bdf".into(), IOAT_BDF.into()]);
+            a.extend(["--ioat".into(), "--ioat-bdf".into(), IOAT.bdf.to_string()]);
         }
         if self.personality == Personality::TdxConnect {
             a.extend(["--personality".into(), "tdx-connect".into()]);
@@ -124,9 +135,9 @@ impl Machine {
 
     /// The functions behind the IOMMU the kernel drives (the ACPI table lists them).
     fn endpoints(&self) -> Vec<u16> {
-        let mut e = vec![bdf(ENDPOINT_BDF)];
+        let mut e = vec![ENDPOINT.bdf.0];
         if self.ioat {
-            e.push(bdf(IOAT_BDF));
+            e.push(IOAT.bdf.0);
         }
         e
     }
@@ -136,9 +147,11 @@ impl Machine {
         let need_bar0 = || self.bar0.ok_or_else(|| "the IVRS and DMAR need 00:03.0's BAR0 address".to_string());
         Ok(match self.mode {
             Mode::Plain | Mode::VirtioIommuRaw => None,
-            Mode::VirtioIommu => Some(AcpiTable { file: "viot.bin", bytes: crate::tools::viot::table(bdf(VIOMMU_BDF), &self.endpoints()) }),
+            Mode::VirtioIommu => {
+                Some(AcpiTable { file: "viot.bin", bytes: crate::tools::viot::table(VIRTIO_IOMMU.bdf.0, &self.endpoints()) })
+            }
             Mode::AmdIommu => {
-                Some(AcpiTable { file: "ivrs.bin", bytes: crate::tools::ivrs::table(bdf(IOMMU_BDF), need_bar0()?, &self.endpoints()) })
+                Some(AcpiTable { file: "ivrs.bin", bytes: crate::tools::ivrs::table(SECURE_IOMMU.bdf.0, need_bar0()?, &self.endpoints()) })
             }
             Mode::IntelIommu => Some(AcpiTable { file: "dmar.bin", bytes: crate::tools::dmar::table(need_bar0()?, &self.endpoints()) }),
         })
@@ -170,9 +183,9 @@ impl Machine {
             "-object".into(),
             format!("memory-backend-memfd,id=mem,size={},share=on", self.memory),
             "-device".into(),
-            device("tiommu-iommu", "03.0", &format!("{sock_dir}/iommu.sock"), r#","x-no-posted-writes":true"#),
+            device("tiommu-iommu", SECURE_IOMMU.bdf, &format!("{sock_dir}/iommu.sock"), r#","x-no-posted-writes":true"#),
             "-device".into(),
-            device("tiommu-endpoint", "04.0", &format!("{sock_dir}/endpoint.sock"), ""),
+            device("tiommu-endpoint", ENDPOINT.bdf, &format!("{sock_dir}/endpoint.sock"), ""),
         ];
         if self.nodefaults {
             // No NIC (and no iPXE option ROM for SeaBIOS to load), no VGA, no CD-ROM: the serial
@@ -180,13 +193,13 @@ impl Machine {
             a.insert(2, "-nodefaults".into());
         }
         if matches!(self.mode, Mode::VirtioIommu | Mode::VirtioIommuRaw) {
-            a.extend(["-device".into(), device("tiommu-viommu", "05.0", &format!("{sock_dir}/virtio-iommu.sock"), "")]);
+            a.extend(["-device".into(), device("tiommu-viommu", VIRTIO_IOMMU.bdf, &format!("{sock_dir}/virtio-iommu.sock"), "")]);
         }
         if self.mode == Mode::VirtioIommu {
             a.extend(["-acpitable".into(), format!("file={file_dir}/viot.bin")]);
         }
         if self.ioat {
-            a.extend(["-device".into(), device("tiommu-ioat", "06.0", &format!("{sock_dir}/ioat.sock"), "")]);
+            a.extend(["-device".into(), device("tiommu-ioat", IOAT.bdf, &format!("{sock_dir}/ioat.sock"), "")]);
         }
         a
     }
@@ -268,14 +281,11 @@ impl Machine {
     }
 }
 
-/// One vfio-user-pci function as QEMU's JSON -device syntax.
-pub fn device(id: &str, addr: &str, socket: &str, extra: &str) -> String {
+/// One vfio-user-pci function as QEMU's JSON -device syntax, in `slot` of the root bus.
+pub fn device(id: &str, slot: abi::Bdf, socket: &str, extra: &str) -> String {
     let sock = serde_json::to_string(socket).unwrap_or_default();
+    let addr = format!("{:02x}.{}", slot.dev(), slot.func());
     format!(r#"{{"driver":"vfio-user-pci","id":"{id}","addr":"{addr}","socket":{{"type":"unix","path":{sock}}}{extra}}}"#)
-}
-
-fn bdf(s: &str) -> u16 {
-    s.parse::<abi::Bdf>().map(|b| b.0).unwrap_or(0)
 }
 
 /// "512M", "2G", "1024" (MiB, as QEMU's -m) into bytes.
@@ -339,6 +349,14 @@ mod tests {
                 assert_eq!(paths, want, "{mode:?} ioat={ioat}");
                 assert!(devs.iter().all(|d| d["driver"] == "vfio-user-pci"));
                 assert_eq!(devs[0]["x-no-posted-writes"], true, "the secure IOMMU's registers are written in order");
+                let slots: Vec<&str> = devs.iter().map(|d| d["addr"].as_str().unwrap()).collect();
+                let want = [
+                    ["03.0", "04.0"].as_slice(),
+                    if m.sockets().contains(&"virtio-iommu.sock") { &["05.0"] } else { &[] },
+                    if ioat { &["06.0"] } else { &[] },
+                ]
+                .concat();
+                assert_eq!(slots, want, "the slots IVRS, DMAR and VIOT name");
             }
         }
     }

@@ -291,18 +291,11 @@ impl Runner {
 
     fn machine(&self) -> Machine {
         let a = self.args.clone();
-        let mode = if a.virtio_iommu && a.hostile.is_some() {
+        let mode = match Mode::of_flags(a.virtio_iommu, a.amd_iommu, a.intel_iommu) {
             // A hostile run attaches the virtio-iommu with no driver and no VIOT, for the hostile
             // driver alone.
-            Mode::VirtioIommuRaw
-        } else if a.virtio_iommu {
-            Mode::VirtioIommu
-        } else if a.amd_iommu {
-            Mode::AmdIommu
-        } else if a.intel_iommu {
-            Mode::IntelIommu
-        } else {
-            Mode::Plain
+            Mode::VirtioIommu if a.hostile.is_some() => Mode::VirtioIommuRaw,
+            mode => mode,
         };
         Machine {
             mode,

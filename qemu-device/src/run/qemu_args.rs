@@ -88,17 +88,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), String> {
-    let mode = if a.virtio_iommu {
-        Mode::VirtioIommu
-    } else if a.amd_iommu {
-        Mode::AmdIommu
-    } else if a.intel_iommu {
-        Mode::IntelIommu
-    } else {
-        Mode::Plain
-    };
     let mut m = Machine {
-        mode,
+        mode: Mode::of_flags(a.virtio_iommu, a.amd_iommu, a.intel_iommu),
         ioat: a.ioat,
         personality: a.personality,
         kvm: a.kvm,
