@@ -8,29 +8,37 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs dev /dev
 echo 32 > /proc/sys/vm/nr_hugepages
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
+# Each program /init starts costs a fork and an exec under TCG (tens of milliseconds), so what it
+# can do with the shell's builtins it does so: the command line is read once and matched by word.
+read -r cmdline </proc/cmdline
+has() { case " $cmdline " in *" $1 "*) return 0 ;; esac; return 1; }
 # The third serial port is the daemon's control channel (tiommu run --inject): JSON lines both ways.
-grep -q tiommu.inject=1 /proc/cmdline && stty -F /dev/ttyS2 raw -echo 2>/dev/null
-# The IVRS (DMAR) named BAR0's address before boot; amd_iommu (intel_iommu) drives the registers
-# it found there.
-for table in ivrs dmar; do
-    want="$(sed -n "s/.*tiommu.${table}_mmio=\(0x[0-9a-f]*\).*/\1/p" /proc/cmdline)"
-    [ -n "$want" ] || continue
-    have="$(head -1 /sys/bus/pci/devices/0000:00:03.0/resource | cut -d' ' -f1)"
-    if [ "$((want))" != "$((have))" ]; then
-        echo "tiommu-guest: FATAL: the $table table names the IOMMU registers at $want but 00:03.0's BAR0 is at $have" | tee /dev/ttyS1
-        poweroff -f
-    fi
+has tiommu.inject=1 && stty -F /dev/ttyS2 raw -echo 2>/dev/null
+# The IVRS (DMAR) named BAR0's address before boot (tiommu.ivrs_mmio=, tiommu.dmar_mmio=);
+# amd_iommu (intel_iommu) drives the registers it found there.
+for w in $cmdline; do
+    case "$w" in
+        tiommu.ivrs_mmio=*|tiommu.dmar_mmio=*)
+            table="${w%%_mmio=*}" table="${table#tiommu.}" want="${w#*=}"
+            read -r have _ </sys/bus/pci/devices/0000:00:03.0/resource
+            if [ "$((want))" != "$((have))" ]; then
+                echo "tiommu-guest: FATAL: the $table table names the IOMMU registers at $want but 00:03.0's BAR0 is at $have" | tee /dev/ttyS1
+                poweroff -f
+            fi ;;
+    esac
 done
 # The model has no interrupt remapping, so type1 must be told MSIs are not isolated (built in,
 # the kernel command line tells it and iommufd).
-for m in $(cat /lib/modules/order 2>/dev/null); do
-    args=""; [ "$m" = vfio_iommu_type1 ] && args=allow_unsafe_interrupts=1
-    insmod "/lib/modules/$m.ko" $args || echo "tiommu-guest: insmod $m failed"
-done
-if grep -qE 'tiommu.(viommu|amdvi|vtd)=1' /proc/cmdline; then
+if [ -f /lib/modules/order ]; then
+    while read -r m; do
+        args=""; [ "$m" = vfio_iommu_type1 ] && args=allow_unsafe_interrupts=1
+        insmod "/lib/modules/$m.ko" $args || echo "tiommu-guest: insmod $m failed"
+    done </lib/modules/order
+fi
+if has tiommu.viommu=1 || has tiommu.amdvi=1 || has tiommu.vtd=1; then
     sleep 0.2
     dmesg | grep -iE 'viot|virtio|iommu|AMD-Vi|DMAR' | sed 's/^/tiommu-guest: dmesg: /'
-    grep -q tiommu.viommu=1 /proc/cmdline &&
+    has tiommu.viommu=1 &&
     echo "tiommu-guest: 00:05.0 driver $(basename "$(readlink /sys/bus/pci/devices/0000:00:05.0/driver)"), 00:04.0 iommu_group $(basename "$(readlink /sys/bus/pci/devices/0000:00:04.0/iommu_group)")"
 fi
 if [ -e /sys/bus/pci/devices/0000:00:06.0 ]; then
@@ -43,25 +51,26 @@ if [ -e /sys/bus/pci/devices/0000:00:06.0 ]; then
 fi
 # tiommu run --shell: a shell on the console instead of the scenarios (the guest program is
 # /bin/tiommu-guest-tests); the guest powers off when it exits.
-if grep -q tiommu.shell=1 /proc/cmdline; then
+if has tiommu.shell=1; then
     echo "tiommu-guest: shell (the scenarios: /bin/tiommu-guest-tests; exit powers off)"
     setsid cttyhack sh
     poweroff -f
 fi
-echo "tiommu-guest: start $(cut -d' ' -f1 /proc/uptime)"
+read -r up _ </proc/uptime
+echo "tiommu-guest: start $up"
 { /bin/tiommu-guest-tests; echo "tiommu-guest: exit $?"; } 2>&1 | tee /dev/ttyS1
 # What Linux's amd_iommu (intel_iommu) made of the model's event log, for the runner to check.
-if grep -q tiommu.amdvi=1 /proc/cmdline; then
+if has tiommu.amdvi=1; then
     dmesg | grep 'AMD-Vi' | sed 's/^/tiommu-guest: dmesg: /' >/dev/ttyS1
     grep AMD-Vi /proc/interrupts | sed 's/^/tiommu-guest: interrupts: /' >/dev/ttyS1
 fi
-if grep -q tiommu.vtd=1 /proc/cmdline; then
+if has tiommu.vtd=1; then
     dmesg | grep 'DMAR' | sed 's/^/tiommu-guest: dmesg: /' >/dev/ttyS1
     grep DMAR /proc/interrupts | sed 's/^/tiommu-guest: interrupts: /' >/dev/ttyS1
 fi
 # tiommu run --dump: the daemon writes guest RAM (the scenarios' tables still in it), its
 # registers and the RMP, and answers on the control channel once the files are complete.
-if grep -q tiommu.dump=1 /proc/cmdline; then
+if has tiommu.dump=1; then
     stty -F /dev/ttyS2 raw -echo 2>/dev/null
     exec 3<>/dev/ttyS2
     echo '{"cmd":"dump"}' >&3

@@ -729,6 +729,12 @@ impl Runner {
         timings.extend(
             stamped
                 .iter()
+                .find(|(_, l)| l.starts_with("tiommu-guest:") || l.starts_with("KTAP version"))
+                .map(|(t, _)| ("launch to /init", *t)),
+        );
+        timings.extend(
+            stamped
+                .iter()
                 .find(|(_, l)| matches!(console::ktap(l), Some(console::Ktap::Result { .. })))
                 .map(|(t, _)| ("launch to first result", *t)),
         );
