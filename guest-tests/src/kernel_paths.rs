@@ -16,7 +16,8 @@ use abi::expect;
 use abi::mailbox::{self as mb, SnpCtl};
 use abi::virtio_iommu::ReqStatus;
 
-pub(crate) const BDF: &str = "0000:00:04.0";
+/// The endpoint's sysfs name (0000:00:04.0 under `tiommu run`).
+pub(crate) static BDF: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("0000:{}", *ENDPOINT));
 pub(crate) const RING_IOVA: u64 = 0x10_0000;
 pub(crate) const DATA_IOVA: u64 = 0x20_0000;
 /// log2 of the ring's descriptors: 16 of 32 bytes, in the one ring page.
@@ -74,7 +75,8 @@ fn convert_in_place(r: &mut Rig, ep: &mut VfioRing, mem: &UserMem, off: usize, i
     check!(holds(mem, off, last), "the refused write changed the page");
     if amdvi_mode() {
         expect_dmesg(&format!(
-            r"0000:00:04\.0: AMD-Vi: Event logged \[RMP_PAGE_FAULT vmg_tag=0x0000, gpa={iova:#x}, flags_rmp=0x0001, flags=0x0020\]"
+            r"{}: AMD-Vi: Event logged \[RMP_PAGE_FAULT vmg_tag=0x0000, gpa={iova:#x}, flags_rmp=0x0001, flags=0x0020\]",
+            BDF.replace('.', r"\.")
         ));
     }
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
@@ -90,15 +92,19 @@ fn unmapped_write_faults(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64
     let st = ep.fill(iova, 0xdead_beef_dead_beef)?;
     check!(st == DmaStatus::IoPageFault, "FILL after the unmap: status {st}");
     check!(holds(mem, off, 0), "the unmapped page was written");
-    expect_event(expect!(TranslationFault { devid: ENDPOINT, via: via(), iova }));
+    expect_event(expect!(TranslationFault { devid: *ENDPOINT, via: via(), iova }));
     if amdvi_mode() {
         // Linux read the record from the model's event log (flags 0x20: a write).
-        expect_dmesg(&format!(r"0000:00:04\.0: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={iova:#x} flags=0x0020\]"));
+        expect_dmesg(&format!(
+            r"{}: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={iova:#x} flags=0x0020\]",
+            BDF.replace('.', r"\.")
+        ));
     }
     if vtd_mode() {
         // Linux's dmar_fault read the record from the unit's fault recording registers.
         expect_dmesg(&format!(
-            r"DMAR: \[DMA Write NO_PASID\] Request device \[0000:00:04\.0\] fault addr {iova:#x} \[fault reason 0x05\] PTE Write access is not set"
+            r"DMAR: \[DMA Write NO_PASID\] Request device \[{}\] fault addr {iova:#x} \[fault reason 0x05\] PTE Write access is not set",
+            BDF.replace('.', r"\.")
         ));
     }
     Ok(())
@@ -156,9 +162,9 @@ fn iommufd_endpoint() -> Result<(Iommufd, u32, Device), String> {
         return Err(format!("{SKIP}no /dev/iommu: this kernel has no CONFIG_IOMMUFD (the distribution's 7.3 has none; scripts/build-kernel, then run-vm --test-kernel)"));
     }
     let fd = Iommufd::open()?;
-    bind_vfio_pci(BDF)?;
+    bind_vfio_pci(&BDF)?;
     let ioas = fd.ioas_alloc()?;
-    let dev = open_cdev(BDF, &fd.fd, ioas)?;
+    let dev = open_cdev(&BDF, &fd.fd, ioas)?;
     Ok((fd, ioas, dev))
 }
 
@@ -177,8 +183,8 @@ pub(crate) fn fill_lands(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64
 /// (IO_PAGE_FAULT written back through the ring, which is still mapped).
 pub fn vfio_type1_map_decides_dma(r: &mut Rig) -> R {
     need_kernel_iommu()?;
-    bind_vfio_pci(BDF)?;
-    let v = Vfio::open(BDF)?;
+    bind_vfio_pci(&BDF)?;
+    let v = Vfio::open(&BDF)?;
     let mem = UserMem::new(0x2000)?;
     v.map(mem.addr(), RING_IOVA, 0x1000)?;
     v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;
@@ -325,8 +331,8 @@ pub fn guest_memfd_mmap_pinned_for_dma(_r: &mut Rig) -> R {
     }
     let gmem = UserMem::map_fd(vm.guest_memfd_flags(0x1000, want)?, 0x1000)?;
     gmem.write(0, &[0u8; FILL_LEN]);
-    bind_vfio_pci(BDF)?;
-    let v = Vfio::open(BDF)?;
+    bind_vfio_pci(&BDF)?;
+    let v = Vfio::open(&BDF)?;
     let ring = UserMem::new(0x1000)?;
     v.map(ring.addr(), RING_IOVA, 0x1000)?;
     v.map(gmem.addr(), GMEM_MMAP_IOVA, 0x1000).map_err(|e| format!("VFIO_IOMMU_MAP_DMA of the mmapped guest_memfd: {e}"))?;
@@ -343,10 +349,10 @@ pub fn guest_memfd_mmap_pinned_for_dma(_r: &mut Rig) -> R {
 /// then holds what those cost in commands (compare a run without `tiommu.perf=1`).
 pub fn measure_map_cost() {
     let on = std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a == "tiommu.perf=1");
-    if !on || need_kernel_iommu().is_err() || bind_vfio_pci(BDF).is_err() {
+    if !on || need_kernel_iommu().is_err() || bind_vfio_pci(&BDF).is_err() {
         return;
     }
-    let (Ok(v), Ok(mem)) = (Vfio::open(BDF), UserMem::new(64 * 0x1000)) else { return };
+    let (Ok(v), Ok(mem)) = (Vfio::open(&BDF), UserMem::new(64 * 0x1000)) else { return };
     let base = 0x1000_0000u64;
     let t = std::time::Instant::now();
     for i in 0..64u64 {

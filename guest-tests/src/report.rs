@@ -29,8 +29,15 @@ pub(crate) fn poll(mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// The endpoint, as the event records name it.
-pub(crate) const ENDPOINT: abi::Bdf = abi::Bdf::new(0, 4, 0);
+/// The endpoint, as the event records name it: found by its ids, so a machine that places the
+/// functions elsewhere (`tiommu qemu-args --first-slot`) is named as it is (00:04.0 under
+/// `tiommu run`).
+pub(crate) static ENDPOINT: std::sync::LazyLock<abi::Bdf> = std::sync::LazyLock::new(|| function_bdf(abi::pci::ENDPOINT));
+
+/// Where one of the functions sits (its default slot if it is not there at all).
+pub(crate) fn function_bdf(id: abi::pci::PciId) -> abi::Bdf {
+    crate::rig::find_function(id).ok().and_then(|d| d.bdf.split_once(':')?.1.parse().ok()).unwrap_or(id.bdf)
+}
 
 /// A record the daemon must have written in this boot (`abi::expect!` makes one: the record's
 /// type and the fields to compare), checked by the host after the run.

@@ -93,7 +93,7 @@ impl Rig {
             mem,
             rid,
             hp1,
-            devtab: hp0,
+            devtab: hp0 + 0x8000,
             cmdbuf: hp0 + 0x1000,
             evtlog: hp0 + 0x2000,
             sem: hp0 + 0x3000,
@@ -117,7 +117,9 @@ impl Rig {
         // As Linux does: everything off before the bases are (re)written, then on again, so a
         // command processor an earlier driver left stopped restarts.
         regs.w64(mmio::CONTROL as usize, 0);
-        regs.w64(mmio::DEV_TABLE_BASE as usize, rig.devtab);
+        // Two pages, Size = 1 (spec 48882 §3.4.1, Device Table Base Address Register): every
+        // devid of bus 0, wherever the endpoint's slot is.
+        regs.w64(mmio::DEV_TABLE_BASE as usize, rig.devtab | 1);
         regs.w64(mmio::CMD_BUF_BASE as usize, rig.cmdbuf | 8 << 56);
         regs.w64(mmio::EVENT_LOG_BASE as usize, rig.evtlog | 8 << 56);
         regs.w64(mmio::CONTROL as usize, control::IOMMU_EN | control::EVENT_LOG_EN | control::CMD_BUF_EN);

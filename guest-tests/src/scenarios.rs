@@ -5,7 +5,7 @@
 use crate::ioat;
 use crate::kernel_paths;
 use crate::modes::{amdvi_mode, plugin_mode, tdx_mode, viommu_mode, vtd_mode};
-use crate::report::{expect_count, expect_dmesg, expect_event, poll, ENDPOINT, R, SKIP};
+use crate::report::{expect_count, expect_dmesg, expect_event, function_bdf, poll, ENDPOINT, R, SKIP};
 use crate::rig::{descriptor, find_function, submit, wait_status, Rig, DOMAIN, RING_ENTRIES, RING_IOVA};
 use crate::sys::{online_cpus, pin_to_cpu};
 use crate::tdx;
@@ -473,7 +473,8 @@ fn amd_iommu_owns_the_function(_r: &mut Rig) -> R {
     let read =
         |f: &str| std::fs::read_to_string(format!("{ivhd}/{f}")).map(|s| s.trim().to_string()).map_err(|e| format!("{ivhd}/{f}: {e}"));
     let parent = std::fs::read_link(format!("{ivhd}/device")).map_err(|e| format!("{ivhd}/device: {e}"))?;
-    check!(parent.ends_with("0000:00:03.0"), "ivhd0 belongs to {parent:?}, not 00:03.0");
+    let iommu = function_bdf(abi::pci::SECURE_IOMMU);
+    check!(parent.ends_with(format!("0000:{iommu}")), "ivhd0 belongs to {parent:?}, not {iommu}");
     let cap = u32::from_str_radix(&read("amd-iommu/cap")?, 16).map_err(|e| e.to_string())?;
     println!("# ivhd0 cap {cap:#x}, features {}", read("amd-iommu/features")?);
     check!(cap & 0xff == 0x0f && (cap >> 16) & 7 == 3, "capability header {cap:#x} is not a secure device capability of type 3");
@@ -486,8 +487,9 @@ fn amd_iommu_owns_the_function(_r: &mut Rig) -> R {
     // PPR, XT, NX, GT, GA, HE, PC: nothing the model does not build.
     check!(efr & (1 << 1 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 7 | 1 << 8 | 1 << 9) == 0, "EFR {efr:#x} advertises what the model lacks");
     check!(efr2 & 2 != 0, "EFR2 {efr2:#x} lacks SEV-TIO");
-    let group = std::fs::read_link("/sys/bus/pci/devices/0000:00:04.0/iommu").map_err(|e| format!("00:04.0 has no IOMMU: {e}"))?;
-    check!(group.ends_with("ivhd0"), "00:04.0 is behind {group:?}");
+    let ep = *ENDPOINT;
+    let group = std::fs::read_link(format!("/sys/bus/pci/devices/0000:{ep}/iommu")).map_err(|e| format!("{ep} has no IOMMU: {e}"))?;
+    check!(group.ends_with("ivhd0"), "{ep} is behind {group:?}");
     // Nothing the driver sent was refused, and every COMPLETION_WAIT completed.
     let log = std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     let bad: Vec<&str> = log
@@ -527,12 +529,13 @@ fn intel_iommu_owns_the_unit(_r: &mut Rig) -> R {
     let (cap, ecap) = (hex("intel-iommu/cap")?, hex("intel-iommu/ecap")?);
     println!("# dmar0 at {}, version {}, cap {cap:#x}, ecap {ecap:#x}", read("intel-iommu/address")?, read("intel-iommu/version")?);
     check!(cap == model.mmio_read(regs::CAP, 8) && ecap == model.mmio_read(regs::ECAP, 8), "CAP/ECAP are not the unit's");
-    let bar0 = std::fs::read_to_string("/sys/bus/pci/devices/0000:00:03.0/resource").map_err(|e| e.to_string())?;
+    let (unit, ep) = (function_bdf(abi::pci::SECURE_IOMMU), *ENDPOINT);
+    let bar0 = std::fs::read_to_string(format!("/sys/bus/pci/devices/0000:{unit}/resource")).map_err(|e| e.to_string())?;
     let bar0 = u64::from_str_radix(bar0.split_whitespace().next().unwrap_or("").trim_start_matches("0x"), 16).map_err(|e| e.to_string())?;
-    check!(hex("intel-iommu/address")? == bar0, "dmar0 is not at 00:03.0's BAR0 {bar0:#x}");
+    check!(hex("intel-iommu/address")? == bar0, "dmar0 is not at {unit}'s BAR0 {bar0:#x}");
     check!(read("intel-iommu/domains_supported")? == "65536", "domains_supported is not CAP.ND's 65536");
-    let iommu = std::fs::read_link("/sys/bus/pci/devices/0000:00:04.0/iommu").map_err(|e| format!("00:04.0 has no IOMMU: {e}"))?;
-    check!(iommu.ends_with("dmar0"), "00:04.0 is behind {iommu:?}");
+    let iommu = std::fs::read_link(format!("/sys/bus/pci/devices/0000:{ep}/iommu")).map_err(|e| format!("{ep} has no IOMMU: {e}"))?;
+    check!(iommu.ends_with("dmar0"), "{ep} is behind {iommu:?}");
     expect_dmesg(&format!(r"DMAR: dmar0: reg_base_addr {bar0:x} ver 1:0 cap {cap:x} ecap {ecap:x}"));
     expect_dmesg(r"DMAR: dmar0: Using Queued invalidation");
     expect_dmesg(r"DMAR: Intel\(R\) Virtualization Technology for Directed I/O");
@@ -547,27 +550,28 @@ fn virtio_iommu_group(_r: &mut Rig) -> R {
         return Err(format!("{SKIP}no virtio-iommu attached (scripts/run-vm --virtio-iommu)"));
     }
     let link = |p: &str| std::fs::read_link(p).ok().and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()));
-    let viommu = "/sys/bus/pci/devices/0000:00:05.0";
-    check!(link(&format!("{viommu}/driver")).as_deref() == Some("virtio-pci"), "00:05.0 is not bound to virtio-pci");
-    let vdev = std::fs::read_dir(viommu)
+    let (vbdf, ep) = (function_bdf(abi::pci::VIRTIO_IOMMU), *ENDPOINT);
+    let viommu = format!("/sys/bus/pci/devices/0000:{vbdf}");
+    check!(link(&format!("{viommu}/driver")).as_deref() == Some("virtio-pci"), "{vbdf} is not bound to virtio-pci");
+    let vdev = std::fs::read_dir(&viommu)
         .map_err(|e| format!("{viommu}: {e}"))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("virtio"))
-        .ok_or("no virtio device under 00:05.0")?;
+        .ok_or(format!("no virtio device under {vbdf}"))?;
     let driver = link(&format!("{viommu}/{vdev}/driver"));
     check!(driver.as_deref() == Some("virtio_iommu"), "{vdev} is bound to {driver:?}, not virtio_iommu");
-    let group = link("/sys/bus/pci/devices/0000:00:04.0/iommu_group").ok_or("00:04.0 has no iommu_group")?;
+    let group = link(&format!("/sys/bus/pci/devices/0000:{ep}/iommu_group")).ok_or(format!("{ep} has no iommu_group"))?;
     let members: Vec<String> = std::fs::read_dir(format!("/sys/kernel/iommu_groups/{group}/devices"))
         .map_err(|e| format!("group {group}: {e}"))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    check!(members == ["0000:00:04.0"], "group {group} holds {members:?}");
+    check!(members == [format!("0000:{ep}")], "group {group} holds {members:?}");
     let ty = std::fs::read_to_string(format!("/sys/kernel/iommu_groups/{group}/type")).unwrap_or_default();
-    println!("# 00:04.0 in IOMMU group {group} (default domain {}) of {vdev} (virtio_iommu)", ty.trim());
-    expect_event(expect!(Viommu { req: "probe".into(), devid: Some(ENDPOINT), status: ReqStatus::Ok.into() }));
-    expect_event(expect!(Viommu { req: "attach".into(), devid: Some(ENDPOINT), status: ReqStatus::Ok.into() }));
+    println!("# {ep} in IOMMU group {group} (default domain {}) of {vdev} (virtio_iommu)", ty.trim());
+    expect_event(expect!(Viommu { req: "probe".into(), devid: Some(*ENDPOINT), status: ReqStatus::Ok.into() }));
+    expect_event(expect!(Viommu { req: "attach".into(), devid: Some(*ENDPOINT), status: ReqStatus::Ok.into() }));
     Ok(())
 }
 
@@ -584,15 +588,17 @@ fn virtio_iommu_domain_decides_dma(r: &mut Rig) -> R {
     let mut st = [0u8; 2];
     r.mem.rd(slot + abi::endpoint::DESC_STATUS, &mut st);
     check!(u16::from_le_bytes(st) == DmaStatus::Pending.code(), "a status was written back through an unmapped IOVA");
-    // The device reports the fault on its event queue; the kernel's viommu_fault_handler logs it.
+    // The device reports the fault on its event queue; the kernel's viommu_fault_handler logs it
+    // with the endpoint id the VIOT gave it, the requester id (32 for 00:04.0).
+    let want = format!("page fault from EP {} at", u16::from(*ENDPOINT));
     let logged = poll(|| {
         let out = std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-        out.lines().any(|l| l.contains("page fault from EP 32 at") && l.contains("[R]"))
+        out.lines().any(|l| l.contains(&want) && l.contains("[R]"))
     });
-    check!(logged, "the kernel logged no 'page fault from EP 32' from the event queue");
-    expect_event(expect!(ViommuFault { devid: Some(ENDPOINT), posted: true }));
-    expect_event(expect!(TranslationFault { devid: ENDPOINT, via: Via::VirtioIommu }));
-    expect_event(expect!(DmaHalted { devid: ENDPOINT, what: "fetch".into() }));
+    check!(logged, "the kernel logged no '{want}' from the event queue");
+    expect_event(expect!(ViommuFault { devid: Some(*ENDPOINT), posted: true }));
+    expect_event(expect!(TranslationFault { devid: *ENDPOINT, via: Via::VirtioIommu }));
+    expect_event(expect!(DmaHalted { devid: *ENDPOINT, what: "fetch".into() }));
     Ok(())
 }
 

@@ -155,8 +155,8 @@ const CMD_RUN: u64 = 1 << 4;
 /// The endpoint through VFIO type1 on Linux's amd_iommu: a ring page at VFIO_RING_IOVA and a data
 /// page at DATA_IOVA, both mapped, and a FILL that landed (its translation is in the IOTLB).
 fn vfio() -> Result<(Vfio, UserMem), String> {
-    bind_vfio_pci(BDF)?;
-    let v = Vfio::open(BDF)?;
+    bind_vfio_pci(&BDF)?;
+    let v = Vfio::open(&BDF)?;
     let mem = UserMem::new(0x2000)?;
     v.map(mem.addr(), VFIO_RING_IOVA, 0x1000)?;
     v.map(mem.addr() + 0x1000, DATA_IOVA, 0x1000)?;

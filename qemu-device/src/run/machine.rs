@@ -2,8 +2,10 @@
 //! arguments that attach them, the ACPI tables and the kernel command line that go with them.
 //! `tiommu run` boots it; `tiommu qemu-args` prints it for a command line of the user's own.
 
-// The slots of the secure IOMMU function, the DMA endpoint, the virtio-iommu and the IOAT engine.
+// The default slots of the secure IOMMU function, the DMA endpoint, the virtio-iommu and the IOAT
+// engine.
 use abi::pci::{ENDPOINT, IOAT, SECURE_IOMMU, VIRTIO_IOMMU};
+use abi::Bdf;
 use std::path::Path;
 
 /// Who translates the endpoint's DMA in the guest.
@@ -42,6 +44,36 @@ pub enum Personality {
     TdxConnect,
 }
 
+/// Where the functions sit on the root bus. Everything that names one (the -device address, the
+/// IVRS, DMAR and VIOT, the daemon's --endpoint-bdf and --ioat-bdf) takes it from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slots {
+    pub iommu: Bdf,
+    pub endpoint: Bdf,
+    pub viommu: Bdf,
+    pub ioat: Bdf,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots { iommu: SECURE_IOMMU.bdf, endpoint: ENDPOINT.bdf, viommu: VIRTIO_IOMMU.bdf, ioat: IOAT.bdf }
+    }
+}
+
+impl Slots {
+    /// The four functions in consecutive slots from `first` on, in the default order (the
+    /// default is `first` = 3): for a command line whose own devices already take slots 3 to 6,
+    /// as virtme-ng's do.
+    pub fn from_first(first: u8) -> Result<Slots, String> {
+        // Slot 0 is q35's host bridge and 0x1f its ICH9 functions.
+        if !(1..=0x1b).contains(&first) {
+            return Err(format!("--first-slot takes 0x1 to 0x1b (four slots from it, below q35's ICH9 at 0x1f), not {first:#x}"));
+        }
+        let at = |i: u8| Bdf::new(0, first + i, 0);
+        Ok(Slots { iommu: at(0), endpoint: at(1), viommu: at(2), ioat: at(3) })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Machine {
     pub mode: Mode,
@@ -61,6 +93,7 @@ pub struct Machine {
     /// QEMU without its default devices (the runner's machine; a command line of the user's
     /// keeps them: its console, its NIC).
     pub nodefaults: bool,
+    pub slots: Slots,
 }
 
 impl Default for Machine {
@@ -76,6 +109,7 @@ impl Default for Machine {
             inject: false,
             dump: false,
             nodefaults: false,
+            slots: Slots::default(),
         }
     }
 }
@@ -105,7 +139,7 @@ impl Machine {
 
     /// The daemon's options that choose its functions (the BAR0 probe's daemon serves the same).
     pub fn daemon_functions(&self) -> Vec<String> {
-        let mut a = vec!["--endpoint-bdf".to_string(), ENDPOINT.bdf.to_string()];
+        let mut a = vec!["--endpoint-bdf".to_string(), self.slots.endpoint.to_string()];
         if matches!(self.mode, Mode::VirtioIommu | Mode::VirtioIommuRaw) {
             a.push("--virtio-iommu".into());
         }
@@ -113,7 +147,7 @@ impl Machine {
             a.extend(["--iommu".into(), "vtd".into()]);
         }
         if self.ioat {
-            a.extend(["--ioat".into(), "--ioat-bdf".into(), IOAT.bdf.to_string()]);
+            a.extend(["--ioat".into(), "--ioat-bdf".into(), self.slots.ioat.to_string()]);
         }
         if self.personality == Personality::TdxConnect {
             a.extend(["--personality".into(), "tdx-connect".into()]);
@@ -135,23 +169,23 @@ impl Machine {
 
     /// The functions behind the IOMMU the kernel drives (the ACPI table lists them).
     fn endpoints(&self) -> Vec<u16> {
-        let mut e = vec![ENDPOINT.bdf.0];
+        let mut e = vec![self.slots.endpoint.0];
         if self.ioat {
-            e.push(IOAT.bdf.0);
+            e.push(self.slots.ioat.0);
         }
         e
     }
 
     /// The ACPI table of this mode, if any.
     pub fn acpi_table(&self) -> Result<Option<AcpiTable>, String> {
-        let need_bar0 = || self.bar0.ok_or_else(|| "the IVRS and DMAR need 00:03.0's BAR0 address".to_string());
+        let need_bar0 = || self.bar0.ok_or_else(|| format!("the IVRS and DMAR need {}'s BAR0 address", self.slots.iommu));
         Ok(match self.mode {
             Mode::Plain | Mode::VirtioIommuRaw => None,
             Mode::VirtioIommu => {
-                Some(AcpiTable { file: "viot.bin", bytes: crate::tools::viot::table(VIRTIO_IOMMU.bdf.0, &self.endpoints()) })
+                Some(AcpiTable { file: "viot.bin", bytes: crate::tools::viot::table(self.slots.viommu.0, &self.endpoints()) })
             }
             Mode::AmdIommu => {
-                Some(AcpiTable { file: "ivrs.bin", bytes: crate::tools::ivrs::table(SECURE_IOMMU.bdf.0, need_bar0()?, &self.endpoints()) })
+                Some(AcpiTable { file: "ivrs.bin", bytes: crate::tools::ivrs::table(self.slots.iommu.0, need_bar0()?, &self.endpoints()) })
             }
             Mode::IntelIommu => Some(AcpiTable { file: "dmar.bin", bytes: crate::tools::dmar::table(need_bar0()?, &self.endpoints()) }),
         })
@@ -183,9 +217,9 @@ impl Machine {
             "-object".into(),
             format!("memory-backend-memfd,id=mem,size={},share=on", self.memory),
             "-device".into(),
-            device("tiommu-iommu", SECURE_IOMMU.bdf, &format!("{sock_dir}/iommu.sock"), r#","x-no-posted-writes":true"#),
+            device("tiommu-iommu", self.slots.iommu, &format!("{sock_dir}/iommu.sock"), r#","x-no-posted-writes":true"#),
             "-device".into(),
-            device("tiommu-endpoint", ENDPOINT.bdf, &format!("{sock_dir}/endpoint.sock"), ""),
+            device("tiommu-endpoint", self.slots.endpoint, &format!("{sock_dir}/endpoint.sock"), ""),
         ];
         if self.nodefaults {
             // No NIC (and no iPXE option ROM for SeaBIOS to load), no VGA, no CD-ROM: the serial
@@ -193,13 +227,13 @@ impl Machine {
             a.insert(2, "-nodefaults".into());
         }
         if matches!(self.mode, Mode::VirtioIommu | Mode::VirtioIommuRaw) {
-            a.extend(["-device".into(), device("tiommu-viommu", VIRTIO_IOMMU.bdf, &format!("{sock_dir}/virtio-iommu.sock"), "")]);
+            a.extend(["-device".into(), device("tiommu-viommu", self.slots.viommu, &format!("{sock_dir}/virtio-iommu.sock"), "")]);
         }
         if self.mode == Mode::VirtioIommu {
             a.extend(["-acpitable".into(), format!("file={file_dir}/viot.bin")]);
         }
         if self.ioat {
-            a.extend(["-device".into(), device("tiommu-ioat", IOAT.bdf, &format!("{sock_dir}/ioat.sock"), "")]);
+            a.extend(["-device".into(), device("tiommu-ioat", self.slots.ioat, &format!("{sock_dir}/ioat.sock"), "")]);
         }
         a
     }
@@ -282,7 +316,7 @@ impl Machine {
 }
 
 /// One vfio-user-pci function as QEMU's JSON -device syntax, in `slot` of the root bus.
-pub fn device(id: &str, slot: abi::Bdf, socket: &str, extra: &str) -> String {
+pub fn device(id: &str, slot: Bdf, socket: &str, extra: &str) -> String {
     let sock = serde_json::to_string(socket).unwrap_or_default();
     let addr = format!("{:02x}.{}", slot.dev(), slot.func());
     format!(r#"{{"driver":"vfio-user-pci","id":"{id}","addr":"{addr}","socket":{{"type":"unix","path":{sock}}}{extra}}}"#)
@@ -359,6 +393,24 @@ mod tests {
                 assert_eq!(slots, want, "the slots IVRS, DMAR and VIOT name");
             }
         }
+    }
+
+    #[test]
+    fn first_slot_moves_every_name_of_the_functions() {
+        let slots = Slots::from_first(0x10).unwrap();
+        let m = Machine { mode: Mode::VirtioIommu, ioat: true, slots, ..Machine::default() };
+        let addrs: Vec<String> =
+            json_devices(&m.machine_args("/s", "/f")).iter().map(|d| d["addr"].as_str().unwrap().to_string()).collect();
+        assert_eq!(addrs, ["10.0", "11.0", "12.0", "13.0"]);
+        assert_eq!(m.daemon_functions().join(" "), "--endpoint-bdf 00:11.0 --virtio-iommu --ioat --ioat-bdf 00:13.0");
+        assert_eq!(m.endpoints(), [0x88, 0x98]);
+        // The IVHD's DeviceID (IVRS header 48 bytes, then the IVHD's type, flags and length).
+        let ivrs =
+            |m: &Machine| Machine { mode: Mode::AmdIommu, bar0: Some(0xfebd_4000), ..m.clone() }.acpi_table().unwrap().unwrap().bytes;
+        assert_eq!(ivrs(&Machine::default())[52..54], 0x18u16.to_le_bytes(), "00:03.0 by default");
+        assert_eq!(ivrs(&m)[52..54], 0x80u16.to_le_bytes(), "00:10.0");
+        assert_eq!(Slots::from_first(3).unwrap(), Slots::default(), "the default slots are the first-slot 3 layout");
+        assert!(Slots::from_first(0).is_err() && Slots::from_first(0x1c).is_err(), "the host bridge and ICH9's slots");
     }
 
     #[test]

@@ -308,6 +308,8 @@ impl Runner {
             inject: a.inject,
             dump: a.dump.is_some(),
             nodefaults: true,
+            // The runner's machine has no devices of its own in the way (-nodefaults).
+            slots: Default::default(),
         }
     }
 
@@ -545,17 +547,18 @@ impl Runner {
         // Where the firmware puts BAR0, for the IVRS or DMAR.
         if machine.needs_bar0() {
             let t = Instant::now();
-            say("finding where the firmware puts 00:03.0's BAR0 (cached after the first run)");
+            say(format!("finding where the firmware puts {}'s BAR0 (cached after the first run)", machine.slots.iommu));
             match probe::bar0(&machine, &qemu, &exe, &work, &setup.cache) {
                 Ok(b) => machine.bar0 = Some(b),
                 Err(e) => return Ok(self.early_failure(e, timings)),
             }
             timings.push(("BAR0 probe", t.elapsed().as_secs_f64()));
             say(format!(
-                "the {} names the {} registers at {:#x} (00:03.0's BAR0)",
+                "the {} names the {} registers at {:#x} ({}'s BAR0)",
                 if machine.mode == Mode::AmdIommu { "IVRS" } else { "DMAR" },
                 if machine.mode == Mode::AmdIommu { "AMD-Vi" } else { "VT-d" },
-                machine.bar0.unwrap_or(0)
+                machine.bar0.unwrap_or(0),
+                machine.slots.iommu
             ));
         }
         machine::write_acpi_table(&machine, &work).map_err(Usage)?;

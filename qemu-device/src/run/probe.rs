@@ -68,7 +68,7 @@ pub fn bar0(machine: &Machine, qemu: &QemuCmd, tiommu: &Path, work: &Path, cache
             .stderr(out)
             .spawn()
             .map_err(|e| format!("cannot start QEMU: {e}"))?;
-        let r = ask(&pdir.join("qmp.sock"), Duration::from_secs(20));
+        let r = ask(&pdir.join("qmp.sock"), Duration::from_secs(20), machine.slots.iommu);
         let deadline = Instant::now() + Duration::from_secs(5);
         while q.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -78,7 +78,7 @@ pub fn bar0(machine: &Machine, qemu: &QemuCmd, tiommu: &Path, work: &Path, cache
         r.map_err(|e| {
             let log = std::fs::read_to_string(pdir.join("qemu.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-            format!("the firmware-only boot did not show where 00:03.0's BAR0 is ({e}); QEMU said: {}", tail.join(" | "))
+            format!("the firmware-only boot did not show where {}'s BAR0 is ({e}); QEMU said: {}", machine.slots.iommu, tail.join(" | "))
         })
     })();
     let _ = super::signal(daemon.id() as i32, libc::SIGTERM);
@@ -91,7 +91,7 @@ pub fn bar0(machine: &Machine, qemu: &QemuCmd, tiommu: &Path, work: &Path, cache
 }
 
 /// The QMP conversation: BAR0's address once the firmware has enabled it, then `quit`.
-fn ask(sock: &Path, within: Duration) -> Result<u64, String> {
+fn ask(sock: &Path, within: Duration, iommu: abi::Bdf) -> Result<u64, String> {
     let deadline = Instant::now() + within;
     let s = loop {
         match UnixStream::connect(sock) {
@@ -121,21 +121,22 @@ fn ask(sock: &Path, within: Duration) -> Result<u64, String> {
     cmd("qmp_capabilities")?;
     while Instant::now() < deadline {
         let v = cmd("query-pci")?;
-        if let Some(a) = bar0_in(&v) {
+        if let Some(a) = bar0_in(&v, iommu) {
             let _ = cmd("quit");
             return Ok(a);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = cmd("quit");
-    Err("00:03.0's BAR0 was never enabled".into())
+    Err(format!("{iommu}'s BAR0 was never enabled"))
 }
 
-/// 00:03.0's region 0 in a query-pci answer, once mapped (an unmapped BAR reads back as -1).
-pub fn bar0_in(v: &serde_json::Value) -> Option<u64> {
+/// The IOMMU function's region 0 in a query-pci answer, once mapped (an unmapped BAR reads back
+/// as -1).
+pub fn bar0_in(v: &serde_json::Value, iommu: abi::Bdf) -> Option<u64> {
     for bus in v.get("return")?.as_array()? {
         for d in bus.get("devices")?.as_array()? {
-            if d["bus"] == 0 && d["slot"] == 3 && d["function"] == 0 {
+            if d["bus"] == iommu.bus() && d["slot"] == iommu.dev() && d["function"] == iommu.func() {
                 for r in d.get("regions")?.as_array()? {
                     if r["bar"] == 0 {
                         let a = r["address"].as_u64()?;
@@ -161,9 +162,11 @@ mod tests {
                 {"bus": 0, "slot": 4, "function": 0, "regions": [{"bar": 0, "address": 0xfeb0_0000u64}]},
                 {"bus": 0, "slot": 3, "function": 0, "regions": [{"bar": 2, "address": 0x1000}, {"bar": 0, "address": addr}]}]}]})
         };
-        assert_eq!(bar0_in(&ans(0xfebd_4000)), Some(0xfebd_4000));
-        assert_eq!(bar0_in(&ans(-1)), None, "an unmapped BAR");
-        assert_eq!(bar0_in(&ans(0)), None);
+        let slot3 = abi::pci::SECURE_IOMMU.bdf;
+        assert_eq!(bar0_in(&ans(0xfebd_4000), slot3), Some(0xfebd_4000));
+        assert_eq!(bar0_in(&ans(0xfebd_4000), abi::Bdf::new(0, 4, 0)), Some(0xfeb0_0000), "the slot asked for");
+        assert_eq!(bar0_in(&ans(-1), slot3), None, "an unmapped BAR");
+        assert_eq!(bar0_in(&ans(0), slot3), None);
     }
 
     #[test]

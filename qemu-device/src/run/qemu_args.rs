@@ -3,7 +3,7 @@
 //! -object/-machine/-device/-acpitable arguments and the kernel command-line additions, from the
 //! same [`Machine`] `tiommu run` boots.
 
-use super::machine::{self, Machine, Mode, Personality};
+use super::machine::{self, Machine, Mode, Personality, Slots};
 use super::qemu::QemuCmd;
 use super::Setup;
 use std::path::{Path, PathBuf};
@@ -72,6 +72,11 @@ pub struct Args {
     /// The daemon serves one QEMU after another (`tiommu daemon --persist`) until SIGTERM.
     #[arg(long)]
     pub persist: bool,
+    /// The functions' first slot on the root bus (default 3: the IOMMU at 00:03.0, the endpoint
+    /// at 00:04.0, the virtio-iommu at 00:05.0, the IOAT engine at 00:06.0); the others follow
+    /// it. For a command line whose own devices take those slots (virtme-ng: 0x10).
+    #[arg(long, value_name = "SLOT", value_parser = parse_slot)]
+    pub first_slot: Option<u8>,
     /// What to print.
     #[arg(long, value_enum, default_value = "all")]
     pub print: Print,
@@ -99,6 +104,7 @@ pub fn run(a: Args) -> Result<(), String> {
         inject: a.inject,
         dump: false,
         nodefaults: false,
+        slots: a.first_slot.map(Slots::from_first).transpose()?.unwrap_or_default(),
     };
     m.validate()?;
     std::fs::create_dir_all(&a.dir).map_err(|e| format!("cannot make {}: {e}", a.dir.display()))?;
@@ -112,7 +118,7 @@ pub fn run(a: Args) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     if m.needs_bar0() && m.bar0.is_none() {
         let cache = setup.as_ref().map(|s| s.cache.clone()).unwrap_or_else(|_| Setup::cache_dir());
-        eprintln!("tiommu qemu-args: finding where the firmware puts 00:03.0's BAR0 (cached after the first time)");
+        eprintln!("tiommu qemu-args: finding where the firmware puts {}'s BAR0 (cached after the first time)", m.slots.iommu);
         m.bar0 = Some(super::probe::bar0(&m, &qemu, &exe, &dir, &cache)?);
         let _ = std::fs::remove_dir_all(dir.join("probe"));
     }
@@ -127,6 +133,13 @@ pub fn run(a: Args) -> Result<(), String> {
     let out = render(&m, &qemu, &exe, &dir, a.persist, a.print);
     print!("{out}");
     Ok(())
+}
+
+fn parse_slot(s: &str) -> Result<u8, String> {
+    crate::tools::walk::parse_u64(s)
+        .ok()
+        .and_then(|v| u8::try_from(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a slot number (e.g. 0x10)"))
 }
 
 fn write_initramfs(m: &Machine, a: &Args, setup: Option<&Setup>, exe: &Path, out: &Path) -> Result<(), String> {
