@@ -3,14 +3,17 @@
 //! self-references included), descriptors with huge and overlapping lengths, random mailbox
 //! commands and DOE objects, and, when the virtio-iommu is attached with no driver
 //! (`tiommu.viommu=raw`), random virtio-pci registers, queue addresses, descriptor chains and
-//! notifications. Addresses the device could write through are kept inside this program's own
+//! notifications; with `run-vm --ioat`, the IOAT DMA engine taken from ioatdma and attacked
+//! (hostile/ioat.rs). Addresses the device could write through are kept inside this program's own
 //! huge pages, so the guest survives to check that the daemon still works.
 //!
 //! The sequence is a function of the seed (printed, and replayed with `run-vm --hostile-seed`);
 //! how far it gets depends on time. Alongside the scenarios (on its own vCPU, `--smp 2` and
 //! more) it runs a subset that cannot change what they rely on: reads of every register and of
 //! config space, writes to its own memory and descriptors, and the raw virtio-iommu without ever
-//! attaching the endpoint to a domain.
+//! attaching the endpoint to a domain (and nothing of the IOAT engine, which ioatdma owns then).
+
+mod ioat;
 
 use crate::rig::find_function;
 use crate::sys::{find, Bar, Config, DmaMem, HUGE};
@@ -64,12 +67,21 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
     let mut vqs = [(0u64, 0u64, 0u64, 0u16); 2];
     let (mut bringups, mut notifications) = (0u64, 0u64);
     let mut rng = Rng(seed | 1);
+    // The IOAT engine, taken from its driver: not alongside the scenarios, which use it.
+    let mut ioat = if quiet { None } else { ioat::Attack::take(&pages, &mut rng)? };
     // An address inside our pages, so whatever the device writes lands there.
     let ours = |rng: &mut Rng| pages[rng.below(pages.len() as u64) as usize] + (rng.below(HUGE) & !7);
     let start = Instant::now();
     let mut n = 0u64;
     while if quiet { !done() } else { start.elapsed() < Duration::from_secs(secs) } {
         n += 1;
+        // A quarter of the actions at the IOAT engine, when it is there.
+        if let Some(engine) = &mut ioat {
+            if rng.below(4) == 0 {
+                engine.act(&mut rng, &mem, &pages);
+                continue;
+            }
+        }
         match rng.below(if vio.is_some() { 14 } else { 12 }) {
             // Memory the IOMMU reads: random entries whose addresses stay in our pages (PDEs
             // pointing at their own table, at wrong levels, NextLevel 7 with any size).
@@ -339,6 +351,9 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
     // forgets its domains, so the endpoint is back behind the AMD-Vi tables).
     if !quiet {
         ep.w32(ep_reg::CTRL as usize, Ctrl::RESET.bits());
+    }
+    if let Some(engine) = &ioat {
+        engine.stop();
     }
     if let Some(bar) = &vio {
         println!(

@@ -394,3 +394,64 @@ pub fn vfio_iommufd(_r: &mut Rig) -> R {
     fd.map(ioas, data.addr() + 0x1000, DST_IOVA, 0x1000)?;
     copy_fault_reset(&dev, &ring, &data)
 }
+
+/// After the hostile driver, which took the engine from ioatdma and left it in whatever state:
+/// a fresh driver resets each channel as dma.c's ioat_reset_hw does (CHANERR cleared, CHANCMD
+/// RESET, waited for) and starts it as init.c's ioat_alloc_chan_resources does (CHANCTRL,
+/// completion address, chain address), then copies 4 KiB through it with a completion write,
+/// byte-checked. `r` is the fresh rig: its device table leaves the engine untranslated (DTE V=0,
+/// AMD-Vi Table 7), so the addresses are physical, in pages `r` makes shared in the RMP. Without
+/// the engine, or with a kernel IOMMU driver owning the translation, there is nothing to check.
+pub fn copy_after_hostile(r: &mut Rig) -> R {
+    let Some(dev) = find(abi::pci::IOAT.vendor, abi::pci::IOAT.device) else { return Ok(()) };
+    if r.iommu.is_none() {
+        println!("# IOAT after the hostile driver: not checked (a kernel IOMMU driver or the VT-d host owns the translation)");
+        return Ok(());
+    }
+    if let Some(d) = driver(&dev.bdf) {
+        fs::write(format!("{}/driver/unbind", dev.path), &dev.bdf).map_err(|e| format!("unbinding {} from {d}: {e}", dev.bdf))?;
+        let _ = fs::write(format!("{}/enable", dev.path), "1");
+    }
+    let bar = crate::sys::Bar::map(&dev, 0)?;
+    // Descriptor and completion word in one page, the destination in the next; the source is
+    // the endpoint's (its pattern from after_hostile).
+    let ((_, src), (_, ring), (_, dst)) = (r.small(0), r.small(2), r.small(3));
+    for pa in [ring, dst] {
+        check!(r.rmpupdate(pa, 0, false, 0)? == 0, "RMPUPDATE {pa:#x} to shared");
+    }
+    let data = r.page_bytes(src, 0x1000);
+    for ch in 0..CHANNELS as u64 {
+        let b = (CH * (ch + 1)) as usize;
+        let err = bar.r32(b + chan::CHANERR as usize);
+        bar.w32(b + chan::CHANERR as usize, err);
+        bar.w8(b + chan::CHANCMD as usize, chancmd::RESET);
+        check!(
+            poll(|| bar.r8(b + chan::CHANCMD as usize) & chancmd::RESET == 0),
+            "channel {ch}: the reset never completed after the hostile driver"
+        );
+        bar.w8(global::INTRCTRL as usize, 0);
+        bar.w16(b + chan::CHANCTRL as usize, chanctrl::RUN);
+        r.mem.wr(dst, &[0u8; 0x1000]);
+        r.mem.w64(ring + COMPLETION_OFF as u64, 0);
+        let d = Descriptor::new(0x1000, ctl::COMPL_WRITE, src, dst);
+        r.mem.wr(ring, d.as_bytes());
+        bar.w64(b + chan::CHANCMP as usize, ring + COMPLETION_OFF as u64);
+        bar.w64(b + chan::CHAINADDR as usize, ring);
+        bar.w16(b + chan::DMACOUNT as usize, 1);
+        let mut sts = 0;
+        check!(
+            poll(|| {
+                sts = bar.r64(b + chan::CHANSTS as usize);
+                sts & chansts::STATUS != chansts::ACTIVE
+            }),
+            "channel {ch}: the copy after the hostile driver never completed (CHANSTS {sts:#x})"
+        );
+        let chanerr = bar.r32(b + chan::CHANERR as usize);
+        check!(sts == ring | STS_DONE, "channel {ch}: copy after the hostile driver: CHANSTS {sts:#x}, CHANERR {chanerr:#x}");
+        check!(r.page_bytes(dst, 0x1000) == data, "channel {ch}: the copy after the hostile driver moved the wrong bytes");
+        let done = r.mem.r64(ring + COMPLETION_OFF as u64);
+        check!(done == ring | STS_DONE, "channel {ch}: completion write-back {done:#x}");
+    }
+    println!("# IOAT after the hostile driver: both channels reset and copied 4 KiB, byte-checked");
+    Ok(())
+}

@@ -88,6 +88,23 @@ impl Bar {
         self.w32(off, v as u32);
         self.w32(off + 4, (v >> 32) as u32);
     }
+    /// One 8-byte store (a writeq), which QEMU hands the function as one access.
+    pub fn store64(&self, off: usize, v: u64) {
+        assert!(off + 8 <= self.len && off.is_multiple_of(8));
+        // SAFETY: as r32.
+        unsafe { ptr::write_volatile(self.base.add(off) as *mut u64, v) }
+    }
+    /// Reads of one and two bytes (any register at any width).
+    pub fn r8(&self, off: usize) -> u8 {
+        assert!(off < self.len);
+        // SAFETY: as r32.
+        unsafe { ptr::read_volatile(self.base.add(off)) }
+    }
+    pub fn r16(&self, off: usize) -> u16 {
+        assert!(off + 2 <= self.len && off.is_multiple_of(2));
+        // SAFETY: as r32.
+        unsafe { ptr::read_volatile(self.base.add(off) as *const u16) }
+    }
 }
 
 // SAFETY: every access to a BAR is one volatile load or store of device memory, which two vCPUs
@@ -251,6 +268,11 @@ impl Config {
         u32::from_le_bytes(b)
     }
     pub fn w32(&self, off: u64, v: u32) {
+        use std::os::unix::fs::FileExt;
+        let _ = self.0.write_all_at(&v.to_le_bytes(), off);
+    }
+    /// A 16-bit register (Command, a capability's Message Control) on its own.
+    pub fn w16(&self, off: u64, v: u16) {
         use std::os::unix::fs::FileExt;
         let _ = self.0.write_all_at(&v.to_le_bytes(), off);
     }

@@ -1,5 +1,6 @@
 //! Warnings a guest can trigger at will (a refused SNP enable, a request queue that is not in
-//! guest RAM, a refused MAP, a full DMA queue) reach the daemon's log a bounded number of times:
+//! guest RAM, a refused MAP, a full DMA queue, a halted IOAT channel) and the notes it can
+//! trigger as often (a function-level reset) reach the daemon's log a bounded number of times:
 //! the first 8 of each, then one in 1024 with its count. The event stream has the details.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,17 @@ macro_rules! warn_limited {
         static LIMIT: $crate::daemon::log_limit::Limited = $crate::daemon::log_limit::Limited::new();
         if let Some(n) = LIMIT.hit() {
             tracing::warn!(occurrence = n, $($arg)+);
+        }
+    }};
+}
+
+/// `tracing::info!` at most as often as `Limited` allows, per call site.
+#[macro_export]
+macro_rules! info_limited {
+    ($($arg:tt)+) => {{
+        static LIMIT: $crate::daemon::log_limit::Limited = $crate::daemon::log_limit::Limited::new();
+        if let Some(n) = LIMIT.hit() {
+            tracing::info!(occurrence = n, $($arg)+);
         }
     }};
 }

@@ -228,7 +228,7 @@ fn schedule(rid: u16, engine: Arc<Mutex<Engine>>, runner: ChannelRunner, jobs: S
     if let Err(err) = jobs.try_send(job(engine.clone(), runner, jobs.clone(), ch)) {
         match err {
             TrySendError::Full(_) => {
-                tracing::warn!("ioat {}: DMA worker queue full; channel {ch} waits for the next doorbell", abi::Bdf(rid))
+                crate::warn_limited!("ioat {}: DMA worker queue full; channel {ch} waits for the next doorbell", abi::Bdf(rid))
             }
             TrySendError::Disconnected(_) => tracing::error!("ioat {}: DMA worker is gone", abi::Bdf(rid)),
         }

@@ -244,7 +244,7 @@ impl<F: PciFunction> ServerBackend for FunctionBackend<F> {
                     self.function.config_written(offset);
                 }
                 if ConfigSpace::initiates_flr(offset, data) {
-                    tracing::info!("{}: function-level reset", self.name);
+                    crate::info_limited!("{}: function-level reset", self.name);
                     self.config.flr();
                     self.function.reset();
                 }

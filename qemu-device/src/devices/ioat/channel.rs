@@ -392,7 +392,14 @@ fn halted(rid: u16, ch: usize, desc: u64, f: &Fault, events: &dyn EventSink) {
         Some(DmaError::NoMemory { .. }) => Some("no memory".into()),
         _ => None,
     };
-    tracing::warn!("ioat {} channel {ch}: {} at {:#x} (descriptor {desc:#x}); halted", abi::Bdf(rid), chanerr::name(f.chanerr), f.iova);
+    // A guest halts a channel at will (one register write after a reset): the log takes a bounded
+    // share of them, the event stream each.
+    crate::warn_limited!(
+        "ioat {} channel {ch}: {} at {:#x} (descriptor {desc:#x}); halted",
+        abi::Bdf(rid),
+        chanerr::name(f.chanerr),
+        f.iova
+    );
     events.emit(abi::event::Event::IoatHalted(abi::event::IoatHalted {
         devid: abi::Bdf(rid),
         channel: u32::try_from(ch).unwrap_or(u32::MAX),
