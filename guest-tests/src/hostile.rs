@@ -78,7 +78,7 @@ pub fn run(secs: u64, seed: u64, alongside: Option<&std::sync::atomic::AtomicBoo
         // A quarter of the actions at the IOAT engine, when it is there.
         if let Some(engine) = &mut ioat {
             if rng.below(4) == 0 {
-                engine.act(&mut rng, &mem, &pages);
+                engine.act(&mut rng, &mem, &pages, (!vtd).then_some(&iommu));
                 continue;
             }
         }

@@ -19,20 +19,26 @@
 use super::Rng;
 use crate::sys::{find, Bar, Config, DmaMem, PciDev, HUGE};
 use abi::ioat::{self as regs, chan, chancmd, chanctrl, chansts, ctl, global, Descriptor, CHANNEL_MMIO_SIZE, DESC_SIZE};
+use iommu_model::amdvi::command::{encode, Command};
+use iommu_model::amdvi::dte::Dte;
+use iommu_model::amdvi::mmio::{self, control};
+use iommu_model::walk::Perm;
 use std::time::{Duration, Instant};
 use zerocopy::little_endian::U64;
 use zerocopy::IntoBytes;
 
 /// The daemon's BAR0 (qemu-device/src/devices/ioat.rs); a hostile driver writes all of it.
 const BAR0_SIZE: u64 = 0x4000;
+/// Bits 51:12 of a base address register (AMD-Vi spec 48882 §3.4).
+const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 /// The MSI window (Intel SDM Vol. 3 §11.11.1): a DMA write there is an interrupt, never RAM.
 const MSI_WINDOW: u64 = 0xfee0_0000;
 /// The longest a channel reset may take before it counts as slow (a reset waits for at most the
 /// one descriptor in flight: 1 MiB and its page translations).
 const RESET_WAIT: Duration = Duration::from_millis(500);
 /// Function-level resets through sysfs take the kernel 100 ms or more each (pcie_flr): at most
-/// one in this long.
-const FLR_EVERY: Duration = Duration::from_secs(3);
+/// one in this many of the engine's actions (counted, not timed, so a seed replays the same).
+const FLR_EVERY: u64 = 4096;
 
 /// What the hostile driver did to the engine, for its summary line.
 #[derive(Default)]
@@ -43,6 +49,8 @@ struct Counts {
     commands: u64,
     msix: u64,
     flrs: u64,
+    dtes: u64,
+    invalidations: u64,
     copies: u64,
     copies_landed: u64,
     copies_halted: u64,
@@ -59,7 +67,9 @@ pub(super) struct Attack {
     /// One past the guest's highest RAM byte (/proc/iomem).
     ram_top: u64,
     channels: u64,
-    last_flr: Option<Instant>,
+    /// This many actions so far, and the number of the last FLR's.
+    actions: u64,
+    last_flr: Option<u64>,
     counts: Counts,
 }
 
@@ -125,6 +135,7 @@ impl Attack {
             bar_pa: bar_address(&dev, 0)?,
             ram_top: ram_top()?,
             channels: 0,
+            actions: 0,
             cfg,
             dev,
             last_flr: None,
@@ -188,8 +199,14 @@ impl Attack {
         }
     }
 
-    /// One hostile action on the engine.
-    pub(super) fn act(&mut self, rng: &mut Rng, mem: &DmaMem, pages: &[u64]) {
+    /// One hostile action on the engine; `amdvi` is the secure IOMMU's BAR0 when it holds AMD-Vi
+    /// registers (not a VT-d unit).
+    pub(super) fn act(&mut self, rng: &mut Rng, mem: &DmaMem, pages: &[u64], amdvi: Option<&Bar>) {
+        self.actions += 1;
+        if let Some(regs) = amdvi.filter(|_| rng.below(32) == 0) {
+            self.translated(rng, mem, pages, regs);
+            return;
+        }
         match rng.below(16) {
             0..=4 => self.register(rng, pages),
             5..=9 => self.chain(rng, mem, pages),
@@ -200,9 +217,54 @@ impl Attack {
         }
     }
 
-    /// Any register at any width with any value, except that a write touching a channel's
-    /// CHANCMP or CHAINADDR writes all of it with an address of ours or outside RAM. Then a read
-    /// at any offset and width.
+    /// When the device table the hostile driver last gave the IOMMU is one of ours: the engine's
+    /// entry made translated (AMD-Vi spec 48882 Table 7: V, TV, a mode of 1 to 6 levels) through
+    /// a root in our pages, whose contents are whatever the hostile driver left there, with any
+    /// permissions, or one time in four untranslated again (V=0); then, when the command buffer
+    /// is ours too, INVALIDATE_DEVTAB_ENTRY for it (the IOMMU may cache the old entry until then,
+    /// §2.4.3) and the IOMMU and its command processor on.
+    fn translated(&mut self, rng: &mut Rng, mem: &DmaMem, pages: &[u64], regs: &Bar) {
+        let devid = abi::pci::IOAT.bdf.0;
+        let (perm, root, mode, domain, off) = (
+            Perm { read: rng.below(4) != 0, write: rng.below(4) != 0 },
+            ours(rng, pages, 0x1000) & !0xfff,
+            1 + rng.below(6) as u8,
+            rng.next() as u16,
+            rng.below(4) == 0,
+        );
+        let fits = |at: u64, len: u64| pages.iter().any(|&p| at >= p && at.saturating_add(len) <= p + HUGE);
+        let devtab = regs.r64(mmio::DEV_TABLE_BASE as usize) & ADDRESS;
+        let at = devtab + u64::from(devid) * 32;
+        if !fits(devtab, 0) || !fits(at, 32) {
+            return;
+        }
+        self.counts.dtes += 1;
+        mem.wr(at, &if off { [0u8; 32] } else { Dte::translated(root, mode, domain, perm).to_bytes() });
+        let cmdbuf = regs.r64(mmio::CMD_BUF_BASE as usize);
+        // ComLen (bits 59:56): 2^ComLen entries of 16 bytes.
+        let len = 16u64 << ((cmdbuf >> 56) & 0xf).clamp(8, 15);
+        let tail = regs.r64(mmio::CMD_BUF_TAIL as usize) & 0x7fff0 & (len - 1);
+        let slot = (cmdbuf & ADDRESS) + tail;
+        if fits(cmdbuf & ADDRESS, len) {
+            // The command processor restarted at the tail (it stops at an illegal command, and
+            // the hostile driver gives it many), as Linux's amd_iommu restarts it: off, head,
+            // on (§3.3.13, CmdBufRun).
+            let control = regs.r64(mmio::CONTROL as usize);
+            regs.w64(mmio::CONTROL as usize, control & !control::CMD_BUF_EN);
+            regs.w64(mmio::CMD_BUF_HEAD as usize, tail);
+            let [q0, q1] = encode(&Command::InvalidateDevtabEntry { devid });
+            mem.w64(slot, q0);
+            mem.w64(slot + 8, q1);
+            regs.w64(mmio::CONTROL as usize, control | control::IOMMU_EN | control::CMD_BUF_EN);
+            regs.w64(mmio::CMD_BUF_TAIL as usize, (tail + 16) & (len - 1));
+            self.counts.invalidations += 1;
+        }
+    }
+
+    /// Any register at any width with any value, except CHANCMP and CHAINADDR, which must keep
+    /// an address of ours or outside RAM: a write of their low 16 bits (any value) or low 32
+    /// bits (one of ours) while they hold one of ours that it cannot move out of its page, else
+    /// all 64 bits at once. Then a read at any offset and width.
     fn register(&mut self, rng: &mut Rng, pages: &[u64]) {
         self.counts.registers += 1;
         let width = 1u64 << rng.below(4);
@@ -216,10 +278,31 @@ impl Attack {
                 off < r + 8 && r < off + width
             })
         };
-        if let Some(ch) = touches(chan::CHANCMP) {
-            self.bar.store64(base(ch) + chan::CHANCMP as usize, self.sink(rng, pages, 8));
-        } else if let Some(ch) = touches(chan::CHAINADDR) {
-            self.bar.store64(base(ch) + chan::CHAINADDR as usize, self.chain_address(rng, pages));
+        let address = [chan::CHANCMP, chan::CHAINADDR].into_iter().find_map(|reg| Some((reg, touches(reg)?)));
+        if let Some((reg, ch)) = address {
+            let at = base(ch) + reg as usize;
+            let now = self.bar.r64(at);
+            // 64 bytes: a descriptor fetch; the completion's 8 fit too.
+            let in_page = |a: u64| pages.iter().any(|&p| a >= p && a + DESC_SIZE <= p + HUGE);
+            let low = off as usize == at && width <= 2 || off as usize == at + 1 && width == 1;
+            if low && in_page(now | 0xffff) && in_page(now & !0xffff) {
+                match width {
+                    1 => self.bar.w8(off as usize, v as u8),
+                    _ => self.bar.w16(off as usize, v as u16),
+                }
+            } else if let Some(p) =
+                pages.iter().find(|&&p| off as usize == at && width == 4 && in_page(now) && (p..p + HUGE).contains(&now))
+            {
+                // Anywhere in the same page, when the page lies below 4 GiB (the high half is 0).
+                let to = p + rng.below(HUGE - DESC_SIZE);
+                if to >> 32 == 0 {
+                    self.bar.w32(at, to as u32);
+                }
+            } else if reg == chan::CHANCMP {
+                self.bar.store64(at, self.sink(rng, pages, 8));
+            } else {
+                self.bar.store64(at, self.chain_address(rng, pages));
+            }
         } else {
             let off = off as usize;
             match width {
@@ -242,7 +325,9 @@ impl Attack {
     fn chain(&mut self, rng: &mut Rng, mem: &DmaMem, pages: &[u64]) {
         self.counts.chains += 1;
         let n = 1 + rng.below(8);
-        let first = ours(rng, pages, n * DESC_SIZE) & !(DESC_SIZE - 1);
+        // Room for one more descriptor after the chain: the last one's `next` may point there,
+        // and a fetch must not run past our page.
+        let first = ours(rng, pages, (n + 1) * DESC_SIZE) & !(DESC_SIZE - 1);
         for i in 0..n {
             let size = match rng.below(8) {
                 0 => 0,
@@ -338,11 +423,11 @@ impl Attack {
         let _ = t.r32((rng.below(t.len() as u64) & !3) as usize);
     }
 
-    /// A function-level reset through sysfs (at most one per `FLR_EVERY`), after which the
+    /// A function-level reset through sysfs (at most one per `FLR_EVERY` actions), after which the
     /// channels are tamed again; otherwise the config-space error registers ioatdma clears.
     fn flr_or_config(&mut self, rng: &mut Rng, pages: &[u64]) {
-        if rng.below(16) == 0 && self.last_flr.is_none_or(|t| t.elapsed() > FLR_EVERY) {
-            self.last_flr = Some(Instant::now());
+        if rng.below(16) == 0 && self.last_flr.is_none_or(|n| self.actions - n > FLR_EVERY) {
+            self.last_flr = Some(self.actions);
             if std::fs::write(format!("{}/reset", self.dev.path), "1").is_ok() {
                 self.counts.flrs += 1;
             }
@@ -362,7 +447,14 @@ impl Attack {
     /// the IOMMU, so it is counted, not checked.
     fn copy(&mut self, rng: &mut Rng, mem: &DmaMem, pages: &[u64]) {
         self.counts.copies += 1;
+        // Every random choice first, so a slow reset does not change what follows the seed.
         let b = base(rng.below(self.channels));
+        // A 256 KiB slot of ours: descriptor, completion word, source at 4 KiB, destination at
+        // 128 KiB; mostly up to a page, now and then up to 64 KiB.
+        let page = pages[rng.below(pages.len() as u64) as usize];
+        let slot = page + rng.below(HUGE / 0x4_0000) * 0x4_0000;
+        let len = 1 + if rng.below(8) == 0 { rng.below(0x1_0000) } else { rng.below(0x1000) };
+        let fill = rng.next() as u8 | 1;
         let err = self.bar.r32(b + chan::CHANERR as usize);
         self.bar.w32(b + chan::CHANERR as usize, err);
         self.bar.w8(b + chan::CHANCMD as usize, chancmd::RESET);
@@ -374,12 +466,6 @@ impl Attack {
             }
             std::thread::yield_now();
         }
-        // A 256 KiB slot of ours: descriptor, completion word, source at 4 KiB, destination at
-        // 128 KiB.
-        let page = pages[rng.below(pages.len() as u64) as usize];
-        let slot = page + rng.below(HUGE / 0x4_0000) * 0x4_0000;
-        let len = 1 + rng.below(0x1_0000);
-        let fill = rng.next() as u8 | 1;
         let data: Vec<u8> = (0..len).map(|i| fill.wrapping_mul(i as u8 | 1)).collect();
         mem.wr(slot + 0x1000, &data);
         mem.wr(slot + 0x2_0000, &vec![0u8; len as usize]);
@@ -415,13 +501,15 @@ impl Attack {
         }
         let c = &self.counts;
         println!(
-            "# hostile driver: IOAT: {} register writes, {} chains, {} doorbells, {} CHANCMD commands, {} MSI-X table/PBA writes, {} FLRs; {} well-formed copies ({} landed, {} halted by the IOMMU's state), {} resets slower than {} ms",
+            "# hostile driver: IOAT: {} register writes, {} chains, {} doorbells, {} CHANCMD commands, {} MSI-X table/PBA writes, {} FLRs, {} device table entries ({} invalidated); {} well-formed copies ({} landed, {} halted by the IOMMU's state), {} resets slower than {} ms",
             c.registers,
             c.chains,
             c.doorbells,
             c.commands,
             c.msix,
             c.flrs,
+            c.dtes,
+            c.invalidations,
             c.copies,
             c.copies_landed,
             c.copies_halted,
