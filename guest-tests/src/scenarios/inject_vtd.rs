@@ -8,7 +8,7 @@
 
 use super::inject::{count, dmesg, field, logged, vfio, Host};
 use super::*;
-use crate::kernel_paths::{fill_lands, holds, VfioRing, DATA_IOVA};
+use crate::kernel_paths::{fill_lands, holds, VfioRing, BDF, DATA_IOVA};
 use std::time::Duration;
 
 pub(super) const SCENARIOS: [Scenario; 4] = [
@@ -77,7 +77,7 @@ fn queue_error(_r: &mut Rig) -> R {
     Ok(())
 }
 
-/// ITE at the unmap's wait descriptor (IQER.ITESID = 00:04.0): the IOTLB invalidation before it
+/// ITE at the unmap's wait descriptor (IQER.ITESID = the endpoint): the IOTLB invalidation before it
 /// ran, the wait was aborted. qi_check_fault dumps it ("VT-d detected Invalidation Time-out
 /// Error: SID %llx"), clears ITE ("Invalidation Time-out Error (ITE) cleared\n"), marks the
 /// pending waits QI_ABORT, finds the device present and returns -EAGAIN: qi_submit_sync
@@ -89,12 +89,12 @@ fn time_out(_r: &mut Rig) -> R {
     let mut ep = VfioRing::start(&v.device, &mem)?;
     fill_lands(&mut ep, &mem, 0x1000, DATA_IOVA, 0x5555)?;
     let before = count(&dmesg(), ITE_CLEARED);
-    host.inject("inv-time-out", r#""device":"00:04.0""#)?;
+    host.inject("inv-time-out", &format!(r#""device":"{}""#, *ENDPOINT))?;
     v.unmap(DATA_IOVA, 0x1000)?;
     check!(logged(ITE_CLEARED, before), "Linux logged no \"{ITE_CLEARED}\"");
-    expect_dmesg(r"DMAR: VT-d detected Invalidation Time-out Error: SID 20");
+    expect_dmesg(&format!(r"DMAR: VT-d detected Invalidation Time-out Error: SID {:x}\b", ENDPOINT.0));
     expect_dmesg(r"DMAR: Invalidation Time-out Error \(ITE\) cleared");
-    expect_event(expect!(Injected { fault: "inv-time-out".into(), event: Some("ITE".into()), devid: Some(ENDPOINT) }));
+    expect_event(expect!(Injected { fault: "inv-time-out".into(), event: Some("ITE".into()), devid: Some(*ENDPOINT) }));
     let s = host.status()?;
     check!(hex(&s, "fsts")? & ITE == 0 && hex(&s, "iqh")? == hex(&s, "iqt")?, "the queue did not resume and drain: {s}");
     check!(ep.fill(DATA_IOVA, 0x6666)? == DmaStatus::IoPageFault, "the unmap's invalidation did not take");
@@ -118,7 +118,7 @@ fn primary_fault_storm(_r: &mut Rig) -> R {
     let mut ep = VfioRing::start(&v.device, &mem)?;
     let storm = 0xdead_0000u64;
     quiet_dmar();
-    let a = host.inject("primary-fault", &format!(r#""device":"00:04.0","iova":"{storm:#x}","count":600"#))?;
+    let a = host.inject("primary-fault", &format!(r#""device":"{}","iova":"{storm:#x}","count":600"#, *ENDPOINT))?;
     let written = field(&a, "logged").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     check!(written == 8, "{written} records written: the unit has 8 fault recording registers");
     check!(
@@ -130,13 +130,14 @@ fn primary_fault_storm(_r: &mut Rig) -> R {
     check!(shown == 8, "Linux printed {shown} of the 8 records in a fresh rate-limit interval");
     expect_dmesg(r"DMAR: DRHD: handling fault status reg [0-9a-f]*3\b");
     expect_dmesg(&format!(
-        r"DMAR: \[DMA Write NO_PASID\] Request device \[0000:00:04\.0\] fault addr {storm:#x} \[fault reason 0x05\] PTE Write access is not set"
+        r"DMAR: \[DMA Write NO_PASID\] Request device \[{}\] fault addr {storm:#x} \[fault reason 0x05\] PTE Write access is not set",
+        BDF.replace('.', r"\.")
     ));
     expect_event(expect!(Injected { fault: "primary-fault".into(), event: Some("DMA_REMAP_FAULT".into()) }));
     // A real fault is recorded again (PFO is clear), and Linux takes it from the register.
     let unmapped = DATA_IOVA + 0x10_0000;
     check!(ep.fill(unmapped, 0x8888)? == DmaStatus::IoPageFault, "FILL to an unmapped IOVA did not fault");
-    expect_event(expect!(TranslationFault { devid: ENDPOINT, iova: unmapped, logged: true, via: Via::VtD }));
+    expect_event(expect!(TranslationFault { devid: *ENDPOINT, iova: unmapped, logged: true, via: Via::VtD }));
     check!(
         poll(|| host.status().is_ok_and(|s| hex(&s, "fsts").is_ok_and(|f| f & (PFO | PPF) == 0))),
         "Linux did not take the real fault's record"
