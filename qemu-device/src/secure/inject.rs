@@ -227,6 +227,11 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
         }
         Ok(count as u32)
     };
+    // The queue's faults fire at a descriptor, never at a DMA request: a filter would keep them
+    // from ever firing.
+    if matches!(kind, FaultName::InvQueueError | FaultName::InvWaitLost) && (device.is_some() || iova.is_some()) {
+        return Err(format!("{name} fires at an invalidation descriptor: it takes no device or iova"));
+    }
     let fault = match kind {
         FaultName::EventLogOverflow
         | FaultName::IllegalCommand
@@ -932,6 +937,7 @@ mod tests {
             (r#"{"fault":"primary-fault","iova":1}"#, "needs a device"),
             (r#"{"fault":"inv-time-out","iova":1}"#, "takes no iova"),
             (r#"{"fault":"inv-wait-lost","count":2}"#, "takes no count"),
+            (r#"{"fault":"inv-queue-error","device":"00:04.0"}"#, "takes no device or iova"),
             (r#"{"fault":"illegal-command","count":3}"#, "takes no count"),
             (r#"{"fault":"ring-stall","device":"00:04.0","iova":1}"#, "takes no iova"),
             (r#"{"fault":"tdi-error","device":"zz"}"#, "device:"),
