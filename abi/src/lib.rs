@@ -16,6 +16,7 @@
 //! - [`ioat`]: the IOAT engine's registers and descriptor (Intel's, as Linux's ioatdma uses them).
 //! - [`virtio_pci`], [`virtio_iommu`]: the virtio-iommu function's transport registers and wire
 //!   format.
+//! - [`inject`]: the names of the faults `tiommu inject` arms, with each one's unit and help line.
 //! - [`event`]: the records of the daemon's event stream, and [`expect!`] for a test to state
 //!   one it expects.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ mod codes;
 pub mod doe;
 pub mod endpoint;
 pub mod event;
+pub mod inject;
 pub mod ioat;
 pub mod mailbox;
 pub mod pci;

@@ -2,6 +2,8 @@
 //! guest: arbitrary command lines (faults armed with arbitrary parameters and triggers, status,
 //! clear), then arbitrary register writes and DMA requests that make armed faults fire over
 //! arbitrary memory. Nothing may panic, and the armed faults and the fired history stay bounded.
+//! An odd number of command bytes makes the IOMMU the VT-d unit (queued invalidation on), so the
+//! VT-d faults fire too; an even one, the AMD-Vi unit.
 #![no_main]
 
 use iommu_model::amdvi::mmio::{self, control, MMIO_SIZE};
@@ -28,7 +30,14 @@ fuzz_target!(|data: &[u8]| {
     let (lines, ops) = data.split_at(split);
     let mut mem = ByteMem::new(0, 0x4_0000);
     let secure = Arc::new(Mutex::new(SecureIommu::new(Arc::new(Null), Arc::new(Null))));
-    {
+    if split % 2 == 1 {
+        use iommu_model::vtd::regs;
+        let mut s = secure.lock().unwrap();
+        s.use_vtd(iommu_model::vtd::unit::VtdUnit::default());
+        s.bar0_write(&mut mem, regs::IQA, 8, 0x1_0000);
+        s.bar0_write(&mut mem, regs::FECTL, 4, 0);
+        s.bar0_write(&mut mem, regs::GCMD, 4, u64::from(regs::gcmd::QIE | regs::gcmd::TE));
+    } else {
         let mut s = secure.lock().unwrap();
         s.bar0_write(&mut mem, mmio::CMD_BUF_BASE, 8, 0x1_0000 | 8 << 56);
         s.bar0_write(&mut mem, mmio::EVENT_LOG_BASE, 8, 0x2_0000 | 8 << 56);

@@ -32,6 +32,7 @@ const SMP_IOVA: u64 = 0x5000_0000;
 type Scenario = (&'static str, fn(&mut Rig) -> R);
 
 mod inject;
+mod inject_vtd;
 
 fn pattern(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -106,7 +107,7 @@ pub fn run() -> Vec<(&'static str, R)> {
     ];
     // Faults injected through the daemon's control channel (run-vm --inject), last: they leave
     // the IOMMU's logs with artificial records.
-    let scenarios: Vec<Scenario> = base.into_iter().chain(inject::SCENARIOS).collect();
+    let scenarios: Vec<Scenario> = base.into_iter().chain(inject::SCENARIOS).chain(inject_vtd::SCENARIOS).collect();
     // Scenarios that drive the endpoint through this program's AMD-Vi tables; with the endpoint
     // in the kernel's virtio-iommu domain its DMA no longer takes them.
     let amdvi_dma = [

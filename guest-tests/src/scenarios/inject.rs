@@ -56,10 +56,10 @@ fn need_own_rig() -> R {
 }
 
 /// The daemon's control channel: one JSON command per line, one answer per line.
-struct Host(std::fs::File);
+pub(super) struct Host(std::fs::File);
 
 impl Host {
-    fn open() -> Result<Host, String> {
+    pub(super) fn open() -> Result<Host, String> {
         use std::os::unix::fs::OpenOptionsExt;
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -94,7 +94,7 @@ impl Host {
     }
 
     /// Arm a fault (the JSON members after "fault"); the daemon's answer.
-    fn inject(&mut self, fault: &str, rest: &str) -> Result<String, String> {
+    pub(super) fn inject(&mut self, fault: &str, rest: &str) -> Result<String, String> {
         let rest = if rest.is_empty() { String::new() } else { format!(",{rest}") };
         let a = self.call(&format!(r#"{{"cmd":"inject","fault":"{fault}"{rest}}}"#))?;
         check!(a.contains(r#""ok":true"#), "the daemon refused {fault}: {a}");
@@ -103,7 +103,7 @@ impl Host {
     }
 
     /// Armed faults and the AMD-Vi registers (without the history of fired ones).
-    fn status(&mut self) -> Result<String, String> {
+    pub(super) fn status(&mut self) -> Result<String, String> {
         self.call(r#"{"cmd":"status","fired":false}"#)
     }
 
@@ -115,7 +115,7 @@ impl Host {
 }
 
 /// The value of the first `"key":` member of a JSON text (a number or a string's contents).
-fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+pub(super) fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
     let rest = &json[at..];
     Some(match rest.strip_prefix('"') {
@@ -124,17 +124,17 @@ fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-fn dmesg() -> String {
+pub(super) fn dmesg() -> String {
     std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
-fn count(log: &str, needle: &str) -> usize {
+pub(super) fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
 /// Poll the kernel log until `needle` appears more than `before` times (up to 10 s: Linux's
 /// COMPLETION_WAIT timeout alone is 100000 udelay(1) calls, slow under TCG).
-fn logged(needle: &str, before: usize) -> bool {
+pub(super) fn logged(needle: &str, before: usize) -> bool {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         if count(&dmesg(), needle) > before {
@@ -152,9 +152,9 @@ const EVT_OVERFLOW: u64 = 1 << 0;
 const EVT_RUN: u64 = 1 << 3;
 const CMD_RUN: u64 = 1 << 4;
 
-/// The endpoint through VFIO type1 on Linux's amd_iommu: a ring page at VFIO_RING_IOVA and a data
+/// The endpoint through VFIO type1 on Linux's amd_iommu (or intel_iommu): a ring page at VFIO_RING_IOVA and a data
 /// page at DATA_IOVA, both mapped, and a FILL that landed (its translation is in the IOTLB).
-fn vfio() -> Result<(Vfio, UserMem), String> {
+pub(super) fn vfio() -> Result<(Vfio, UserMem), String> {
     bind_vfio_pci(&BDF)?;
     let v = Vfio::open(&BDF)?;
     let mem = UserMem::new(0x2000)?;

@@ -56,18 +56,6 @@ impl Fault {
             Fault::PageTabHardwareError => Site::TableWalk,
         }
     }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Fault::EventLogOverflow => "event-log-overflow",
-            Fault::IllegalCommand => "illegal-command",
-            Fault::CommandHardwareError => "command-hardware-error",
-            Fault::CompletionWaitLost => "completion-wait-lost",
-            Fault::DevTabHardwareError => "dev-tab-hardware-error",
-            Fault::PageTabHardwareError => "page-tab-hardware-error",
-            Fault::IoPageFault { .. } => "io-page-fault",
-        }
-    }
 }
 
 /// What a fault did when it fired.

@@ -8,11 +8,12 @@
 //!
 //! The functions here are the uncached request path. `unit` is the remapping unit software
 //! programs through its registers (`regs`): caches, invalidation (`inv`), fault recording
-//! (`recording`) and its interrupt messages (`event`).
+//! (`recording`), its interrupt messages (`event`) and the faults a tool injects (`inject`).
 
 pub mod context;
 pub mod event;
 pub mod fault;
+pub mod inject;
 pub mod inv;
 pub mod recording;
 pub mod regs;

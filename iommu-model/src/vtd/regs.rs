@@ -220,6 +220,12 @@ pub mod iqa {
 /// IQH/IQT: the queue offset in bits 18:4 (128-bit descriptors).
 pub const IQ_PTR_MASK: u64 = 0x7fff0;
 
+/// IQER fields (VT-d spec §11.4.9.9; Linux DMAR_IQER_REG_IQEI/ITESID/ICESID): IQEI 3:0,
+/// ITESID 47:32, ICESID 63:48.
+pub const IQER_IQEI: u64 = 0xf;
+pub const IQER_ITESID_SHIFT: u32 = 32;
+pub const IQER_ITESID: u64 = 0xffff << IQER_ITESID_SHIFT;
+
 /// IQER's IQEI (3:0), why the queue stopped (VT-d spec §11.4.9.9).
 pub mod iqei {
     pub const INVALID_TAIL: u64 = 1;

@@ -7,10 +7,13 @@
 
 use super::context::{ContextEntry, TranslationType};
 use super::event::{EventRegs, Msi};
+use super::inject::{Fault, Fired, Site, MAX_FIRED};
 use super::inv::{self, Descriptor};
 use super::recording::{Recorded, Recording};
 use super::regs::{self, cap, ccmd, ecap, fsts, gcmd, granularity, iotlb, iqa, iqei, iva};
+use super::FaultReason;
 use super::{check_context, fetch_context, translate_with_context, Caps, FaultRecord, VtdOutcome};
+use crate::inject::{At, Full, Injector, When};
 use crate::iotlb::{DevCache, Iotlb};
 use crate::mem::PhysMem;
 use crate::walk::{Access, Perm, Translation};
@@ -63,6 +66,10 @@ pub struct VtdUnit {
     pub walks: u64,
     /// Invalidation requests software made, by kind (`INVALIDATION_KINDS`), for statistics.
     pub invalidations: [u64; 5],
+    /// Faults armed on purpose (docs/fault-injection.md), and what fired ones did until the
+    /// daemon collects it.
+    pub inject: Injector<Fault>,
+    fired: Vec<Fired>,
 }
 
 /// The kinds `VtdUnit::invalidations` counts: queued context-cache, IOTLB and wait descriptors,
@@ -133,6 +140,8 @@ impl VtdUnit {
             interrupts: Vec::new(),
             walks: 0,
             invalidations: [0; 5],
+            inject: Injector::default(),
+            fired: Vec::new(),
         }
     }
 
@@ -174,11 +183,51 @@ impl VtdUnit {
         self.iotlb.invalidate_all();
     }
 
-    /// Power-on state: registers cleared, caches and fault records empty.
+    /// Power-on state: registers cleared, caches and fault records empty. Armed faults are the
+    /// tool's, not the unit's: they stay.
     pub fn reset(&mut self) {
         let ecap_extra = self.ecap & ecap::TDXCS;
-        *self = VtdUnit::new(self.caps);
+        let (inject, fired) = (std::mem::take(&mut self.inject), std::mem::take(&mut self.fired));
+        *self = VtdUnit { inject, fired, ..VtdUnit::new(self.caps) };
         self.ecap |= ecap_extra;
+    }
+
+    /// Arm a fault (docs/fault-injection.md); one due at once fires before this returns.
+    pub fn arm(&mut self, id: u32, fault: Fault, when: When) -> Result<(), Full> {
+        self.inject.arm(id, fault, when)?;
+        self.fire_any(At::Arm);
+        Ok(())
+    }
+
+    /// What fired faults did since the last call.
+    pub fn take_fired(&mut self) -> Vec<Fired> {
+        std::mem::take(&mut self.fired)
+    }
+
+    fn note(&mut self, id: u32, fault: Fault, recorded: u32, address: Option<u64>, effect: String) {
+        if self.fired.len() >= MAX_FIRED {
+            self.fired.remove(0);
+        }
+        self.fired.push(Fired { id, fault, recorded, address, effect });
+    }
+
+    /// The faults that need no particular descriptor or request, fired if due here.
+    fn fire_any(&mut self, at: At) {
+        for (id, fault) in self.inject.fire(at, |f| f.site() == Site::Any) {
+            if let Fault::PrimaryFaults { sid, addr, count } = fault {
+                let rec = FaultRecord::new(sid, addr, Access::Write, FaultReason::WriteDenied);
+                let mut recorded = 0u32;
+                for _ in 0..count {
+                    if !self.record_fault(rec) {
+                        break;
+                    }
+                    recorded = recorded.saturating_add(1);
+                }
+                let overflow = if self.recording.fsts() & fsts::PFO != 0 { "; PFO set, the rest dropped" } else { "" };
+                let effect = format!("{recorded} of {count} fault records for {sid:#06x} at {addr:#x} written{overflow}");
+                self.note(id, fault, recorded, Some(addr), effect);
+            }
+        }
     }
 
     fn fsts(&self) -> u32 {
@@ -376,13 +425,20 @@ impl VtdUnit {
         if v & fsts::PFO != 0 {
             self.recording.clear_pfo();
         }
-        let resume = v & fsts::IQE != 0 && self.fsts_iq & fsts::IQE != 0;
+        let stopped = self.fsts_iq & (fsts::IQE | fsts::ITE);
         self.fsts_iq &= !(v & fsts::RW1C);
+        // IQER's IQEI and ITESID are valid while IQE and ITE are set (spec §11.4.9.9).
+        if stopped & fsts::IQE != 0 && self.fsts_iq & fsts::IQE == 0 {
+            self.iqer &= !regs::IQER_IQEI;
+        }
+        if stopped & fsts::ITE != 0 && self.fsts_iq & fsts::ITE == 0 {
+            self.iqer &= !regs::IQER_ITESID;
+        }
         self.maybe_serviced();
         // Clearing IQE restarts the queue at the descriptor it stopped at, which Linux has
-        // overwritten with its wait descriptor (dmar.c qi_check_fault).
-        if resume {
-            self.iqer = 0;
+        // overwritten with its wait descriptor (dmar.c qi_check_fault); clearing ITE restarts it
+        // after the aborted wait (spec §6.5.2.10).
+        if stopped != 0 && self.fsts_iq & (fsts::IQE | fsts::ITE) == 0 {
             self.run_queue(mem);
         }
     }
@@ -491,7 +547,7 @@ impl VtdUnit {
     /// and IQH at the descriptor that caused it (IQER says why), and goes no further than one
     /// queue's worth per call, so one register write does bounded work.
     fn run_queue<M: PhysMem + ?Sized>(&mut self, mem: &mut M) {
-        if self.gsts & gcmd::QIE == 0 || self.fsts_iq & fsts::IQE != 0 {
+        if self.gsts & gcmd::QIE == 0 || self.fsts_iq & (fsts::IQE | fsts::ITE) != 0 {
             return;
         }
         let size = 0x1000u64 << (self.iqa & iqa::QS_MASK);
@@ -508,17 +564,72 @@ impl VtdUnit {
             let Ok((qw0, qw1)) = fetched else {
                 return self.queue_error(iqei::FETCH_ERROR);
             };
-            match inv::decode(qw0, qw1) {
-                Ok(d) => self.execute(mem, d),
-                Err(code) => return self.queue_error(code),
+            let decoded = inv::decode(qw0, qw1);
+            let wait = matches!(decoded, Ok(Descriptor::Wait { .. }));
+            let injected = self.inject.fire_one(At::Command, |f| f.site() == Site::Descriptor || (f.site() == Site::Wait && wait));
+            if let Some((id, fault)) = injected {
+                if !self.injected_at_descriptor(id, fault, addr) {
+                    return;
+                }
+            } else {
+                match decoded {
+                    Ok(d) => self.execute(mem, d),
+                    Err(code) => return self.queue_error(code),
+                }
             }
             self.iqh = self.iqh.wrapping_add(16).checked_rem(size).unwrap_or(0);
+            self.inject.count_command();
+            self.fire_any(At::Command);
+            if self.fsts_iq & fsts::ITE != 0 {
+                return;
+            }
+        }
+    }
+
+    /// An injected fault at the descriptor at `addr`; false if the queue stops on it.
+    fn injected_at_descriptor(&mut self, id: u32, fault: Fault, addr: u64) -> bool {
+        match fault {
+            Fault::QueueError => {
+                self.queue_error(iqei::FETCH_ERROR);
+                let effect = format!(
+                    "Invalidation Queue Error (IQEI 2, fetch error) at the descriptor at {addr:#x}; IQH {:#x}, the queue stopped",
+                    self.iqh
+                );
+                self.note(id, fault, 0, Some(addr), effect);
+                false
+            }
+            Fault::WaitLost => {
+                self.invalidations[2] = self.invalidations[2].wrapping_add(1);
+                self.note(
+                    id,
+                    fault,
+                    0,
+                    Some(addr),
+                    format!("the wait descriptor at {addr:#x} completed without its status write or interrupt"),
+                );
+                true
+            }
+            Fault::Timeout { sid } => {
+                // The wait is aborted and the head moves past it (the caller does); fetching
+                // stops until ITE is cleared.
+                self.invalidations[2] = self.invalidations[2].wrapping_add(1);
+                let before = self.fsts();
+                self.iqer = (self.iqer & !regs::IQER_ITESID) | u64::from(sid) << regs::IQER_ITESID_SHIFT;
+                self.fsts_iq |= fsts::ITE;
+                self.fault_condition(before);
+                let effect = format!(
+                    "Invalidation Time-out Error (ITESID {sid:#06x}): the wait descriptor at {addr:#x} aborted, the queue stopped after it"
+                );
+                self.note(id, fault, 0, Some(addr), effect);
+                true
+            }
+            Fault::PrimaryFaults { .. } => true,
         }
     }
 
     fn queue_error(&mut self, code: u64) {
         let before = self.fsts();
-        self.iqer = code;
+        self.iqer = (self.iqer & !regs::IQER_IQEI) | code;
         self.fsts_iq |= fsts::IQE;
         self.fault_condition(before);
     }
@@ -569,7 +680,11 @@ impl VtdUnit {
         if !self.enabled() {
             return (VtdOutcome::Ok(Translation { spa: iova, size_log2: 12, perm: Perm::RW, level: 0 }), false);
         }
+        if !self.inject.is_empty() {
+            self.fire_any(At::Dma { devid: sid, iova });
+        }
         let (mut outcome, walked) = self.translate_cached(mem, sid, iova, access);
+        self.inject.count_dma(sid, iova);
         if let VtdOutcome::Fault { record, recorded, .. } = &mut outcome {
             if *recorded {
                 *recorded = self.record_fault(*record);

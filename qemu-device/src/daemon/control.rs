@@ -6,7 +6,7 @@
 //! - `{"cmd":"inject","fault":NAME, ...parameters and trigger}`: arm a fault; the answer has its
 //!   id and what it did if it fired at once;
 //! - `{"cmd":"status"}`: armed faults, fired ones (newest 256; `"fired":false` leaves them
-//!   out), the AMD-Vi registers;
+//!   out), the AMD-Vi registers (and the VT-d unit's, when it is the IOMMU);
 //! - `{"cmd":"clear"}` or `{"cmd":"clear","id":N}`: disarm;
 //! - `{"cmd":"dump"}`: write guest RAM, the IOMMU's registers and the RMP to the daemon's dump
 //!   directory (daemon/dump.rs), for `tiommu walk`; the answer names the files.
@@ -16,6 +16,7 @@
 use crate::secure::inject::{self, when_record};
 use crate::secure::SecureIommu;
 use crate::vfio::guest_mem::GuestRam;
+use abi::inject::FaultName;
 use iommu_model::amdvi::mmio;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -76,6 +77,29 @@ struct Status<'a> {
     /// Null when the command asked to leave the history out.
     fired: Option<&'a std::collections::VecDeque<abi::event::Injected>>,
     amdvi: AmdviRegs,
+    /// With `--iommu vtd`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vtd: Option<VtdRegs>,
+}
+
+/// The VT-d unit's registers a fault changes (VT-d spec §11.4: GSTS, FSTS, FECTL, the queue's
+/// head, tail and error record, ICS).
+#[derive(Serialize)]
+struct VtdRegs {
+    #[serde(with = "abi::hex")]
+    gsts: u64,
+    #[serde(with = "abi::hex")]
+    fsts: u64,
+    #[serde(with = "abi::hex")]
+    fectl: u64,
+    #[serde(with = "abi::hex")]
+    iqh: u64,
+    #[serde(with = "abi::hex")]
+    iqt: u64,
+    #[serde(with = "abi::hex")]
+    iqer: u64,
+    #[serde(with = "abi::hex")]
+    ics: u64,
 }
 
 /// The AMD-Vi unit's registers a fault changes.
@@ -174,8 +198,21 @@ impl Control {
                     evt_tail: r(mmio::EVENT_LOG_TAIL),
                 };
                 // "fired": false leaves the history out (a guest polling over a serial port).
+                let vtd = s.is_vtd().then(|| {
+                    use iommu_model::vtd::regs;
+                    let r = |off, size| s.bar0_read(off, size);
+                    VtdRegs {
+                        gsts: r(regs::GSTS, 4),
+                        fsts: r(regs::FSTS, 4),
+                        fectl: r(regs::FECTL, 4),
+                        iqh: r(regs::IQH, 8),
+                        iqt: r(regs::IQT, 8),
+                        iqer: r(regs::IQER, 8),
+                        ics: r(regs::ICS, 4),
+                    }
+                });
                 let fired = (v.get("fired") != Some(&Value::Bool(false))).then_some(s.fired_faults());
-                Ok(answer(&Status { ok: true, pending: s.pending_faults(), fired, amdvi }))
+                Ok(answer(&Status { ok: true, pending: s.pending_faults(), fired, amdvi, vtd }))
             }),
             Some("clear") => {
                 let id = match v.get("id") {
@@ -291,39 +328,28 @@ impl Control {
     }
 }
 
-/// The faults `tiommu inject` takes (docs/fault-injection.md has each one's form).
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum FaultName {
-    /// AMD-Vi event log overflow (EventOverflow set, EventLogRun cleared, interrupt)
-    EventLogOverflow,
-    /// ILLEGAL_COMMAND_ERROR for the next command; the command processor stops
-    IllegalCommand,
-    /// COMMAND_HARDWARE_ERROR for the next command; the command processor stops
-    CommandHardwareError,
-    /// The next COMPLETION_WAIT neither stores nor interrupts
-    CompletionWaitLost,
-    /// DEV_TAB_HARDWARE_ERROR at the next DMA request (--device/--iova choose which)
-    DevTabHardwareError,
-    /// PAGE_TAB_HARDWARE_ERROR at the next table walk (--device/--iova choose which)
-    PageTabHardwareError,
-    /// Spurious IO_PAGE_FAULT records for --device at --iova (--count N: a storm)
-    IoPageFault,
-    /// RMP_HW_ERROR at the next DMA request's RMP check; the request is aborted
-    RmpHwError,
-    /// The RMP entry of --spa reads back changed in memory (Assigned flipped)
-    RmpEntryChanged,
-    /// --device moves its TDI to ERROR (T=1 DMA stops until the host STOPs it)
-    TdiError,
-    /// --device's DOE mailbox shows Busy for the next --reads Status reads
-    DoeBusy,
-    /// --device's DOE mailbox sets DOE Error
-    DoeError,
-    /// --device's DOE mailbox answers nothing until an Abort
-    DoeNeedsAbort,
-    /// --device DMAs --len bytes at --iova on its own (writes; --read reads; --t sets T)
-    EndpointDma,
-    /// --device's ring stops making progress until CTRL.RESET
-    RingStall,
+/// The faults `tiommu inject` takes: abi::inject's names, each with its one-line help
+/// (docs/fault-injection.md has each one's form).
+#[derive(Clone, Copy, Debug)]
+pub struct FaultArg(pub FaultName);
+
+impl clap::ValueEnum for FaultArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [FaultArg; FaultName::ALL.len()] = {
+            let mut all = [FaultArg(FaultName::ALL[0]); FaultName::ALL.len()];
+            let mut i = 0;
+            while i < all.len() {
+                all[i] = FaultArg(FaultName::ALL[i]);
+                i += 1;
+            }
+            all
+        };
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.description()))
+    }
 }
 
 #[derive(clap::Args)]
@@ -335,7 +361,7 @@ pub struct Args {
     socket_dir: PathBuf,
     /// The fault to arm.
     #[arg(value_enum, required_unless_present_any = ["list", "clear"])]
-    fault: Option<FaultName>,
+    fault: Option<FaultArg>,
     /// When it fires: now, after-commands=N, after-dma=N, probability=P.
     #[arg(long)]
     when: Vec<String>,
@@ -389,8 +415,7 @@ pub fn request(a: &Args) -> Result<Value, String> {
         });
     }
     let fault = a.fault.ok_or("no fault given")?;
-    let name = clap::ValueEnum::to_possible_value(&fault).map(|p| p.get_name().to_string()).unwrap_or_default();
-    let mut v = json!({"cmd": "inject", "fault": name});
+    let mut v = json!({"cmd": "inject", "fault": fault.0.name()});
     let mut set = |k: &str, x: Value| v[k] = x;
     for (k, x) in [("device", &a.device), ("iova", &a.iova), ("spa", &a.spa)] {
         if let Some(x) = x {
@@ -441,4 +466,38 @@ pub fn exchange(path: &Path, cmd: &Value) -> Result<Value, String> {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).map_err(|e| format!("{}: no answer: {e}", path.display()))?;
     serde_json::from_str(&line).map_err(|e| format!("{}: bad answer {line:?}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Collect, Irqs};
+    use iommu_model::vtd::unit::VtdUnit;
+
+    /// A daemon whose IOMMU is the VT-d unit: VT-d faults arm and fire, `status` shows its
+    /// registers, an AMD-Vi fault is refused with the reason, and `tiommu inject`'s argument
+    /// names each fault as abi::inject does.
+    #[test]
+    fn a_vtd_daemon_takes_vtd_faults_and_shows_its_registers() {
+        let mut s = SecureIommu::new(Arc::new(Collect::default()), Arc::new(Irqs::default()));
+        s.use_vtd(VtdUnit::default());
+        let c = Control::default();
+        c.attach(Target { secure: Arc::new(Mutex::new(s)), ram: GuestRam::default() });
+        let a = c.handle(r#"{"cmd":"inject","fault":"primary-fault","device":"00:04.0","iova":"0x5000","count":3}"#);
+        // TE is off and nothing is mapped: the records are written all the same.
+        assert_eq!(
+            (a["ok"].as_bool(), a["pending"].as_bool(), a["fired"][0]["logged"].as_u64()),
+            (Some(true), Some(false), Some(3)),
+            "{a}"
+        );
+        let st = c.handle(r#"{"cmd":"status","fired":false}"#);
+        assert_eq!(st["vtd"]["fsts"], "0x2", "PPF: {st}");
+        let a = c.handle(r#"{"cmd":"inject","fault":"completion-wait-lost"}"#);
+        assert_eq!(a["ok"], false);
+        assert!(a["error"].as_str().unwrap().contains("AMD-Vi unit"), "{a}");
+        for f in FaultName::ALL {
+            let p = clap::ValueEnum::to_possible_value(&FaultArg(*f)).unwrap();
+            assert_eq!((p.get_name(), p.get_help().map(|h| h.to_string())), (f.name(), Some(f.description().to_string())));
+        }
+    }
 }

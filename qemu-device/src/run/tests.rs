@@ -200,6 +200,7 @@ fn the_readme_sample_names_the_scenarios_by_their_numbers() {
     let readme = include_str!("../../../README.md");
     let scenarios = include_str!("../../../guest-tests/src/scenarios.rs");
     let inject = include_str!("../../../guest-tests/src/scenarios/inject.rs");
+    let inject_vtd = include_str!("../../../guest-tests/src/scenarios/inject_vtd.rs");
     let entry = regex::Regex::new(r#"^\s*\("([a-z0-9_]+)",\s*[A-Za-z0-9_:]+\),"#).unwrap();
     let block = |src: &'static str, start: &str| -> Vec<String> {
         let from = src.find(start).expect("the scenario array");
@@ -208,6 +209,7 @@ fn the_readme_sample_names_the_scenarios_by_their_numbers() {
     };
     let mut names = block(scenarios, "let base: [Scenario;");
     names.extend(block(inject, "pub(super) const SCENARIOS"));
+    names.extend(block(inject_vtd, "pub(super) const SCENARIOS"));
     assert!(names.len() > 30, "{names:?}");
     let from = readme.find("prints one line per phase").expect("the README's sample");
     let sample = &readme[from..];

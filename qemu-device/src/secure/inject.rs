@@ -1,17 +1,20 @@
 //! Fault injection in the daemon (docs/fault-injection.md): the faults `tiommu inject` arms, read
 //! from JSON, and the ones no model crate holds: the RMP's, the TDI's, the DOE mailbox's and the
-//! endpoint's. The AMD-Vi faults are iommu-model's (`amdvi::inject`), asked for inside the AMD-Vi
-//! unit; both kinds follow the same trigger rules (`iommu_model::inject`). Every fault that fires
+//! endpoint's. The AMD-Vi and VT-d faults are iommu-model's (`amdvi::inject`, `vtd::inject`),
+//! asked for inside their unit; all follow the same trigger rules (`iommu_model::inject`), and
+//! their names are abi::inject's. Every fault that fires
 //! is an `injected` record in the event stream, and the records of what it caused say
 //! `"injected": true`.
 
 use crate::pci::doe::DoeFault;
 use crate::secure::SecureIommu;
 use abi::event as ev;
+use abi::inject::{FaultName, Unit};
 use iommu_model::amdvi::event::{flags, Event};
 use iommu_model::amdvi::inject::{Fault as AmdViFault, Fired};
 use iommu_model::inject::{At, Chance, Injector, When};
 use iommu_model::mem::PhysMem;
+use iommu_model::vtd::inject::Fault as VtdFault;
 use rmp_model::Rmp;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -21,6 +24,7 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     AmdVi(AmdViFault),
+    Vtd(VtdFault),
     Platform(Platform),
 }
 
@@ -91,46 +95,58 @@ pub struct State {
 
 const FIRED_KEPT: usize = 256;
 
-/// The faults, by the names the control channel and `tiommu inject` use.
-pub const NAMES: [&str; 15] = [
-    "event-log-overflow",
-    "illegal-command",
-    "command-hardware-error",
-    "completion-wait-lost",
-    "dev-tab-hardware-error",
-    "page-tab-hardware-error",
-    "io-page-fault",
-    "rmp-hw-error",
-    "rmp-entry-changed",
-    "tdi-error",
-    "doe-busy",
-    "doe-error",
-    "doe-needs-abort",
-    "endpoint-dma",
-    "ring-stall",
-];
-
 impl Fault {
-    pub fn name(&self) -> &'static str {
+    /// Its name, description and unit (abi::inject, the one list of them).
+    pub fn kind(&self) -> FaultName {
         match self {
-            Fault::AmdVi(f) => f.name(),
-            Fault::Platform(p) => p.name(),
+            Fault::AmdVi(f) => amdvi_kind(f),
+            Fault::Vtd(f) => vtd_kind(f),
+            Fault::Platform(p) => p.kind(),
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+}
+
+fn amdvi_kind(f: &AmdViFault) -> FaultName {
+    match f {
+        AmdViFault::EventLogOverflow => FaultName::EventLogOverflow,
+        AmdViFault::IllegalCommand => FaultName::IllegalCommand,
+        AmdViFault::CommandHardwareError => FaultName::CommandHardwareError,
+        AmdViFault::CompletionWaitLost => FaultName::CompletionWaitLost,
+        AmdViFault::DevTabHardwareError => FaultName::DevTabHardwareError,
+        AmdViFault::PageTabHardwareError => FaultName::PageTabHardwareError,
+        AmdViFault::IoPageFault { .. } => FaultName::IoPageFault,
+    }
+}
+
+fn vtd_kind(f: &VtdFault) -> FaultName {
+    match f {
+        VtdFault::QueueError => FaultName::InvQueueError,
+        VtdFault::WaitLost => FaultName::InvWaitLost,
+        VtdFault::Timeout { .. } => FaultName::InvTimeout,
+        VtdFault::PrimaryFaults { .. } => FaultName::PrimaryFault,
     }
 }
 
 impl Platform {
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> FaultName {
         match self {
-            Platform::RmpHwError => "rmp-hw-error",
-            Platform::RmpEntryChanged { .. } => "rmp-entry-changed",
-            Platform::TdiError { .. } => "tdi-error",
-            Platform::Doe { fault: DoeFault::Busy { .. }, .. } => "doe-busy",
-            Platform::Doe { fault: DoeFault::Error, .. } => "doe-error",
-            Platform::Doe { fault: DoeFault::NeedsAbort, .. } => "doe-needs-abort",
-            Platform::EndpointDma(_) => "endpoint-dma",
-            Platform::RingStall { .. } => "ring-stall",
+            Platform::RmpHwError => FaultName::RmpHwError,
+            Platform::RmpEntryChanged { .. } => FaultName::RmpEntryChanged,
+            Platform::TdiError { .. } => FaultName::TdiError,
+            Platform::Doe { fault: DoeFault::Busy { .. }, .. } => FaultName::DoeBusy,
+            Platform::Doe { fault: DoeFault::Error, .. } => FaultName::DoeError,
+            Platform::Doe { fault: DoeFault::NeedsAbort, .. } => FaultName::DoeNeedsAbort,
+            Platform::EndpointDma(_) => FaultName::EndpointDma,
+            Platform::RingStall { .. } => FaultName::RingStall,
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
     }
 
     /// Fires at a DMA request's RMP check (the others fire wherever they are due).
@@ -200,59 +216,89 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
     let mut when = When::now();
     // Where the device and IOVA are the fault's parameters they are not filters.
     let mut filters = true;
-    let fault = match name {
-        "event-log-overflow"
-        | "illegal-command"
-        | "command-hardware-error"
-        | "completion-wait-lost"
-        | "dev-tab-hardware-error"
-        | "page-tab-hardware-error"
-        | "rmp-hw-error" => {
+    let Some(kind) = FaultName::from_name(name) else {
+        let all: Vec<&str> = FaultName::ALL.iter().map(|f| f.name()).collect();
+        return Err(format!("no fault {name:?}; the faults: {}", all.join(", ")));
+    };
+    let count_of = |what: &str| -> Result<u32, String> {
+        let count = count.unwrap_or(1);
+        if !(1..=65536).contains(&count) {
+            return Err(format!("{what}: count is 1 to 65536"));
+        }
+        Ok(count as u32)
+    };
+    // The queue's faults fire at a descriptor, never at a DMA request: a filter would keep them
+    // from ever firing.
+    if matches!(kind, FaultName::InvQueueError | FaultName::InvWaitLost) && (device.is_some() || iova.is_some()) {
+        return Err(format!("{name} fires at an invalidation descriptor: it takes no device or iova"));
+    }
+    let fault = match kind {
+        FaultName::EventLogOverflow
+        | FaultName::IllegalCommand
+        | FaultName::CommandHardwareError
+        | FaultName::CompletionWaitLost
+        | FaultName::DevTabHardwareError
+        | FaultName::PageTabHardwareError
+        | FaultName::InvQueueError
+        | FaultName::InvWaitLost
+        | FaultName::RmpHwError => {
             only(&[])?;
-            match name {
-                "event-log-overflow" => Fault::AmdVi(AmdViFault::EventLogOverflow),
-                "illegal-command" => Fault::AmdVi(AmdViFault::IllegalCommand),
-                "command-hardware-error" => Fault::AmdVi(AmdViFault::CommandHardwareError),
-                "completion-wait-lost" => Fault::AmdVi(AmdViFault::CompletionWaitLost),
-                "dev-tab-hardware-error" => Fault::AmdVi(AmdViFault::DevTabHardwareError),
-                "page-tab-hardware-error" => Fault::AmdVi(AmdViFault::PageTabHardwareError),
+            match kind {
+                FaultName::EventLogOverflow => Fault::AmdVi(AmdViFault::EventLogOverflow),
+                FaultName::IllegalCommand => Fault::AmdVi(AmdViFault::IllegalCommand),
+                FaultName::CommandHardwareError => Fault::AmdVi(AmdViFault::CommandHardwareError),
+                FaultName::CompletionWaitLost => Fault::AmdVi(AmdViFault::CompletionWaitLost),
+                FaultName::DevTabHardwareError => Fault::AmdVi(AmdViFault::DevTabHardwareError),
+                FaultName::PageTabHardwareError => Fault::AmdVi(AmdViFault::PageTabHardwareError),
+                FaultName::InvQueueError => Fault::Vtd(VtdFault::QueueError),
+                FaultName::InvWaitLost => Fault::Vtd(VtdFault::WaitLost),
                 _ => Fault::Platform(Platform::RmpHwError),
             }
         }
-        "io-page-fault" => {
+        FaultName::IoPageFault => {
             only(&["count"])?;
             filters = false;
-            let count = count.unwrap_or(1);
-            if !(1..=65536).contains(&count) {
-                return Err("io-page-fault: count is 1 to 65536".into());
-            }
-            Fault::AmdVi(AmdViFault::IoPageFault { devid: need_device()?, iova: need(iova, "iova")?, count: count as u32 })
+            Fault::AmdVi(AmdViFault::IoPageFault { devid: need_device()?, iova: need(iova, "iova")?, count: count_of(name)? })
         }
-        "rmp-entry-changed" => {
+        FaultName::PrimaryFault => {
+            only(&["count"])?;
+            filters = false;
+            Fault::Vtd(VtdFault::PrimaryFaults { sid: need_device()?, addr: need(iova, "iova")? & !0xfff, count: count_of(name)? })
+        }
+        FaultName::InvTimeout => {
+            only(&[])?;
+            if iova.is_some() {
+                return Err(format!("{name} takes no iova"));
+            }
+            // The device is the one IQER.ITESID names (none: 0, not reported).
+            filters = false;
+            Fault::Vtd(VtdFault::Timeout { sid: device.unwrap_or(0) })
+        }
+        FaultName::RmpEntryChanged => {
             only(&["spa"])?;
             if device.is_some() || iova.is_some() {
                 return Err("rmp-entry-changed names its page with --spa alone".into());
             }
             Fault::Platform(Platform::RmpEntryChanged { spa: need(spa, "spa")? & !0xfff })
         }
-        "tdi-error" => {
+        FaultName::TdiError => {
             only(&[])?;
             // The device is the TDI's; an IOVA still chooses the requests that count.
             filters = false;
             when.iova = iova;
             Fault::Platform(Platform::TdiError { devid: need_device()? })
         }
-        "ring-stall" | "doe-error" | "doe-needs-abort" | "doe-busy" => {
-            only(if name == "doe-busy" { &["reads"] } else { &[] })?;
+        FaultName::RingStall | FaultName::DoeError | FaultName::DoeNeedsAbort | FaultName::DoeBusy => {
+            only(if kind == FaultName::DoeBusy { &["reads"] } else { &[] })?;
             if iova.is_some() {
                 return Err(format!("{name} takes no iova"));
             }
             filters = false;
             let devid = need_device()?;
-            match name {
-                "ring-stall" => Fault::Platform(Platform::RingStall { devid }),
-                "doe-error" => Fault::Platform(Platform::Doe { devid, fault: DoeFault::Error }),
-                "doe-needs-abort" => Fault::Platform(Platform::Doe { devid, fault: DoeFault::NeedsAbort }),
+            match kind {
+                FaultName::RingStall => Fault::Platform(Platform::RingStall { devid }),
+                FaultName::DoeError => Fault::Platform(Platform::Doe { devid, fault: DoeFault::Error }),
+                FaultName::DoeNeedsAbort => Fault::Platform(Platform::Doe { devid, fault: DoeFault::NeedsAbort }),
                 _ => {
                     let reads = reads.unwrap_or(1000);
                     if !(1..=u64::from(u32::MAX)).contains(&reads) {
@@ -262,7 +308,7 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
                 }
             }
         }
-        "endpoint-dma" => {
+        FaultName::EndpointDma => {
             only(&["len", "read", "t"])?;
             filters = false;
             let len = len.unwrap_or(64);
@@ -277,7 +323,6 @@ pub fn parse(v: &Value) -> Result<(Fault, When), String> {
                 t,
             }))
         }
-        other => return Err(format!("no fault {other:?}; the faults: {}", NAMES.join(", "))),
     };
     if filters {
         when.device = device;
@@ -329,10 +374,22 @@ impl SecureIommu {
     pub fn arm<M: PhysMem + ?Sized>(&mut self, mem: &mut M, id: u32, fault: Fault, when: When) -> Result<Vec<ev::Injected>, String> {
         let full = |_| "too many faults armed (64 per unit); clear some first".to_string();
         let before = self.inject.fired.len();
+        let unit = fault.kind().unit();
+        let here = if self.vtd.is_some() { Unit::Vtd } else { Unit::AmdVi };
+        if unit != Unit::Platform && unit != here {
+            return Err(format!("{} is a fault of the {} unit; this daemon's IOMMU is {}", fault.name(), unit.name(), here.name()));
+        }
         match fault {
             Fault::AmdVi(f) => {
                 self.amdvi.arm(mem, id, f, when).map_err(full)?;
                 self.collect_amdvi();
+                self.irq_if_pending();
+            }
+            Fault::Vtd(f) => {
+                if let Some(v) = self.vtd.as_mut() {
+                    v.arm(id, f, when).map_err(full)?;
+                }
+                self.collect_vtd();
                 self.irq_if_pending();
             }
             Fault::Platform(p) => {
@@ -348,6 +405,9 @@ impl SecureIommu {
     /// architectural state (a stopped command processor, a TDI in ERROR) stays for the driver.
     pub fn clear_faults<M: PhysMem + ?Sized>(&mut self, mem: &mut M, id: Option<u32>) -> Vec<u32> {
         let mut gone = self.amdvi.inject.clear(id);
+        if let Some(v) = self.vtd.as_mut() {
+            gone.extend(v.inject.clear(id));
+        }
         gone.extend(self.inject.injector.clear(id));
         if id.is_none() {
             self.inject.devices.values().for_each(|d| d.clear());
@@ -377,8 +437,9 @@ impl SecureIommu {
     /// Armed faults, by id.
     pub fn pending_faults(&self) -> Vec<PendingFault> {
         let amdvi = self.amdvi.inject.pending().iter().map(|a| (a.id, Fault::AmdVi(a.fault), a.when, a.fired));
+        let vtd = self.vtd.iter().flat_map(|v| v.inject.pending()).map(|a| (a.id, Fault::Vtd(a.fault), a.when, a.fired));
         let platform = self.inject.injector.pending().iter().map(|a| (a.id, Fault::Platform(a.fault), a.when, a.fired));
-        let mut all: Vec<_> = amdvi.chain(platform).collect();
+        let mut all: Vec<_> = amdvi.chain(vtd).chain(platform).collect();
         all.sort_by_key(|a| a.0);
         all.into_iter().map(|(id, f, w, fired)| PendingFault { id, fault: f.name(), when: when_record(&w), fired }).collect()
     }
@@ -397,7 +458,7 @@ impl SecureIommu {
         for f in &fired {
             self.note(ev::Injected {
                 id: f.id,
-                fault: f.fault.name().into(),
+                fault: amdvi_kind(&f.fault).name().into(),
                 effect: f.effect.clone(),
                 logged: Some(f.logged),
                 event: f.event.map(|e| e.name().into()),
@@ -409,11 +470,43 @@ impl SecureIommu {
         fired
     }
 
-    /// After the guest's driver wrote an AMD-Vi register: the commands it ran count for the
-    /// platform faults, and what the AMD-Vi faults did is reported.
+    /// Report what the VT-d unit's faults did since the last call.
+    pub(crate) fn collect_vtd(&mut self) {
+        let fired = self.vtd.as_mut().map(|v| v.take_fired()).unwrap_or_default();
+        for f in fired {
+            let (devid, iova) = match f.fault {
+                VtdFault::PrimaryFaults { sid, .. } => (Some(abi::Bdf(sid)), None),
+                VtdFault::Timeout { sid } => (Some(abi::Bdf(sid)), None),
+                VtdFault::QueueError | VtdFault::WaitLost => (None, None),
+            };
+            let event = match f.fault {
+                VtdFault::PrimaryFaults { .. } => Some("DMA_REMAP_FAULT"),
+                VtdFault::QueueError => Some("IQE"),
+                VtdFault::Timeout { .. } => Some("ITE"),
+                VtdFault::WaitLost => None,
+            };
+            self.note(ev::Injected {
+                id: f.id,
+                fault: vtd_kind(&f.fault).name().into(),
+                effect: f.effect,
+                logged: Some(f.recorded),
+                event: event.map(Into::into),
+                devid,
+                iova,
+                address: f.address,
+                ..Default::default()
+            });
+        }
+    }
+
+    /// After the guest's driver wrote an AMD-Vi or VT-d register: the commands (invalidation
+    /// descriptors) it ran count for the platform faults, and what the unit's faults did is
+    /// reported.
     pub(crate) fn after_register_write<M: PhysMem + ?Sized>(&mut self, mem: &mut M) {
         self.collect_amdvi();
-        let executed: u64 = self.amdvi.commands.iter().sum();
+        self.collect_vtd();
+        let queued: u64 = self.vtd.as_ref().map_or(0, |v| v.invalidations[..3].iter().sum());
+        let executed: u64 = self.amdvi.commands.iter().sum::<u64>().wrapping_add(queued);
         // A reset of the unit starts its count again.
         self.inject.commands_seen = self.inject.commands_seen.min(executed);
         // A ring's worth at most per write: the count only catches up on what ran.
@@ -818,7 +911,16 @@ mod tests {
         assert_eq!(f, Fault::Platform(Platform::Doe { devid: 0x20, fault: DoeFault::Busy { reads: 5 } }));
         let (f, _) = p(r#"{"fault":"rmp-entry-changed","spa":"0x20_5123"}"#).unwrap();
         assert_eq!(f, Fault::Platform(Platform::RmpEntryChanged { spa: 0x20_5000 }));
-        for name in NAMES {
+        let (f, w) = p(r#"{"fault":"primary-fault","device":"00:04.0","iova":"0x7123","count":600,"after_dma":2}"#).unwrap();
+        assert_eq!(f, Fault::Vtd(VtdFault::PrimaryFaults { sid: 0x20, addr: 0x7000, count: 600 }));
+        assert_eq!((w.device, w.iova, w.after_dma), (None, None, 2));
+        let (f, w) = p(r#"{"fault":"inv-time-out","device":"00:04.0","after_commands":4}"#).unwrap();
+        assert_eq!((f, w.device, w.after_commands), (Fault::Vtd(VtdFault::Timeout { sid: 0x20 }), None, 4), "ITESID, not a filter");
+        assert_eq!(p(r#"{"fault":"inv-time-out"}"#).unwrap().0, Fault::Vtd(VtdFault::Timeout { sid: 0 }));
+        let (f, w) = p(r#"{"fault":"inv-queue-error","after_commands":1}"#).unwrap();
+        assert_eq!((f, w.after_commands), (Fault::Vtd(VtdFault::QueueError), 1));
+        assert_eq!(p(r#"{"fault":"inv-wait-lost"}"#).unwrap().0.kind(), FaultName::InvWaitLost);
+        for name in FaultName::ALL.iter().map(|f| f.name()) {
             assert!(!p(&format!(r#"{{"fault":"{name}"}}"#)).is_err_and(|e| e.starts_with("no fault")), "{name} is known");
         }
     }
@@ -831,6 +933,11 @@ mod tests {
             (r#"{"fault":"io-page-fault","iova":1}"#, "needs a device"),
             (r#"{"fault":"io-page-fault","device":"00:04.0"}"#, "needs --iova"),
             (r#"{"fault":"io-page-fault","device":"00:04.0","iova":1,"count":0}"#, "count is 1 to 65536"),
+            (r#"{"fault":"primary-fault","device":"00:04.0"}"#, "needs --iova"),
+            (r#"{"fault":"primary-fault","iova":1}"#, "needs a device"),
+            (r#"{"fault":"inv-time-out","iova":1}"#, "takes no iova"),
+            (r#"{"fault":"inv-wait-lost","count":2}"#, "takes no count"),
+            (r#"{"fault":"inv-queue-error","device":"00:04.0"}"#, "takes no device or iova"),
             (r#"{"fault":"illegal-command","count":3}"#, "takes no count"),
             (r#"{"fault":"ring-stall","device":"00:04.0","iova":1}"#, "takes no iova"),
             (r#"{"fault":"tdi-error","device":"zz"}"#, "device:"),

@@ -279,6 +279,7 @@ impl SecureIommu {
         let answer = self.translate(mem, req);
         // What injected AMD-Vi faults did at this request, whatever its answer (fault-injection.md).
         let injected = self.collect_amdvi();
+        self.collect_vtd();
         let translated = answer.map_err(|fault| self.translation_refused(req, fault, &injected))?;
         let spa = self.check(mem, req, &translated)?;
         self.note_live(req, &translated);
@@ -886,6 +887,44 @@ mod tests {
 
     fn last(events: &Collect, ty: &str) -> serde_json::Value {
         events.0.lock().unwrap().iter().rev().find(|e| e["type"] == ty).cloned().unwrap_or_default()
+    }
+
+    /// VT-d faults arm on the VT-d unit only; what they did is an `injected` record, reported
+    /// when the register write or request that made them fire returns.
+    #[test]
+    fn vtd_faults_fire_in_the_unit_and_are_reported() {
+        use iommu_model::vtd::regs;
+        let (mut s, mut mem, events) = vtd();
+        let arm = |s: &mut SecureIommu, mem: &mut ByteMem, id, req: &str| {
+            let (f, w) = inject::parse(&serde_json::from_str(req).unwrap()).unwrap();
+            s.arm(mem, id, f, w)
+        };
+        let e = arm(&mut s, &mut mem, 1, r#"{"fault":"io-page-fault","device":"00:04.0","iova":"0x1000"}"#).unwrap_err();
+        assert!(e.contains("AMD-Vi unit") && e.contains("VT-d"), "{e}");
+        let fired = arm(&mut s, &mut mem, 2, r#"{"fault":"primary-fault","device":"00:04.0","iova":"0xdead0123","count":20}"#).unwrap();
+        let r = serde_json::to_value(&fired[0]).unwrap();
+        assert_eq!(
+            (r["fault"].as_str(), r["logged"].as_u64(), r["event"].as_str(), r["devid"].as_str(), r["address"].as_str()),
+            (Some("primary-fault"), Some(8), Some("DMA_REMAP_FAULT"), Some("00:04.0"), Some("0xdead0000"))
+        );
+        assert_eq!(last(&events, "vtd_interrupt")["event"], "fault");
+        assert_ne!(s.bar0_read(regs::FSTS, 4) & u64::from(regs::fsts::PFO), 0);
+        // IQE at the next descriptor, which the driver's register write makes the unit fetch.
+        assert!(arm(&mut s, &mut mem, 3, r#"{"fault":"inv-queue-error"}"#).unwrap().is_empty(), "pending");
+        assert_eq!(s.pending_faults()[0].fault, "inv-queue-error");
+        mem.write_u64(0x20_0000, 0x12).unwrap();
+        mem.write_u64(0x20_0008, 0).unwrap();
+        s.bar0_write(&mut mem, regs::IQA, 8, 0x20_0000);
+        s.bar0_write(&mut mem, regs::GCMD, 4, u64::from(regs::gcmd::TE | regs::gcmd::QIE));
+        s.bar0_write(&mut mem, regs::IQT, 4, 0x10);
+        let r = last(&events, "injected");
+        assert_eq!((r["id"].as_u64(), r["event"].as_str(), r["address"].as_str()), (Some(3), Some("IQE"), Some("0x200000")));
+        assert_ne!(s.bar0_read(regs::FSTS, 4) & u64::from(regs::fsts::IQE), 0);
+        assert!(s.pending_faults().is_empty());
+        // And the AMD-Vi unit refuses VT-d faults.
+        let mut amd = SecureIommu::new(events.clone(), Arc::new(Irqs::default()));
+        let (f, w) = inject::parse(&serde_json::json!({"fault": "inv-wait-lost"})).unwrap();
+        assert!(amd.arm(&mut mem, 4, f, w).unwrap_err().contains("VT-d unit"));
     }
 
     #[test]
