@@ -14,15 +14,26 @@ read -r cmdline </proc/cmdline
 has() { case " $cmdline " in *" $1 "*) return 0 ;; esac; return 1; }
 # The third serial port is the daemon's control channel (tiommu run --inject): JSON lines both ways.
 has tiommu.inject=1 && stty -F /dev/ttyS2 raw -echo 2>/dev/null
+# The functions by their ids (abi::pci; a test keeps these in step), wherever they sit
+# (`tiommu qemu-args --first-slot` moves them): the secure IOMMU, the virtio-iommu, the IOAT engine.
+iommu=/nonexistent viommu=/nonexistent ioat=/nonexistent
+for d in /sys/bus/pci/devices/*; do
+    read -r v <"$d/vendor"; read -r i <"$d/device"
+    case "$v:$i" in
+        0x1234:0x7101) iommu="$d" ;;
+        0x1af4:0x1057) viommu="$d" ;;
+        0x8086:0x2021) ioat="$d" ;;
+    esac
+done
 # The IVRS (DMAR) named BAR0's address before boot (tiommu.ivrs_mmio=, tiommu.dmar_mmio=);
 # amd_iommu (intel_iommu) drives the registers it found there.
 for w in $cmdline; do
     case "$w" in
         tiommu.ivrs_mmio=*|tiommu.dmar_mmio=*)
-            table="${w%%_mmio=*}" table="${table#tiommu.}" want="${w#*=}"
-            read -r have _ </sys/bus/pci/devices/0000:00:03.0/resource
+            table="${w%%_mmio=*}" table="${table#tiommu.}" want="${w#*=}" have=""
+            read -r have _ <"$iommu/resource"
             if [ "$((want))" != "$((have))" ]; then
-                echo "tiommu-guest: FATAL: the $table table names the IOMMU registers at $want but 00:03.0's BAR0 is at $have" | tee /dev/ttyS1
+                echo "tiommu-guest: FATAL: the $table table names the IOMMU registers at $want but ${iommu##*/0000:}'s BAR0 is at $have" | tee /dev/ttyS1
                 poweroff -f
             fi ;;
     esac
@@ -39,13 +50,13 @@ if has tiommu.viommu=1 || has tiommu.amdvi=1 || has tiommu.vtd=1; then
     sleep 0.2
     dmesg | grep -iE 'viot|virtio|iommu|AMD-Vi|DMAR' | sed 's/^/tiommu-guest: dmesg: /'
     has tiommu.viommu=1 &&
-    echo "tiommu-guest: 00:05.0 driver $(basename "$(readlink /sys/bus/pci/devices/0000:00:05.0/driver)"), 00:04.0 iommu_group $(basename "$(readlink /sys/bus/pci/devices/0000:00:04.0/iommu_group)")"
+    echo "tiommu-guest: ${viommu##*/0000:} driver $(basename "$(readlink "$viommu/driver")")"
 fi
-if [ -e /sys/bus/pci/devices/0000:00:06.0 ]; then
+if [ -e "$ioat" ]; then
     # ioatdma's probe runs its self-test (a 2000-byte copy on channel 0) before it binds.
-    for _ in $(seq 50); do [ -e /sys/bus/pci/devices/0000:00:06.0/driver ] && break; sleep 0.1; done
+    for _ in $(seq 50); do [ -e "$ioat/driver" ] && break; sleep 0.1; done
     { dmesg | grep -iE 'ioat|dca' | sed 's/^/tiommu-guest: dmesg: /'
-    echo "tiommu-guest: 00:06.0 driver $(basename "$(readlink /sys/bus/pci/devices/0000:00:06.0/driver)" 2>/dev/null), $(ls -d /sys/bus/pci/devices/0000:00:06.0/dma/dma*chan* 2>/dev/null | wc -l) DMA channels, iommu_group $(basename "$(readlink /sys/bus/pci/devices/0000:00:06.0/iommu_group)" 2>/dev/null)"
+    echo "tiommu-guest: ${ioat##*/0000:} driver $(basename "$(readlink "$ioat/driver")" 2>/dev/null), $(ls -d "$ioat"/dma/dma*chan* 2>/dev/null | wc -l) DMA channels, iommu_group $(basename "$(readlink "$ioat/iommu_group")" 2>/dev/null)"
     grep -E 'ioat|vfio' /proc/interrupts | sed 's/^/tiommu-guest: interrupts: /'
     } | tee /dev/ttyS1
 fi

@@ -122,6 +122,19 @@ pub fn modinfo(ko: &[u8], key: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn init_finds_the_functions_by_the_abi_ids() {
+        // Every `0xVVVV:0xDDDD)` case of /init's device scan is a function of abi::pci, and the
+        // ones it looks for are there.
+        let ids: Vec<&str> =
+            INIT.lines().filter_map(|l| l.trim().split_once(") ")).map(|(id, _)| id).filter(|id| id.starts_with("0x")).collect();
+        let abi_ids: Vec<String> = abi::pci::FUNCTIONS.iter().map(|(_, f)| format!("{:#06x}:{:#06x}", f.vendor, f.device)).collect();
+        assert!(ids.iter().all(|id| abi_ids.iter().any(|a| a == id)), "{ids:?} not all in {abi_ids:?}");
+        for f in [abi::pci::SECURE_IOMMU, abi::pci::VIRTIO_IOMMU, abi::pci::IOAT] {
+            assert!(ids.contains(&format!("{:#06x}:{:#06x}", f.vendor, f.device).as_str()), "{f:?} missing from /init's scan");
+        }
+    }
+
     fn tree() -> tempdir::Dir {
         let t = tempdir::Dir::new("initramfs");
         let k = t.0.join("kernel/drivers/x");

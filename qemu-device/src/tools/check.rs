@@ -315,7 +315,9 @@ pub fn check(run: &Run) -> Verdict {
 /// Linux's ioatdma bound to the engine (its probe's self-test passed, or it would not have), and
 /// every dmatest thread that ran on its channels reported 0 failures.
 fn ioat(v: &mut Verdict, b: &[&str], at: &str) {
-    match b.iter().rev().find(|l| l.starts_with("tiommu-guest: 00:06.0 driver ")) {
+    // /init's report: "tiommu-guest: 00:06.0 driver ioatdma, 2 DMA channels, ..." (the engine's
+    // slot is 00:06.0 under tiommu run, wherever else qemu-args --first-slot put it).
+    match b.iter().rev().find(|l| l.starts_with("tiommu-guest: ") && l.contains(" driver ") && l.contains(" DMA channels")) {
         Some(l) if l.contains(" driver ioatdma,") => v.say(format!("{}{at}", &l["tiommu-guest: ".len()..])),
         Some(l) => v.fail(format!("ioatdma did not bind to the IOAT engine{at}: {l}")),
         None => v.fail(format!("ioatdma did not bind to the IOAT engine{at}: no report")),
