@@ -18,6 +18,8 @@ use abi::virtio_iommu::ReqStatus;
 
 /// The endpoint's sysfs name (0000:00:04.0 under `tiommu run`).
 pub(crate) static BDF: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("0000:{}", *ENDPOINT));
+/// The same as a regex, for the kernel messages that name it.
+pub(crate) static BDF_RE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| BDF.replace('.', r"\."));
 pub(crate) const RING_IOVA: u64 = 0x10_0000;
 pub(crate) const DATA_IOVA: u64 = 0x20_0000;
 /// log2 of the ring's descriptors: 16 of 32 bytes, in the one ring page.
@@ -76,7 +78,7 @@ fn convert_in_place(r: &mut Rig, ep: &mut VfioRing, mem: &UserMem, off: usize, i
     if amdvi_mode() {
         expect_dmesg(&format!(
             r"{}: AMD-Vi: Event logged \[RMP_PAGE_FAULT vmg_tag=0x0000, gpa={iova:#x}, flags_rmp=0x0001, flags=0x0020\]",
-            BDF.replace('.', r"\.")
+            *BDF_RE
         ));
     }
     check!(r.rmpupdate(pa, 0, false, 0)? == 0, "back to shared");
@@ -95,16 +97,13 @@ fn unmapped_write_faults(ep: &mut VfioRing, mem: &UserMem, off: usize, iova: u64
     expect_event(expect!(TranslationFault { devid: *ENDPOINT, via: via(), iova }));
     if amdvi_mode() {
         // Linux read the record from the model's event log (flags 0x20: a write).
-        expect_dmesg(&format!(
-            r"{}: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={iova:#x} flags=0x0020\]",
-            BDF.replace('.', r"\.")
-        ));
+        expect_dmesg(&format!(r"{}: AMD-Vi: Event logged \[IO_PAGE_FAULT domain=0x[0-9a-f]+ address={iova:#x} flags=0x0020\]", *BDF_RE));
     }
     if vtd_mode() {
         // Linux's dmar_fault read the record from the unit's fault recording registers.
         expect_dmesg(&format!(
             r"DMAR: \[DMA Write NO_PASID\] Request device \[{}\] fault addr {iova:#x} \[fault reason 0x05\] PTE Write access is not set",
-            BDF.replace('.', r"\.")
+            *BDF_RE
         ));
     }
     Ok(())

@@ -8,7 +8,7 @@
 
 use super::inject::{count, dmesg, field, logged, vfio, Host};
 use super::*;
-use crate::kernel_paths::{fill_lands, holds, VfioRing, BDF, DATA_IOVA};
+use crate::kernel_paths::{fill_lands, holds, VfioRing, BDF_RE, DATA_IOVA};
 use std::time::Duration;
 
 pub(super) const SCENARIOS: [Scenario; 4] = [
@@ -131,7 +131,7 @@ fn primary_fault_storm(_r: &mut Rig) -> R {
     expect_dmesg(r"DMAR: DRHD: handling fault status reg [0-9a-f]*3\b");
     expect_dmesg(&format!(
         r"DMAR: \[DMA Write NO_PASID\] Request device \[{}\] fault addr {storm:#x} \[fault reason 0x05\] PTE Write access is not set",
-        BDF.replace('.', r"\.")
+        *BDF_RE
     ));
     expect_event(expect!(Injected { fault: "primary-fault".into(), event: Some("DMA_REMAP_FAULT".into()) }));
     // A real fault is recorded again (PFO is clear), and Linux takes it from the register.

@@ -81,6 +81,11 @@ pub enum Ktap {
     Result { n: u32, name: String, ok: bool, skip: bool, reason: String },
 }
 
+/// The first sign of /init on the console: its own lines, or the guest program's KTAP header.
+pub fn from_init(line: &str) -> bool {
+    line.starts_with("tiommu-guest:") || line.starts_with("KTAP version")
+}
+
 pub fn ktap(line: &str) -> Option<Ktap> {
     let l = line.trim();
     if let Some(n) = l.strip_prefix("1..") {

@@ -729,12 +729,7 @@ impl Runner {
                 failures.push("the checks against the event stream and the guest's report failed (the lines above)".into());
             }
         }
-        timings.extend(
-            stamped
-                .iter()
-                .find(|(_, l)| l.starts_with("tiommu-guest:") || l.starts_with("KTAP version"))
-                .map(|(t, _)| ("launch to /init", *t)),
-        );
+        timings.extend(stamped.iter().find(|(_, l)| console::from_init(l)).map(|(t, _)| ("launch to /init", *t)));
         timings.extend(
             stamped
                 .iter()
@@ -889,7 +884,7 @@ impl Runner {
                     if a.console && !interactive {
                         let _ = writeln!(std::io::stdout(), "{l}");
                     }
-                    if !booted && (l.starts_with("tiommu-guest:") || l.starts_with("KTAP version")) {
+                    if !booted && console::from_init(&l) {
                         booted = true;
                         say(format!("kernel booted, /init running ({} after QEMU started)", secs(at.duration_since(boot_start))));
                     }
